@@ -1,0 +1,138 @@
+"""Integration: the real `wavedil` CLI trains, resumes, generates, evaluates and reports errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from wavedil.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model=tiny", "trainer=debug", "data.segment_length=300", "data.batch_size=2", "data.valid_segments=4"]
+
+
+def run(*args, cwd=None, check=True, env=None):
+    proc = subprocess.run(
+        [sys.executable, "-m", "wavedil", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"wavedil {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def synth_corpus(tmp_path_factory) -> Path:
+    """Six short files of tones and noise at 16 kHz (resampled to 8 kHz by the data pipeline)."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        t = np.arange(16000 * (1 + i % 2)) / 16000
+        x = 0.5 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.05 * rng.standard_normal(t.size)
+        sub = root / f"spk{i % 2}"
+        sub.mkdir(exist_ok=True)
+        sf.write(sub / f"utt{i}.wav", x.astype(np.float32), 16000, subtype="PCM_16")
+    return root
+
+
+def _ckpts(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step_*.pt"))
+
+
+@pytest.mark.slow
+def test_train_resume_generate_on_generated_audio(synth_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "data=folder", f"data.root={synth_corpus}", "data.sample_rate=8000", "data.num_workers=0",
+            f"hydra.run.dir={run_dir}"]
+    out = run("train", *args, cwd=tmp_path)
+    assert "valid" in out.stdout
+    assert [p.name for p in _ckpts(run_dir)] == ["step_00000003.pt", "step_00000006.pt"]
+    assert list((run_dir / "tb").iterdir()), "no TensorBoard events written"
+    run("train", *args, "trainer.max_steps=9", "trainer.resume=true", cwd=tmp_path)
+    ckpt = load_checkpoint(_ckpts(run_dir)[-1])
+    assert ckpt["step"] == 9 and ckpt["sample_rate"] == 8000
+    assert [p.name for p in _ckpts(run_dir)] == ["step_00000006.pt", "step_00000009.pt"]  # keep_last=2
+
+    wav = tmp_path / "gen" / "out.wav"
+    out = run("generate", str(_ckpts(run_dir)[-1]), "-o", str(wav), "--seconds", "0.1", "--batch", "2",
+              "--seed", "3", "--quiet")
+    assert "real-time factor" in out.stdout
+    for name in ("out_000.wav", "out_001.wav"):
+        data, sr = sf.read(wav.parent / name)
+        assert sr == 8000 and data.shape == (800,)
+        assert np.isfinite(data).all() and np.abs(data).max() <= 1.0
+    a, _ = sf.read(wav.parent / "out_000.wav")
+    run("generate", str(_ckpts(run_dir)[-1]), "-o", str(tmp_path / "again.wav"), "--seconds", "0.1", "--seed", "3",
+        "--quiet", "--prompt", str(next(synth_corpus.rglob("*.wav"))))
+    out = run("eval", str(_ckpts(run_dir)[-1]), str(synth_corpus))
+    assert "bz2" in out.stdout and "unigram" in out.stdout and "6 files" in out.stdout
+
+
+@pytest.mark.slow
+def test_resume_is_exact(synth_corpus, tmp_path):
+    base = [*TINY, "data=folder", f"data.root={synth_corpus}", "data.sample_rate=8000", "trainer.ckpt_every=3",
+            "trainer.valid_every=100", "trainer.sample_every=0"]
+    run("train", *base, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    run("train", *base, "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'split'}", cwd=tmp_path)
+    run("train", *base, "trainer.resume=true", f"hydra.run.dir={tmp_path / 'split'}", cwd=tmp_path)
+    a = load_checkpoint(_ckpts(tmp_path / "straight")[-1])
+    b = load_checkpoint(_ckpts(tmp_path / "split")[-1])
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+
+
+@pytest.mark.slow
+def test_train_on_bundled_speech(tmp_path):
+    run_dir = tmp_path / "run"
+    run("train", *TINY, "trainer.max_steps=3", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert _ckpts(run_dir)[-1].name == "step_00000003.pt"
+
+
+def test_errors_are_one_paragraph_without_traceback(tmp_path, synth_corpus):
+    p = run("train", "data=folder", f"data.root={tmp_path / 'missing'}", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "missing" in p.stderr and "does not exist" in p.stderr
+
+    (tmp_path / "empty").mkdir()
+    p = run("train", "data=folder", f"data.root={tmp_path / 'empty'}", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "empty" in p.stderr and "Traceback" not in p.stderr
+
+    p = run("train", "model=nonexistent", cwd=tmp_path, check=False)
+    assert p.returncode != 0 and "model/nonexistent" in p.stderr and "tiny" in p.stderr
+
+    p = run("generate", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "x.wav"), check=False)
+    assert p.returncode == 2 and "nope.pt" in p.stderr and "Traceback" not in p.stderr
+
+    p = run("info", "nonexistent_model", check=False)
+    assert p.returncode == 2 and "ref30" in p.stderr
+
+
+@pytest.mark.slow
+def test_checkpoint_config_mismatch_and_unwritable_output(synth_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "trainer.max_steps=3", "data=folder", f"data.root={synth_corpus}", "data.sample_rate=8000",
+            f"hydra.run.dir={run_dir}"]
+    run("train", *args, cwd=tmp_path)
+    p = run("train", *args, "model.residual_channels=24", "trainer.resume=true", cwd=tmp_path, check=False)
+    assert p.returncode == 2 and "residual_channels" in p.stderr and "does not match" in p.stderr
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    p = run("generate", str(_ckpts(run_dir)[-1]), "-o", str(blocker / "x.wav"), check=False)
+    assert p.returncode == 2 and "cannot create the output folder" in p.stderr and "a_file" in p.stderr
+    p = run("generate", str(_ckpts(run_dir)[-1]), "-o", str(tmp_path), check=False)
+    assert p.returncode == 2 and "is a directory" in p.stderr
+
+
+def test_info_reports_receptive_field():
+    out = run("info", "ref30", "--sample-rate", "16000").stdout
+    assert "3070 samples = 191.9 ms at 16000 Hz" in out
+    assert "1,267,328" in out and "1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1, 2" in out

@@ -1,0 +1,58 @@
+"""Every config composes with Hydra's compose API and builds a model; bad keys are errors."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from wavedil import WaveNet
+from wavedil.config import CONF_DIR, compose, model_config
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+DATA = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def test_groups_are_present():
+    assert {"tiny", "small", "base", "ref30"} <= set(MODELS)
+    assert {"speech8k", "folder", "ljspeech", "vctk"} <= set(DATA)
+    assert "speech8k" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_config_builds(name):
+    cfg = compose([f"model={name}"])
+    net = WaveNet(model_config(cfg.model))
+    assert net.num_parameters() > 0
+
+
+def test_ref30_is_the_reference():
+    net = WaveNet(model_config(compose(["model=ref30"]).model))
+    assert net.receptive_field == 3070 and len(net.stack.layers) == 30
+
+
+@pytest.mark.parametrize("name", DATA)
+def test_every_data_config_composes(name):
+    cfg = compose([f"data={name}", "data.root=/somewhere"])
+    assert cfg.data.sample_rate > 0 and cfg.data.segment_length > 1
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(name):
+    cfg = compose([f"experiment={name}"])
+    assert cfg.name == name
+    WaveNet(model_config(cfg.model))
+    OmegaConf.to_container(cfg.trainer, resolve=True)
+
+
+def test_overrides_and_bundled_resolver():
+    cfg = compose(["model=tiny", "optim.lr=0.5", "trainer=debug"])
+    assert cfg.optim.lr == 0.5 and cfg.trainer.max_steps == 6 and cfg.model.residual_channels == 16
+    assert Path(cfg.data.root).is_dir() and Path(cfg.data.root).name == "speech8k"
+
+
+def test_unknown_key_is_an_error():
+    with pytest.raises(Exception, match="nonsense"):
+        compose(["model.nonsense=3"])
+    with pytest.raises(ValueError, match="unknown WaveNet model options"):
+        model_config({**OmegaConf.to_container(compose().model), "extra": 1})

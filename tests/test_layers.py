@@ -1,0 +1,191 @@
+"""The causal dilated block: padding rules, causality, streaming equals full, state handling."""
+
+import pytest
+import torch
+
+from wavedil import (
+    CausalConv1d,
+    DilatedStack,
+    ResidualBlock,
+    StackState,
+    causal_padding,
+    dilation_schedule,
+    receptive_field,
+    receptive_field_coverage,
+)
+
+
+def test_pure_helpers():
+    assert causal_padding(2, 1) == 1
+    assert causal_padding(3, 4) == 8
+    assert dilation_schedule(3, 2) == (1, 2, 4, 1, 2, 4)
+    assert dilation_schedule(3, 1, base=3) == (1, 3, 9)
+    assert receptive_field(2, dilation_schedule(10, 3)) == 3070  # ref30
+    assert receptive_field(3, (1, 2)) == 7
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: CausalConv1d(4, 4, kernel_size=1), "kernel_size"),
+        (lambda: CausalConv1d(0, 4), "in_channels"),
+        (lambda: CausalConv1d(4, -2), "out_channels"),
+        (lambda: CausalConv1d(4, 4, dilation=0), "dilation"),
+        (lambda: DilatedStack(8, dilations=()), "dilations"),
+        (lambda: DilatedStack(8, dilations=(1, 0)), r"dilations\[1\]"),
+        (lambda: DilatedStack(0, layers_per_stack=2), "residual_channels"),
+        (lambda: DilatedStack(8, gate_channels=7, layers_per_stack=2), "gate_channels"),
+        (lambda: DilatedStack(8), "layers_per_stack"),
+        (lambda: receptive_field(1, (1, 2)), "kernel_size"),
+        (lambda: dilation_schedule(0), "layers_per_stack"),
+    ],
+)
+def test_bad_sizes_raise_value_error_naming_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("k, d", [(2, 1), (2, 8), (3, 4), (5, 3)])
+def test_causal_conv_matches_manual_sum(k, d):
+    torch.manual_seed(0)
+    conv = CausalConv1d(3, 2, kernel_size=k, dilation=d)
+    x = torch.randn(2, 3, 40)
+    y = conv(x)
+    # y[t] = b + sum_j W[:, :, j] x[t - (k-1-j) d], zeros before t = 0
+    for t in (0, d - 1, d, 17, 39):
+        ref = conv.bias.clone().expand(2, 2).clone()
+        for j in range(k):
+            s = t - (k - 1 - j) * d
+            if s >= 0:
+                ref = ref + x[:, :, s] @ conv.weight[:, :, j].T
+        torch.testing.assert_close(y[:, :, t], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_causality_by_gradients(kernel_size):
+    torch.manual_seed(0)
+    stack = DilatedStack(6, 8, 5, kernel_size, dilations=(1, 2, 4, 1, 3))
+    x = torch.randn(2, 6, 50, requires_grad=True)
+    t = 23
+    _, skip = stack(x)
+    skip[:, :, t].sum().backward()
+    g = x.grad.abs().sum(dim=(0, 1))
+    assert torch.all(g[t + 1 :] == 0), "output at t depends on the future"
+    assert g[t] > 0 and g[t - 1] > 0
+    rf = stack.receptive_field
+    # the oldest input in the receptive field matters, the one before it does not
+    assert g[t - rf + 1] > 0
+    assert torch.all(g[: t - rf + 1] == 0)
+
+
+@pytest.mark.parametrize("kernel_size, dilations", [(2, (1, 2, 4, 8)), (3, (1, 2, 4, 1, 2, 4)), (2, (1, 3, 9)), (5, (1, 5))])
+def test_receptive_field_matches_impulse_response(kernel_size, dilations):
+    torch.manual_seed(0)
+    stack = DilatedStack(4, 8, 4, kernel_size, dilations=dilations).double()
+    T = 3 * receptive_field(kernel_size, dilations)
+    base = torch.randn(1, 4, T, dtype=torch.double)
+    bumped = base.clone()
+    t0 = 5
+    bumped[:, :, t0] += 1.0
+    diff = (stack(bumped)[1] - stack(base)[1]).abs().sum(dim=(0, 1))
+    affected = (diff > 0).nonzero().flatten()
+    assert affected.min().item() == t0
+    assert affected.max().item() - t0 + 1 == stack.receptive_field == receptive_field(kernel_size, dilations)
+
+
+def _stream(stack, x, chunk, **cond):
+    state = stack.init_state(x.shape[0])
+    res, skips = [], []
+    for i in range(0, x.shape[-1], chunk):
+        lc = cond.get("local_cond")
+        kw = {"global_cond": cond.get("global_cond")}
+        if lc is not None:
+            kw["local_cond"] = lc[:, :, i : i + chunk]
+        (r, s), state = stack.step(x[:, :, i : i + chunk], state, **kw)
+        res.append(r)
+        skips.append(s)
+    return torch.cat(res, -1), torch.cat(skips, -1), state
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+@pytest.mark.parametrize("kernel_size, dilations", [(2, (1, 2, 4, 8, 16)), (3, (1, 2, 4, 1, 2, 4)), (2, (1, 1, 3))])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_chunked_streaming_equals_full(chunk, kernel_size, dilations, batch):
+    torch.manual_seed(0)
+    stack = DilatedStack(6, 10, 7, kernel_size, dilations=dilations, global_cond_channels=3, local_cond_channels=2)
+    x = torch.randn(batch, 6, 150)
+    gc = torch.randn(batch, 3)
+    lc = torch.randn(batch, 2, 150)
+    with torch.no_grad():
+        res_full, skip_full = stack(x, gc, lc)
+        res, skip, state = _stream(stack, x, chunk, global_cond=gc, local_cond=lc)
+    assert state.pos == 150
+    torch.testing.assert_close(res, res_full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(skip, skip_full, rtol=0, atol=1e-5)
+
+
+def test_state_save_restore_continues_identically(tmp_path):
+    torch.manual_seed(0)
+    stack = DilatedStack(5, layers_per_stack=4, stacks=2, kernel_size=3)
+    x = torch.randn(2, 5, 90)
+    with torch.no_grad():
+        (_, _), state = stack.step(x[:, :, :40], stack.init_state(2))
+        torch.save(state.state_dict(), tmp_path / "state.pt")
+        saved = state.clone()
+        (_, a), _ = stack.step(x[:, :, 40:], state)
+        restored = StackState.from_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+        (_, b), _ = stack.step(x[:, :, 40:], restored)
+        (_, c), _ = stack.step(x[:, :, 40:], saved)
+        _, full = stack(x)
+    assert torch.equal(a, b) and torch.equal(a, c)
+    torch.testing.assert_close(a, full[:, :, 40:], rtol=0, atol=1e-5)
+
+
+def test_single_steps_mutate_in_place_but_clone_is_independent():
+    torch.manual_seed(0)
+    stack = DilatedStack(4, dilations=(1, 2))
+    state = stack.init_state(1)
+    snapshot = state.clone()
+    with torch.no_grad():
+        stack.step(torch.randn(1, 4, 1), state)
+    assert all(torch.all(b == 0) for b in snapshot.buffers)
+
+
+def test_reset_one_batch_item_leaves_the_others_intact():
+    torch.manual_seed(0)
+    stack = DilatedStack(4, dilations=(1, 2, 4, 8), kernel_size=2)
+    x = torch.randn(3, 4, 60)
+    with torch.no_grad():
+        _, state = stack.step(x[:, :, :30], stack.init_state(3))
+        state.reset(1)
+        (_, tail), _ = stack.step(x[:, :, 30:], state)
+        _, full = stack(x)
+        _, fresh = stack(x[1:2, :, 30:])  # item 1 starts anew at t = 30
+    torch.testing.assert_close(tail[[0, 2]], full[[0, 2], :, 30:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(tail[1:2], fresh, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="out of range"):
+        state.reset(5)
+    with pytest.raises(ValueError, match="mask"):
+        state.reset(torch.tensor([True, False]))
+
+
+def test_step_rejects_a_state_of_the_wrong_batch():
+    stack = DilatedStack(4, dilations=(1, 2))
+    with pytest.raises(ValueError, match="init_state"):
+        stack.step(torch.randn(2, 4, 1), stack.init_state(3))
+    with pytest.raises(ValueError, match=r"\(B, 4, T\)"):
+        stack(torch.randn(2, 5, 10))
+
+
+def test_residual_block_conditioning_is_required_when_built():
+    block = ResidualBlock(4, 8, 4, global_cond_channels=2)
+    with pytest.raises(ValueError, match="global_cond"):
+        block(torch.randn(1, 4, 5))
+
+
+def test_gridding_check():
+    assert receptive_field_coverage(2, dilation_schedule(10, 3)) == 1.0
+    assert receptive_field_coverage(3, (1, 3, 9)) == 1.0
+    assert receptive_field_coverage(2, (2, 4, 8)) < 0.6  # odd offsets are never reached
+    with pytest.warns(UserWarning, match="gridding"):
+        DilatedStack(4, dilations=(2, 4, 8))

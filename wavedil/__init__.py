@@ -1,0 +1,40 @@
+"""wavedil: WaveNet-style raw-audio generation with causal dilated convolutions.
+
+The public API, re-exported explicitly. Tensors are ``(B, C, T)`` unless a docstring says
+otherwise.
+"""
+
+from .audio import mu_law_decode, mu_law_encode, read_audio, write_audio
+from .generate import GenerationResult, generate
+from .layers import (
+    CausalConv1d,
+    DilatedStack,
+    ResidualBlock,
+    StackState,
+    causal_padding,
+    dilation_schedule,
+    receptive_field,
+    receptive_field_coverage,
+)
+from .model import WaveNet, WaveNetConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CausalConv1d",
+    "ResidualBlock",
+    "DilatedStack",
+    "StackState",
+    "causal_padding",
+    "dilation_schedule",
+    "receptive_field",
+    "receptive_field_coverage",
+    "WaveNet",
+    "WaveNetConfig",
+    "generate",
+    "GenerationResult",
+    "mu_law_encode",
+    "mu_law_decode",
+    "read_audio",
+    "write_audio",
+]

@@ -1,0 +1,5 @@
+"""``python -m wavedil ...`` (also what ``torchrun -m wavedil train ...`` runs)."""
+
+from .cli import main
+
+main()

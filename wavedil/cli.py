@@ -1,0 +1,288 @@
+"""``wavedil train | generate | eval | info``: a thin layer over library functions.
+
+The CLI parses, checks and reports; the work lives in :mod:`wavedil.train`,
+:mod:`wavedil.generate` and :mod:`wavedil.evaluate`. User errors print one paragraph and exit
+with status 2; ``--debug`` (or ``HYDRA_FULL_ERROR=1``) shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+EXIT_USER_ERROR = 2
+
+
+def _fail(msg: str) -> "SystemExit":
+    print(f"error: {msg}", file=sys.stderr)
+    return SystemExit(EXIT_USER_ERROR)
+
+
+def _debug_wanted(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+# ----------------------------------------------------------------------------- train (Hydra)
+
+
+def _train(overrides: list[str]) -> None:
+    """Run ``wavedil train`` through ``hydra.main`` so overrides, ``-m`` sweeps and run folders work."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from .config import CONF_DIR
+
+    debug = "debug=true" in overrides or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+    def _run(cfg) -> float:
+        from .train import train
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            summary = train(cfg, run_dir)
+        except (ValueError, OSError) as exc:
+            if debug or cfg.get("debug", False):
+                raise
+            raise _fail(exc) from None
+        print(json.dumps(summary))
+        return summary["valid_bits"]
+
+    sys.argv = ["wavedil train"] + overrides
+    _run()
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any work if ``path`` cannot be written (tries a real temporary file)."""
+    import tempfile
+
+    if path.is_dir():
+        raise ValueError(f"output path '{path}' is a directory: give a file name such as {path / 'out.wav'}")
+    if path.suffix.lower() not in (".wav", ".flac", ".ogg"):
+        raise ValueError(f"output file '{path}' must end in .wav, .flac or .ogg")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".wavedil-write-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"cannot create the output folder '{parent}' or write in it ({exc.strerror or exc}): choose another -o path"
+        ) from None
+
+
+def _load_checkpoint_arg(target: str):
+    """A checkpoint file, or a run folder / checkpoints folder (its newest good checkpoint)."""
+    from .checkpoint import CheckpointError, load_checkpoint, newest_good_checkpoint
+
+    path = Path(target)
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        found = newest_good_checkpoint(folder)
+        if found is None:
+            raise CheckpointError(f"no usable step_*.pt checkpoint in '{folder}': train first, or give a .pt file")
+        return found[1]
+    return load_checkpoint(path)
+
+
+def _numbered(path: Path, i: int, n: int) -> Path:
+    return path if n == 1 else path.with_name(f"{path.stem}_{i:0{max(3, len(str(n - 1)))}d}{path.suffix}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from .audio import mu_law_decode, mu_law_encode, read_audio, write_audio
+    from .checkpoint import model_from_checkpoint
+    from .generate import MAX_SAMPLES, generate
+
+    out = Path(args.output)
+    _check_writable(out)
+    if not args.seconds > 0:
+        raise ValueError(f"--seconds must be positive, got {args.seconds}")
+    if args.batch < 1 or args.batch > 4096:
+        raise ValueError(f"--batch must be in [1, 4096], got {args.batch}")
+    ckpt = _load_checkpoint_arg(args.checkpoint)
+    sr = int(ckpt.get("sample_rate", 16000))
+    n = int(round(args.seconds * sr))
+    if n > MAX_SAMPLES:
+        raise ValueError(f"--seconds {args.seconds} is {n:,} samples at {sr} Hz; the limit is {MAX_SAMPLES:,}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model_from_checkpoint(ckpt, use_ema=not args.no_ema, device=device)
+    prompt = None
+    if args.prompt:
+        wav, _ = read_audio(args.prompt, sample_rate=sr)
+        prompt = mu_law_encode(wav, model.quantization_channels)
+    bar = tqdm(total=n, unit="sample", unit_scale=True, disable=args.quiet, dynamic_ncols=True)
+    last = [0]
+
+    def progress(done: int) -> None:
+        if done - last[0] >= 256 or done == n:
+            bar.update(done - last[0])
+            last[0] = done
+
+    res = generate(
+        model, n, batch_size=args.batch, temperature=args.temperature, seed=args.seed,
+        prompt=prompt, speaker=args.speaker, backend=args.backend, progress=progress,
+    )
+    bar.close()
+    paths = []
+    for i in range(args.batch):
+        wav = mu_law_decode(res.codes[i].cpu(), model.quantization_channels)
+        paths.append(write_audio(_numbered(out, i, args.batch), wav, sr))
+    rate = res.samples_per_second
+    print(
+        f"wrote {len(paths)} file(s) ({args.seconds:g} s at {sr} Hz each): {paths[0]}"
+        + (f" .. {paths[-1].name}" if len(paths) > 1 else "")
+        + f"\n{rate:,.0f} samples/s with the {res.backend} backend, real-time factor {sr * args.batch / rate:.2f}"
+        f" (seed {res.seed})"
+    )
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .checkpoint import model_from_checkpoint
+    from .data import AudioItem, CorpusError, iter_file_codes, load_corpus, split_items
+    from .evaluate import evaluate_codes
+
+    ckpt = _load_checkpoint_arg(args.checkpoint)
+    sr = int(ckpt.get("sample_rate", 16000))
+    items: list = []
+    for src in args.audio:
+        p = Path(src)
+        if p.is_dir():
+            items += load_corpus(p, layout=args.layout)
+        elif p.is_file():
+            items.append(AudioItem(p))
+        else:
+            raise CorpusError(f"'{p}' is neither an audio file nor a folder")
+    if args.split != "all":
+        fraction = args.valid_fraction
+        if fraction is None:  # the split of the training run
+            fraction = float(ckpt.get("config", {}).get("data", {}).get("valid_fraction", 0.1))
+        train_items, valid_items = split_items(items, valid_fraction=fraction)
+        items = valid_items if args.split == "valid" else train_items
+    model = model_from_checkpoint(ckpt, use_ema=not args.no_ema)
+    files = ((str(item.path), codes) for item, codes in iter_file_codes(items, sr, model.quantization_channels, args.max_seconds))
+    report = evaluate_codes(model, files)
+    print(report.table())
+    if args.json:
+        print(json.dumps(report.to_dict()))
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def _info(args: argparse.Namespace) -> None:
+    from .layers import receptive_field_coverage
+    from .model import WaveNet
+
+    target = args.target
+    sr = args.sample_rate
+    if target.endswith(".pt") or Path(target).is_dir():
+        from .checkpoint import model_from_checkpoint
+
+        ckpt = _load_checkpoint_arg(target)
+        model = model_from_checkpoint(ckpt)
+        sr = sr or int(ckpt.get("sample_rate", 16000))
+        extra = f"checkpoint at step {ckpt.get('step', '?')}"
+    else:
+        from omegaconf import OmegaConf
+
+        from .config import CONF_DIR, model_config
+
+        path = Path(target)
+        if not path.is_file():
+            path = CONF_DIR / "model" / f"{target}.yaml"
+        if not path.is_file():
+            names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+            raise ValueError(f"'{target}' is neither a checkpoint (.pt), a YAML file nor a model config {names}")
+        model = WaveNet(model_config(OmegaConf.load(path)))
+        extra = f"model config {path}"
+        sr = sr or 16000
+    cfg = model.config
+    rf = model.receptive_field
+    d = model.stack.dilations
+    print(
+        f"{extra}\n"
+        f"parameters        {model.num_parameters():,}\n"
+        f"receptive field   {rf} samples = {1000 * rf / sr:.1f} ms at {sr} Hz\n"
+        f"layers            {len(d)} (kernel {cfg.kernel_size}, coverage {receptive_field_coverage(cfg.kernel_size, d):.0%})\n"
+        f"dilations         {', '.join(map(str, d))}\n"
+        f"channels          residual {cfg.residual_channels}, gate {cfg.gate_channels}, skip {cfg.skip_channels}, "
+        f"head {cfg.head_channels}, classes {cfg.quantization_channels}"
+    )
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wavedil", description="WaveNet-style raw-audio generation.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train with Hydra overrides: wavedil train experiment=speech8k ...", add_help=False)
+
+    g = sub.add_parser("generate", help="sample audio from a checkpoint")
+    g.add_argument("checkpoint", help="a step_*.pt file, or a run folder (its newest checkpoint)")
+    g.add_argument("-o", "--output", required=True, help="output .wav (batch > 1 writes name_000.wav, ...)")
+    g.add_argument("--seconds", type=float, default=2.0)
+    g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--prompt", help="an audio file whose codes prime the model before sampling")
+    g.add_argument("--speaker", type=int, default=None, help="class id for globally conditioned models")
+    g.add_argument("--backend", default="torch", help="generation back-end: auto, torch, fast")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="bits per sample on audio files, with bz2 and unigram baselines")
+    e.add_argument("checkpoint")
+    e.add_argument("audio", nargs="+", help="audio files or folders")
+    e.add_argument("--layout", default="folder", help="layout of folders: folder, ljspeech, vctk")
+    e.add_argument("--split", default="all", choices=["all", "train", "valid"], help="evaluate only this split of the files")
+    e.add_argument("--valid-fraction", type=float, default=None,
+                   help="held-out fraction for --split (default: data.valid_fraction of the training run)")
+    e.add_argument("--max-seconds", type=float, default=None, help="read at most this much of each file")
+    e.add_argument("--no-ema", action="store_true")
+    e.add_argument("--json", action="store_true", help="also print the figures as JSON")
+
+    i = sub.add_parser("info", help="parameters, receptive field and dilations of a checkpoint or model config")
+    i.add_argument("target", help="checkpoint .pt, model config name (tiny, small, base, ref30) or YAML file")
+    i.add_argument("--sample-rate", type=int, default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of ``wavedil``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    debug = _debug_wanted(argv)
+    if "train" in argv[:2]:
+        idx = argv.index("train")
+        return _train([a for a in argv[idx + 1 :] if a != "--debug"] + (["debug=true"] if debug else []))
+    args = _parser().parse_args(argv)
+    try:
+        {"generate": _generate, "eval": _eval, "info": _info}[args.command](args)
+    except (ValueError, OSError) as exc:
+        if debug:
+            raise
+        raise _fail(exc) from None
+
+
+if __name__ == "__main__":
+    main()

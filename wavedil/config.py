@@ -1,0 +1,64 @@
+"""Configuration at the edge: Hydra/OmegaConf in, plain typed objects out.
+
+Nothing below the CLI and the training entry point sees an OmegaConf object: this module turns
+the composed config into a :class:`~wavedil.model.WaveNetConfig` and plain dicts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from .model import WaveNetConfig
+
+__all__ = ["CONF_DIR", "bundled_data", "model_config", "to_plain", "compose"]
+
+#: The configs ship inside the package (``wavedil/conf``), so ``wavedil train`` works anywhere.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def bundled_data(name: str) -> str:
+    """Path of a bundled data set (``data/<name>`` of the checkout, or ``$WAVEDIL_DATA/<name>``)."""
+    candidates = []
+    if os.environ.get("WAVEDIL_DATA"):
+        candidates.append(Path(os.environ["WAVEDIL_DATA"]) / name)
+    candidates.append(Path(__file__).resolve().parent.parent / "data" / name)  # source checkout
+    candidates.append(Path.cwd() / "data" / name)
+    for c in candidates:
+        if c.is_dir():
+            return str(c)
+    raise ValueError(
+        f"bundled data '{name}' not found (looked in {', '.join(str(c) for c in candidates)}): run from a "
+        f"wavedil checkout, set WAVEDIL_DATA to the folder that holds '{name}', or pass data.root=/path"
+    )
+
+
+if not OmegaConf.has_resolver("bundled"):
+    OmegaConf.register_new_resolver("bundled", bundled_data)
+
+
+def to_plain(cfg: Any) -> Any:
+    """A resolved plain-Python copy (dicts, lists, numbers, strings) of an OmegaConf node."""
+    if isinstance(cfg, (DictConfig,)) or OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def model_config(cfg_model: Any) -> WaveNetConfig:
+    """The ``model`` group of a composed config as a :class:`WaveNetConfig` (unknown keys: ValueError)."""
+    return WaveNetConfig.from_dict(to_plain(cfg_model))
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose the packaged config with Hydra's compose API (tests, notebooks, ``wavedil info``)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))

@@ -1,0 +1,189 @@
+"""Cached incremental generation.
+
+The model's streaming state (one ring buffer per layer, see :class:`wavedil.layers.StackState`)
+makes each new sample cost O(layers), not O(receptive field). The per-sample loop is a
+*back-end*: ``torch`` (the reference, any device) is always available and others register
+themselves in :data:`BACKENDS`. Every back-end receives the same uniforms from one seeded
+generator and samples by inverse CDF, so the same seed gives the same audio on all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from .distributions import sample_categorical
+from .layers import StackState
+from .model import WaveNet
+
+__all__ = ["generate", "GenerationResult", "BACKENDS", "MAX_SAMPLES", "register_backend", "resolve_backend"]
+
+#: Upper bound on samples per sequence one call may generate (about 35 minutes at 16 kHz).
+MAX_SAMPLES = 2**25
+
+
+class Backend(Protocol):
+    def __call__(
+        self,
+        model: WaveNet,
+        state: StackState,
+        logits: torch.Tensor,
+        uniforms: torch.Tensor,
+        temperature: float,
+        speaker: torch.Tensor | None,
+        progress: Callable[[int], None] | None,
+    ) -> torch.Tensor:
+        """Sample ``uniforms.shape[0]`` steps starting from ``logits (B, Q)``; return codes ``(B, N)``."""
+
+
+def _torch_backend(
+    model: WaveNet,
+    state: StackState,
+    logits: torch.Tensor,
+    uniforms: torch.Tensor,
+    temperature: float,
+    speaker: torch.Tensor | None,
+    progress: Callable[[int], None] | None,
+) -> torch.Tensor:
+    n = uniforms.shape[0]
+    out = torch.empty(logits.shape[0], n, dtype=torch.long, device=logits.device)
+    for t in range(n):
+        codes = sample_categorical(logits, uniforms[t], temperature)  # (B,)
+        out[:, t] = codes
+        if t + 1 < n:
+            step_logits, state = model.step(codes.unsqueeze(1), state, speaker)
+            logits = step_logits[:, :, 0]
+        if progress is not None:
+            progress(t + 1)
+    return out
+
+
+BACKENDS: dict[str, Backend] = {"torch": _torch_backend}
+
+#: Candidates of ``backend="auto"``, preferred first: ``(name, can_run(model) -> bool)``.
+AUTO_BACKENDS: list[tuple[str, Callable[[WaveNet], bool]]] = []
+
+
+def register_backend(name: str, fn: Backend, auto: Callable[[WaveNet], bool] | None = None) -> None:
+    """Make a generation back-end available as ``backend=name``.
+
+    ``auto``: a test of whether the back-end can run a model; given, ``backend="auto"`` prefers
+    this back-end (over those registered before it) for the models that pass it.
+    """
+    BACKENDS[name] = fn
+    if auto is not None:
+        AUTO_BACKENDS[:] = [(name, auto)] + [c for c in AUTO_BACKENDS if c[0] != name]
+
+
+def resolve_backend(backend: str, model: WaveNet) -> str:
+    """``backend`` itself, or for ``"auto"`` the preferred back-end that can run ``model`` (else ``torch``)."""
+    if backend != "auto":
+        return backend
+    return next((name for name, can_run in AUTO_BACKENDS if name in BACKENDS and can_run(model)), "torch")
+
+
+@dataclass
+class GenerationResult:
+    """Codes ``(B, N)`` and how fast they came."""
+
+    codes: torch.Tensor
+    seed: int
+    backend: str
+    seconds: float
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.codes.numel() / max(self.seconds, 1e-9)
+
+
+def _check_prompt(prompt: torch.Tensor, batch_size: int, classes: int) -> torch.Tensor:
+    if not isinstance(prompt, torch.Tensor):
+        raise ValueError(f"prompt must be a torch.Tensor of mu-law codes, got {type(prompt).__name__}")
+    if prompt.dtype.is_floating_point or prompt.dtype == torch.bool:
+        raise ValueError(
+            f"prompt must hold integer mu-law codes, got dtype {prompt.dtype}: "
+            "encode a waveform with wavedil.mu_law_encode first"
+        )
+    if prompt.dim() == 1:
+        prompt = prompt.unsqueeze(0)
+    if prompt.dim() != 2 or prompt.shape[-1] < 1 or prompt.shape[0] not in (1, batch_size):
+        raise ValueError(
+            f"prompt must be (T,) or (B, T) with B = 1 or {batch_size} and T >= 1, got shape {tuple(prompt.shape)}"
+        )
+    if int(prompt.min()) < 0 or int(prompt.max()) >= classes:
+        raise ValueError(
+            f"prompt codes must lie in [0, {classes}), got range [{int(prompt.min())}, {int(prompt.max())}]"
+        )
+    return prompt.expand(batch_size, -1).long()
+
+
+@torch.no_grad()
+def generate(
+    model: WaveNet,
+    n_samples: int,
+    batch_size: int = 1,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    prompt: torch.Tensor | None = None,
+    speaker: torch.Tensor | int | None = None,
+    backend: str = "torch",
+    progress: Callable[[int], None] | None = None,
+) -> GenerationResult:
+    """Sample ``n_samples`` new mu-law codes for each of ``batch_size`` sequences.
+
+    Args:
+        model: a :class:`WaveNet` (its device is used; it is put in eval mode).
+        n_samples: samples to generate per sequence, ``1 <= n <= MAX_SAMPLES``.
+        batch_size: independent sequences ``B``.
+        temperature: ``> 0`` divides the logits; ``0`` is greedy (argmax).
+        seed: makes the result reproducible; None draws one (returned in the result).
+        prompt: optional ``(T,)`` or ``(B, T)`` int64 codes that prime the state; the
+            generated samples continue it (the prompt itself is not returned).
+        speaker: class id(s) ``(B,)`` or an int, for globally conditioned models.
+        backend: a key of :data:`BACKENDS` (``torch`` is the reference), or ``"auto"`` for the
+            fastest available one that can run the model (see :func:`resolve_backend`).
+        progress: called with the number of samples done so far.
+
+    Returns:
+        A :class:`GenerationResult` with ``codes (B, n_samples)`` int64.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or not 1 <= n_samples <= MAX_SAMPLES:
+        raise ValueError(f"n_samples must be an integer in [1, {MAX_SAMPLES}], got {n_samples!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not (temperature >= 0 and temperature < float("inf")):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    backend = resolve_backend(backend, model)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown generation backend {backend!r}; available: {sorted(BACKENDS)}")
+    model.eval()
+    device = model.embed.weight.device
+    Q = model.quantization_channels
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    gen = torch.Generator().manual_seed(int(seed))
+    uniforms = torch.rand(n_samples, batch_size, generator=gen, dtype=torch.float64).to(device)
+    if speaker is not None:
+        speaker = torch.as_tensor(speaker, device=device).long().reshape(-1).expand(batch_size)
+
+    state = model.init_state(batch_size)
+    if prompt is None:
+        # the stream opens with one sample of silence (the mu-law code of 0.0)
+        prompt = torch.full((batch_size, 1), Q // 2, dtype=torch.long, device=device)
+    else:
+        prompt = _check_prompt(prompt, batch_size, Q).to(device)
+    logits, state = model.step(prompt, state, speaker)  # one chunked pass primes every layer
+    start = time.perf_counter()
+    codes = BACKENDS[backend](model, state, logits[:, :, -1], uniforms, float(temperature), speaker, progress)
+    seconds = time.perf_counter() - start
+    return GenerationResult(codes, int(seed), backend, seconds)
+
+
+# Optional fused back-ends (wavedil.fast) register themselves; any failure leaves "torch" working.
+try:
+    from . import fast as _fast  # noqa: E402,F401
+except Exception:  # pragma: no cover - a broken optional install must not break generation
+    pass

@@ -1,0 +1,510 @@
+"""Causal dilated convolutions: pure helpers and thin ``nn.Module``s.
+
+Tensors are ``(B, C, T)`` throughout: batch, channels, time.
+
+The causal rule: a convolution with kernel ``k`` and dilation ``d`` sees the current sample and
+``k - 1`` past samples spaced ``d`` apart, so it needs ``(k - 1) * d`` samples of left padding::
+
+    k = 2, d = 4          input   . . . . x x x x x x x x
+                                  |<- pad ->|
+    output[t] = w0 * x[t - 4] + w1 * x[t]
+
+Every module here has two equivalent paths:
+
+* ``forward(x)``: the whole sequence at once, zero left padding (training).
+* ``step(x, state)``: a chunk of any length ``T >= 1`` given the explicit state returned by the
+  previous call (or by ``init_state``), returning ``(y, new_state)``. Feeding a sequence in
+  chunks gives the same output as one ``forward`` call.
+
+A layer's state is a ring buffer ``(B, C_in, (k - 1) * d)`` holding exactly the past inputs the
+layer needs; the write position is shared by all layers of a stack (:class:`StackState`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "causal_padding",
+    "dilation_schedule",
+    "receptive_field",
+    "CausalConv1d",
+    "ResidualBlock",
+    "DilatedStack",
+    "StackState",
+    "receptive_field_coverage",
+    "warn_if_gridded",
+]
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def causal_padding(kernel_size: int, dilation: int) -> int:
+    """Left padding ``(k - 1) * d`` that makes a dilated convolution causal.
+
+    >>> causal_padding(2, 512)
+    512
+    >>> causal_padding(3, 4)
+    8
+    """
+    _check_positive_int("kernel_size", kernel_size, 2)
+    _check_positive_int("dilation", dilation)
+    return (kernel_size - 1) * dilation
+
+
+def dilation_schedule(layers_per_stack: int, stacks: int = 1, base: int = 2) -> tuple[int, ...]:
+    """Dilations ``1, base, base**2, ...`` for ``layers_per_stack`` layers, repeated ``stacks`` times.
+
+    >>> dilation_schedule(4, 2)
+    (1, 2, 4, 8, 1, 2, 4, 8)
+    """
+    _check_positive_int("layers_per_stack", layers_per_stack)
+    _check_positive_int("stacks", stacks)
+    _check_positive_int("base", base)
+    return tuple(base**i for i in range(layers_per_stack)) * stacks
+
+
+def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
+    dilations = tuple(dilations)
+    if len(dilations) == 0:
+        raise ValueError("dilations must hold at least one layer, got an empty sequence")
+    for i, d in enumerate(dilations):
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ValueError(f"dilations[{i}] must be an integer >= 1, got {d!r} in {dilations}")
+    return dilations
+
+
+def receptive_field(kernel_size: int, dilations: Sequence[int]) -> int:
+    """Number of input samples (current one included) that one output of the stack sees.
+
+    ``1 + (k - 1) * sum(dilations)``; for ref30 (kernel 2, 1..512 three times) that is 3070.
+
+    >>> receptive_field(2, dilation_schedule(10, 3))
+    3070
+    """
+    _check_positive_int("kernel_size", kernel_size, 2)
+    return 1 + (kernel_size - 1) * sum(_check_dilations(dilations))
+
+
+# ----------------------------------------------------------------------------- streaming state
+
+
+@dataclass
+class StackState:
+    """Explicit streaming state of a :class:`DilatedStack` (or of a single layer).
+
+    Attributes:
+        buffers: one ring buffer per layer, ``(B, C_in, (k - 1) * d)``. Slot ``s`` of a buffer
+            holds the input of time ``t`` with ``t % L == s`` (``L`` the buffer length), for the
+            last ``L`` time steps; times before the start of the stream read as zeros.
+        pos: number of time steps consumed so far (the write position of every ring).
+
+    The state is plain tensors: a caller can hold it, ``clone`` it, move it, save it with
+    ``torch.save`` or reset single batch items.
+    """
+
+    buffers: list[torch.Tensor]
+    pos: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.buffers[0].shape[0]
+
+    def clone(self) -> "StackState":
+        """A deep copy whose buffers share no memory with this one."""
+        return StackState([b.clone() for b in self.buffers], self.pos)
+
+    def to(self, *args, **kwargs) -> "StackState":
+        """Move/cast every buffer (same arguments as ``Tensor.to``)."""
+        return StackState([b.to(*args, **kwargs) for b in self.buffers], self.pos)
+
+    def reset(self, items: int | Sequence[int] | torch.Tensor | None = None) -> "StackState":
+        """Forget the past of some batch items (all when ``items`` is None), in place.
+
+        A reset item continues as if its stream started at the next step; the other items are
+        left untouched. ``items`` is an index, a sequence of indices or a boolean mask ``(B,)``.
+        """
+        if items is None:
+            for b in self.buffers:
+                b.zero_()
+            self.pos = 0
+            return self
+        if isinstance(items, int):
+            items = [items]
+        idx = torch.as_tensor(items, device=self.buffers[0].device)
+        if idx.dtype == torch.bool:
+            if idx.shape != (self.batch_size,):
+                raise ValueError(
+                    f"reset mask must have shape ({self.batch_size},), got {tuple(idx.shape)}"
+                )
+            idx = idx.nonzero().flatten()
+        if idx.numel() and (int(idx.min()) < -self.batch_size or int(idx.max()) >= self.batch_size):
+            raise ValueError(f"reset indices {idx.tolist()} out of range for batch size {self.batch_size}")
+        for b in self.buffers:
+            b[idx] = 0
+        return self
+
+    def state_dict(self) -> dict:
+        """Plain dict form (tensors and ints) for ``torch.save`` / export."""
+        return {"buffers": list(self.buffers), "pos": self.pos}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "StackState":
+        return cls(list(d["buffers"]), int(d["pos"]))
+
+
+def _ring_history(buf: torch.Tensor, pos: int) -> torch.Tensor:
+    """The ring buffer ``(B, C, L)`` in time order (oldest first)."""
+    L = buf.shape[-1]
+    shift = pos % L
+    return buf if shift == 0 else torch.roll(buf, -shift, dims=-1)
+
+
+def _ring_from_history(hist: torch.Tensor, pos: int) -> torch.Tensor:
+    """Inverse of :func:`_ring_history`: lay a time-ordered ``(B, C, L)`` window into ring slots."""
+    L = hist.shape[-1]
+    shift = pos % L
+    return hist.contiguous() if shift == 0 else torch.roll(hist, shift, dims=-1)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class CausalConv1d(nn.Module):
+    """A 1-D convolution that only looks at the present and the past.
+
+    Args:
+        in_channels: input channels ``C_in``.
+        out_channels: output channels ``C_out``.
+        kernel_size: taps ``k >= 2``.
+        dilation: spacing ``d >= 1`` between taps.
+        bias: add a learned bias.
+
+    Shapes:
+        ``forward``: ``(B, C_in, T) -> (B, C_out, T)``; output ``t`` depends on inputs
+        ``t - (k-1)*d, ..., t - d, t``.
+
+    >>> conv = CausalConv1d(1, 4, kernel_size=2, dilation=8)
+    >>> conv(torch.zeros(3, 1, 100)).shape
+    torch.Size([3, 4, 100])
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 2, dilation: int = 1, bias: bool = True
+    ) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("out_channels", out_channels)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.padding = causal_padding(kernel_size, dilation)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The same initialisation as nn.Conv1d.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"dilation={self.dilation}, bias={self.bias is not None}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, T) -> (B, C_out, T)`` with zero left padding."""
+        return F.conv1d(F.pad(x, (self.padding, 0)), self.weight, self.bias, dilation=self.dilation)
+
+    def init_buffer(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        """An empty (all-zero) ring buffer ``(B, C_in, (k-1)*d)`` for :meth:`step`."""
+        _check_positive_int("batch_size", batch_size)
+        device = self.weight.device if device is None else device
+        dtype = self.weight.dtype if dtype is None else dtype
+        return torch.zeros(batch_size, self.in_channels, self.padding, device=device, dtype=dtype)
+
+    def step(self, x: torch.Tensor, buf: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Process the chunk ``x`` ``(B, C_in, T)`` that starts at stream time ``pos``.
+
+        Returns ``(y (B, C_out, T), new_buffer)``. For ``T == 1`` the buffer is updated in place
+        (one slot written) and the work is one small matmul: O(1) in the dilation. For longer
+        chunks the past is unrolled, convolved with the chunk and laid back into the ring.
+        """
+        L = self.padding
+        if x.shape[-1] == 1:
+            k, d = self.kernel_size, self.dilation
+            # taps x[t - (k-1)d], ..., x[t - d] live in slots (pos - m*d) % L, m = k-1..1
+            if k == 2:
+                past = buf[:, :, pos % L : pos % L + 1]  # x[t - d], (B, C_in, 1)
+            else:
+                slots = [(pos - m * d) % L for m in range(k - 1, 0, -1)]
+                past = buf[:, :, slots]  # (B, C_in, k-1)
+            window = torch.cat([past, x], dim=-1)  # (B, C_in, k)
+            y = F.linear(window.flatten(1), self.weight.flatten(1), self.bias).unsqueeze(-1)
+            buf[:, :, pos % L] = x[:, :, 0]  # x[t] replaces x[t - L], which no tap needs any more
+            return y, buf
+        full = torch.cat([_ring_history(buf, pos), x], dim=-1)  # (B, C_in, L + T)
+        y = F.conv1d(full, self.weight, self.bias, dilation=self.dilation)
+        return y, _ring_from_history(full[:, :, -L:], pos + x.shape[-1])
+
+
+class ResidualBlock(nn.Module):
+    """WaveNet's gated residual block.
+
+    ``z = tanh(a) * sigmoid(b)`` with ``[a; b] = causal_conv(x) + cond``; the residual output is
+    ``x + W_res z`` and the skip output is ``W_skip z`` (both 1x1, computed as one matmul).
+
+    Args:
+        residual_channels: channels ``R`` of the input and residual output.
+        gate_channels: channels of the dilated conv output, split in two halves for tanh/sigmoid
+            (must be even).
+        skip_channels: channels ``S`` of the skip output.
+        kernel_size, dilation: of the dilated causal convolution.
+        global_cond_channels: size ``G`` of a per-sequence conditioning vector ``(B, G)`` added
+            to the gate (0: none).
+        local_cond_channels: channels ``L`` of a per-sample conditioning signal ``(B, L, T)``
+            added to the gate through a 1x1 conv (0: none).
+
+    Shapes: ``x (B, R, T) -> (residual (B, R, T), skip (B, S, T))``.
+    """
+
+    def __init__(
+        self,
+        residual_channels: int,
+        gate_channels: int,
+        skip_channels: int,
+        kernel_size: int = 2,
+        dilation: int = 1,
+        global_cond_channels: int = 0,
+        local_cond_channels: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("residual_channels", residual_channels)
+        _check_positive_int("gate_channels", gate_channels, 2)
+        if gate_channels % 2:
+            raise ValueError(f"gate_channels must be even (two halves for tanh and sigmoid), got {gate_channels}")
+        _check_positive_int("skip_channels", skip_channels)
+        _check_positive_int("global_cond_channels", global_cond_channels, 0)
+        _check_positive_int("local_cond_channels", local_cond_channels, 0)
+        self.residual_channels = residual_channels
+        self.skip_channels = skip_channels
+        self.conv = CausalConv1d(residual_channels, gate_channels, kernel_size, dilation)
+        self.gc = nn.Linear(global_cond_channels, gate_channels, bias=False) if global_cond_channels else None
+        self.lc = nn.Conv1d(local_cond_channels, gate_channels, 1, bias=False) if local_cond_channels else None
+        # residual and skip 1x1 projections fused into one (R + S, gate/2) matmul
+        self.out = nn.Conv1d(gate_channels // 2, residual_channels + skip_channels, 1)
+
+    def _gate(
+        self, h: torch.Tensor, global_cond: torch.Tensor | None, local_cond: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.gc is not None:
+            if global_cond is None:
+                raise ValueError("this block was built with global conditioning: pass global_cond (B, G)")
+            h = h + self.gc(global_cond).unsqueeze(-1)
+        if self.lc is not None:
+            if local_cond is None:
+                raise ValueError("this block was built with local conditioning: pass local_cond (B, L, T)")
+            h = h + self.lc(local_cond)
+        a, b = h.chunk(2, dim=1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+    def _outputs(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rs = self.out(z)
+        return x + rs[:, : self.residual_channels], rs[:, self.residual_channels :]
+
+    def forward(
+        self, x: torch.Tensor, global_cond: torch.Tensor | None = None, local_cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (B, R, T) -> (residual (B, R, T), skip (B, S, T))``."""
+        return self._outputs(x, self._gate(self.conv(x), global_cond, local_cond))
+
+    def step(
+        self,
+        x: torch.Tensor,
+        buf: torch.Tensor,
+        pos: int,
+        global_cond: torch.Tensor | None = None,
+        local_cond: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Streaming form of :meth:`forward` for a chunk starting at ``pos``.
+
+        Returns ``(residual (B, R, T), skip (B, S, T), new_buffer)``; ``local_cond`` is the
+        chunk's own ``(B, L, T)`` slice.
+        """
+        h, buf = self.conv.step(x, buf, pos)
+        res, skip = self._outputs(x, self._gate(h, global_cond, local_cond))
+        return res, skip, buf
+
+
+class DilatedStack(nn.Module):
+    """A stack of :class:`ResidualBlock` s with a dilation schedule; the skips are summed.
+
+    Args:
+        residual_channels: ``R``, channels of the input and of the residual path.
+        gate_channels: channels of each dilated conv (two halves for the gate); default ``2R``.
+        skip_channels: ``S``, channels of the summed skip output; default ``R``.
+        kernel_size: taps of every dilated conv (``>= 2``).
+        dilations: explicit dilation per layer; or leave None and give ``layers_per_stack`` and
+            ``stacks`` for ``1, 2, 4, ...`` repeated.
+        global_cond_channels, local_cond_channels: conditioning inputs (0: none).
+
+    Shapes:
+        ``forward(x (B, R, T)) -> (residual (B, R, T), skip_sum (B, S, T))``.
+
+    >>> stack = DilatedStack(16, layers_per_stack=4, stacks=2)
+    >>> res, skip = stack(torch.randn(2, 16, 50))
+    >>> skip.shape, stack.receptive_field
+    (torch.Size([2, 16, 50]), 31)
+    """
+
+    def __init__(
+        self,
+        residual_channels: int,
+        gate_channels: int | None = None,
+        skip_channels: int | None = None,
+        kernel_size: int = 2,
+        dilations: Sequence[int] | None = None,
+        layers_per_stack: int | None = None,
+        stacks: int = 1,
+        global_cond_channels: int = 0,
+        local_cond_channels: int = 0,
+    ) -> None:
+        super().__init__()
+        if dilations is None:
+            if layers_per_stack is None:
+                raise ValueError("give either dilations=(...) or layers_per_stack (and stacks)")
+            dilations = dilation_schedule(layers_per_stack, stacks)
+        elif layers_per_stack is not None:
+            raise ValueError(
+                f"give dilations={tuple(dilations)} or layers_per_stack={layers_per_stack}, not both"
+            )
+        self.dilations = _check_dilations(dilations)
+        _check_positive_int("kernel_size", kernel_size, 2)
+        _check_positive_int("residual_channels", residual_channels)
+        self.kernel_size = kernel_size
+        self.residual_channels = residual_channels
+        self.gate_channels = 2 * residual_channels if gate_channels is None else gate_channels
+        self.skip_channels = residual_channels if skip_channels is None else skip_channels
+        self.layers = nn.ModuleList(
+            ResidualBlock(
+                residual_channels,
+                self.gate_channels,
+                self.skip_channels,
+                kernel_size,
+                d,
+                global_cond_channels,
+                local_cond_channels,
+            )
+            for d in self.dilations
+        )
+        warn_if_gridded(kernel_size, self.dilations)
+
+    @property
+    def receptive_field(self) -> int:
+        """Input samples seen by one output: ``1 + (k - 1) * sum(dilations)``."""
+        return receptive_field(self.kernel_size, self.dilations)
+
+    def forward(
+        self, x: torch.Tensor, global_cond: torch.Tensor | None = None, local_cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (B, R, T) -> (residual (B, R, T), skip_sum (B, S, T))``.
+
+        ``global_cond``: ``(B, G)``; ``local_cond``: ``(B, L, T)``, already at the sample rate.
+        """
+        self._check_input(x)
+        skip_sum = None
+        for layer in self.layers:
+            x, skip = layer(x, global_cond, local_cond)
+            skip_sum = skip if skip_sum is None else skip_sum + skip
+        return x, skip_sum
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> StackState:
+        """A fresh streaming state for ``batch_size`` sequences (all pasts are silence/zeros)."""
+        return StackState([layer.conv.init_buffer(batch_size, device, dtype) for layer in self.layers], 0)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        state: StackState,
+        global_cond: torch.Tensor | None = None,
+        local_cond: torch.Tensor | None = None,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], StackState]:
+        """Streaming form of :meth:`forward` for the next chunk ``x (B, R, T)``, any ``T >= 1``.
+
+        Returns ``((residual (B, R, T), skip_sum (B, S, T)), new_state)``. Single-sample steps
+        update the ring buffers in place and cost O(layers); the returned state is the one to
+        pass to the next call. ``local_cond`` is the chunk's own ``(B, L, T)`` slice.
+        """
+        self._check_input(x)
+        if len(state.buffers) != len(self.layers) or state.batch_size != x.shape[0]:
+            raise ValueError(
+                f"state holds {len(state.buffers)} layers for batch {state.batch_size}, but the stack has "
+                f"{len(self.layers)} layers and x has batch {x.shape[0]}: create it with init_state(batch_size)"
+            )
+        pos = state.pos
+        buffers = []
+        skip_sum = None
+        for layer, buf in zip(self.layers, state.buffers):
+            x, skip, buf = layer.step(x, buf, pos, global_cond, local_cond)
+            buffers.append(buf)
+            skip_sum = skip if skip_sum is None else skip_sum + skip
+        return (x, skip_sum), StackState(buffers, pos + x.shape[-1])
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 3 or x.shape[1] != self.residual_channels or x.shape[-1] < 1:
+            raise ValueError(
+                f"expected input (B, {self.residual_channels}, T) with T >= 1, got shape {tuple(x.shape)}"
+            )
+
+    def coverage(self) -> float:
+        """Fraction of the receptive field's input positions that some path reaches (1.0: no holes)."""
+        return receptive_field_coverage(self.kernel_size, self.dilations)
+
+
+def receptive_field_coverage(kernel_size: int, dilations: Sequence[int]) -> float:
+    """Fraction of the ``receptive_field`` input offsets reachable through the stack's paths.
+
+    Every path through the residual stack either skips a layer (residual) or takes one of its
+    ``k`` taps, so the reachable offsets are the subset sums ``sum_i m_i d_i`` with
+    ``0 <= m_i < k``. A schedule with holes ("gridding") leaves some offsets unreachable.
+    """
+    dilations = _check_dilations(dilations)
+    rf = receptive_field(kernel_size, dilations)
+    reach = torch.zeros(rf, dtype=torch.bool)
+    reach[0] = True
+    for d in dilations:
+        new = reach.clone()
+        for m in range(1, kernel_size):
+            new[m * d :] |= reach[: rf - m * d]
+        reach = new
+    return float(reach.float().mean())
+
+
+def warn_if_gridded(kernel_size: int, dilations: Sequence[int]) -> None:
+    """Warn when the schedule leaves holes in its receptive field."""
+    cov = receptive_field_coverage(kernel_size, dilations)
+    if cov < 1.0:
+        warnings.warn(
+            f"dilations {tuple(dilations)} with kernel {kernel_size} reach only {cov:.1%} of the "
+            "receptive field (gridding): start each cycle at dilation 1 and grow by at most the kernel size",
+            stacklevel=3,
+        )
