@@ -52,9 +52,13 @@ def _train(overrides: list[str]) -> None:
             if debug or cfg.get("debug", False):
                 raise
             raise _fail(exc) from None
-        print(json.dumps(summary))
+        if os.environ.get("RANK", "0") == "0":
+            print(json.dumps(summary))
         return summary["valid_bits"]
 
+    if os.environ.get("RANK", "0") != "0":
+        # torchrun's other ranks: rank 0 owns the run folder (train() broadcasts it) and the logs.
+        overrides = overrides + ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     sys.argv = ["wavedil train"] + overrides
     _run()
 

@@ -11,6 +11,8 @@ the step and the RNG state. A resumed run therefore continues exactly where it s
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
 import signal
@@ -30,10 +32,14 @@ from .checkpoint import (
 )
 from .config import model_config, to_plain
 from .data import SegmentDataset, load_corpus, split_items
-from .distributions import LN2
+from .distributed import any_rank, broadcast_object, dist_info_from_env, init_distributed, shutdown
+from .distributions import LN2, categorical_bits
 from .model import WaveNet, WaveNetConfig
 
-__all__ = ["train", "lr_factor", "EMA", "resolve_device", "find_resume_checkpoint", "TrainingError"]
+__all__ = [
+    "train", "lr_factor", "EMA", "resolve_device", "find_resume_checkpoint", "TrainingError", "params_digest",
+    "autocast_for", "StepBatchSampler",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +98,10 @@ class EMA:
             self.shadow[k].copy_(v)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; an unavailable cuda is a clear error."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> cuda (``cuda:local_rank`` under torchrun) if available, else cpu."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
@@ -106,17 +112,45 @@ def resolve_device(name: str) -> torch.device:
 
 
 class StepBatchSampler(Sampler[list[int]]):
-    """Batches of data-set indices for steps ``start .. stop-1``: step ``s`` -> ``s*B .. s*B+B-1``."""
+    """Data-set indices for steps ``start .. stop-1``.
 
-    def __init__(self, start: int, stop: int, batch_size: int) -> None:
+    The global batch of step ``s`` is ``s*B .. s*B+B-1``; rank ``r`` of ``world`` takes its
+    contiguous share of ``B / world`` indices. The batches are therefore the same whatever the
+    world size, and a run can resume with a different one.
+    """
+
+    def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size % world_size:
+            raise TrainingError(
+                f"data.batch_size={batch_size} (the global batch) must be divisible by the world size {world_size}"
+            )
         self.start, self.stop, self.batch_size = start, stop, batch_size
+        self.local = batch_size // world_size
+        self.offset = rank * self.local
 
     def __iter__(self) -> Iterator[list[int]]:
         for s in range(self.start, self.stop):
-            yield list(range(s * self.batch_size, (s + 1) * self.batch_size))
+            first = s * self.batch_size + self.offset
+            yield list(range(first, first + self.local))
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The autocast context and gradient scaler for ``trainer.precision`` (32, bf16 or 16)."""
+    precision = str(precision)
+    if precision in ("32", "fp32", "float32"):
+        return contextlib.nullcontext, None
+    if precision in ("bf16", "bfloat16"):
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise TrainingError(f"trainer.precision=bf16 but {torch.cuda.get_device_name(device)} lacks bfloat16: use 16 or 32")
+        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
+    if precision in ("16", "fp16", "float16"):
+        if device.type != "cuda":
+            raise TrainingError("trainer.precision=16 (float16 with a gradient scaler) needs a CUDA GPU; use bf16 or 32 on the CPU")
+        return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+    raise TrainingError(f"trainer.precision must be 32, bf16 or 16, got {precision!r}")
 
 
 def find_resume_checkpoint(resume: Any, run_dir: Path) -> tuple[Path, dict] | None:
@@ -240,6 +274,9 @@ def _check_resume_matches(ckpt: dict, mcfg: WaveNetConfig, path: Path) -> None:
 def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     """Train a WaveNet as the composed config ``cfg`` says; write everything to ``run_dir``.
 
+    Under torchrun each process trains its share of every global batch with
+    DistributedDataParallel; rank 0 alone validates, logs and writes checkpoints.
+
     Returns a summary dict (final step, last training and validation bits per sample, the
     newest checkpoint path).
     """
@@ -251,9 +288,13 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     max_steps = int(tcfg["max_steps"])
     if max_steps < 1:
         raise TrainingError(f"trainer.max_steps must be >= 1, got {max_steps}")
-    device = resolve_device(str(tcfg.get("device", "auto")))
+    dist_info = dist_info_from_env()
+    device = resolve_device(str(tcfg.get("device", "auto")), dist_info.local_rank)
     if int(tcfg.get("threads", 0)) > 0:
         torch.set_num_threads(int(tcfg["threads"]))
+    autocast, scaler = autocast_for(device, tcfg.get("precision", "32"))
+    B, T = int(dcfg["batch_size"]), int(dcfg["segment_length"])
+    StepBatchSampler(0, 0, B, 0, dist_info.world_size)  # checks the batch divides the world, before work
 
     # Fail fast on the checkpoint before touching the data or building anything big.
     resume = find_resume_checkpoint(tcfg.get("resume", False), run_dir)
@@ -261,6 +302,9 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         _check_resume_matches(resume[1], mcfg, resume[0])
 
     data = build_data(dcfg, mcfg.quantization_channels, seed, max_steps)
+    init_distributed(dist_info, device, str(tcfg.get("dist_backend", "auto")))
+    run_dir = Path(broadcast_object(str(run_dir), dist_info))  # rank 0's folder for everyone
+    main = dist_info.is_main
     torch.manual_seed(seed)
     model = WaveNet(mcfg).to(device)
     ema = EMA(model, float(tcfg.get("ema_decay", 0.0))) if float(tcfg.get("ema_decay", 0.0)) > 0 else None
@@ -288,23 +332,34 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
             ema.load_state_dict(ckpt["ema"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         step = int(ckpt["step"])
-        log.info("resumed from %s at step %d", path, step)
-        print(f"resumed from {path} at step {step}")
+        if main:
+            log.info("resumed from %s at step %d", path, step)
+            print(f"resumed from {path} at step {step}")
+
+    # The module that runs the forward pass: DDP-wrapped and/or compiled views of `model`.
+    net: torch.nn.Module = model
+    if dist_info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if bool(tcfg.get("compile", False)):
+        net = torch.compile(net)
 
     ckpt_dir = run_dir / "checkpoints"
-    writer = _summary_writer(run_dir / "tb")
-    B, T = int(dcfg["batch_size"]), int(dcfg["segment_length"])
+    writer = _summary_writer(run_dir / "tb") if main else _NullWriter()
     loader = DataLoader(
         data.train,
-        batch_sampler=StepBatchSampler(step, max_steps, B),
+        batch_sampler=StepBatchSampler(step, max_steps, B, dist_info.rank, dist_info.world_size),
         num_workers=int(dcfg.get("num_workers", 0)),
-        persistent_workers=False,
+        pin_memory=device.type == "cuda",
     )
-    print(
-        f"training {mcfg.residual_channels}-channel WaveNet ({model.num_parameters():,} parameters, receptive "
-        f"field {model.receptive_field} samples) on {data.n_train_files} files ({data.n_valid_files} held out), "
-        f"{device}, steps {step}..{max_steps}; writing to {run_dir}"
-    )
+    if main:
+        print(
+            f"training {mcfg.residual_channels}-channel WaveNet ({model.num_parameters():,} parameters, receptive "
+            f"field {model.receptive_field} samples) on {data.n_train_files} files ({data.n_valid_files} held "
+            f"out), {device}" + (f" x {dist_info.world_size} processes" if dist_info.enabled else "")
+            + f", steps {step}..{max_steps}; writing to {run_dir}"
+        )
 
     def checkpoint(at_step: int) -> Path:
         obj = {
@@ -324,7 +379,8 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
             old.unlink(missing_ok=True)
         return path
 
-    progress = _progress(bool(tcfg.get("progress", True)), step, max_steps)
+    progress = _progress(main and bool(tcfg.get("progress", True)), step, max_steps)
+    grad_clip = float(ocfg.get("grad_clip", 0))
     model.train()
     last_loss, last_valid, bad_steps, last_path = float("nan"), float("nan"), 0, None
     t_last, samples_since = time.perf_counter(), 0
@@ -333,25 +389,35 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
             batch = batch.to(device, non_blocking=True)
             for g in optimizer.param_groups:
                 g["lr"] = base_lr * lr_factor(step, **schedule)
-            loss = model.loss(batch)
-            if not torch.isfinite(loss):
+            with autocast():
+                logits = net(batch[:, :-1])
+            loss = categorical_bits(logits, batch[:, 1:])  # float32 whatever the autocast
+            optimizer.zero_grad(set_to_none=True)
+            if any_rank(not bool(torch.isfinite(loss)), dist_info):
                 bad_steps += 1
-                log.warning("step %d: non-finite loss (%s), step skipped", step, loss.item())
-                print(f"warning: step {step}: non-finite loss ({loss.item()}), step skipped")
+                if main:
+                    log.warning("step %d: non-finite loss (%s), step skipped", step, loss.item())
+                    print(f"warning: step {step}: non-finite loss ({loss.item()}), step skipped")
                 if bad_steps >= MAX_BAD_STEPS:
                     raise TrainingError(
                         f"{bad_steps} non-finite losses in a row at step {step}: training diverged. The last good "
                         f"checkpoint is kept in {ckpt_dir}; lower optim.lr or optim.grad_clip and resume"
                     )
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
                 continue
             bad_steps = 0
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if float(ocfg.get("grad_clip", 0)) > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), float(ocfg["grad_clip"]))
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             if ema is not None:
                 ema.update(model, step)
             step += 1
@@ -360,34 +426,46 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
             now = time.perf_counter()
             rate = samples_since / max(now - t_last, 1e-9)
             progress.update(last_loss, rate)
-            if step % int(tcfg.get("log_every", 50)) == 0 or step == max_steps:
+            if main and (step % int(tcfg.get("log_every", 50)) == 0 or step == max_steps):
                 writer.add_scalar("train/bits_per_sample", last_loss, step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
                 writer.add_scalar("train/samples_per_second", rate, step)
                 t_last, samples_since = now, 0
-            if step % int(tcfg.get("valid_every", 500)) == 0 or step == max_steps:
+            if main and (step % int(tcfg.get("valid_every", 500)) == 0 or step == max_steps):
                 last_valid = validate(_eval_model(model, ema, mcfg, device), data.valid, B, device)
                 writer.add_scalar("valid/bits_per_sample", last_valid, step)
                 progress.write(f"step {step}: train {last_loss:.3f} bits/sample, valid {last_valid:.3f} bits/sample")
             every = int(tcfg.get("sample_every", 0))
-            if every > 0 and (step % every == 0 or step == max_steps):
+            if main and every > 0 and (step % every == 0 or step == max_steps):
                 _log_audio(writer, _eval_model(model, ema, mcfg, device), step, data.sample_rate, tcfg, seed)
-            if step % int(tcfg.get("ckpt_every", 500)) == 0 or step == max_steps:
+            stopping = any_rank(stop.signal is not None, dist_info)
+            if main and (step % int(tcfg.get("ckpt_every", 500)) == 0 or step == max_steps or stopping):
                 last_path = checkpoint(step)
-            if stop.signal is not None:
-                last_path = checkpoint(step)
-                name = signal.Signals(stop.signal).name
-                print(f"{name} received: saved {last_path} at step {step}; resume with trainer.resume=true")
+            if stopping:
+                if main:
+                    name = signal.Signals(stop.signal).name if stop.signal else "a signal on another rank"
+                    print(f"{name} received: saved {last_path} at step {step}; resume with trainer.resume=true")
                 break
     progress.close()
     writer.close()
+    shutdown(dist_info)
     return {
         "step": step,
         "train_bits": last_loss,
         "valid_bits": last_valid,
         "checkpoint": str(last_path) if last_path else None,
         "run_dir": str(run_dir),
+        "params_sha256": params_digest(model),
     }
+
+
+def params_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers, for checking that runs or ranks agree bit for bit."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _eval_model(model: WaveNet, ema: EMA | None, mcfg: WaveNetConfig, device: torch.device) -> WaveNet:

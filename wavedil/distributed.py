@@ -1,0 +1,91 @@
+"""torchrun + DistributedDataParallel plumbing: who am I, start/stop the group, agree on flags.
+
+``torchrun --nproc-per-node=N -m wavedil train ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; a plain ``wavedil train`` is a world of one and touches none of this.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "dist_info_from_env", "init_distributed", "any_rank", "broadcast_object", "shutdown"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info_from_env() -> DistInfo:
+    """Rank, world size and local rank as torchrun sets them (a world of one otherwise)."""
+    try:
+        return DistInfo(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+        )
+    except ValueError as exc:
+        raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers (set by torchrun): {exc}") from None
+
+
+def init_distributed(info: DistInfo, device: torch.device, backend: str = "auto") -> str | None:
+    """Join the process group: nccl for CUDA devices, gloo for the CPU (or ``backend``).
+
+    Returns the backend used, or None for a world of one.
+    """
+    if not info.enabled:
+        return None
+    if not dist.is_available():
+        raise ValueError("this PyTorch build has no torch.distributed: run one process, or install a full build")
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    available = {"nccl": dist.is_nccl_available(), "gloo": dist.is_gloo_available()}
+    if not available.get(backend, False):
+        usable = [b for b, ok in available.items() if ok]
+        raise ValueError(
+            f"trainer.dist_backend={backend} is not available in this PyTorch build (usable: {usable}); "
+            "use gloo on the CPU"
+        )
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return backend
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank if ``flag`` is true on any rank (one small all-reduce)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
