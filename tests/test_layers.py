@@ -189,3 +189,59 @@ def test_gridding_check():
     assert receptive_field_coverage(2, (2, 4, 8)) < 0.6  # odd offsets are never reached
     with pytest.warns(UserWarning, match="gridding"):
         DilatedStack(4, dilations=(2, 4, 8))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(activation="tanh"),
+        dict(activation="relu", skip_channels=0),
+        dict(activation="gelu", weight_norm=True),
+        dict(dropout=0.3),  # eval mode: dropout off, streaming still exact
+        dict(layout="BTC", local_cond_channels=2),
+    ],
+)
+@pytest.mark.parametrize("kernel_size", [2, 5])
+@pytest.mark.parametrize("chunk", [1, 13])
+def test_block_options_stream_exactly(options, kernel_size, chunk):
+    torch.manual_seed(0)
+    stack = DilatedStack(6, 8, options.pop("skip_channels", 5), kernel_size, dilations=(1, 2, 4, 1), **options).eval()
+    btc = stack.layout == "BTC"
+    x = torch.randn(3, 60, 6) if btc else torch.randn(3, 6, 60)
+    lc = None
+    if stack.layers[0].lc is not None:
+        lc = torch.randn(3, 60, 2) if btc else torch.randn(3, 2, 60)
+    with torch.no_grad():
+        res_full, skip_full = stack(x, local_cond=lc)
+        state, res, skips = stack.init_state(3), [], []
+        for i in range(0, 60, chunk):
+            sl = (slice(None), slice(i, i + chunk)) if btc else (slice(None), slice(None), slice(i, i + chunk))
+            (r, s), state = stack.step(x[sl], state, local_cond=None if lc is None else lc[sl])
+            res.append(r)
+            skips.append(s)
+    t_dim = 1 if btc else 2
+    assert res_full.shape == x.shape
+    torch.testing.assert_close(torch.cat(res, t_dim), res_full, rtol=0, atol=1e-5)
+    if skip_full is None:
+        assert all(s is None for s in skips)
+    else:
+        torch.testing.assert_close(torch.cat(skips, t_dim), skip_full, rtol=0, atol=1e-5)
+
+
+def test_dropout_is_active_in_training_only():
+    torch.manual_seed(0)
+    stack = DilatedStack(4, dilations=(1, 2), dropout=0.5)
+    x = torch.randn(1, 4, 20)
+    assert not torch.equal(stack(x)[1], stack(x)[1])
+    stack.eval()
+    assert torch.equal(stack(x)[1], stack(x)[1])
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: DilatedStack(4, dilations=(1,), activation="swish"), "activation"),
+    (lambda: DilatedStack(4, dilations=(1,), layout="TBC"), "layout"),
+    (lambda: DilatedStack(4, dilations=(1,), dropout=1.0), "dropout"),
+])
+def test_bad_block_options(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -41,6 +41,8 @@ __all__ = [
     "StackState",
     "receptive_field_coverage",
     "warn_if_gridded",
+    "ACTIVATIONS",
+    "LAYOUTS",
 ]
 
 
@@ -267,24 +269,32 @@ class CausalConv1d(nn.Module):
         return y, _ring_from_history(full[:, :, -L:], pos + x.shape[-1])
 
 
-class ResidualBlock(nn.Module):
-    """WaveNet's gated residual block.
+ACTIVATIONS = ("gated", "tanh", "relu", "gelu")
+LAYOUTS = ("BCT", "BTC")
 
-    ``z = tanh(a) * sigmoid(b)`` with ``[a; b] = causal_conv(x) + cond``; the residual output is
-    ``x + W_res z`` and the skip output is ``W_skip z`` (both 1x1, computed as one matmul).
+
+class ResidualBlock(nn.Module):
+    """WaveNet's gated residual block (or a plain-activation variant).
+
+    ``z = tanh(a) * sigmoid(b)`` with ``[a; b] = causal_conv(x) + cond`` (``activation="gated"``),
+    or ``z = act(causal_conv(x) + cond)``; then the residual output is ``x + W_res z`` and the
+    skip output is ``W_skip z`` (both 1x1, computed as one matmul).
 
     Args:
         residual_channels: channels ``R`` of the input and residual output.
-        gate_channels: channels of the dilated conv output, split in two halves for tanh/sigmoid
-            (must be even).
-        skip_channels: channels ``S`` of the skip output.
+        gate_channels: channels of the dilated conv output; with ``gated`` they are split in two
+            halves for tanh/sigmoid (must be even).
+        skip_channels: channels ``S`` of the skip output (0: no skip output).
         kernel_size, dilation: of the dilated causal convolution.
         global_cond_channels: size ``G`` of a per-sequence conditioning vector ``(B, G)`` added
             to the gate (0: none).
         local_cond_channels: channels ``L`` of a per-sample conditioning signal ``(B, L, T)``
             added to the gate through a 1x1 conv (0: none).
+        activation: ``gated`` (WaveNet), ``tanh``, ``relu`` or ``gelu``.
+        dropout: dropout probability on ``z`` during training.
+        weight_norm: reparametrise the dilated and the 1x1 convolutions with weight norm.
 
-    Shapes: ``x (B, R, T) -> (residual (B, R, T), skip (B, S, T))``.
+    Shapes: ``x (B, R, T) -> (residual (B, R, T), skip (B, S, T) or None)``.
     """
 
     def __init__(
@@ -296,22 +306,35 @@ class ResidualBlock(nn.Module):
         dilation: int = 1,
         global_cond_channels: int = 0,
         local_cond_channels: int = 0,
+        activation: str = "gated",
+        dropout: float = 0.0,
+        weight_norm: bool = False,
     ) -> None:
         super().__init__()
         _check_positive_int("residual_channels", residual_channels)
-        _check_positive_int("gate_channels", gate_channels, 2)
-        if gate_channels % 2:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        gated = activation == "gated"
+        _check_positive_int("gate_channels", gate_channels, 2 if gated else 1)
+        if gated and gate_channels % 2:
             raise ValueError(f"gate_channels must be even (two halves for tanh and sigmoid), got {gate_channels}")
-        _check_positive_int("skip_channels", skip_channels)
+        _check_positive_int("skip_channels", skip_channels, 0)
         _check_positive_int("global_cond_channels", global_cond_channels, 0)
         _check_positive_int("local_cond_channels", local_cond_channels, 0)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.residual_channels = residual_channels
         self.skip_channels = skip_channels
+        self.activation = activation
         self.conv = CausalConv1d(residual_channels, gate_channels, kernel_size, dilation)
         self.gc = nn.Linear(global_cond_channels, gate_channels, bias=False) if global_cond_channels else None
         self.lc = nn.Conv1d(local_cond_channels, gate_channels, 1, bias=False) if local_cond_channels else None
-        # residual and skip 1x1 projections fused into one (R + S, gate/2) matmul
-        self.out = nn.Conv1d(gate_channels // 2, residual_channels + skip_channels, 1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        # residual and skip 1x1 projections fused into one (R + S, z) matmul
+        self.out = nn.Conv1d(gate_channels // 2 if gated else gate_channels, residual_channels + skip_channels, 1)
+        if weight_norm:
+            wn = nn.utils.parametrizations.weight_norm
+            self.conv, self.out = wn(self.conv), wn(self.out)
 
     def _gate(
         self, h: torch.Tensor, global_cond: torch.Tensor | None, local_cond: torch.Tensor | None
@@ -324,17 +347,22 @@ class ResidualBlock(nn.Module):
             if local_cond is None:
                 raise ValueError("this block was built with local conditioning: pass local_cond (B, L, T)")
             h = h + self.lc(local_cond)
-        a, b = h.chunk(2, dim=1)
-        return torch.tanh(a) * torch.sigmoid(b)
+        if self.activation == "gated":
+            a, b = h.chunk(2, dim=1)
+            z = torch.tanh(a) * torch.sigmoid(b)
+        else:
+            z = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}[self.activation](h)
+        return self.dropout(z) if self.dropout is not None else z
 
-    def _outputs(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _outputs(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         rs = self.out(z)
-        return x + rs[:, : self.residual_channels], rs[:, self.residual_channels :]
+        R = self.residual_channels
+        return x + rs[:, :R], (rs[:, R:] if self.skip_channels else None)
 
     def forward(
         self, x: torch.Tensor, global_cond: torch.Tensor | None = None, local_cond: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x (B, R, T) -> (residual (B, R, T), skip (B, S, T))``."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x (B, R, T) -> (residual (B, R, T), skip (B, S, T) or None)``."""
         return self._outputs(x, self._gate(self.conv(x), global_cond, local_cond))
 
     def step(
@@ -344,11 +372,11 @@ class ResidualBlock(nn.Module):
         pos: int,
         global_cond: torch.Tensor | None = None,
         local_cond: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Streaming form of :meth:`forward` for a chunk starting at ``pos``.
 
-        Returns ``(residual (B, R, T), skip (B, S, T), new_buffer)``; ``local_cond`` is the
-        chunk's own ``(B, L, T)`` slice.
+        Returns ``(residual (B, R, T), skip (B, S, T) or None, new_buffer)``; ``local_cond`` is
+        the chunk's own ``(B, L, T)`` slice.
         """
         h, buf = self.conv.step(x, buf, pos)
         res, skip = self._outputs(x, self._gate(h, global_cond, local_cond))
@@ -361,14 +389,18 @@ class DilatedStack(nn.Module):
     Args:
         residual_channels: ``R``, channels of the input and of the residual path.
         gate_channels: channels of each dilated conv (two halves for the gate); default ``2R``.
-        skip_channels: ``S``, channels of the summed skip output; default ``R``.
+        skip_channels: ``S``, channels of the summed skip output; default ``R``; 0: no skips
+            (use the residual output).
         kernel_size: taps of every dilated conv (``>= 2``).
         dilations: explicit dilation per layer; or leave None and give ``layers_per_stack`` and
             ``stacks`` for ``1, 2, 4, ...`` repeated.
         global_cond_channels, local_cond_channels: conditioning inputs (0: none).
+        activation, dropout, weight_norm: see :class:`ResidualBlock`.
+        layout: ``"BCT"`` (default) or ``"BTC"`` for inputs, outputs and ``local_cond``
+            ordered ``(batch, time, channels)``.
 
     Shapes:
-        ``forward(x (B, R, T)) -> (residual (B, R, T), skip_sum (B, S, T))``.
+        ``forward(x (B, R, T)) -> (residual (B, R, T), skip_sum (B, S, T) or None)``.
 
     >>> stack = DilatedStack(16, layers_per_stack=4, stacks=2)
     >>> res, skip = stack(torch.randn(2, 16, 50))
@@ -387,6 +419,10 @@ class DilatedStack(nn.Module):
         stacks: int = 1,
         global_cond_channels: int = 0,
         local_cond_channels: int = 0,
+        activation: str = "gated",
+        dropout: float = 0.0,
+        weight_norm: bool = False,
+        layout: str = "BCT",
     ) -> None:
         super().__init__()
         if dilations is None:
@@ -397,11 +433,14 @@ class DilatedStack(nn.Module):
             raise ValueError(
                 f"give dilations={tuple(dilations)} or layers_per_stack={layers_per_stack}, not both"
             )
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.dilations = _check_dilations(dilations)
         _check_positive_int("kernel_size", kernel_size, 2)
         _check_positive_int("residual_channels", residual_channels)
         self.kernel_size = kernel_size
         self.residual_channels = residual_channels
+        self.layout = layout
         self.gate_channels = 2 * residual_channels if gate_channels is None else gate_channels
         self.skip_channels = residual_channels if skip_channels is None else skip_channels
         self.layers = nn.ModuleList(
@@ -413,6 +452,9 @@ class DilatedStack(nn.Module):
                 d,
                 global_cond_channels,
                 local_cond_channels,
+                activation,
+                dropout,
+                weight_norm,
             )
             for d in self.dilations
         )
@@ -423,19 +465,28 @@ class DilatedStack(nn.Module):
         """Input samples seen by one output: ``1 + (k - 1) * sum(dilations)``."""
         return receptive_field(self.kernel_size, self.dilations)
 
+    def _to_bct(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.transpose(1, 2) if t is not None and self.layout == "BTC" else t
+
+    def _from_bct(self, res: torch.Tensor, skip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._to_bct(res), self._to_bct(skip)  # the transpose is its own inverse
+
     def forward(
         self, x: torch.Tensor, global_cond: torch.Tensor | None = None, local_cond: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x (B, R, T) -> (residual (B, R, T), skip_sum (B, S, T))``.
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x (B, R, T) -> (residual (B, R, T), skip_sum (B, S, T) or None)``.
 
         ``global_cond``: ``(B, G)``; ``local_cond``: ``(B, L, T)``, already at the sample rate.
+        With ``layout="BTC"`` every ``(B, C, T)`` here is ``(B, T, C)``.
         """
+        x, local_cond = self._to_bct(x), self._to_bct(local_cond)
         self._check_input(x)
         skip_sum = None
         for layer in self.layers:
             x, skip = layer(x, global_cond, local_cond)
-            skip_sum = skip if skip_sum is None else skip_sum + skip
-        return x, skip_sum
+            if skip is not None:
+                skip_sum = skip if skip_sum is None else skip_sum + skip
+        return self._from_bct(x, skip_sum)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> StackState:
         """A fresh streaming state for ``batch_size`` sequences (all pasts are silence/zeros)."""
@@ -447,13 +498,14 @@ class DilatedStack(nn.Module):
         state: StackState,
         global_cond: torch.Tensor | None = None,
         local_cond: torch.Tensor | None = None,
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor], StackState]:
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor | None], StackState]:
         """Streaming form of :meth:`forward` for the next chunk ``x (B, R, T)``, any ``T >= 1``.
 
-        Returns ``((residual (B, R, T), skip_sum (B, S, T)), new_state)``. Single-sample steps
-        update the ring buffers in place and cost O(layers); the returned state is the one to
-        pass to the next call. ``local_cond`` is the chunk's own ``(B, L, T)`` slice.
+        Returns ``((residual (B, R, T), skip_sum (B, S, T) or None), new_state)``. Single-sample
+        steps update the ring buffers in place and cost O(layers); the returned state is the one
+        to pass to the next call. ``local_cond`` is the chunk's own ``(B, L, T)`` slice.
         """
+        x, local_cond = self._to_bct(x), self._to_bct(local_cond)
         self._check_input(x)
         if len(state.buffers) != len(self.layers) or state.batch_size != x.shape[0]:
             raise ValueError(
@@ -466,14 +518,15 @@ class DilatedStack(nn.Module):
         for layer, buf in zip(self.layers, state.buffers):
             x, skip, buf = layer.step(x, buf, pos, global_cond, local_cond)
             buffers.append(buf)
-            skip_sum = skip if skip_sum is None else skip_sum + skip
-        return (x, skip_sum), StackState(buffers, pos + x.shape[-1])
+            if skip is not None:
+                skip_sum = skip if skip_sum is None else skip_sum + skip
+        return self._from_bct(x, skip_sum), StackState(buffers, pos + x.shape[-1])
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 3 or x.shape[1] != self.residual_channels or x.shape[-1] < 1:
-            raise ValueError(
-                f"expected input (B, {self.residual_channels}, T) with T >= 1, got shape {tuple(x.shape)}"
-            )
+            want = f"(B, T, {self.residual_channels})" if self.layout == "BTC" else f"(B, {self.residual_channels}, T)"
+            got = tuple(self._to_bct(x).shape) if x.dim() == 3 else tuple(x.shape)
+            raise ValueError(f"expected input {want} with T >= 1, got shape {got}")
 
     def coverage(self) -> float:
         """Fraction of the receptive field's input positions that some path reaches (1.0: no holes)."""
