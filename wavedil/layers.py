@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "causal_padding",
@@ -398,6 +399,9 @@ class DilatedStack(nn.Module):
         activation, dropout, weight_norm: see :class:`ResidualBlock`.
         layout: ``"BCT"`` (default) or ``"BTC"`` for inputs, outputs and ``local_cond``
             ordered ``(batch, time, channels)``.
+        checkpoint_segments: if > 0, training forwards keep only the activations at the
+            boundaries of this many groups of layers and recompute the rest in the backward
+            pass (``torch.utils.checkpoint``): less memory for long segments, more compute.
 
     Shapes:
         ``forward(x (B, R, T)) -> (residual (B, R, T), skip_sum (B, S, T) or None)``.
@@ -423,8 +427,11 @@ class DilatedStack(nn.Module):
         dropout: float = 0.0,
         weight_norm: bool = False,
         layout: str = "BCT",
+        checkpoint_segments: int = 0,
     ) -> None:
         super().__init__()
+        _check_positive_int("checkpoint_segments", checkpoint_segments, 0)
+        self.checkpoint_segments = checkpoint_segments
         if dilations is None:
             if layers_per_stack is None:
                 raise ValueError("give either dilations=(...) or layers_per_stack (and stacks)")
@@ -481,12 +488,31 @@ class DilatedStack(nn.Module):
         """
         x, local_cond = self._to_bct(x), self._to_bct(local_cond)
         self._check_input(x)
-        skip_sum = None
-        for layer in self.layers:
+        n = len(self.layers)
+        if self.checkpoint_segments > 0 and self.training and torch.is_grad_enabled():
+            bounds = [round(i * n / min(self.checkpoint_segments, n)) for i in range(min(self.checkpoint_segments, n) + 1)]
+            skip_sum = None
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                x, skip_sum = checkpoint(
+                    self._run_layers, lo, hi, x, skip_sum, global_cond, local_cond, use_reentrant=False
+                )
+            return self._from_bct(x, skip_sum)
+        return self._from_bct(*self._run_layers(0, n, x, None, global_cond, local_cond))
+
+    def _run_layers(
+        self,
+        lo: int,
+        hi: int,
+        x: torch.Tensor,
+        skip_sum: torch.Tensor | None,
+        global_cond: torch.Tensor | None,
+        local_cond: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for layer in self.layers[lo:hi]:
             x, skip = layer(x, global_cond, local_cond)
             if skip is not None:
                 skip_sum = skip if skip_sum is None else skip_sum + skip
-        return self._from_bct(x, skip_sum)
+        return x, skip_sum
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> StackState:
         """A fresh streaming state for ``batch_size`` sequences (all pasts are silence/zeros)."""

@@ -307,6 +307,7 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     main = dist_info.is_main
     torch.manual_seed(seed)
     model = WaveNet(mcfg).to(device)
+    model.stack.checkpoint_segments = int(tcfg.get("activation_checkpointing", 0))
     ema = EMA(model, float(tcfg.get("ema_decay", 0.0))) if float(tcfg.get("ema_decay", 0.0)) > 0 else None
     opt_name = str(ocfg.get("name", "adamw")).lower()
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(opt_name)
