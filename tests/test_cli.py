@@ -76,7 +76,7 @@ def test_train_resume_generate_on_generated_audio(synth_corpus, tmp_path):
 
 @pytest.mark.slow
 def test_resume_is_exact(synth_corpus, tmp_path):
-    base = [*TINY, "data=folder", f"data.root={synth_corpus}", "data.sample_rate=8000", "trainer.ckpt_every=3",
+    base = [*TINY, "data=folder", f"data.root={synth_corpus}", "data.sample_rate=8000", "trainer.ckpt_every=3", "trainer.threads=1",
             "trainer.valid_every=100", "trainer.sample_every=0"]
     run("train", *base, f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
     run("train", *base, "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'split'}", cwd=tmp_path)

@@ -103,6 +103,12 @@ def model_from_checkpoint(
         raise CheckpointError(f"the checkpoint's model_config is invalid: {exc}") from None
     model = WaveNet(config)
     state = ckpt.get("ema") if use_ema and ckpt.get("ema") else ckpt["model"]
+    bad = sorted(k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise CheckpointError(
+            f"the checkpoint's weights hold NaN or infinite values ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}): it comes from a diverged run; use an earlier checkpoint"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -109,12 +109,12 @@ def _generate(args: argparse.Namespace) -> None:
 
     from .audio import mu_law_decode, mu_law_encode, read_audio, write_audio
     from .checkpoint import model_from_checkpoint
-    from .generate import MAX_SAMPLES, generate
+    from .generate import MAX_SAMPLES, MAX_TOTAL_SAMPLES, generate
 
     out = Path(args.output)
     _check_writable(out)
-    if not args.seconds > 0:
-        raise ValueError(f"--seconds must be positive, got {args.seconds}")
+    if not (0 < args.seconds < float("inf")):
+        raise ValueError(f"--seconds must be a positive finite number, got {args.seconds}")
     if args.batch < 1 or args.batch > 4096:
         raise ValueError(f"--batch must be in [1, 4096], got {args.batch}")
     ckpt = _load_checkpoint_arg(args.checkpoint)
@@ -122,6 +122,11 @@ def _generate(args: argparse.Namespace) -> None:
     n = int(round(args.seconds * sr))
     if n > MAX_SAMPLES:
         raise ValueError(f"--seconds {args.seconds} is {n:,} samples at {sr} Hz; the limit is {MAX_SAMPLES:,}")
+    if n * args.batch > MAX_TOTAL_SAMPLES:
+        raise ValueError(
+            f"--seconds {args.seconds} x --batch {args.batch} is {n * args.batch:,} samples; the limit per run is "
+            f"{MAX_TOTAL_SAMPLES:,}: lower one of them"
+        )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model_from_checkpoint(ckpt, use_ema=not args.no_ema, device=device)
     prompt = None

@@ -17,10 +17,13 @@ Skipped files and the per-corpus summary are reported with :mod:`logging` (logge
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import logging
 import math
 import os
+import stat
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +127,72 @@ def _audio_suffix(name: str, extensions: frozenset[str]) -> bool:
     return len(suffix) > 1 and suffix[1:].lower() in extensions
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file that could be opened, or None if it is one.
+
+    Uses ``stat`` only (never opens the path: opening a FIFO would block).
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (following it never reaches a file)"
+        if exc.errno == errno.ENOENT:
+            if os.path.islink(path):
+                return f"broken symbolic link (its target '{os.readlink(path)}' does not exist)"
+            return "does not exist"
+        return f"cannot be inspected ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not an audio file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a FIFO, socket or device)"
+    return None
+
+
+def _scan_audio_files(root: Path, exts: frozenset[str]) -> tuple[list[Path], list[str]]:
+    """The walk behind :func:`find_audio_files`: ``(files, skipped)``.
+
+    ``skipped`` holds one message per entry that has an audio name but is not a usable
+    regular file (folder, FIFO, broken link, link loop) or is an unreadable folder.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    skipped: list[str] = []
+
+    def on_error(exc: OSError) -> None:
+        skipped.append(f"unreadable folder '{exc.filename}': {exc.strerror}")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError as exc:
+            on_error(exc)
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:  # reached again through a link: a loop or alias
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        # Sorted descent makes "which alias of a folder is kept" independent of listing order.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in dirnames:  # searched like any folder, but reported: it is not a file
+            if _audio_suffix(name, exts):
+                skipped.append(
+                    f"'{Path(dirpath) / name}': is a folder, not an audio file (files inside "
+                    f"it are still searched)"
+                )
+        for name in sorted(filenames):
+            if name.startswith(".") or not _audio_suffix(name, exts):
+                continue
+            path = Path(dirpath) / name
+            problem = _file_problem(path)
+            if problem is None:
+                found.append(path)
+            else:
+                skipped.append(f"'{path}': {problem}")
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix()), skipped
+
+
 def find_audio_files(
     root: str | os.PathLike, extensions: Sequence[str] | None = None
 ) -> list[Path]:
@@ -131,8 +200,9 @@ def find_audio_files(
 
     Symbolic links are followed, and each real folder is entered once, so a link back to a
     parent cannot loop. Hidden files and folders (name starting with ``.``, such as macOS
-    ``._x.wav`` resource forks) are skipped, as are folders whose name looks like an audio file
-    and anything that is not a regular file. Broken links are skipped with a logged warning.
+    ``._x.wav`` resource forks) are skipped silently. Entries with an audio name that are not
+    regular files (a folder ``x.wav/``, a FIFO, a broken link, a link loop) and unreadable
+    folders are skipped with a logged warning that names them and says why.
 
     Args:
         root: the folder to search.
@@ -151,45 +221,68 @@ def find_audio_files(
         if extensions is None
         else frozenset(e.lower().lstrip(".") for e in extensions)
     )
-    seen_dirs: set[tuple[int, int]] = set()
-    found: list[Path] = []
+    found, skipped = _scan_audio_files(root, exts)
+    for msg in skipped:
+        logger.warning("skipping %s", msg)
+    return found
 
-    def on_error(exc: OSError) -> None:
-        logger.warning("skipping unreadable folder '%s': %s", exc.filename, exc.strerror)
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
-        try:
-            st = os.stat(dirpath)
-        except OSError as exc:
-            on_error(exc)
-            dirnames[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen_dirs:  # reached again through a link: a loop or alias
-            dirnames[:] = []
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        # Sorted descent makes "which alias of a folder is kept" independent of listing order.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith(".") or not _audio_suffix(name, exts):
-                continue
-            path = Path(dirpath) / name
-            if path.is_file():
-                found.append(path)
-            elif path.is_symlink() and not path.exists():
-                logger.warning("skipping '%s': broken symbolic link", path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+def _wav_declared_frames(path: str | os.PathLike) -> int | None:
+    """Frames that a RIFF/WAVE header's ``data`` chunk declares, or None if it cannot tell.
+
+    libsndfile silently shortens a WAV whose data ends early to the frames present; comparing
+    with this number tells a truncated file. Placeholder sizes (0 or 0xFFFFFFFF, written by
+    streaming encoders) give None.
+    """
+    block_align = 0
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            for _ in range(64):  # a WAV has a handful of chunks before 'data'
+                chunk = fh.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"data":
+                    if block_align <= 0 or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                if cid == b"fmt " and size >= 14:
+                    fmt = fh.read(14)
+                    if len(fmt) < 14:
+                        return None
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+                    size -= 14
+                fh.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+    except OSError:
+        return None
+    return None
 
 
 def probe_audio(path: str | os.PathLike, min_frames: int = 0) -> tuple[int, int]:
     """Check that a file is usable audio and return ``(frames, rate)`` from its header.
 
-    Float-sample files are also scanned for NaN/inf (PCM cannot hold them).
+    Float-sample files are also scanned for NaN/inf (PCM cannot hold them). A WAV file whose
+    data ends before its header says (a truncated copy) is kept, with a logged warning, and
+    ``frames`` counts the frames present.
 
     Raises:
-        AudioReadError: unreadable header, no samples, fewer than ``min_frames`` frames, a bad
-            sample rate, or non-finite samples; the message names the file and the reason.
+        AudioReadError: not a regular file, cannot be opened (e.g. permissions), unreadable
+            header, no samples, fewer than ``min_frames`` frames, a bad sample rate, or
+            non-finite samples; the message names the file and the reason.
     """
+    problem = _file_problem(Path(path))
+    if problem is not None:
+        raise AudioReadError(f"'{path}' {problem}")
+    try:  # libsndfile reports a denied open as "System error"; Python's message is clearer
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise AudioReadError(f"cannot open '{path}': {exc.strerror or exc}") from None
+    if os.path.getsize(path) == 0:
+        raise AudioReadError(f"'{path}' is empty (0 bytes)")
     info = audio_info(path)
     if info.samplerate <= 0:
         raise AudioReadError(f"'{path}' has an invalid sample rate {info.samplerate}")
@@ -208,6 +301,14 @@ def probe_audio(path: str | os.PathLike, min_frames: int = 0) -> tuple[int, int]
             raise
         except Exception as exc:
             raise AudioReadError(f"cannot read samples of '{path}': {exc}") from exc
+    if info.format == "WAV":
+        declared = _wav_declared_frames(path)
+        if declared is not None and declared > info.frames:
+            logger.warning(
+                "'%s' is truncated: its header declares %d frames but the file holds %d; "
+                "using the %d present",
+                path, declared, info.frames, info.frames,
+            )
     return int(info.frames), int(info.samplerate)
 
 
@@ -255,8 +356,10 @@ def load_corpus(
         (``wav48_silence_trimmed/p225/p225_001_mic1.flac`` -> ``p225``).
 
     Each file's header is probed (:func:`probe_audio`); missing, unreadable, empty, non-finite or
-    shorter-than-``min_frames`` files are skipped with a logged warning naming the file and the
-    reason, and a summary line counts used and skipped files.
+    shorter-than-``min_frames`` files, and entries with an audio name that are not regular files
+    (a folder ``x.wav/``, a FIFO, a broken link or link loop), are skipped with a logged warning
+    naming the entry and the reason, and a summary line counts used and skipped entries. A WAV
+    truncated after its header is used (the frames present) with a warning.
 
     Args:
         root: corpus folder.
@@ -275,11 +378,14 @@ def load_corpus(
     if min_frames < 0:
         raise CorpusError(f"min_frames must be >= 0, got {min_frames}")
     root = _check_root(root)
+    reasons: list[str] = []  # one per skipped entry
     if layout == "ljspeech":
         candidates = _ljspeech_candidates(root)
     else:
-        files = find_audio_files(root)
-        if not files:
+        files, reasons = _scan_audio_files(root, AUDIO_EXTENSIONS)
+        for msg in reasons:
+            logger.warning("skipping %s", msg)
+        if not files and not reasons:
             raise CorpusError(
                 f"no audio files found under '{root}' (searched recursively for "
                 f"{', '.join(sorted(AUDIO_EXTENSIONS))}); check the path, or convert the audio "
@@ -288,7 +394,6 @@ def load_corpus(
         candidates = [(p, p.parent.name if layout == "vctk" else None) for p in files]
 
     items: list[AudioItem] = []
-    reasons: list[str] = []
     for path, speaker in candidates:
         try:
             frames, rate = probe_audio(path, min_frames)

@@ -21,8 +21,8 @@ def categorical_bits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     """Mean negative log-likelihood in bits per sample.
 
     Args:
-        logits: ``(B, Q, T)`` unnormalised scores (any float dtype; the loss is float32).
-        target: ``(B, T)`` int64 classes in ``[0, Q)``.
+        logits: ``(B, Q, T)`` or ``(N, Q)`` unnormalised scores (any float dtype; the loss is float32).
+        target: ``(B, T)`` or ``(N,)`` int64 classes in ``[0, Q)``.
     """
     return F.cross_entropy(logits.float(), target) / LN2
 

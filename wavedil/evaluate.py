@@ -51,19 +51,40 @@ class EvalReport:
             "unigram_bits_per_sample": self.unigram_bits,
             "samples": self.n_samples,
             "files": self.n_files,
+            "per_file": [
+                {"file": name, "model_bits_per_sample": bits, "samples": n} for name, bits, n in self.per_file
+            ],
         }
+
+
+class _Bz2Size:
+    """Running compressed size of a byte stream fed piece by piece (bz2 level 9).
+
+    The compressor keeps at most one 900 kB block, so memory stays bounded however much is fed.
+    """
+
+    def __init__(self) -> None:
+        self._comp = bz2.BZ2Compressor(9)
+        self._size = 0
+        self.n = 0
+
+    def add(self, codes: torch.Tensor) -> None:
+        data = codes.to(torch.uint8).cpu().numpy().tobytes()
+        self.n += len(data)
+        self._size += len(self._comp.compress(data))
+
+    def bits_per_sample(self) -> float:
+        """Finish the stream; no more :meth:`add` after this."""
+        self._size += len(self._comp.flush())
+        return 8.0 * self._size / max(self.n, 1)
 
 
 def bz2_bits_per_sample(streams: Iterable[torch.Tensor]) -> float:
     """Bits per sample of bz2 (level 9) over the concatenated 8-bit mu-law byte streams."""
-    comp = bz2.BZ2Compressor(9)
-    size, n = 0, 0
+    size = _Bz2Size()
     for codes in streams:
-        data = codes.to(torch.uint8).cpu().numpy().tobytes()
-        n += len(data)
-        size += len(comp.compress(data))
-    size += len(comp.flush())
-    return 8.0 * size / max(n, 1)
+        size.add(codes)
+    return size.bits_per_sample()
 
 
 def unigram_bits_per_sample(counts: torch.Tensor) -> float:
@@ -95,12 +116,17 @@ def file_nll_bits(model: WaveNet, codes: torch.Tensor, chunk: int = 16000) -> tu
 
 
 def evaluate_codes(model: WaveNet, files: Iterable[tuple[str, torch.Tensor]], chunk: int = 16000) -> EvalReport:
-    """Evaluate the model and both baselines over ``(name, codes (T,))`` pairs."""
+    """Evaluate the model and both baselines over ``(name, codes (T,))`` pairs.
+
+    ``files`` is consumed once, as a stream: memory does not grow with the amount of audio
+    (only the per-file figures are kept), so an iterator over a large corpus is fine.
+    Files with fewer than 2 codes have nothing to predict and are passed over.
+    """
     Q = model.quantization_channels
     counts = torch.zeros(Q, dtype=torch.long)
     total_bits, total_n, n_files = 0.0, 0, 0
     per_file: list[tuple[str, float, int]] = []
-    kept: list[torch.Tensor] = []
+    bz2_size = _Bz2Size() if Q <= 256 else None  # bz2 of 8-bit bytes only means something for Q <= 256
     for name, codes in files:
         if codes.numel() < 2:
             continue
@@ -112,8 +138,9 @@ def evaluate_codes(model: WaveNet, files: Iterable[tuple[str, torch.Tensor]], ch
         n_files += 1
         per_file.append((name, bits / max(n, 1), n))
         counts += torch.bincount(codes[1:].long().cpu(), minlength=Q)
-        kept.append(codes[1:].cpu().to(torch.uint8) if Q <= 256 else codes[1:].cpu())
+        if bz2_size is not None:
+            bz2_size.add(codes[1:])
     if n_files == 0:
         raise ValueError("nothing to evaluate: no file with at least 2 samples")
-    bz2_bits = bz2_bits_per_sample(kept) if Q <= 256 else math.nan
+    bz2_bits = bz2_size.bits_per_sample() if bz2_size is not None else math.nan
     return EvalReport(total_bits / total_n, bz2_bits, unigram_bits_per_sample(counts), total_n, n_files, per_file)

@@ -19,10 +19,12 @@ from .distributions import sample_categorical
 from .layers import StackState
 from .model import WaveNet
 
-__all__ = ["generate", "GenerationResult", "BACKENDS", "MAX_SAMPLES", "register_backend", "resolve_backend"]
+__all__ = ["generate", "GenerationResult", "BACKENDS", "MAX_SAMPLES", "MAX_TOTAL_SAMPLES", "register_backend", "resolve_backend"]
 
 #: Upper bound on samples per sequence one call may generate (about 35 minutes at 16 kHz).
 MAX_SAMPLES = 2**25
+#: Upper bound on ``n_samples * batch_size`` of one call (the uniforms and codes take 16 bytes each).
+MAX_TOTAL_SAMPLES = 2**27
 
 
 class Backend(Protocol):
@@ -154,6 +156,11 @@ def generate(
         raise ValueError(f"n_samples must be an integer in [1, {MAX_SAMPLES}], got {n_samples!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if n_samples * batch_size > MAX_TOTAL_SAMPLES:
+        raise ValueError(
+            f"{n_samples:,} samples x batch {batch_size} = {n_samples * batch_size:,} exceeds the limit of "
+            f"{MAX_TOTAL_SAMPLES:,} samples per call: generate fewer seconds or a smaller batch per call"
+        )
     if not (temperature >= 0 and temperature < float("inf")):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     backend = resolve_backend(backend, model)

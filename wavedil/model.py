@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .distributions import categorical_bits
@@ -139,16 +140,26 @@ class WaveNet(nn.Module):
         return self.speaker(speaker)
 
     def forward(self, codes: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """``codes (B, T)`` int64 -> ``logits (B, Q, T)`` (teacher forcing)."""
+        """``codes (B, T)`` int64 -> ``logits (B, Q, T)`` (teacher forcing).
+
+        The work runs channels last (see :meth:`DilatedStack._forward_btc`); the result is a
+        ``(B, Q, T)`` view of ``(B, T, Q)`` logits.
+        """
+        return self.forward_btc(codes, speaker).transpose(1, 2)
+
+    def forward_btc(self, codes: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
+        """``codes (B, T)`` -> logits ``(B, T, Q)``, contiguous (what the loss consumes)."""
         self._check_codes(codes)
-        x = self.embed(codes.long()).transpose(1, 2)  # (B, R, T)
-        _, skip = self.stack(x, self._global(speaker, codes.shape[0]))
-        return self.head(skip)
+        x = self.embed(codes.long())  # (B, T, R)
+        _, skip = self.stack._forward_btc(x, self._global(speaker, codes.shape[0]), None)  # (B, T, S)
+        h1, h2 = self.head[1], self.head[3]
+        h = F.linear(torch.relu(skip), h1.weight[:, :, 0], h1.bias)
+        return F.linear(torch.relu(h), h2.weight[:, :, 0], h2.bias)  # (B, T, Q)
 
     def loss(self, segment: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
         """Mean NLL in bits per sample of ``segment[:, 1:]`` given its past; ``segment (B, T+1)``."""
-        logits = self(segment[:, :-1], speaker)
-        return categorical_bits(logits, segment[:, 1:].long())
+        logits = self.forward_btc(segment[:, :-1], speaker)  # (B, T, Q)
+        return categorical_bits(logits.flatten(0, 1), segment[:, 1:].reshape(-1).long())
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> StackState:
         """A fresh incremental-generation state (silence before the first step)."""

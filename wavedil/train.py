@@ -223,8 +223,8 @@ def validate(model: WaveNet, segments: torch.Tensor, batch_size: int, device: to
     total, count = 0.0, 0
     for i in range(0, segments.shape[0], batch_size):
         seg = segments[i : i + batch_size].to(device)
-        logits = model(seg[:, :-1])
-        nll = torch.nn.functional.cross_entropy(logits.float(), seg[:, 1:], reduction="sum")
+        logits = model.forward_btc(seg[:, :-1]).flatten(0, 1)  # (B*T, Q)
+        nll = torch.nn.functional.cross_entropy(logits.float(), seg[:, 1:].reshape(-1), reduction="sum")
         total += nll.item()
         count += seg[:, 1:].numel()
     model.train(was_training)
@@ -391,8 +391,8 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
             for g in optimizer.param_groups:
                 g["lr"] = base_lr * lr_factor(step, **schedule)
             with autocast():
-                logits = net(batch[:, :-1])
-            loss = categorical_bits(logits, batch[:, 1:])  # float32 whatever the autocast
+                logits = net(batch[:, :-1]).transpose(1, 2)  # the model's own (B, T, Q) layout
+            loss = categorical_bits(logits.flatten(0, 1), batch[:, 1:].reshape(-1))  # float32 always
             optimizer.zero_grad(set_to_none=True)
             if any_rank(not bool(torch.isfinite(loss)), dist_info):
                 bad_steps += 1
