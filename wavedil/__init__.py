@@ -5,6 +5,7 @@ otherwise.
 """
 
 from .audio import mu_law_decode, mu_law_encode, read_audio, write_audio
+from .export import StreamingStep, to_onnx, to_torchscript
 from .generate import GenerationResult, generate
 from .layers import (
     CausalConv1d,
@@ -33,6 +34,9 @@ __all__ = [
     "WaveNetConfig",
     "generate",
     "GenerationResult",
+    "StreamingStep",
+    "to_torchscript",
+    "to_onnx",
     "mu_law_encode",
     "mu_law_decode",
     "read_audio",
