@@ -39,23 +39,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from omegaconf import OmegaConf  # noqa: E402
 
+from _machine import cpu_model  # noqa: E402
 from wavedil import WaveNet  # noqa: E402
 from wavedil.config import CONF_DIR, model_config  # noqa: E402
 
 SR = 8000
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # A small launcher reports its child's rusage. Measured straight from this process (which has

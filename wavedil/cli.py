@@ -254,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--prompt", help="an audio file whose codes prime the model before sampling")
     g.add_argument("--speaker", type=int, default=None, help="class id for globally conditioned models")
-    g.add_argument("--backend", default="torch", help="generation back-end: auto, torch, fast")
+    g.add_argument("--backend", default="auto", help="generation back-end: auto (fast when it can run the model, else torch), torch, fast")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     g.add_argument("--quiet", action="store_true", help="no progress bar")

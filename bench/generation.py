@@ -1,0 +1,238 @@
+"""Generation speed of the ref30 WaveNet: every back-end against in-run baselines; prints JSON.
+
+Measured in one process, on ref30 (``WaveNetConfig()``: 30 layers, kernel 2, R=64, gate 128,
+S=256, H=256, Q=256) in float32 with random weights:
+
+* ``samples_per_second``: all sequences together, of each generation back-end at B = 1, 16,
+  64, 256 (``torch``, the plain eager cached step, at B = 1 and 16 only), and of two ``fast``
+  variants that show its choices: ``fast-1thread`` (batch 1 on one core) and ``fast-blas``
+  (large batches as torch BLAS calls instead of the fused kernel);
+* ``eager``: the ``torch`` back-end with torch's default threads and with one thread; the
+  faster is the baseline of the ratios (the conservative choice);
+* ``naive``: full recompute, ``model.forward`` over the last receptive-field window for every
+  new sample (B = 1 and 16, a few steps);
+* ``matmul``: GFLOP/s of a plain large ``torch.matmul`` in this run, and what ``fast``
+  reaches at each batch size (FLOP per sample from the config) and its fraction of it;
+* ``ratios``: fast / eager, fast / naive and cached (eager) / naive;
+* ``machine``: CPU model, cores, threads, versions and the load average (the figures are
+  only as quiet as the machine was).
+
+Each run lasts about ``--budget`` seconds (a short probe sets its steps); each figure is the
+best of ``--repeat`` runs. Usage::
+
+    python bench/generation.py            # about 1 minute on 2 cores
+    python bench/generation.py --quick    # about 15 seconds, a smoke test
+    python bench/generation.py --budget 6 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_model  # noqa: E402
+from wavedil import WaveNet, WaveNetConfig, generate
+from wavedil.distributions import sample_categorical
+from wavedil.fast import available_backends, make_fast_backend
+from wavedil.generate import BACKENDS, register_backend
+
+BATCHES = (1, 16, 64, 256)
+
+
+def flops_per_sample(cfg: WaveNetConfig) -> int:
+    """Multiply-adds x 2 of one cached step of one sequence (embedding lookup and gate excluded)."""
+    layers = len(cfg.schedule())
+    r, g, s, h, q, k = (cfg.residual_channels, cfg.gate_channels, cfg.skip_channels, cfg.head_channels,
+                        cfg.quantization_channels, cfg.kernel_size)  # fmt: skip
+    per_layer = k * r * g + (g // 2) * (r + s)
+    last_residual = (g // 2) * r  # the last layer's residual output is never needed
+    return 2 * (layers * per_layer - last_residual + s * h + h * q)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def timed_steps(rate: float, batch: int, budget_s: float, lo: int, hi: int) -> int:
+    """Steps that take about ``budget_s`` at ``rate`` samples/s, clamped to ``[lo, hi]``."""
+    return int(min(hi, max(lo, rate * budget_s / batch)))
+
+
+def gen_rate(
+    model: WaveNet, backend: str, batch: int, max_steps: int, budget_s: float, repeat: int
+) -> tuple[float, int]:
+    """Best samples/s (all sequences together) of ``generate``'s back-end loop, and the steps run.
+
+    A short probe sets the number of steps so that one run takes about ``budget_s`` (at most
+    ``max_steps``): a busy machine makes a figure slower, not the benchmark endless.
+    """
+
+    def run(steps: int) -> float:
+        return generate(model, steps, batch_size=batch, seed=0, backend=backend).samples_per_second
+
+    probe = min(max_steps, max(4, 64 // batch))
+    steps = timed_steps(run(probe), batch, budget_s, probe, max_steps)
+    return max(run(steps) for _ in range(repeat)), steps
+
+
+@torch.no_grad()
+def naive_rate(model: WaveNet, batch: int, max_steps: int, budget_s: float) -> tuple[float, int]:
+    """Full recompute: ``model.forward`` over the last receptive-field window for each new sample.
+
+    Returns samples/s and the steps run (about ``budget_s`` worth, 2 to ``max_steps``).
+    """
+    rf = model.receptive_field
+    q = model.quantization_channels
+    gen = torch.Generator().manual_seed(0)
+    window = torch.full((batch, rf), q // 2, dtype=torch.long)
+
+    def run(steps: int) -> float:
+        nonlocal window
+        u = torch.rand(steps, batch, generator=gen, dtype=torch.float64)
+        start = time.perf_counter()
+        for t in range(steps):
+            logits = model(window)[:, :, -1]  # (B, Q)
+            codes = sample_categorical(logits, u[t])
+            window = torch.cat([window[:, 1:], codes[:, None]], dim=1)
+        return batch * steps / (time.perf_counter() - start)
+
+    steps = timed_steps(run(1), batch, budget_s, 2, max_steps)
+    return run(steps), steps
+
+
+def matmul_gflops(size: int, reps: int) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        torch.matmul(a, b)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(a, b)
+    return 2 * size**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=20000, help="most steps of one run at batch 1 (others scale)")
+    ap.add_argument("--budget", type=float, default=3.0, help="seconds one run aims at")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per figure; the best is kept")
+    ap.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
+    args = ap.parse_args(argv)
+    if args.steps < 10 or args.repeat < 1 or args.budget <= 0:
+        ap.error(f"need --steps >= 10, --repeat >= 1, --budget > 0; got {args.steps}, {args.repeat}, {args.budget}")
+    steps, repeat, budget = args.steps, args.repeat, args.budget
+    naive_max, naive_budget = {1: 300, 16: 20}, 2 * budget
+    if args.quick:
+        steps, repeat, budget = min(steps, 400), 1, min(budget, 0.3)
+        naive_max, naive_budget = {1: 3, 16: 2}, 0.1
+
+    def max_steps(b: int) -> int:  # about the same number of samples at every batch size
+        return max(16, steps // b)
+
+    load_before = os.getloadavg()
+    torch.manual_seed(0)
+    cfg = WaveNetConfig()
+    model = WaveNet(cfg).eval()
+    flops = flops_per_sample(cfg)
+    names = available_backends()
+    variants_of = {}
+    if "fast" in names:
+        # variants that show where the default's choices come from
+        variants_of = {"fast-1thread": (1,), "fast-blas": (64, 256)}
+        register_backend("fast-1thread", make_fast_backend(threads=1))
+        register_backend("fast-blas", make_fast_backend(blas_min_batch=2))
+        generate(model, 20, batch_size=1, backend="fast")  # compile (or load) the kernels
+        generate(model, 4, batch_size=4, backend="fast")
+
+    backends: dict[str, dict[str, float]] = {}
+    run_steps: dict[str, dict[str, int]] = {}
+    for name in names + list(variants_of):
+        batches = (1, 16) if name == "torch" else variants_of.get(name, BATCHES)
+        backends[name], run_steps[name] = {}, {}
+        for b in batches:
+            rate, n = gen_rate(model, name, b, max_steps(b), budget, repeat)
+            backends[name][str(b)], run_steps[name][str(b)] = round(rate, 1), n
+    eager = {"default_threads": backends["torch"]}
+    with torch_threads(1):
+        eager["one_thread"] = {
+            str(b): round(gen_rate(model, "torch", b, max_steps(b), budget, repeat)[0], 1) for b in (1, 16)
+        }
+    baseline = {b: max(eager[k][b] for k in eager) for b in ("1", "16")}
+    naive, naive_steps = {}, {}
+    for b in (1, 16):
+        rate, n = naive_rate(model, b, naive_max[b], naive_budget)
+        naive[str(b)], naive_steps[str(b)] = round(rate, 2), n
+    gflops = matmul_gflops(1024 if args.quick else 2048, 3 if args.quick else 10)
+
+    result: dict = {
+        "benchmark": "generation",
+        "model": {
+            "config": "ref30",
+            "receptive_field": model.receptive_field,
+            "dtype": "float32",
+            "parameters": model.num_parameters(),
+            "flop_per_sample": flops,
+        },
+        "samples_per_second": backends,
+        "eager": {**eager, "baseline": baseline},
+        "naive": naive,
+        "matmul": {"gflops": round(gflops, 1)},
+        "ratios": {},
+        "steps": {"runs": run_steps, "naive": naive_steps, "repeat": repeat, "budget_s": budget, "quick": args.quick},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "numba": _version("numba"),
+            "numpy": _version("numpy"),
+            "python": platform.python_version(),
+            "loadavg_before": [round(v, 2) for v in load_before],
+            "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+        },
+    }
+    ratios = result["ratios"]
+    for b in ("1", "16"):
+        ratios[f"cached_eager_over_naive_b{b}"] = round(baseline[b] / naive[b], 1)
+    if "fast" in backends:
+        fast = backends["fast"]
+        for b in ("1", "16"):
+            ratios[f"fast_over_eager_b{b}"] = round(fast[b] / baseline[b], 2)
+            ratios[f"fast_over_naive_b{b}"] = round(fast[b] / naive[b], 1)
+        result["matmul"]["fast_gflops"] = {b: round(r * flops / 1e9, 1) for b, r in fast.items()}
+        result["matmul"]["fast_fraction"] = {b: round(r * flops / 1e9 / gflops, 3) for b, r in fast.items()}
+        result["realtime_16khz_b1"] = round(fast["1"] / 16000, 3)
+    for name in variants_of:
+        BACKENDS.pop(name, None)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:  # noqa: BLE001
+        return None
+
+
+if __name__ == "__main__":
+    main()

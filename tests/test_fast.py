@@ -1,0 +1,248 @@
+"""The fused generation back-end (wavedil.fast) against the reference torch back-end.
+
+Tiny models only. Everything that needs numba is skipped, with the reason, where it is missing;
+the registration and "auto" fallback are checked either way.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from wavedil import DilatedStack, WaveNet, WaveNetConfig, generate
+from wavedil.fast import available_backends, make_fast_backend, supports, teacher_forced_logits
+from wavedil.generate import BACKENDS, register_backend, resolve_backend
+
+try:
+    import numba  # noqa: F401
+
+    HAVE_NUMBA = True
+except Exception:  # noqa: BLE001
+    HAVE_NUMBA = False
+
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed: the fast back-end is unavailable")
+
+Q = 32
+STEPS = 2000
+
+
+def make_model(kernel_size: int = 2, speaker: bool = False, seed: int = 0, **overrides) -> WaveNet:
+    torch.manual_seed(seed)
+    cfg = dict(
+        residual_channels=8,
+        gate_channels=16,
+        skip_channels=12,
+        head_channels=10,
+        quantization_channels=Q,
+        dilations=(1, 2, 4, 1, 2, 4),
+        kernel_size=kernel_size,
+        global_cond_classes=3 if speaker else 0,
+        global_cond_channels=4 if speaker else 0,
+    )
+    cfg.update(overrides)
+    return WaveNet(WaveNetConfig(**cfg)).eval()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The reference runs tiny ops: extra intra-op threads only add waiting on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def test_available_backends_lists_torch_and_fast_when_numba_imports():
+    names = available_backends()
+    assert "torch" in names
+    assert ("fast" in names) == HAVE_NUMBA
+    assert set(names) <= set(BACKENDS)
+
+
+def test_import_and_auto_without_numba():
+    """With numba hidden, wavedil imports, registers no "fast", and "auto" falls back to torch."""
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import torch, wavedil\n"
+        "from wavedil.generate import BACKENDS\n"
+        "from wavedil.fast import available_backends\n"
+        "assert 'fast' not in BACKENDS and available_backends() == ['torch'], available_backends()\n"
+        "m = wavedil.WaveNet(wavedil.WaveNetConfig(residual_channels=4, gate_channels=8, skip_channels=4,\n"
+        "    head_channels=4, quantization_channels=8, dilations=(1, 2))).eval()\n"
+        "r = wavedil.generate(m, 5, seed=0, backend='auto')\n"
+        "assert r.backend == 'torch' and r.codes.shape == (1, 5)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@needs_numba
+def test_auto_picks_fast_for_float32_cpu_and_torch_otherwise():
+    model = make_model()
+    assert resolve_backend("auto", model) == "fast"
+    assert generate(model, 10, seed=0, backend="auto").backend == "fast"
+    model64 = make_model().double()
+    assert not supports(model64)
+    assert resolve_backend("auto", model64) == "torch"
+    assert resolve_backend("torch", model) == "torch"
+
+
+@needs_numba
+def test_fast_rejects_a_float64_model_with_the_reason():
+    with pytest.raises(ValueError, match="float32"):
+        generate(make_model().double(), 5, seed=0, backend="fast")
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+@needs_numba
+@pytest.mark.parametrize("kernel_size", [2, 3])
+@pytest.mark.parametrize("speaker", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_teacher_forced_logits_match_forward(kernel_size, speaker, batch):
+    model = make_model(kernel_size, speaker)
+    torch.manual_seed(1)
+    codes = torch.randint(0, Q, (batch, 300))
+    spk = torch.tensor([2, 0, 1][:batch]) if speaker else None
+    with torch.no_grad():
+        ref = model(codes, spk)  # (B, Q, T)
+    got = teacher_forced_logits(model, codes, spk)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max().item() <= 1e-4
+
+
+def _variants(batch: int) -> dict[str, object]:
+    """Fast back-end settings that take every code path for this batch size."""
+    if batch == 1:
+        return {
+            "one-thread": make_fast_backend(threads=1),
+            # split across two threads, switching to one thread and back between short chunks
+            "split": make_fast_backend(threads=2, split=True, chunk=150),
+        }
+    return {
+        "rows-one-thread": make_fast_backend(threads=1, row_block=2),
+        "rows-two-threads": make_fast_backend(threads=2),
+    }
+
+
+@needs_numba
+@pytest.mark.parametrize("kernel_size", [2, 3])
+@pytest.mark.parametrize("speaker", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_same_samples_as_torch_for_the_same_seed(kernel_size, speaker, batch):
+    model = make_model(kernel_size, speaker)
+    torch.manual_seed(2)
+    prompt = torch.randint(0, Q, (batch, 25))
+    spk = torch.tensor([1, 2, 0][:batch]) if speaker else None
+    ref = generate(model, STEPS, batch_size=batch, seed=11, prompt=prompt, speaker=spk, backend="torch").codes
+    for name, backend in _variants(batch).items():
+        register_backend("_test_fast", backend)
+        try:
+            got = generate(model, STEPS, batch_size=batch, seed=11, prompt=prompt, speaker=spk, backend="_test_fast")
+        finally:
+            BACKENDS.pop("_test_fast", None)
+        mismatch = (got.codes != ref).nonzero()
+        assert mismatch.numel() == 0, f"{name}: first differing (row, step) {mismatch[0].tolist()}"
+
+
+@needs_numba
+def test_blas_option_gives_the_same_samples():
+    """The optional large-batch path (torch BLAS calls) with kernel 3, a speaker and a prompt."""
+    model = make_model(3, speaker=True)
+    prompt = torch.randint(0, Q, (3, 9), generator=torch.Generator().manual_seed(3))
+    spk = torch.tensor([2, 0, 1])
+    ref = generate(model, 500, batch_size=3, seed=13, prompt=prompt, speaker=spk, backend="torch").codes
+    register_backend("_test_fast", make_fast_backend(blas_min_batch=2))
+    try:
+        got = generate(model, 500, batch_size=3, seed=13, prompt=prompt, speaker=spk, backend="_test_fast").codes
+    finally:
+        BACKENDS.pop("_test_fast", None)
+    assert torch.equal(got, ref)
+
+
+@needs_numba
+@pytest.mark.parametrize("temperature", [0.0, 0.6])
+def test_same_samples_at_other_temperatures(temperature):
+    model = make_model()
+    ref = generate(model, 500, batch_size=2, seed=3, temperature=temperature, backend="torch").codes
+    got = generate(model, 500, batch_size=2, seed=3, temperature=temperature, backend="fast").codes
+    assert torch.equal(got, ref)
+
+
+@needs_numba
+def test_split_and_one_thread_agree_bit_for_bit_on_a_wider_model():
+    """Uneven column blocks (gate 2*13, skip 30, head 20, Q 37) and many mode switches."""
+    model = make_model(residual_channels=16, gate_channels=26, skip_channels=30, head_channels=20,
+                       quantization_channels=37, dilations=(1, 2, 4, 8, 16, 1, 2, 4))  # fmt: skip
+    results = []
+    for backend in (make_fast_backend(threads=1), make_fast_backend(threads=2, split=True, chunk=64)):
+        register_backend("_test_fast", backend)
+        try:
+            results.append(generate(model, 1000, seed=5, backend="_test_fast").codes)
+        finally:
+            BACKENDS.pop("_test_fast", None)
+    assert torch.equal(results[0], results[1])
+
+
+@needs_numba
+def test_progress_reaches_the_end():
+    seen: list[int] = []
+    generate(make_model(), 300, batch_size=2, seed=0, backend="fast", progress=seen.append)
+    assert seen and seen[-1] == 300 and seen == sorted(seen)
+
+
+def _swap_stack(model: WaveNet, **options) -> WaveNet:
+    """``model`` with its stack rebuilt with block options WaveNetConfig does not expose."""
+    s = model.stack
+    torch.manual_seed(4)
+    model.stack = DilatedStack(s.residual_channels, s.gate_channels, s.skip_channels, s.kernel_size,
+                               dilations=s.dilations, **options)  # fmt: skip
+    return model.eval()
+
+
+@needs_numba
+def test_weight_norm_blocks_give_the_same_samples():
+    model = _swap_stack(make_model(), weight_norm=True)
+    ref = generate(model, 500, batch_size=2, seed=7, backend="torch").codes
+    assert torch.equal(generate(model, 500, batch_size=2, seed=7, backend="fast").codes, ref)
+
+
+@needs_numba
+def test_blocks_the_kernels_lack_fall_back_to_torch():
+    model = _swap_stack(make_model(), activation="relu")
+    assert not supports(model)
+    assert resolve_backend("auto", model) == "torch"
+    with pytest.raises(ValueError, match="relu"):
+        generate(model, 5, seed=0, backend="fast")
+
+
+# --------------------------------------------------------------------------- kernel pieces
+
+
+@needs_numba
+def test_gate_is_tanh_times_sigmoid_to_float32_accuracy():
+    from wavedil.fast._kernels import gate_inplace
+
+    a = np.linspace(-30, 30, 4001, dtype=np.float32)
+    b = np.random.default_rng(0).permutation(a)
+    h = np.concatenate([a, b])
+    z = np.empty_like(a)
+    gate_inplace(h, z, a.size)
+    ref = np.tanh(a.astype(np.float64)) / (1.0 + np.exp(-b.astype(np.float64)))
+    assert np.abs(z - ref).max() < 3e-7
+
+
+def test_make_fast_backend_rejects_bad_options():
+    with pytest.raises(ValueError, match="threads"):
+        make_fast_backend(threads=0)
+    with pytest.raises(ValueError, match="split"):
+        make_fast_backend(split="yes")
+    with pytest.raises(ValueError, match="blas_min_batch"):
+        make_fast_backend(blas_min_batch=1)

@@ -1,0 +1,542 @@
+"""Numba kernels of the fused CPU generation loop (imported lazily: it imports numba).
+
+Every kernel runs whole stretches of the per-sample loop -- sampling, input embedding, all
+residual layers, the skip sum and the output head -- in compiled code over the arrays of a
+:class:`wavedil.fast.pack.PackedWaveNet`. Nothing here allocates per sample or touches Python.
+
+Matrix products are written as ``C[r, :] += A[r, j] * W[j, :]`` (weights stored ``(in, out)``):
+the innermost loop runs over contiguous output columns, so LLVM vectorises it without
+reassociating any sum, and every output is accumulated in the same order on every call.
+
+Two kernels:
+
+* :func:`run_rows` -- a slice of batch rows advanced by one thread, layer by layer (the weights
+  of one layer are reused by every row while they sit in cache). Several threads run it on
+  disjoint slices with no synchronisation at all.
+* :func:`run_split` -- one sequence (batch 1) whose every layer is split by output columns
+  across ``P`` threads that meet at a spin barrier after each gate. Batch 1 is limited by how
+  fast the ~5 MB of float32 weights stream from the last-level cache; the split gives each core
+  half of them.
+
+Sampling repeats :func:`wavedil.distributions.sample_categorical` in float64: softmax of
+``logits / T`` as ``exp(l - max)``, running sum, first index whose cumulative sum reaches
+``u * total`` (``searchsorted`` left), clamped to ``Q - 1``; ``T == 0`` takes the first argmax.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["exp_neg", "gate_inplace", "run_rows", "run_split"]
+
+_HAS_SCHED_YIELD = os.name == "posix"
+_IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+_JIT = dict(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False, error_model="numpy")
+
+# ----------------------------------------------------------------------------- atomics
+
+
+@intrinsic
+def _atomic_add(typingctx, arr, idx, val):
+    """``old = arr[idx]; arr[idx] += val`` atomically (sequentially consistent); int64 arrays."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+        return None
+    sig = types.int64(arr, idx, val)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+        v = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, v, "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, idx):
+    """``arr[idx]`` read with acquire ordering (never hoisted out of a spin loop)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
+        return None
+    sig = types.int64(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+        return builder.load_atomic(ptr, "acquire", 8, typ=ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _cpu_relax(typingctx):
+    """A spin-wait hint (x86 ``pause``); a plain compiler barrier elsewhere."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _IS_X86:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause"
+            )
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _yield_cpu(typingctx):
+    """Give this thread's core away for a moment (POSIX ``sched_yield``; a no-op elsewhere).
+
+    Declared as an external symbol, resolved in the running process, so the kernels stay
+    cacheable (a ctypes pointer would not be).
+    """
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _HAS_SCHED_YIELD:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _cycles(typingctx):
+    """The CPU's time-stamp counter (x86 ``rdtsc``); 0 on other machines, where only spins count."""
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):
+        if not _IS_X86:
+            return context.get_constant(types.int64, 0)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(64), []), "llvm.readcyclecounter"
+        )
+        return builder.call(fn, [])
+
+    return sig, codegen
+
+
+#: A wait longer than this (time-stamp cycles, ~0.1 ms; or spins where there is no counter)
+#: means the partner was descheduled, not merely slower: the waiting thread then gives its
+#: core away between checks, and the wait counts as "long".
+_LONG_WAIT_CYCLES = 250_000
+_LONG_WAIT_SPINS = 20_000
+
+
+@nb.njit(**_JIT)
+def _barrier(sync, parties, target):
+    """Wait until all ``parties`` threads arrived; ``target`` is this thread's running goal.
+
+    ``sync[0]`` only grows (one arrival each), so no reset is needed between rounds. Returns
+    ``(next goal, 1 if the wait was long else 0)``: a partner that keeps being descheduled
+    (another process on its core) shows up as long waits.
+    """
+    target += parties
+    _atomic_add(sync, 0, 1)
+    spins = 0
+    long_wait = 0
+    start = _cycles()
+    while _atomic_load(sync, 0) < target:
+        _cpu_relax()
+        spins += 1
+        if spins % 64 == 0 and (
+            long_wait or (_cycles() - start > _LONG_WAIT_CYCLES if _IS_X86 else spins > _LONG_WAIT_SPINS)
+        ):
+            long_wait = 1
+            _yield_cpu()
+    return target, long_wait
+
+
+# ----------------------------------------------------------------------------- math
+
+
+@nb.njit(**_JIT)
+def exp_neg(x):
+    """``exp(x)`` in float32 for ``x`` in ``[-40, 0]`` (clamp first), branch-free and vectorisable.
+
+    ``exp(x) = 2**-m * exp(r)`` with ``m = round(-x / ln 2)`` in ``[0, 58]`` and ``|r| <= ln2/2``;
+    ``2**-m`` is an exact integer shift times ``2**-62``; ``exp(r)`` is its Taylor series to
+    degree 7 (truncation error < 1e-8 relative).
+    """
+    m = np.int64(x * np.float32(-1.4426950408889634) + np.float32(0.5))
+    mf = np.float32(m)
+    r = x + mf * np.float32(0.693359375) + mf * np.float32(-2.12194440e-4)
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    scale = np.float32(np.int64(1) << (np.int64(62) - m)) * np.float32(2.168404344971009e-19)  # 2**-62
+    return p * scale
+
+
+@nb.njit(**_JIT)
+def gate_inplace(h, z, n):
+    """``z[c] = tanh(h[c]) * sigmoid(h[n + c])`` for ``c < n``; ``h (2n,)``, ``z (n,)``, float32.
+
+    Uses ``tanh|a| = (1 - e) / (1 + e)`` with ``e = exp(-2|a|)`` and
+    ``sigmoid(b) = (1 or e') / (1 + e')`` with ``e' = exp(-|b|)``: one exponential per input,
+    one division per output, absolute error about 1e-7.
+    """
+    lo = np.float32(-40.0)
+    for c in range(n):
+        a = h[c]
+        b = h[n + c]
+        ea = exp_neg(max(np.float32(-2.0) * abs(a), lo))
+        eb = exp_neg(max(-abs(b), lo))
+        num = (np.float32(1.0) - ea) * (np.float32(1.0) if b >= 0 else eb)
+        den = (np.float32(1.0) + ea) * (np.float32(1.0) + eb)
+        t = num / den
+        z[c] = t if a >= 0 else -t
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+@nb.njit(**_JIT)
+def _axpy_rows(a, w, c, n_rows, k, n):
+    """``c[r, :n] += a[r, :k] @ w[:k, :n]`` for ``r < n_rows``; ``w`` is ``(in, out)`` row-major.
+
+    Eight weight rows at a time (4 KB for 128 outputs, kept in L1 while every row of ``c`` takes
+    them): one load and store of each output serves eight multiply-adds, still added in the
+    order ``j = 0, 1, ..., k-1``, so the result is bit for bit that of the plain loop whatever
+    the number of rows.
+    """
+    k8 = k - k % 8
+    for j in range(0, k8, 8):
+        w0 = w[j]
+        w1 = w[j + 1]
+        w2 = w[j + 2]
+        w3 = w[j + 3]
+        w4 = w[j + 4]
+        w5 = w[j + 5]
+        w6 = w[j + 6]
+        w7 = w[j + 7]
+        for r in range(n_rows):
+            cr = c[r]
+            ar = a[r]
+            s0 = ar[j]
+            s1 = ar[j + 1]
+            s2 = ar[j + 2]
+            s3 = ar[j + 3]
+            s4 = ar[j + 4]
+            s5 = ar[j + 5]
+            s6 = ar[j + 6]
+            s7 = ar[j + 7]
+            for o in range(n):
+                v = cr[o]
+                v += s0 * w0[o]
+                v += s1 * w1[o]
+                v += s2 * w2[o]
+                v += s3 * w3[o]
+                v += s4 * w4[o]
+                v += s5 * w5[o]
+                v += s6 * w6[o]
+                v += s7 * w7[o]
+                cr[o] = v
+    for j in range(k8, k):
+        w0 = w[j]
+        for r in range(n_rows):
+            s0 = a[r, j]
+            cr = c[r]
+            for o in range(n):
+                cr[o] += s0 * w0[o]
+
+
+@nb.njit(**_JIT)
+def _matvec(x, w, y, k, n):
+    """``y[:n] += x[:k] @ w[:k, :n]`` for one row (1-D ``x``, ``y``): the batch-1 form of
+    :func:`_axpy_rows`, with the same order of additions (so the same bits)."""
+    k8 = k - k % 8
+    for j in range(0, k8, 8):
+        s0 = x[j]
+        s1 = x[j + 1]
+        s2 = x[j + 2]
+        s3 = x[j + 3]
+        s4 = x[j + 4]
+        s5 = x[j + 5]
+        s6 = x[j + 6]
+        s7 = x[j + 7]
+        w0 = w[j]
+        w1 = w[j + 1]
+        w2 = w[j + 2]
+        w3 = w[j + 3]
+        w4 = w[j + 4]
+        w5 = w[j + 5]
+        w6 = w[j + 6]
+        w7 = w[j + 7]
+        for o in range(n):
+            v = y[o]
+            v += s0 * w0[o]
+            v += s1 * w1[o]
+            v += s2 * w2[o]
+            v += s3 * w3[o]
+            v += s4 * w4[o]
+            v += s5 * w5[o]
+            v += s6 * w6[o]
+            v += s7 * w7[o]
+            y[o] = v
+    for j in range(k8, k):
+        s0 = x[j]
+        w0 = w[j]
+        for o in range(n):
+            y[o] += s0 * w0[o]
+
+
+@nb.njit(**_JIT)
+def _sample_row(lg, q, u, temp, greedy, p):
+    """One draw from logits ``lg (Q,)`` float32 (see the module docstring); ``p``: scratch ``(Q,)`` float64."""
+    if greedy:
+        best = 0
+        m = lg[0]
+        for i in range(1, q):
+            if lg[i] > m:
+                m = lg[i]
+                best = i
+        return best
+    m = np.float64(lg[0]) / temp
+    for i in range(1, q):
+        v = np.float64(lg[i]) / temp
+        m = max(m, v)
+    total = 0.0
+    for i in range(q):
+        total += np.exp(np.float64(lg[i]) / temp - m)
+        p[i] = total
+    target = u * total
+    k = 0
+    while k < q - 1 and p[k] < target:
+        k += 1
+    return k
+
+
+# ----------------------------------------------------------------------------- row kernel
+
+
+@nb.njit(**_JIT)
+def run_rows(
+    t0, t1, n_total, uniforms, temp, greedy, logits, out,
+    emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2,
+    dil, off, kernel, ring, pos, row_block, forced, record,
+):  # fmt: skip
+    """Advance the rows of one slice from step ``t0`` to ``t1`` (exclusive); returns the new ``pos``.
+
+    Args:
+        t0, t1: steps of this call; ``n_total``: steps of the whole generation (no forward pass
+            follows the last one).
+        uniforms: ``(n_total, Bs)`` float64; temp: ``T``, which divides the logits as in the
+            reference; greedy: ``T == 0``.
+        logits: ``(Bs, Q)`` float32, the distribution of the next draw (updated in place).
+        out: ``(Bs, n_total)`` int64 codes (columns ``t0:t1`` written).
+        emb ``(Q, R)``; wc ``(NL, k*R, G)`` with tap ``m`` (time ``t - (k-1-m)*d``) in rows
+            ``m*R:(m+1)*R``; gbias ``(Bs, NL, G)`` conv bias plus global conditioning;
+            wres ``(NL, G/2, R)``; bres ``(NL, R)``; wskip ``(NL, G/2, S)``; bskip ``(S,)`` the
+            summed skip biases; h1 ``(S, H)``; b1 ``(H,)``; h2 ``(H, Q)``; b2 ``(Q,)``.
+        dil, off: ``(NL,)`` int64 dilations and ring offsets (layer ``i`` owns ring rows
+            ``off[i] : off[i] + (k-1)*dil[i]``); ring ``(sum L, Bs, R)`` float32, slot
+            ``t % L`` holding the layer input of time ``t``.
+        pos: time of the next input; row_block: rows computed together per layer.
+        forced: ``(Bs, n_total)`` int64 codes to feed instead of sampling (teacher forcing), or
+            an empty ``(0, 0)`` array to sample.
+        record: ``(Bs, n_total, Q)`` float32 receiving the logits computed at each step, or an
+            empty ``(0, 0, 0)`` array.
+    """
+    bs = logits.shape[0]
+    q = logits.shape[1]
+    r_ch = emb.shape[1]
+    nl = wc.shape[0]
+    g = wc.shape[2]
+    g2 = g // 2
+    s_ch = wskip.shape[2]
+    h_ch = h1.shape[1]
+    rb = min(row_block, bs)
+    x = np.empty((bs, r_ch), np.float32)
+    acc = np.empty((bs, s_ch), np.float32)
+    hh = np.empty((rb, g), np.float32)
+    zz = np.empty((rb, g2), np.float32)
+    hid = np.empty((rb, h_ch), np.float32)
+    p = np.empty(q, np.float64)
+    codes = np.empty(bs, np.int64)
+    for t in range(t0, t1):
+        for b in range(bs):
+            if forced.shape[1] > 0:
+                code = forced[b, t]
+            else:
+                code = _sample_row(logits[b], q, uniforms[t, b], temp, greedy, p)
+            codes[b] = code
+            out[b, t] = code
+        if t + 1 >= n_total:
+            break
+        for b in range(bs):
+            x[b, :] = emb[codes[b]]
+            acc[b, :] = bskip
+        for i in range(nl):
+            d = dil[i]
+            L = (kernel - 1) * d
+            w = wc[i]
+            for r0 in range(0, bs, rb):
+                nr = min(rb, bs - r0)
+                for r in range(nr):
+                    hh[r, :] = gbias[r0 + r, i]
+                for m in range(kernel - 1):
+                    slot = off[i] + (pos - (kernel - 1 - m) * d) % L
+                    _axpy_rows(ring[slot, r0:], w[m * r_ch :], hh, nr, r_ch, g)
+                _axpy_rows(x[r0:], w[(kernel - 1) * r_ch :], hh, nr, r_ch, g)
+                # x[t] replaces x[t - L] (read above as the oldest tap)
+                ring[off[i] + pos % L, r0 : r0 + nr, :] = x[r0 : r0 + nr]
+                for r in range(nr):
+                    gate_inplace(hh[r], zz[r], g2)
+                if i + 1 < nl:  # the last layer's residual output is never used
+                    for r in range(nr):
+                        x[r0 + r, :] += bres[i]
+                    _axpy_rows(zz, wres[i], x[r0:], nr, g2, r_ch)
+                _axpy_rows(zz, wskip[i], acc[r0:], nr, g2, s_ch)
+        pos += 1
+        for r0 in range(0, bs, rb):
+            nr = min(rb, bs - r0)
+            for r in range(nr):
+                for c in range(s_ch):
+                    acc[r0 + r, c] = max(acc[r0 + r, c], np.float32(0.0))
+                hid[r, :] = b1
+            _axpy_rows(acc[r0:], h1, hid, nr, s_ch, h_ch)
+            for r in range(nr):
+                for c in range(h_ch):
+                    hid[r, c] = max(hid[r, c], np.float32(0.0))
+                logits[r0 + r, :] = b2
+            _axpy_rows(hid, h2, logits[r0:], nr, h_ch, q)
+        if record.shape[1] > 0:
+            for b in range(bs):
+                record[b, t, :] = logits[b]
+    return pos
+
+
+# ----------------------------------------------------------------------------- split kernel
+
+
+@nb.njit(**_JIT)
+def run_split(
+    part, parts, sync, t0, t1, n_total, uniforms, temp, greedy, logits, out,
+    emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2,
+    dil, off, kernel, ring, pos, z_sh, acc_sh, hid_sh, ch_lo, ch_hi, max_long_waits,
+):  # fmt: skip
+    """Thread ``part`` of ``parts`` advancing one sequence from step ``t0`` towards ``t1``.
+
+    Returns ``(t, pos)``: the next step to run (``t1``, or earlier after a bail-out) and the
+    stream time then. When some thread waited long (see :data:`_LONG_WAIT_CYCLES`) at more
+    than ``max_long_waits`` barriers -- a partner keeps being descheduled because another
+    process wants its core -- all threads stop together at the end of the current step, so
+    the caller can go on with one thread from there.
+
+    All ``parts`` threads call this with the same arguments but ``part`` and must run at the
+    same time. Thread ``p`` owns gate channels ``ch_lo[p]:ch_hi[p]`` and the ``p``-th column
+    block of the skip and head matrices; the residual path is computed by every thread.
+
+    Args (beyond those of :func:`run_rows`, for one sequence):
+        sync: ``(8,)`` int64 zeros: ``[0]`` the barrier counter, ``[1]`` the bail-out flag.
+        logits: ``(Q,)`` float32, shared (written by the threads, read by all).
+        out: ``(n_total,)`` int64.
+        wc ``(P, NL, k*R, 2*Cp)`` thread ``p``'s gate columns ``[a_p | b_p]``, zero padded;
+        gbias ``(P, NL, 2*Cp)``; wres ``(NL, G/2, R)``; bres ``(NL, R)``;
+        wskip ``(P, NL, G/2, Sp)``; bskip ``(P, Sp)``; h1 ``(P, S, Hp)``; b1 ``(P, Hp)``;
+        h2 ``(P, H, Qp)``; b2 ``(P, Qp)`` (column blocks, zero padded).
+        ring: ``(sum L, R)`` shared; z_sh ``(NL, G/2)``, acc_sh ``(S,)``, hid_sh ``(H,)``: shared.
+    """
+    q = logits.shape[0]
+    r_ch = emb.shape[1]
+    nl = wc.shape[1]
+    gp = wc.shape[3]
+    cp = gp // 2
+    g2 = wres.shape[1]
+    sp = wskip.shape[3]
+    s_ch = h1.shape[1]
+    hp = h1.shape[2]
+    h_ch = h2.shape[1]
+    qp = h2.shape[2]
+    lo = ch_lo[part]
+    nch = ch_hi[part] - lo
+    s_lo = part * sp
+    s_n = min(sp, s_ch - s_lo)
+    h_lo = part * hp
+    h_n = min(hp, h_ch - h_lo)
+    q_lo = part * qp
+    q_n = min(qp, q - q_lo)
+    r_lo = (r_ch * part) // parts
+    r_hi = (r_ch * (part + 1)) // parts
+    w_c = wc[part]
+    gb = gbias[part]
+    w_s = wskip[part]
+    x = np.empty(r_ch, np.float32)
+    hh = np.empty(gp, np.float32)
+    zz = np.empty(cp, np.float32)
+    zf = np.empty(g2, np.float32)
+    acc = np.empty(sp, np.float32)
+    tmp = np.empty(max(hp, qp), np.float32)
+    p = np.empty(q, np.float64)
+    target = np.int64(0)
+    long_waits = 0
+    for t in range(t0, t1):
+        code = _sample_row(logits, q, uniforms[t], temp, greedy, p)
+        if part == 0:
+            out[t] = code
+        if t + 1 >= n_total:
+            return t + 1, pos
+        x[:] = emb[code]
+        acc[:] = bskip[part]
+        for i in range(nl):
+            d = dil[i]
+            L = (kernel - 1) * d
+            w = w_c[i]
+            hh[:] = gb[i]
+            for m in range(kernel - 1):
+                slot = off[i] + (pos - (kernel - 1 - m) * d) % L
+                _matvec(ring[slot], w[m * r_ch :], hh, r_ch, gp)
+            _matvec(x, w[(kernel - 1) * r_ch :], hh, r_ch, gp)
+            gate_inplace(hh, zz, cp)
+            for c in range(nch):
+                z_sh[i, lo + c] = zz[c]
+            target, y = _barrier(sync, parts, target)
+            long_waits += y
+            # every thread has read this layer's taps: the slot may take x[t] now (x is still
+            # this layer's input; each thread writes its share of the channels)
+            ring[off[i] + pos % L, r_lo:r_hi] = x[r_lo:r_hi]
+            zf[:] = z_sh[i]
+            if i + 1 < nl:
+                x[:] += bres[i]
+                _matvec(zf, wres[i], x, g2, r_ch)
+            _matvec(zf, w_s[i], acc, g2, sp)
+        pos += 1
+        for c in range(s_n):
+            acc_sh[s_lo + c] = max(acc[c], np.float32(0.0))
+        target, y = _barrier(sync, parts, target)
+        long_waits += y
+        tmp[:hp] = b1[part]
+        _matvec(acc_sh, h1[part], tmp, s_ch, hp)
+        for c in range(h_n):
+            hid_sh[h_lo + c] = max(tmp[c], np.float32(0.0))
+        target, y = _barrier(sync, parts, target)
+        long_waits += y
+        tmp[:qp] = b2[part]
+        _matvec(hid_sh, h2[part], tmp, h_ch, qp)
+        for c in range(q_n):
+            logits[q_lo + c] = tmp[c]
+        if long_waits > max_long_waits:
+            _atomic_add(sync, 1, 1)
+        target, y = _barrier(sync, parts, target)
+        long_waits += y
+        if _atomic_load(sync, 1) > 0:  # set before this barrier: every thread sees it here
+            return t + 1, pos
+    return t1, pos

@@ -1,0 +1,396 @@
+"""The fused CPU generation back-end: orchestration of the numba kernels over threads.
+
+The kernels (:mod:`wavedil.fast._kernels`) are compiled on first use and cached on disk by
+numba; this module imports them lazily, so importing it costs nothing when numba is absent.
+
+How the work is cut, by batch size ``B``:
+
+* ``B == 1``: memory bound (a ref30 model's ~5 MB of float32 weights stream from the last-level
+  cache for every sample). With two or more threads each layer is split by columns across
+  threads that meet at a spin barrier after every gate, so each core streams its share. A
+  split that loses (a busy machine keeps descheduling a partner) gives way to one thread,
+  chunk by chunk (:func:`_generate_one`).
+* ``B > 1``: one slice of rows per thread, each advanced on its own by the fused kernel (no
+  synchronisation); each layer's weights serve all the rows of a slice while in cache.
+* Optionally (``blas_min_batch``), large batches run as a lean sequence of ``torch.addmm``
+  calls instead (:mod:`.batched`), with torch's intra-op threads. Off by default: on the
+  2-core development machine it was at most ~1.3x faster than the fused kernel at B = 256
+  and 2-3x slower at B <= 64, and torch's threads, which wait for each other at each of the
+  ~300 calls of a step, lose 3-10x whenever another process shares the cores.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..layers import StackState
+from ..model import WaveNet
+from .batched import batched_generate
+from .pack import PackedWaveNet, pack_global_bias, pack_model, ring_from_state, split_columns
+
+__all__ = [
+    "CpuOptions",
+    "cpu_generate",
+    "cpu_teacher_forced_logits",
+    "kernels_available",
+    "load_kernels",
+    "usable_cpus",
+]
+
+#: The split of one sequence across threads pays a barrier per layer; below this many bytes of
+#: weights per step the weights stay in one core's cache and one thread is faster.
+SPLIT_MIN_WEIGHT_BYTES = 1 << 20
+#: A split chunk stops (and one thread takes over) once a thread waited long (~0.1 ms: its
+#: partner was descheduled) at this many barriers.
+MAX_LONG_WAITS_PER_CHUNK = 8
+#: A sequence re-measures the way it is not using every this many chunks.
+REPROBE_CHUNKS = 16
+
+# "not used" values of run_rows' teacher-forcing arguments
+_NO_CODES = np.zeros((0, 0), np.int64)
+_NO_LOGITS = np.zeros((0, 0, 0), np.float32)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def load_kernels():
+    """Import (and thereby make numba ready to compile) the kernel module; raises ImportError."""
+    from . import _kernels
+
+    return _kernels
+
+
+def kernels_available() -> bool:
+    """True when the numba kernels import (numba installed and working)."""
+    try:
+        load_kernels()
+    except Exception:  # noqa: BLE001 - any failure of an optional tool means "not available"
+        return False
+    return True
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class CpuOptions:
+    """Tuning of :func:`cpu_generate` (the defaults are what the ``fast`` back-end uses).
+
+    Args:
+        threads: worker threads; None takes ``torch.get_num_threads()`` (capped at the usable
+            CPUs), so ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` steer both back-ends.
+        split: split one sequence (batch 1) across threads: True, False, or None to decide by
+            the size of the weights (:data:`SPLIT_MIN_WEIGHT_BYTES`).
+        row_block: batch rows computed together per layer by one thread.
+        blas_min_batch: from this batch size on, the step runs as BLAS calls through torch
+            (:mod:`.batched`, torch's intra-op threads); None (default): never.
+        chunk: samples per kernel call for a batch of one (the unit of ``progress`` reports and
+            of the split/one-thread choice); a batch of ``B`` reports every
+            ``max(1, chunk // B)`` steps.
+    """
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        split: bool | None = None,
+        row_block: int = 16,
+        blas_min_batch: int | None = None,
+        chunk: int = 1024,
+    ) -> None:
+        if threads is not None:
+            _check_int("threads", threads, 1)
+        if split not in (None, True, False):
+            raise ValueError(f"split must be None, True or False, got {split!r}")
+        _check_int("row_block", row_block, 1)
+        if blas_min_batch is not None:
+            _check_int("blas_min_batch", blas_min_batch, 2)
+        _check_int("chunk", chunk, 1)
+        self.threads = threads
+        self.split = split
+        self.row_block = row_block
+        self.blas_min_batch = blas_min_batch
+        self.chunk = chunk
+
+    def resolve_threads(self) -> int:
+        """Threads to use now: ``threads``, or torch's intra-op count, capped at the usable CPUs."""
+        n = torch.get_num_threads() if self.threads is None else self.threads
+        return max(1, min(n, usable_cpus()))
+
+    def __repr__(self) -> str:
+        return (
+            f"CpuOptions(threads={self.threads}, split={self.split}, row_block={self.row_block}, "
+            f"blas_min_batch={self.blas_min_batch}, chunk={self.chunk})"
+        )
+
+
+def cpu_generate(
+    model: WaveNet,
+    state: StackState,
+    logits: torch.Tensor,
+    uniforms: torch.Tensor,
+    temperature: float,
+    speaker: torch.Tensor | None,
+    progress: Callable[[int], None] | None,
+    options: CpuOptions | None = None,
+) -> torch.Tensor:
+    """The ``Backend`` of :mod:`wavedil.generate` on the CPU: codes ``(B, N)`` int64.
+
+    Args:
+        model: a float32 :class:`WaveNet` on the CPU.
+        state: its streaming state after the prompt (read, not modified).
+        logits: ``(B, Q)`` distribution of the first sample.
+        uniforms: ``(N, B)`` float64, one per draw.
+        temperature: ``> 0``, or 0 for the argmax.
+        speaker: ``(B,)`` class ids for a conditioned model, else None.
+        progress: called with the number of samples done per sequence.
+        options: threads and blocking (:class:`CpuOptions`).
+    """
+    options = CpuOptions() if options is None else options
+    batch, q = logits.shape
+    if uniforms.dim() != 2 or uniforms.shape[1] != batch:
+        raise ValueError(f"uniforms must be (N, {batch}), got shape {tuple(uniforms.shape)}")
+    if q != model.quantization_channels:
+        raise ValueError(f"logits must be (B, {model.quantization_channels}), got shape {tuple(logits.shape)}")
+    packed = pack_model(model)
+    with torch.no_grad():
+        global_cond = model._global(speaker, batch)  # (B, Gc) or None, validated
+    gbias = pack_global_bias(packed, global_cond, batch)  # (B, NL, G)
+    if options.blas_min_batch is not None and batch >= options.blas_min_batch:
+        # torch's own intra-op threads, as the reference back-end uses them
+        return batched_generate(packed, state, logits, uniforms, temperature, gbias, progress, options.chunk)
+    threads = options.resolve_threads()
+    kern = load_kernels()
+    n = uniforms.shape[0]
+    u = np.ascontiguousarray(uniforms.detach().to("cpu", torch.float64).numpy())
+    greedy = temperature == 0
+    temp = 1.0 if greedy else float(temperature)
+    lg = np.ascontiguousarray(logits.detach().to("cpu", torch.float32).numpy())
+    out = np.empty((batch, n), dtype=np.int64)
+    if batch == 1:
+        split = packed.nbytes >= SPLIT_MIN_WEIGHT_BYTES if options.split is None else options.split
+        _generate_one(kern, packed, state, lg[0], u[:, 0], temp, greedy, out[0], gbias[0],
+                      threads if split else 1, options, progress)  # fmt: skip
+    else:
+        _generate_rows(kern, packed, state, lg, u, temp, greedy, out, gbias, threads, options, progress)
+    return torch.from_numpy(out).to(logits.device)
+
+
+@torch.no_grad()
+def cpu_teacher_forced_logits(
+    model: WaveNet, codes: torch.Tensor, speaker: torch.Tensor | None = None, row_block: int = 16
+) -> torch.Tensor:
+    """Logits ``(B, Q, T)`` of the fused kernel fed ``codes (B, T)`` from an empty state.
+
+    The kernel's counterpart of ``model(codes, speaker)`` (teacher forcing), computed one
+    sample at a time on one thread, for checking the kernel against the reference.
+    """
+    model._check_codes(codes)
+    kern = load_kernels()
+    packed = pack_model(model)
+    batch, n = codes.shape
+    q = model.quantization_channels
+    forced = np.ascontiguousarray(codes.detach().to("cpu", torch.int64).numpy())
+    if forced.min() < 0 or forced.max() >= q:
+        raise ValueError(f"codes must lie in [0, {q}), got range [{forced.min()}, {forced.max()}]")
+    gbias = pack_global_bias(packed, model._global(speaker, batch), batch)
+    state = model.init_state(batch, device="cpu", dtype=torch.float32)
+    record = np.zeros((batch, n, q), np.float32)
+    kern.run_rows(
+        0, n, n + 1, np.zeros((n, batch)), 1.0, False, np.zeros((batch, q), np.float32),
+        np.empty((batch, n + 1), np.int64), packed.emb, packed.wc, gbias, packed.wres, packed.bres,
+        packed.wskip, packed.bskip, packed.h1, packed.b1, packed.h2, packed.b2, packed.dil, packed.off,
+        packed.kernel, ring_from_state(packed, state), 0, row_block, forced, record,
+    )  # fmt: skip
+    return torch.from_numpy(record).permute(0, 2, 1)
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def _run_threads(targets: list[Callable[[], object]]) -> list[object]:
+    """Run each callable in its own thread (the first in this one) and return their results.
+
+    All of them run at the same time, which the split kernel's barrier requires.
+    """
+    results: list[object] = [None] * len(targets)
+    errors: list[BaseException] = []
+
+    def wrap(i: int) -> None:
+        try:
+            results[i] = targets[i]()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(e)
+
+    workers = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(1, len(targets))]
+    for w in workers:
+        w.start()
+    wrap(0)
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _row_slices(batch: int, parts: int) -> list[slice]:
+    """``parts`` contiguous, nearly equal, non-empty row slices of ``range(batch)``."""
+    parts = max(1, min(parts, batch))
+    bounds = [batch * p // parts for p in range(parts + 1)]
+    return [slice(bounds[p], bounds[p + 1]) for p in range(parts)]
+
+
+def _even_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    return [(n * p // parts, n * (p + 1) // parts) for p in range(parts)]
+
+
+def _block_bounds(n: int, parts: int) -> tuple[list[tuple[int, int]], int]:
+    """Column blocks of equal width ``ceil(n / parts)`` (the last may be short or empty)."""
+    width = -(-n // parts)
+    return [(min(n, p * width), min(n, (p + 1) * width)) for p in range(parts)], width
+
+
+# ----------------------------------------------------------------------------- batch > 1
+
+
+def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, gbias,
+                   threads: int, options: CpuOptions, progress) -> None:  # fmt: skip
+    """Each thread advances its own slice of rows with :func:`run_rows`."""
+    batch, n = out.shape
+    slices = _row_slices(batch, threads)
+    rings = [ring_from_state(packed, state, s) for s in slices]
+    logits = [np.ascontiguousarray(lg[s]) for s in slices]
+    us = [np.ascontiguousarray(u[:, s]) for s in slices]
+    outs = [np.empty((s.stop - s.start, n), dtype=np.int64) for s in slices]
+    gb = [np.ascontiguousarray(gbias[s]) for s in slices]
+    pos = [state.pos] * len(slices)
+    p = packed
+    step = n if progress is None else max(1, options.chunk // batch)
+
+    def job(j: int, t0: int, t1: int, pos: int) -> Callable[[], int]:
+        return lambda: kern.run_rows(
+            t0, t1, n, us[j], temp, greedy, logits[j], outs[j],
+            p.emb, p.wc, gb[j], p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2,
+            p.dil, p.off, p.kernel, rings[j], pos, options.row_block, _NO_CODES, _NO_LOGITS,
+        )  # fmt: skip
+
+    for t0 in range(0, n, step):
+        t1 = min(n, t0 + step)
+        pos = [int(v) for v in _run_threads([job(j, t0, t1, pos[j]) for j in range(len(slices))])]
+        if progress is not None:
+            progress(t1)
+    for s, o in zip(slices, outs):
+        out[s] = o
+
+
+# ----------------------------------------------------------------------------- batch 1
+
+
+def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, gbias,
+                  threads: int, options: CpuOptions, progress) -> None:  # fmt: skip
+    """One sequence: split across ``threads`` or on one thread, chunk by chunk, whichever is faster.
+
+    Both ways compute every number in the same order, so switching between chunks does not
+    change the result. The first chunk runs split, the second on one thread; after that the
+    faster way runs, and the other is re-measured every :data:`REPROBE_CHUNKS` chunks. A split
+    chunk stops early when a partner thread keeps being descheduled (a busy machine).
+
+    ``lg (Q,)``, ``u (N,)``, ``out (N,)``, ``gbias (NL, G)``.
+    """
+    p = packed
+    n = out.shape[0]
+    parts = max(1, min(threads, p.wres.shape[1]))
+    ring = np.ascontiguousarray(ring_from_state(packed, state)[:, 0, :])  # (sum L, R)
+    if parts > 1:
+        split_weights, ch_lo, ch_hi = _split_arrays(packed, gbias, parts)
+        z_sh = np.zeros((p.wres.shape[0], p.wres.shape[1]), np.float32)
+        acc_sh = np.zeros(p.h1.shape[0], np.float32)
+        hid_sh = np.zeros(p.h2.shape[0], np.float32)
+    # one-row views of the same memory for run_rows
+    lg_rows, out_rows, u_rows = lg.reshape(1, -1), out.reshape(1, n), u.reshape(n, 1)
+    gbias_rows, ring_rows = gbias.reshape((1,) + gbias.shape), ring.reshape(ring.shape[0], 1, -1)
+
+    def split_job(part: int, sync: np.ndarray, t: int, t1: int, pos: int) -> Callable[[], tuple[int, int]]:
+        return lambda: kern.run_split(
+            part, parts, sync, t, t1, n, u, temp, greedy, lg, out, p.emb, *split_weights,
+            p.dil, p.off, p.kernel, ring, pos, z_sh, acc_sh, hid_sh, ch_lo, ch_hi, MAX_LONG_WAITS_PER_CHUNK,
+        )  # fmt: skip
+
+    def one_thread(t: int, t1: int, pos: int) -> int:
+        return kern.run_rows(
+            t, t1, n, u_rows, temp, greedy, lg_rows, out_rows, p.emb, p.wc, gbias_rows, p.wres,
+            p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2, p.dil, p.off, p.kernel, ring_rows, pos, 1,
+            _NO_CODES, _NO_LOGITS,
+        )  # fmt: skip
+
+    # compile, or load from numba's cache, before anything is timed (zero steps: no barrier)
+    one_thread(0, 0, state.pos)
+    if parts > 1:
+        split_job(0, np.zeros(8, np.int64), 0, 0, state.pos)()
+    rate: dict[bool, float] = {}
+    pos, t, chunks, use_split = state.pos, 0, 0, parts > 1
+    while t < n:
+        t1 = min(n, t + options.chunk)
+        start = time.perf_counter()
+        if use_split:
+            sync = np.zeros(8, np.int64)
+            t_next, pos = _run_threads([split_job(part, sync, t, t1, pos) for part in range(parts)])[0]
+        else:
+            pos, t_next = one_thread(t, t1, pos), t1
+        rate[use_split] = (t_next - t) / max(time.perf_counter() - start, 1e-9)
+        pos, t, chunks = int(pos), int(t_next), chunks + 1
+        if parts > 1:
+            best = max(rate, key=rate.get)
+            if chunks == 1 or chunks % REPROBE_CHUNKS == 0:
+                use_split = not use_split if len(rate) == 1 else not best
+            else:
+                use_split = best
+        if progress is not None:
+            progress(t)
+
+
+def _split_arrays(
+    packed: PackedWaveNet, gbias: np.ndarray, parts: int
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
+    """Weights of :func:`run_split` for ``parts`` threads, in its argument order.
+
+    Returns ``((wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2), ch_lo, ch_hi)``: thread
+    ``p`` owns gate channels ``ch_lo[p]:ch_hi[p]`` and the ``p``-th column block of the rest.
+    """
+    p = packed
+    g2 = p.wres.shape[1]
+    ch = _even_bounds(g2, parts)
+    cp = max(hi - lo for lo, hi in ch)
+    # thread p's gate columns: [a channels lo:hi | pad | b channels lo:hi | pad]
+    wc = np.concatenate([split_columns(p.wc[..., :g2], ch, cp), split_columns(p.wc[..., g2:], ch, cp)], axis=-1)
+    gb = np.concatenate([split_columns(gbias[..., :g2], ch, cp), split_columns(gbias[..., g2:], ch, cp)], axis=-1)
+    s_bounds, sp = _block_bounds(p.wskip.shape[2], parts)
+    h_bounds, hp = _block_bounds(p.h1.shape[1], parts)
+    q_bounds, qp = _block_bounds(p.h2.shape[1], parts)
+    weights = (
+        np.ascontiguousarray(wc),  # (P, NL, kR, 2cp)
+        np.ascontiguousarray(gb),  # (P, NL, 2cp)
+        p.wres,
+        p.bres,
+        split_columns(p.wskip, s_bounds, sp),  # (P, NL, G/2, Sp)
+        split_columns(p.bskip, s_bounds, sp),  # (P, Sp)
+        split_columns(p.h1, h_bounds, hp),  # (P, S, Hp)
+        split_columns(p.b1, h_bounds, hp),  # (P, Hp)
+        split_columns(p.h2, q_bounds, qp),  # (P, H, Qp)
+        split_columns(p.b2, q_bounds, qp),  # (P, Qp)
+    )
+    ch_lo = np.array([lo for lo, _ in ch], np.int64)
+    ch_hi = np.array([hi for _, hi in ch], np.int64)
+    return weights, ch_lo, ch_hi

@@ -1,0 +1,194 @@
+"""Lay a :class:`~wavedil.model.WaveNet`'s weights and streaming state out for the fused kernels.
+
+Pure NumPy/PyTorch (no numba): the arrays are float32, C-contiguous, and every matrix is stored
+``(in, out)`` so that a kernel's innermost loop runs over contiguous output columns.
+
+Per layer ``i`` with kernel ``k``, dilation ``d`` and ring length ``L = (k-1)*d``::
+
+    h   = gbias[i] + sum_m  x[t - (k-1-m)*d] @ wc[i, m*R:(m+1)*R]      (G,)   m = 0..k-1
+    z   = tanh(h[:G/2]) * sigmoid(h[G/2:])                              (G/2,)
+    x  <- x + bres[i] + z @ wres[i]                                     (R,)
+    acc <- acc + z @ wskip[i]              (acc starts at bskip = sum of the skip biases)
+
+then ``logits = relu(relu(acc) @ h1 + b1) @ h2 + b2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..layers import StackState
+from ..model import WaveNet
+
+__all__ = [
+    "PackedWaveNet",
+    "pack_global_bias",
+    "pack_model",
+    "ring_from_state",
+    "split_columns",
+    "unsupported_reason",
+]
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
+
+
+@dataclass(frozen=True)
+class PackedWaveNet:
+    """The weights of one :class:`WaveNet` in the kernels' layout (shapes in the module docstring).
+
+    Attributes:
+        emb: ``(Q, R)`` input embedding.
+        wc: ``(NL, k*R, G)`` dilated conv, tap ``m`` (time ``t - (k-1-m)*d``) in rows ``m*R:(m+1)*R``.
+        bc: ``(NL, G)`` conv bias.
+        wgc: ``(NL, Gc, G)`` global-conditioning projections, or None.
+        wres, bres: ``(NL, G/2, R)``, ``(NL, R)`` residual 1x1.
+        wskip: ``(NL, G/2, S)`` skip 1x1; bskip ``(S,)`` the sum of every layer's skip bias.
+        h1, b1, h2, b2: ``(S, H)``, ``(H,)``, ``(H, Q)``, ``(Q,)`` the output head.
+        dil, off: ``(NL,)`` int64 dilations and ring offsets (``off[-1] + L[-1]`` rows in all).
+        kernel: ``k``.
+    """
+
+    emb: np.ndarray
+    wc: np.ndarray
+    bc: np.ndarray
+    wgc: np.ndarray | None
+    wres: np.ndarray
+    bres: np.ndarray
+    wskip: np.ndarray
+    bskip: np.ndarray
+    h1: np.ndarray
+    b1: np.ndarray
+    h2: np.ndarray
+    b2: np.ndarray
+    dil: np.ndarray
+    off: np.ndarray
+    kernel: int
+
+    @property
+    def ring_rows(self) -> int:
+        """Rows of the concatenated ring buffers: ``(k - 1) * sum(dilations)``."""
+        return int(self.off[-1] + (self.kernel - 1) * self.dil[-1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of weights one forward step reads (everything but the embedding table)."""
+        arrays = (self.wc, self.wres, self.wskip, self.h1, self.h2)
+        return int(sum(a.nbytes for a in arrays))
+
+
+def unsupported_reason(model: WaveNet) -> str | None:
+    """None when the kernels can run ``model``'s layers, else what they lack.
+
+    They implement the gated block (``tanh(a) * sigmoid(b)``) with skip outputs and optional
+    global conditioning; weight norm is fine (the effective weights are packed) and dropout
+    is inactive in generation.
+    """
+    for i, layer in enumerate(model.stack.layers):
+        activation = getattr(layer, "activation", "gated")
+        if activation != "gated":
+            return f"layer {i} uses activation {activation!r}; the fast back-end implements only 'gated'"
+        if layer.lc is not None:
+            return f"layer {i} has local conditioning, which the fast back-end does not support"
+        if not getattr(layer, "skip_channels", 1):
+            return f"layer {i} has no skip output (skip_channels=0), which the fast back-end does not support"
+    return None
+
+
+def pack_model(model: WaveNet) -> PackedWaveNet:
+    """Copy ``model``'s weights into a :class:`PackedWaveNet` (float32, on the CPU).
+
+    Raises:
+        ValueError: for layers the kernels do not implement (:func:`unsupported_reason`).
+    """
+    why = unsupported_reason(model)
+    if why is not None:
+        raise ValueError(why)
+    stack = model.stack
+    layers = list(stack.layers)
+    k = stack.kernel_size
+    R = stack.residual_channels
+    wc, bc, wgc, wres, bres, wskip, bskip = [], [], [], [], [], [], None
+    for layer in layers:
+        w = layer.conv.weight.detach()  # (G, R, k); with weight norm, the effective weight
+        wc.append(w.permute(2, 1, 0).reshape(k * R, -1))  # row m*R + c  <-  w[:, c, m]
+        bc.append(layer.conv.bias.detach())
+        if layer.gc is not None:
+            wgc.append(layer.gc.weight.detach().t())  # (Gc, G)
+        wo = layer.out.weight.detach()[:, :, 0]  # (R + S, G/2)
+        wres.append(wo[:R].t())
+        wskip.append(wo[R:].t())
+        bo = layer.out.bias.detach()
+        bres.append(bo[:R])
+        # summed in float64 once, then rounded: the reference adds each layer's bias in float32,
+        # a difference far below the 1e-4 tolerance on logits
+        bskip = bo[R:].double() if bskip is None else bskip + bo[R:].double()
+    head1, head2 = model.head[1], model.head[3]
+    return PackedWaveNet(
+        emb=_np(model.embed.weight),
+        wc=_np(torch.stack(wc)),
+        bc=_np(torch.stack(bc)),
+        wgc=_np(torch.stack(wgc)) if wgc else None,
+        wres=_np(torch.stack(wres)),
+        bres=_np(torch.stack(bres)),
+        wskip=_np(torch.stack(wskip)),
+        bskip=_np(bskip),
+        h1=_np(head1.weight[:, :, 0].t()),
+        b1=_np(head1.bias),
+        h2=_np(head2.weight[:, :, 0].t()),
+        b2=_np(head2.bias),
+        dil=np.asarray(stack.dilations, dtype=np.int64),
+        off=np.concatenate([[0], np.cumsum([(k - 1) * d for d in stack.dilations])[:-1]]).astype(np.int64),
+        kernel=int(k),
+    )
+
+
+def pack_global_bias(packed: PackedWaveNet, global_cond: torch.Tensor | None, batch_size: int) -> np.ndarray:
+    """Conv bias plus the global-conditioning term of every layer: ``(B, NL, G)`` float32.
+
+    ``global_cond`` is the model's speaker embedding ``(B, Gc)`` (or None when unconditioned).
+    """
+    bias = np.repeat(packed.bc[None], batch_size, axis=0)  # a writable copy: one compiled signature
+    if global_cond is None:
+        return bias
+    if packed.wgc is None:
+        raise ValueError("global_cond given, but the model has no global-conditioning projections")
+    g = global_cond.detach().to("cpu", torch.float32).numpy().astype(np.float32)  # (B, Gc)
+    if g.shape != (batch_size, packed.wgc.shape[1]):
+        raise ValueError(f"global_cond must be ({batch_size}, {packed.wgc.shape[1]}), got {g.shape}")
+    # gc(g) in float32 per layer, as nn.Linear computes it
+    cond = np.einsum("bc,lcg->blg", g, packed.wgc, dtype=np.float32)
+    return np.ascontiguousarray(bias + cond, dtype=np.float32)
+
+
+def ring_from_state(packed: PackedWaveNet, state: StackState, rows: slice = slice(None)) -> np.ndarray:
+    """The ring buffers of ``state`` for batch ``rows`` as one ``(sum L, Bs, R)`` float32 array.
+
+    Slot ``t % L`` keeps the meaning it has in :class:`~wavedil.layers.StackState`. Only the
+    slots written so far (all of them once ``pos >= L``) are copied; the rest are zeros that
+    the operating system maps lazily, so a fresh state of a large batch costs next to nothing.
+    """
+    if len(state.buffers) != len(packed.dil):
+        raise ValueError(f"state has {len(state.buffers)} layers, the model {len(packed.dil)}")
+    first = state.buffers[0][rows]
+    ring = np.zeros((packed.ring_rows, first.shape[0], first.shape[1]), np.float32)
+    for buf, off in zip(state.buffers, packed.off):
+        buf = buf[rows]
+        n = min(state.pos, buf.shape[-1])
+        ring[off : off + n] = buf[:, :, :n].detach().to("cpu", torch.float32).permute(2, 0, 1).numpy()
+    return ring
+
+
+def split_columns(a: np.ndarray, bounds: list[tuple[int, int]], width: int) -> np.ndarray:
+    """Column blocks ``a[..., lo:hi]`` stacked on a new leading axis, zero padded to ``width``.
+
+    ``(..., N) -> (P, ..., width)`` for ``P = len(bounds)``.
+    """
+    out = np.zeros((len(bounds),) + a.shape[:-1] + (width,), dtype=np.float32)
+    for p, (lo, hi) in enumerate(bounds):
+        out[p, ..., : hi - lo] = a[..., lo:hi]
+    return out
