@@ -41,7 +41,15 @@ def test_every_data_config_composes(name):
 def test_every_experiment_composes_and_builds(name):
     cfg = compose([f"experiment={name}"])
     assert cfg.name == name
-    WaveNet(model_config(cfg.model))
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    # what training fills in from the data: the vocoder's sample rate, the corpus's speakers
+    if model["mel"] is not None:
+        model["mel"]["sample_rate"] = cfg.data.sample_rate
+        assert cfg.data.segment_length % model["mel"]["hop_length"] == 0
+    if model["global_cond_channels"]:
+        model.update(speakers=["p225", "p226"], global_cond_classes=2)
+    net = WaveNet(model_config(model))
+    assert (net.upsampler is not None) == name.startswith("vocoder")
     OmegaConf.to_container(cfg.trainer, resolve=True)
 
 

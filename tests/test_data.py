@@ -12,18 +12,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from wavedil.audio import mu_law_encode, read_audio, resample, silence_bounds
+from wavedil.audio import decode, mu_law_encode, read_audio, resample, silence_bounds
+from wavedil.conditioning import MelSpec, log_mel
 from wavedil.data import (
     LAYOUTS,
     AudioItem,
     CorpusError,
     SegmentDataset,
     corpus_seconds,
+    file_mel,
     find_audio_files,
     iter_file_codes,
     load_corpus,
+    speakers_of,
     split_items,
 )
 
@@ -370,6 +374,179 @@ def test_iter_file_codes_whole_files(small_corpus: list[AudioItem]) -> None:
     assert got == [("long.wav", 12000, torch.int64), ("mid.flac", 6000, torch.int64)]
     capped = [codes.shape[0] for _, codes in iter_file_codes(small_corpus, 8000, max_seconds=0.5)]
     assert capped == [4000, 3000]
+
+
+# --- encodings, speakers and mel-conditioned segments ------------------------------------------
+
+
+def find_span(whole: np.ndarray, seg: np.ndarray) -> list[int]:
+    """Starts ``s`` with ``whole[s : s + len(seg)] == seg``."""
+    n = len(seg)
+    return [s for s in range(len(whole) - n + 1) if np.array_equal(whole[s : s + n], seg)]
+
+
+def test_linear_segments_decode_to_the_files_pcm16_samples(tmp_path: Path) -> None:
+    pcm = np.random.default_rng(0).integers(-32768, 32768, 1500).astype(np.int16)
+    pcm[:2] = [-32768, 32767]  # the extremes survive too
+    sf.write(str(tmp_path / "a.wav"), pcm, 8000, subtype="PCM_16")
+    items = load_corpus(tmp_path)
+    ds = SegmentDataset(
+        items, 100, 8000, quantization_channels=65536, segments_per_epoch=6, encoding="linear"
+    )
+    for i in range(len(ds)):
+        seg = ds[i]
+        assert seg.dtype == torch.int64
+        ints = np.round(decode(seg, "linear", 65536).double().numpy() * 32768).astype(np.int64)
+        assert np.array_equal(seg.numpy() - 32768, ints)
+        assert find_span(pcm.astype(np.int64), ints), f"segment {i} is not a span of the file"
+    [(_, codes)] = list(iter_file_codes(items, 8000, 65536, encoding="linear"))
+    assert np.array_equal(codes.numpy() - 32768, pcm.astype(np.int64))
+    with pytest.raises(ValueError, match="encoding.*'alaw'"):
+        SegmentDataset(items, 100, 8000, encoding="alaw")
+    with pytest.raises(ValueError, match="even.*255"):
+        SegmentDataset(items, 100, 8000, quantization_channels=255, encoding="linear")
+
+
+def test_linear_short_file_padded_with_linear_silence(tmp_path: Path) -> None:
+    write(tmp_path / "tiny.wav", np.full(50, 0.5), subtype="FLOAT")
+    seg = SegmentDataset(load_corpus(tmp_path), 99, 8000, 65536, encoding="linear")[0]
+    assert (seg[:50] == 32768).all() and (seg[50:] == 49152).all()
+
+
+@pytest.fixture
+def vctk_corpus(tmp_path: Path) -> list[AudioItem]:
+    """Two speakers; each file is a constant that tells which speaker it belongs to."""
+    levels = {"p225": 0.5, "p226": -0.25, "p301": 0.75}
+    for spk, level in levels.items():
+        write(tmp_path / spk / f"{spk}_001.wav", np.full(400, level), subtype="FLOAT")
+    return load_corpus(tmp_path, layout="vctk")
+
+
+def test_speaker_index_is_returned_per_item(vctk_corpus: list[AudioItem]) -> None:
+    speakers = speakers_of(vctk_corpus)
+    assert speakers == ["p225", "p226", "p301"]
+    ds = SegmentDataset(vctk_corpus, 99, 8000, segments_per_epoch=30, speakers=speakers[::-1])
+    code_of = {int(mu_law_encode(torch.tensor(v))): v for v in (0.5, -0.25, 0.75)}
+    spk_of = {0.5: "p225", -0.25: "p226", 0.75: "p301"}
+    seen = set()
+    for i in range(len(ds)):
+        item = ds[i]
+        assert set(item) == {"codes", "speaker"} and item["speaker"].dtype == torch.int64
+        assert item["speaker"].shape == ()
+        spk = spk_of[code_of[int(item["codes"][-1])]]
+        assert speakers[::-1][int(item["speaker"])] == spk
+        seen.add(spk)
+    assert seen == set(speakers)
+
+
+def test_unknown_or_missing_speaker_errors(vctk_corpus: list[AudioItem], tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match=r"p226_001.wav.*'p226'.*\['p225', 'p301'\]"):
+        SegmentDataset(vctk_corpus, 99, 8000, speakers=["p225", "p301"])
+    with pytest.raises(ValueError, match="repeated.*p225"):
+        SegmentDataset(vctk_corpus, 99, 8000, speakers=["p225", "p225", "p226", "p301"])
+    anonymous = vctk_corpus + [AudioItem(tmp_path / "anon.wav", None, 400, 8000)]
+    with pytest.raises(CorpusError, match="anon.wav"):
+        speakers_of(anonymous)
+    with pytest.raises(CorpusError, match="anon.wav.*None"):
+        SegmentDataset(anonymous, 99, 8000, speakers=speakers_of(vctk_corpus))
+
+
+MEL = MelSpec(8000, hop_length=80, n_fft=256, n_mels=12)
+
+
+@pytest.fixture
+def mel_corpus(tmp_path: Path) -> list[AudioItem]:
+    """Noise at 8 kHz, at 11.025 kHz (resampled to 8 kHz) and a file shorter than a segment."""
+    rng = np.random.default_rng(0)
+
+    def smooth(n: int) -> np.ndarray:
+        return np.convolve(rng.standard_normal(n) * 0.2, np.ones(4) / 4, "same")
+
+    write(tmp_path / "a8k.wav", smooth(2500), rate=8000, subtype="FLOAT")
+    write(tmp_path / "b11k.wav", smooth(3000), rate=11025, subtype="FLOAT")
+    write(tmp_path / "c_short.wav", smooth(250), rate=8000, subtype="FLOAT")
+    return load_corpus(tmp_path)
+
+
+def test_mel_segments_are_aligned_slices_of_the_whole_file(mel_corpus: list[AudioItem]) -> None:
+    length, ctx, hop = 400, 2, MEL.hop_length
+    ds = SegmentDataset(
+        mel_corpus, length, 8000, 65536, segments_per_epoch=24, mel=MEL, mel_context=ctx
+    )
+    wholes = {item.path.name: read_audio(item.path, sample_rate=8000)[0] for item in mel_corpus}
+    pad = length + hop  # the search looks at aligned starts a in [-pad, T + pad)
+    seen = set()
+    for i in range(len(ds)):
+        item = ds[i]
+        assert set(item) == {"codes", "mel"}
+        assert item["codes"].shape == (length + 1,) and item["mel"].shape == (12, 5 + 2 * ctx)
+        assert item["mel"].dtype == torch.float32
+        matches = []
+        for name, wav in wholes.items():
+            codes = mu_law_encode(F.pad(wav, (pad, pad)), 65536)
+            for a in range(-pad + hop, wav.shape[0] + pad - length + 1, hop):  # a % hop == 0
+                if torch.equal(codes[pad + a - 1 : pad + a + length], item["codes"]):
+                    matches.append((name, a))
+        assert matches, f"item {i}: codes are not an aligned span of any file"
+        name, a = matches[0]
+        seen.add(name)
+        want = log_mel(wholes[name], MEL, first_frame=a // hop - ctx, n_frames=5 + 2 * ctx)
+        torch.testing.assert_close(item["mel"], want, rtol=0, atol=1e-4)
+        whole_mel = file_mel(wholes[name], MEL, context=10)  # the vocoding counterpart
+        col = a // hop - ctx + 10
+        torch.testing.assert_close(item["mel"], whole_mel[:, col : col + 9], rtol=0, atol=1e-4)
+        if name == "c_short.wav":  # shorter than a segment: ends with the file, silence before
+            assert a == -80 and (item["codes"][:80] == 32768).all()
+    assert seen == set(wholes)
+
+
+def test_file_mel_covers_the_file_with_context() -> None:
+    wav = torch.randn(1001, generator=torch.Generator().manual_seed(0)) * 0.1
+    out = file_mel(wav, MEL, context=3)
+    assert out.shape == (12, 13 + 6)
+    torch.testing.assert_close(out[:, 3:-3], log_mel(wav, MEL), rtol=0, atol=0)
+    assert torch.equal(file_mel(wav, MEL, 0), log_mel(wav, MEL))
+    with pytest.raises(ValueError, match="context.*-1"):
+        file_mel(wav, MEL, -1)
+
+
+def test_mel_argument_errors_name_both_values(mel_corpus: list[AudioItem]) -> None:
+    with pytest.raises(ValueError, match="segment_length=450.*hop_length=80"):
+        SegmentDataset(mel_corpus, 450, 8000, mel=MEL)
+    with pytest.raises(ValueError, match="sample_rate=16000.*sample_rate=8000"):
+        SegmentDataset(mel_corpus, 400, 8000, mel=MelSpec(16000, hop_length=80))
+    with pytest.raises(ValueError, match="mel_context=2"):
+        SegmentDataset(mel_corpus, 400, 8000, mel_context=2)
+    with pytest.raises(ValueError, match="mel_context.*-1"):
+        SegmentDataset(mel_corpus, 400, 8000, mel=MEL, mel_context=-1)
+
+
+def test_dict_items_batch_in_a_dataloader_and_depend_on_seed_and_index(
+    vctk_corpus: list[AudioItem],
+) -> None:
+    def make(seed: int) -> SegmentDataset:
+        return SegmentDataset(
+            vctk_corpus, 160, 8000, segments_per_epoch=6, seed=seed,
+            speakers=speakers_of(vctk_corpus), mel=MEL, mel_context=1,
+        )
+
+    ds = make(3)
+    ds.set_epoch(1)
+    direct = [ds[i] for i in range(6)]
+    batches = list(DataLoader(ds, batch_size=3, num_workers=2))
+    assert [tuple(b["codes"].shape) for b in batches] == [(3, 161)] * 2
+    assert [tuple(b["mel"].shape) for b in batches] == [(3, 12, 4)] * 2
+    assert [tuple(b["speaker"].shape) for b in batches] == [(3,)] * 2
+    for key in ("codes", "speaker", "mel"):  # workers draw the same items as this process
+        loaded = torch.cat([b[key] for b in batches])
+        assert torch.equal(loaded, torch.stack([d[key] for d in direct]))
+    again = make(3)
+    again.set_epoch(1)
+    for i in (0, 4):
+        assert all(torch.equal(again[i][key], direct[i][key]) for key in direct[i])
+    other = make(4)
+    other.set_epoch(1)
+    assert any(not torch.equal(other[i]["codes"], direct[i]["codes"]) for i in range(6))
 
 
 # --- bundled data ---------------------------------------------------------------------------

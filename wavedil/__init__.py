@@ -4,7 +4,9 @@ The public API, re-exported explicitly. Tensors are ``(B, C, T)`` unless a docst
 otherwise.
 """
 
-from .audio import mu_law_decode, mu_law_encode, read_audio, write_audio
+from .audio import decode, encode, linear_decode, linear_encode, mu_law_decode, mu_law_encode, read_audio, write_audio
+from .conditioning import MelSpec, Upsampler, log_mel
+from .distributions import Categorical, Gaussian, MixtureOfLogistics, OutputDistribution, make_distribution
 from .export import StreamingStep, to_onnx, to_torchscript
 from .generate import GenerationResult, generate
 from .layers import (
@@ -39,6 +41,18 @@ __all__ = [
     "to_onnx",
     "mu_law_encode",
     "mu_law_decode",
+    "linear_encode",
+    "linear_decode",
+    "encode",
+    "decode",
+    "MelSpec",
+    "Upsampler",
+    "log_mel",
+    "OutputDistribution",
+    "Categorical",
+    "MixtureOfLogistics",
+    "Gaussian",
+    "make_distribution",
     "read_audio",
     "write_audio",
 ]

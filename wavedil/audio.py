@@ -19,6 +19,11 @@ from ._io import atomic_open
 __all__ = [
     "mu_law_encode",
     "mu_law_decode",
+    "linear_encode",
+    "linear_decode",
+    "ENCODINGS",
+    "encode",
+    "decode",
     "read_audio",
     "write_audio",
     "resample",
@@ -61,6 +66,59 @@ def mu_law_decode(codes: torch.Tensor, quantization_channels: int = 256) -> torc
     """Map mu-law codes in ``[0, Q)`` back to a float waveform in [-1, 1] (same shape)."""
     _check_classes(quantization_channels)
     return AF.mu_law_decoding(codes, quantization_channels).float()
+
+
+def linear_encode(x: torch.Tensor, quantization_channels: int = 65536) -> torch.Tensor:
+    """Quantise a waveform in [-1, 1] to ``Q`` uniform bins (16-bit PCM for ``Q = 65536``).
+
+    Bin ``i`` is centred on ``2 i / Q - 1`` (so code ``Q / 2`` is silence and, for ``Q = 65536``,
+    code ``i`` is the 16-bit PCM value ``i - 32768``); values are rounded to the nearest centre
+    and clipped to ``[0, Q)``.
+
+    Args:
+        x: float waveform of any shape, e.g. ``(B, T)``.
+        quantization_channels: number of bins ``Q`` (even).
+
+    Returns:
+        int64 codes of the same shape, in ``[0, Q)``.
+
+    >>> linear_encode(torch.tensor([-1.0, 0.0, 0.5, 1.0]), 8).tolist()
+    [0, 4, 6, 7]
+    """
+    _check_classes(quantization_channels)
+    if quantization_channels % 2:
+        raise ValueError(f"linear quantisation needs an even number of bins, got {quantization_channels}")
+    half = quantization_channels // 2
+    codes = torch.round((x.double().clamp(-1.0, 1.0) + 1.0) * half)
+    return codes.clamp_(0, quantization_channels - 1).long()
+
+
+def linear_decode(codes: torch.Tensor, quantization_channels: int = 65536) -> torch.Tensor:
+    """Bin centres ``2 i / Q - 1`` of linear codes ``i`` (same shape, float32, in ``[-1, 1)``)."""
+    _check_classes(quantization_channels)
+    half = quantization_channels // 2
+    return (codes.double() / half - 1.0).float()
+
+
+#: Waveform quantisations: ``mulaw`` (companded, 8-bit by default) and ``linear`` (PCM bins).
+ENCODINGS: tuple[str, ...] = ("mulaw", "linear")
+
+
+def _codec(encoding: str):
+    codecs = {"mulaw": (mu_law_encode, mu_law_decode), "linear": (linear_encode, linear_decode)}
+    if encoding not in codecs:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    return codecs[encoding]
+
+
+def encode(x: torch.Tensor, encoding: str, quantization_channels: int) -> torch.Tensor:
+    """Quantise ``x`` (any shape, [-1, 1]) with ``encoding`` (one of :data:`ENCODINGS`)."""
+    return _codec(encoding)[0](x, quantization_channels)
+
+
+def decode(codes: torch.Tensor, encoding: str, quantization_channels: int) -> torch.Tensor:
+    """Inverse of :func:`encode`: codes -> float waveform of the same shape."""
+    return _codec(encoding)[1](codes, quantization_channels)
 
 
 def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``wavedil train | generate | eval | info``: a thin layer over library functions.
+"""``wavedil train | generate | vocode | eval | info``: a thin layer over library functions.
 
 The CLI parses, checks and reports; the work lives in :mod:`wavedil.train`,
 :mod:`wavedil.generate` and :mod:`wavedil.evaluate`. User errors print one paragraph and exit
@@ -103,11 +103,29 @@ def _numbered(path: Path, i: int, n: int) -> Path:
     return path if n == 1 else path.with_name(f"{path.stem}_{i:0{max(3, len(str(n - 1)))}d}{path.suffix}")
 
 
+def _resolve_speaker(model, value: str | None) -> int | None:
+    """``--speaker`` (a name from the training corpus, or an index) -> the class index, or None."""
+    names = model.config.speakers
+    n = model.config.global_cond_classes
+    if model.speaker is None:
+        if value is not None:
+            raise ValueError(f"--speaker {value}: this model is not speaker-conditioned; leave --speaker out")
+        return None
+    valid = ", ".join(names) if names else f"0..{n - 1}"
+    if value is None:
+        raise ValueError(f"this model was trained on {n} speakers: pass --speaker with one of {valid}")
+    if names and value in names:
+        return names.index(value)
+    if value.isdigit() and int(value) < n:
+        return int(value)
+    raise ValueError(f"unknown speaker {value!r}; this model knows {n}: {valid}")
+
+
 def _generate(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
 
-    from .audio import mu_law_decode, mu_law_encode, read_audio, write_audio
+    from .audio import decode, encode, read_audio, write_audio
     from .checkpoint import model_from_checkpoint
     from .generate import MAX_SAMPLES, MAX_TOTAL_SAMPLES, generate
 
@@ -129,10 +147,16 @@ def _generate(args: argparse.Namespace) -> None:
         )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model_from_checkpoint(ckpt, use_ema=not args.no_ema, device=device)
+    if model.upsampler is not None:
+        raise ValueError(
+            f"'{args.checkpoint}' is a vocoder (conditioned on log-mel frames): re-synthesise audio with "
+            f"wavedil vocode {args.checkpoint} in.wav -o {args.output}"
+        )
+    speaker = _resolve_speaker(model, args.speaker)
     prompt = None
     if args.prompt:
         wav, _ = read_audio(args.prompt, sample_rate=sr)
-        prompt = mu_law_encode(wav, model.quantization_channels)
+        prompt = encode(wav, model.encoding, model.quantization_channels)
     bar = tqdm(total=n, unit="sample", unit_scale=True, disable=args.quiet, dynamic_ncols=True)
     last = [0]
 
@@ -143,12 +167,12 @@ def _generate(args: argparse.Namespace) -> None:
 
     res = generate(
         model, n, batch_size=args.batch, temperature=args.temperature, seed=args.seed,
-        prompt=prompt, speaker=args.speaker, backend=args.backend, progress=progress,
+        prompt=prompt, speaker=speaker, backend=args.backend, progress=progress,
     )
     bar.close()
     paths = []
     for i in range(args.batch):
-        wav = mu_law_decode(res.codes[i].cpu(), model.quantization_channels)
+        wav = decode(res.codes[i].cpu(), model.encoding, model.quantization_channels)
         paths.append(write_audio(_numbered(out, i, args.batch), wav, sr))
     rate = res.samples_per_second
     print(
@@ -164,7 +188,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from .checkpoint import model_from_checkpoint
-    from .data import AudioItem, CorpusError, iter_file_codes, load_corpus, split_items
+    from .data import AudioItem, CorpusError, load_corpus, split_items
     from .evaluate import evaluate_codes
 
     ckpt = _load_checkpoint_arg(args.checkpoint)
@@ -185,11 +209,146 @@ def _eval(args: argparse.Namespace) -> None:
         train_items, valid_items = split_items(items, valid_fraction=fraction)
         items = valid_items if args.split == "valid" else train_items
     model = model_from_checkpoint(ckpt, use_ema=not args.no_ema)
-    files = ((str(item.path), codes) for item, codes in iter_file_codes(items, sr, model.quantization_channels, args.max_seconds))
-    report = evaluate_codes(model, files)
+    if model.speaker is not None and model.config.speakers:
+        known = set(model.config.speakers)
+        unknown = sorted({str(it.speaker) for it in items if it.speaker not in known})
+        if unknown:
+            raise ValueError(
+                f"files of speakers {unknown} that the model does not know (evaluate with --layout vctk on the "
+                f"speakers it was trained on: {', '.join(model.config.speakers)})"
+            )
+    report = evaluate_codes(model, _eval_files(model, items, sr, args.max_seconds))
     print(report.table())
+    result = report.to_dict()
+    if model.upsampler is not None and args.vocode_seconds > 0:
+        from .evaluate import vocode_distance
+
+        waves = ((name, cond["wav"]) for name, _, cond in _eval_files(model, items, sr, args.vocode_seconds))
+        mean, per_file = vocode_distance(model, waves, seconds=args.vocode_seconds, seed=args.seed)
+        print(f"  log-mel L1 distance, input vs re-synthesised ({len(per_file)} files, {args.vocode_seconds:g} s each): {mean:.3f}")
+        result["log_mel_distance"] = mean
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps(result))
+
+
+def _eval_files(model, items, sr: int, max_seconds: float | None):
+    """``(name, codes (T,), cond)`` per readable file; ``cond`` has the file's speaker / mel and ``wav``."""
+    import math
+
+    import torch
+
+    from .audio import AudioReadError, encode, read_audio
+
+    log = logging.getLogger("wavedil.eval")
+    for item in items:
+        frames = math.ceil(max_seconds * item.rate) if max_seconds and item.rate > 0 else -1
+        try:
+            wav, _ = read_audio(item.path, sample_rate=sr, frames=frames)
+        except AudioReadError as exc:
+            log.warning("skipping audio file: %s", exc)
+            continue
+        if max_seconds:
+            wav = wav[: int(max_seconds * sr)]
+        cond: dict = {"wav": wav}
+        if model.speaker is not None:
+            cond["speaker"] = torch.tensor([model.config.speakers.index(item.speaker)])
+        if model.upsampler is not None:
+            from .data import file_mel
+
+            cond["mel"] = file_mel(wav, model.mel_spec, model.mel_context)
+        yield str(item.path), encode(wav, model.encoding, model.quantization_channels), cond
+
+
+# ----------------------------------------------------------------------------- vocode
+
+
+def _vocode(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from .audio import decode, read_audio, write_audio
+    from .checkpoint import model_from_checkpoint
+    from .data import file_mel
+    from .generate import generate
+
+    out = Path(args.output)
+    _check_writable(out)
+    ckpt = _load_checkpoint_arg(args.checkpoint)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model_from_checkpoint(ckpt, use_ema=not args.no_ema, device=device)
+    if model.upsampler is None:
+        raise ValueError(
+            f"'{args.checkpoint}' is not a vocoder (it has no mel conditioning): sample it with wavedil generate, "
+            "or train one with experiment=vocoder_speech8k"
+        )
+    spec, ctx = model.mel_spec, model.mel_context
+    sr, hop = spec.sample_rate, spec.hop_length
+    src = Path(args.input)
+    n_samples = None
+    if src.suffix.lower() in (".npy", ".npz"):
+        mel = _load_mel(src, spec)
+        silence = float(np.log(1e-5))  # the log-mel of silence pads the context frames
+        mel = torch.nn.functional.pad(mel, (ctx, ctx), value=silence)
+    else:
+        wav, _ = read_audio(src, sample_rate=sr)
+        if wav.numel() == 0:
+            raise ValueError(f"'{src}' holds no audio")
+        mel = file_mel(wav, spec, ctx)
+        n_samples = wav.shape[-1]
+        if args.save_mel:
+            from ._io import atomic_open
+
+            with atomic_open(args.save_mel) as f:
+                np.save(f, mel[:, ctx : mel.shape[-1] - ctx].numpy())
+    frames = mel.shape[-1] - 2 * ctx
+    seconds = frames * hop / sr
+    if seconds > args.max_seconds:
+        raise ValueError(
+            f"'{src}' is {seconds:.1f} s ({frames} mel frames); the limit is --max-seconds {args.max_seconds:g}: "
+            "raise it or cut the input"
+        )
+    res = generate(
+        model, None, temperature=args.temperature, seed=args.seed, speaker=_resolve_speaker(model, args.speaker),
+        mel=mel.to(device), backend="torch",
+    )
+    codes = res.codes[0, :n_samples].cpu() if n_samples else res.codes[0].cpu()
+    path = write_audio(out, decode(codes, model.encoding, model.quantization_channels), sr)
+    print(
+        f"wrote {path} ({codes.numel() / sr:.2f} s at {sr} Hz from {frames} mel frames); "
+        f"{res.samples_per_second:,.0f} samples/s (seed {res.seed})"
+    )
+
+
+def _load_mel(path: Path, spec):
+    """A saved log-mel ``(n_mels, M)`` from ``.npy``, or ``.npz`` with ``mel`` (and ``hop_length`` /
+    ``sample_rate`` checked against the vocoder when present)."""
+    import numpy as np
+    import torch
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the mel file '{path}': {exc}") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            if "mel" not in data.files:
+                raise ValueError(f"'{path}' has no array named 'mel' (it has {data.files})")
+            for key in ("hop_length", "sample_rate", "n_mels"):
+                if key in data.files and int(data[key]) != getattr(spec, key):
+                    raise ValueError(
+                        f"'{path}' was made with {key}={int(data[key])} but this vocoder expects {key}={getattr(spec, key)}"
+                    )
+            mel = data["mel"]
+    else:
+        mel = data
+    if mel.ndim != 2 or mel.shape[0] != spec.n_mels or mel.shape[1] < 1 or not np.issubdtype(mel.dtype, np.floating):
+        raise ValueError(
+            f"'{path}' must hold a float log-mel array ({spec.n_mels}, frames) for this vocoder "
+            f"({spec.n_mels} mel bands, hop {spec.hop_length} at {spec.sample_rate} Hz), got {mel.dtype} {mel.shape}"
+        )
+    if not np.isfinite(mel).all():
+        raise ValueError(f"'{path}' holds NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
 
 
 # ----------------------------------------------------------------------------- info
@@ -232,7 +391,10 @@ def _info(args: argparse.Namespace) -> None:
         f"layers            {len(d)} (kernel {cfg.kernel_size}, coverage {receptive_field_coverage(cfg.kernel_size, d):.0%})\n"
         f"dilations         {', '.join(map(str, d))}\n"
         f"channels          residual {cfg.residual_channels}, gate {cfg.gate_channels}, skip {cfg.skip_channels}, "
-        f"head {cfg.head_channels}, classes {cfg.quantization_channels}"
+        f"head {cfg.head_channels}, classes {cfg.quantization_channels}\n"
+        f"output            {cfg.output} ({model.dist!r}), input encoding {model.encoding}"
+        + (f"\nspeakers          {cfg.global_cond_classes}: {', '.join(cfg.speakers or ())}" if model.speaker is not None else "")
+        + (f"\nmel conditioning  {model.mel_spec}, {model.mel_context} context frames" if model.upsampler is not None else "")
     )
 
 
@@ -253,7 +415,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--prompt", help="an audio file whose codes prime the model before sampling")
-    g.add_argument("--speaker", type=int, default=None, help="class id for globally conditioned models")
+    g.add_argument("--speaker", default=None, help="speaker (name from the training corpus) of a speaker-conditioned model")
     g.add_argument("--backend", default="auto", help="generation back-end: auto (fast when it can run the model, else torch), torch, fast")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
@@ -269,6 +431,21 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-seconds", type=float, default=None, help="read at most this much of each file")
     e.add_argument("--no-ema", action="store_true")
     e.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    e.add_argument("--vocode-seconds", type=float, default=1.0,
+                   help="vocoders: re-synthesise this much of each file for the log-mel distance (0: skip)")
+    e.add_argument("--seed", type=int, default=0, help="vocoders: seed of the re-synthesis")
+
+    v = sub.add_parser("vocode", help="re-synthesise audio (or a saved log-mel) with a mel-conditioned checkpoint")
+    v.add_argument("checkpoint", help="a vocoder's step_*.pt file, or its run folder")
+    v.add_argument("input", help="an audio file (analysed to log-mel), or a log-mel .npy (n_mels, frames) / .npz")
+    v.add_argument("-o", "--output", required=True, help="output .wav")
+    v.add_argument("--temperature", type=float, default=1.0)
+    v.add_argument("--seed", type=int, default=None)
+    v.add_argument("--speaker", default=None, help="speaker, for a speaker-conditioned vocoder")
+    v.add_argument("--save-mel", default=None, help="also write the input's log-mel (n_mels, frames) to this .npy")
+    v.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer inputs (default 600)")
+    v.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    v.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
 
     i = sub.add_parser("info", help="parameters, receptive field and dilations of a checkpoint or model config")
     i.add_argument("target", help="checkpoint .pt, model config name (tiny, small, base, ref30) or YAML file")
@@ -286,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return _train([a for a in argv[idx + 1 :] if a != "--debug"] + (["debug=true"] if debug else []))
     args = _parser().parse_args(argv)
     try:
-        {"generate": _generate, "eval": _eval, "info": _info}[args.command](args)
+        {"generate": _generate, "eval": _eval, "info": _info, "vocode": _vocode}[args.command](args)
     except (ValueError, OSError) as exc:
         if debug:
             raise

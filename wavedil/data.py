@@ -4,11 +4,18 @@ Pipeline::
 
     load_corpus(root, layout)  ->  list[AudioItem]          (probed headers, broken files skipped)
     split_items(items)         ->  (train, valid)           (by file, deterministic)
-    SegmentDataset(train, L, sample_rate)[i] -> (L + 1,)    int64 mu-law codes
+    SegmentDataset(train, L, sample_rate)[i] -> (L + 1,)    int64 codes (mu-law or linear)
+        with speakers= and/or mel=      -> {"codes": (L + 1,), "speaker": (), "mel": (n_mels, F)}
     iter_file_codes(valid, sample_rate)      -> (item, (T,)) whole files, for evaluation
+    file_mel(wav, spec, context)             -> (n_mels, frames + 2 * context), for vocoding
 
 A segment has ``L + 1`` codes so that a model reads ``codes[:-1]`` and predicts ``codes[1:]``;
 batched by a ``DataLoader`` it becomes ``(B, L + 1)``.
+
+Mel-conditioned segments are frame aligned: their first target sample ``codes[1]`` is file
+sample ``a`` with ``a % hop == 0`` and their features are frames ``a // hop - context ..``
+of :func:`wavedil.conditioning.log_mel` of the whole file, exactly what :func:`file_mel` gives
+for the whole file, so training and vocoding see the same features.
 
 Skipped files and the per-corpus summary are reported with :mod:`logging` (logger
 ``wavedil.data``), so they land in the training log; user errors raise :class:`CorpusError`.
@@ -35,13 +42,15 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from wavedil.audio import (
+    ENCODINGS,
     AudioReadError,
     audio_info,
-    mu_law_encode,
+    encode,
     read_audio,
     resample,
     silence_bounds,
 )
+from wavedil.conditioning import MelSpec, frames_for, log_mel, mel_span
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -55,6 +64,8 @@ __all__ = [
     "split_items",
     "SegmentDataset",
     "iter_file_codes",
+    "speakers_of",
+    "file_mel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -423,6 +434,24 @@ def corpus_seconds(items: Sequence[AudioItem]) -> float:
     return sum(item.seconds for item in items)
 
 
+def speakers_of(items: Sequence[AudioItem]) -> list[str]:
+    """The sorted unique speaker ids of ``items`` (the index order of speaker conditioning).
+
+    Raises:
+        CorpusError: no items, or an item without a speaker (its file is named).
+    """
+    if not items:
+        raise CorpusError("speakers_of got no audio files; load a corpus first.")
+    for item in items:
+        if item.speaker is None:
+            raise CorpusError(
+                f"speaker conditioning needs a speaker for every file, but '{item.path}' has "
+                f"none; use a layout that names speakers (layout='vctk': one folder per "
+                f"speaker) or turn speaker conditioning off."
+            )
+    return sorted({item.speaker for item in items if item.speaker is not None})
+
+
 # --------------------------------------------------------------------------------------------
 # Train/valid split
 # --------------------------------------------------------------------------------------------
@@ -499,13 +528,22 @@ def _fit_length(wav: torch.Tensor, length: int) -> torch.Tensor:
 
 
 class SegmentDataset(Dataset):
-    """Random fixed-length mu-law segments drawn from a list of audio files.
+    """Random fixed-length quantised segments drawn from a list of audio files.
 
     Item ``i`` picks a file with probability proportional to its duration, then a uniform
     offset in it, and reads only that span (``read_audio(start=, frames=)``). Files at another
     rate are read over the matching span at their own rate (plus a few frames of context) and
     resampled, and the result is cut to the exact length. Files shorter than a segment are
-    left-padded with silence (mu-law of 0.0).
+    left-padded with silence (the code of 0.0 in the chosen encoding).
+
+    With ``mel``, segments are frame aligned instead: the first target sample ``codes[1]`` is
+    output-rate sample ``a`` of the file with ``a % hop == 0``, drawn uniformly among such
+    positions whose ``L`` targets lie in the usable span (a file too short for one holds the
+    span's end, with silence, or the file's own samples, before it). ``codes`` are samples
+    ``[a - 1, a + L)`` and ``mel`` is frames ``a // hop - mel_context ..`` (``L // hop + 2 *
+    mel_context`` of them) of :func:`~wavedil.conditioning.log_mel` of the whole file, both
+    of the file extended with zeros on both sides. Only the samples those need are read (plus
+    resampling context), and they equal the slices of the whole file's features.
 
     All randomness is a pure function of ``(seed, epoch, i)``, so any process (DataLoader
     workers, DistributedSampler ranks) draws the same segment for the same index. Call
@@ -516,15 +554,25 @@ class SegmentDataset(Dataset):
         items: the files (``frames``/``rate`` are probed here when 0).
         segment_length: ``L``; each item holds ``L + 1`` codes (inputs ``[:-1]``, targets ``[1:]``).
         sample_rate: rate of the segments in Hz.
-        quantization_channels: number of mu-law classes ``Q``.
+        quantization_channels: number of classes ``Q``.
         segments_per_epoch: ``len(self)``; default: total frames // ``L`` (at least 1).
         seed: non-negative base seed.
         trim_silence_db: if set (negative, e.g. ``-40``), leading/trailing audio quieter than
             this relative to each file's peak is never sampled. This reads every file once here.
+        encoding: ``"mulaw"`` or ``"linear"`` (:func:`wavedil.audio.encode`; ``"linear"`` with
+            ``Q = 65536`` is 16-bit PCM).
+        speakers: the known speaker ids (e.g. :func:`speakers_of`); each item's speaker must
+            be one of them and its index is returned.
+        mel: log-mel parameters (``mel.sample_rate == sample_rate`` and ``L`` a multiple of
+            ``mel.hop_length``); segments are then frame aligned and carry their features.
+        mel_context: extra frames on each side of the segment's ``L // hop`` frames (e.g. the
+            upsampler's ``context_frames``).
 
     Returns (``__getitem__``):
-        int64 tensor ``(L + 1,)`` with values in ``[0, Q)``; a DataLoader batches it to
-        ``(B, L + 1)``.
+        without ``speakers`` and ``mel``: int64 tensor ``(L + 1,)`` with values in ``[0, Q)``;
+        a DataLoader batches it to ``(B, L + 1)``. Otherwise a dict: ``"codes"`` that tensor,
+        ``"speaker"`` int64 ``()`` (with ``speakers``), ``"mel"`` float32
+        ``(n_mels, L // hop + 2 * mel_context)`` (with ``mel``); batched to ``(B, ...)``.
 
     Attributes:
         items: the usable files (unreadable or all-zero ones are dropped with a warning).
@@ -549,6 +597,11 @@ class SegmentDataset(Dataset):
         segments_per_epoch: int | None = None,
         seed: int = 0,
         trim_silence_db: float | None = None,
+        *,
+        encoding: str = "mulaw",
+        speakers: Sequence[str] | None = None,
+        mel: MelSpec | None = None,
+        mel_context: int = 0,
     ) -> None:
         if not isinstance(segment_length, int) or segment_length < 1:
             raise ValueError(f"segment_length must be a positive integer, got {segment_length!r}")
@@ -571,14 +624,23 @@ class SegmentDataset(Dataset):
                 f"trim_silence_db must be negative (dB below each file's peak) or None, got "
                 f"{trim_silence_db}; e.g. -40.0"
             )
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        encode(torch.zeros(()), encoding, quantization_channels)  # e.g. linear needs even Q
+        _check_mel_args(mel, mel_context, segment_length, sample_rate)
         if not items:
             raise CorpusError("SegmentDataset needs at least one audio file, got an empty list.")
+        speaker_index = _speaker_index(speakers, items)
 
         self.segment_length = segment_length
         self.sample_rate = sample_rate
         self.quantization_channels = quantization_channels
         self.seed = seed
         self.trim_silence_db = trim_silence_db
+        self.encoding = encoding
+        self.speakers: list[str] | None = None if speakers is None else list(speakers)
+        self.mel = mel
+        self.mel_context = mel_context
         self.epoch = 0
 
         self.items: list[AudioItem] = []
@@ -596,6 +658,8 @@ class SegmentDataset(Dataset):
                 continue
             self.items.append(item)
             self.spans.append(span)
+        #: per usable item, its index in ``speakers`` (all 0 without speakers)
+        self.speaker_ids = [speaker_index.get(item.speaker, 0) for item in self.items]
         # Lengths in output-rate frames: output frames j with start <= j * rate / sr < end.
         # Their cumulative sums give length-proportional sampling.
         lengths = [
@@ -638,7 +702,7 @@ class SegmentDataset(Dataset):
         """The random generator for ``index`` in the current epoch."""
         return torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, index))
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | dict[str, torch.Tensor]:
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for SegmentDataset of length {n}")
@@ -649,12 +713,23 @@ class SegmentDataset(Dataset):
             pick = int(torch.randint(0, self.total_frames, (1,), generator=gen))
             k = bisect.bisect_right(self._cumulative, pick)
             try:
-                wav = self._read_segment(k, gen)
+                if self.mel is None:
+                    wav, feats = self._read_segment(k, gen), None
+                else:
+                    wav, feats = self._read_aligned(k, gen, self.mel)
             except AudioReadError as exc:
                 failed.append(str(exc))
                 logger.warning("SegmentDataset: %s; drawing another file instead", exc)
                 continue
-            return mu_law_encode(wav, self.quantization_channels)
+            codes = encode(wav, self.encoding, self.quantization_channels)
+            if self.speakers is None and feats is None:
+                return codes
+            out = {"codes": codes}
+            if self.speakers is not None:
+                out["speaker"] = torch.tensor(self.speaker_ids[k], dtype=torch.int64)
+            if feats is not None:
+                out["mel"] = feats
+            return out
         raise CorpusError(
             f"SegmentDataset: {self.max_read_attempts} files in a row failed to read for "
             f"index {index} (last: {failed[-1]}); check that the corpus files are still there."
@@ -672,17 +747,65 @@ class SegmentDataset(Dataset):
         if rate == sr:
             wav, _ = read_audio(item.path, start=start + offset, frames=need)
             return _fit_length(wav, need)
+        first_out = -(-start * sr // rate) + offset  # ceil(start * sr / rate) + offset
+        return _fit_length(self._read_resampled(item, first_out, need), need)
+
+    def _read_resampled(self, item: AudioItem, first_out: int, need: int) -> torch.Tensor:
+        """Output-rate samples ``[first_out, first_out + need)`` of the whole resampled file.
+
+        Shorter when the file ends first. ``first_out >= 0``; ``item.rate != sample_rate``.
+        """
+        rate, sr = item.rate, self.sample_rate
         # Output frame j of the whole resampled file lies at file frame j * rate / sr. Read the
         # matching span with context on both sides for the resampling filter, starting on a
         # frame `a` where a * sr / rate is whole, so the span's output grid is the file's grid.
-        first_out = -(-start * sr // rate) + offset  # ceil(start * sr / rate) + offset
         step = rate // math.gcd(rate, sr)
         context = math.ceil(16 * max(1.0, rate / sr))
         a = (max(0, first_out * rate // sr - context) // step) * step
         b = min(item.frames, -(-(first_out + need) * rate // sr) + context)
         wav, _ = read_audio(item.path, start=a, frames=b - a)
         wav = resample(wav, rate, sr)
-        return _fit_length(wav[first_out - a * sr // rate :], need)
+        return wav[first_out - a * sr // rate :][:need]
+
+    def _read_output_span(self, item: AudioItem, start: int, end: int) -> torch.Tensor:
+        """Samples ``[start, end)`` at ``sample_rate`` of the whole file extended with zeros.
+
+        Reads only the file frames that the span needs (plus resampling context).
+        """
+        rate, sr = item.rate, self.sample_rate
+        total = -(-item.frames * sr // rate)  # length of the whole file at the output rate
+        lo, hi = max(start, 0), min(end, total)
+        if hi <= lo:
+            return torch.zeros(end - start)
+        if rate == sr:
+            wav, _ = read_audio(item.path, start=lo, frames=hi - lo)
+        else:
+            wav = self._read_resampled(item, lo, hi - lo)
+        return F.pad(wav, (lo - start, end - start - (lo - start) - wav.shape[0]))
+
+    def _read_aligned(
+        self, k: int, gen: torch.Generator, spec: MelSpec
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A frame-aligned ``(L + 1,)`` float segment of file ``k`` and its ``(n_mels, F)`` mel.
+
+        The first target sample ``a`` (output rate, from the file start) is a multiple of hop.
+        """
+        item, (start, _), length = self.items[k], self.spans[k], self.lengths[k]
+        hop, size, ctx = spec.hop_length, self.segment_length, self.mel_context
+        first = -(-start * self.sample_rate // item.rate)  # usable span, output rate
+        end = first + length
+        lo, hi = -(-first // hop), (end - size) // hop  # candidate a // hop
+        if hi >= lo:
+            a = hop * (lo + int(torch.randint(0, hi - lo + 1, (1,), generator=gen)))
+        else:  # no aligned segment fits: hold the span's end
+            a = hop * -(-(end - size) // hop)
+        first_frame, n_frames = a // hop - ctx, size // hop + 2 * ctx
+        mel_lo, mel_hi = mel_span(spec, first_frame, n_frames)
+        read_lo = hop * (min(a - 1, mel_lo) // hop)  # a frame centre: frames stay whole
+        read_hi = max(a + size, mel_hi)
+        wav = self._read_output_span(item, read_lo, read_hi)  # (read_hi - read_lo,)
+        feats = log_mel(wav, spec, first_frame - read_lo // hop, n_frames)  # (n_mels, F)
+        return wav[a - 1 - read_lo : a + size - read_lo], feats
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,15 +818,20 @@ def iter_file_codes(
     sample_rate: int,
     quantization_channels: int = 256,
     max_seconds: float | None = None,
+    encoding: str = "mulaw",
 ) -> Iterator[tuple[AudioItem, torch.Tensor]]:
     """Yield ``(item, codes)`` for each whole file, in order, with ``codes`` int64 ``(T,)``.
 
-    Files are resampled to ``sample_rate`` and mu-law encoded; with ``max_seconds`` only the
-    first ``max_seconds`` are read (``T <= max_seconds * sample_rate``). Unreadable files are
+    Files are resampled to ``sample_rate`` and quantised with ``encoding`` (``"mulaw"`` or
+    ``"linear"``, :func:`wavedil.audio.encode`); with ``max_seconds`` only the first
+    ``max_seconds`` are read (``T <= max_seconds * sample_rate``). Unreadable files are
     skipped with a logged warning.
     """
     if not isinstance(sample_rate, int) or sample_rate < 1:
         raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    encode(torch.zeros(()), encoding, quantization_channels)  # checks Q for the encoding
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
     for item in items:
@@ -717,4 +845,85 @@ def iter_file_codes(
             continue
         if max_seconds is not None:
             wav = wav[: int(max_seconds * sample_rate)]
-        yield item, mu_law_encode(wav, quantization_channels)
+        yield item, encode(wav, encoding, quantization_channels)
+
+
+def file_mel(wav: torch.Tensor, spec: MelSpec, context: int = 0) -> torch.Tensor:
+    """Log-mel features of a whole file for vocoding: the counterpart of segment features.
+
+    Frames ``-context .. frames_for(T, hop) + context - 1`` of
+    :func:`~wavedil.conditioning.log_mel` (the file extended with zeros), so frame ``m`` of
+    the file is column ``m + context``, as in :class:`SegmentDataset` items.
+
+    Args:
+        wav: float waveform ``(T,)`` at ``spec.sample_rate``.
+        spec: feature parameters.
+        context: extra frames on each side (e.g. the upsampler's ``context_frames``).
+
+    Returns:
+        float32 ``(n_mels, frames_for(T, hop) + 2 * context)``.
+    """
+    if wav.dim() != 1 or wav.shape[0] < 1:
+        raise ValueError(f"file_mel expects a non-empty mono waveform (T,), got {tuple(wav.shape)}")
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+        raise ValueError(f"context must be a non-negative integer (frames), got {context!r}")
+    n = frames_for(wav.shape[0], spec.hop_length)
+    return log_mel(wav, spec, first_frame=-context, n_frames=n + 2 * context)
+
+
+def _check_mel_args(
+    mel: MelSpec | None, mel_context: int, segment_length: int, sample_rate: int
+) -> None:
+    """Validate :class:`SegmentDataset`'s ``mel``/``mel_context`` against its length and rate."""
+    if isinstance(mel_context, bool) or not isinstance(mel_context, int) or mel_context < 0:
+        raise ValueError(f"mel_context must be a non-negative integer, got {mel_context!r}")
+    if mel is None:
+        if mel_context:
+            raise ValueError(
+                f"mel_context={mel_context} needs mel features; pass mel=MelSpec(...) or "
+                f"leave mel_context at 0"
+            )
+        return
+    if not isinstance(mel, MelSpec):
+        raise ValueError(f"mel must be a MelSpec or None, got {type(mel).__name__}")
+    if mel.sample_rate != sample_rate:
+        raise ValueError(
+            f"mel.sample_rate={mel.sample_rate} differs from sample_rate={sample_rate}; the "
+            f"features are computed at the segments' rate, so make them equal"
+        )
+    if segment_length % mel.hop_length:
+        raise ValueError(
+            f"segment_length={segment_length} must be a multiple of mel.hop_length="
+            f"{mel.hop_length} for frame-aligned segments; e.g. use "
+            f"{max(1, round(segment_length / mel.hop_length)) * mel.hop_length}"
+        )
+
+
+def _speaker_index(
+    speakers: Sequence[str] | None, items: Sequence[AudioItem]
+) -> dict[str | None, int]:
+    """``{speaker: index}`` of ``speakers``, after checking that it covers every item's speaker.
+
+    Raises:
+        ValueError: ``speakers`` is a bare string or repeats an id.
+        CorpusError: an item's speaker is missing from ``speakers`` (file, speaker and the
+            known ids are named).
+    """
+    if speakers is None:
+        return {}
+    if isinstance(speakers, str):
+        raise ValueError(f"speakers must be a sequence of ids, got the string {speakers!r}")
+    index = {spk: k for k, spk in enumerate(speakers)}
+    if len(index) != len(speakers):
+        dupes = sorted({s for s in speakers if list(speakers).count(s) > 1})
+        raise ValueError(f"speakers must be unique, got repeated ids {dupes}")
+    for item in items:
+        if item.speaker not in index:
+            known = list(speakers)
+            shown = known if len(known) <= 20 else known[:20] + ["..."]
+            raise CorpusError(
+                f"'{item.path}' has speaker {item.speaker!r}, which is not among the "
+                f"{len(known)} known speakers {shown}; add it to speakers (e.g. "
+                f"speakers_of(all_items)) or leave the file out."
+            )
+    return index

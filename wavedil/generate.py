@@ -15,7 +15,6 @@ from typing import Callable, Protocol
 
 import torch
 
-from .distributions import sample_categorical
 from .layers import StackState
 from .model import WaveNet
 
@@ -49,14 +48,16 @@ def _torch_backend(
     temperature: float,
     speaker: torch.Tensor | None,
     progress: Callable[[int], None] | None,
+    local: torch.Tensor | None = None,
 ) -> torch.Tensor:
     n = uniforms.shape[0]
     out = torch.empty(logits.shape[0], n, dtype=torch.long, device=logits.device)
     for t in range(n):
-        codes = sample_categorical(logits, uniforms[t], temperature)  # (B,)
+        codes = model.dist.sample(logits, uniforms[t], temperature)  # (B,)
         out[:, t] = codes
         if t + 1 < n:
-            step_logits, state = model.step(codes.unsqueeze(1), state, speaker)
+            cond = None if local is None else local[:, :, t + 1 : t + 2]
+            step_logits, state = model.step(codes.unsqueeze(1), state, speaker, cond)
             logits = step_logits[:, :, 0]
         if progress is not None:
             progress(t + 1)
@@ -103,11 +104,11 @@ class GenerationResult:
 
 def _check_prompt(prompt: torch.Tensor, batch_size: int, classes: int) -> torch.Tensor:
     if not isinstance(prompt, torch.Tensor):
-        raise ValueError(f"prompt must be a torch.Tensor of mu-law codes, got {type(prompt).__name__}")
+        raise ValueError(f"prompt must be a torch.Tensor of integer codes, got {type(prompt).__name__}")
     if prompt.dtype.is_floating_point or prompt.dtype == torch.bool:
         raise ValueError(
-            f"prompt must hold integer mu-law codes, got dtype {prompt.dtype}: "
-            "encode a waveform with wavedil.mu_law_encode first"
+            f"prompt must hold integer codes, got dtype {prompt.dtype}: encode a waveform with "
+            "wavedil.audio.encode(wav, model.encoding, model.quantization_channels) first"
         )
     if prompt.dim() == 1:
         prompt = prompt.unsqueeze(0)
@@ -125,7 +126,7 @@ def _check_prompt(prompt: torch.Tensor, batch_size: int, classes: int) -> torch.
 @torch.no_grad()
 def generate(
     model: WaveNet,
-    n_samples: int,
+    n_samples: int | None,
     batch_size: int = 1,
     temperature: float = 1.0,
     seed: int | None = None,
@@ -133,8 +134,9 @@ def generate(
     speaker: torch.Tensor | int | None = None,
     backend: str = "torch",
     progress: Callable[[int], None] | None = None,
+    mel: torch.Tensor | None = None,
 ) -> GenerationResult:
-    """Sample ``n_samples`` new mu-law codes for each of ``batch_size`` sequences.
+    """Sample ``n_samples`` new codes (the model's encoding) for each of ``batch_size`` sequences.
 
     Args:
         model: a :class:`WaveNet` (its device is used; it is put in eval mode).
@@ -148,10 +150,32 @@ def generate(
         backend: a key of :data:`BACKENDS` (``torch`` is the reference), or ``"auto"`` for the
             fastest available one that can run the model (see :func:`resolve_backend`).
         progress: called with the number of samples done so far.
+        mel: vocoders only: ``(B, n_mels, M + 2 c)`` or ``(n_mels, M + 2 c)`` raw log-mel frames
+            with ``c = model.mel_context`` frames of context on each side
+            (:func:`wavedil.data.file_mel`); they condition the ``M * hop`` output samples, of
+            which a ``prompt`` gives the first ``P`` (then ``P + n_samples <= M * hop``;
+            ``n_samples=None`` generates the rest).
 
     Returns:
         A :class:`GenerationResult` with ``codes (B, n_samples)`` int64.
     """
+    local = None
+    if model.upsampler is not None or mel is not None:
+        local = model.upsample(mel)  # raises for a missing mel or one that does not fit the model
+        if local.shape[0] not in (1, batch_size):
+            raise ValueError(f"mel must have batch 1 or {batch_size}, got shape {tuple(mel.shape)}")
+        local = local.expand(batch_size, -1, -1)
+        given = 0 if prompt is None else int(prompt.shape[-1])
+        room = local.shape[-1] - given
+        if n_samples is None:
+            n_samples = room
+        if isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples > room:
+            hop = model.mel_spec.hop_length
+            raise ValueError(
+                f"the mel has {local.shape[-1] // hop} frames (+ {2 * model.mel_context} context) = "
+                f"{local.shape[-1]} samples at hop {hop}, which does not fit a prompt of {given} + "
+                f"{n_samples} samples: generate at most {room} or give {-(-(given + n_samples) // hop)} frames"
+            )
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or not 1 <= n_samples <= MAX_SAMPLES:
         raise ValueError(f"n_samples must be an integer in [1, {MAX_SAMPLES}], got {n_samples!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -166,25 +190,35 @@ def generate(
     backend = resolve_backend(backend, model)
     if backend not in BACKENDS:
         raise ValueError(f"unknown generation backend {backend!r}; available: {sorted(BACKENDS)}")
+    if local is not None and backend != "torch":
+        raise ValueError(f"the {backend!r} back-end does not run mel-conditioned models; use backend='torch' or 'auto'")
     model.eval()
     device = model.embed.weight.device
     Q = model.quantization_channels
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     gen = torch.Generator().manual_seed(int(seed))
-    uniforms = torch.rand(n_samples, batch_size, generator=gen, dtype=torch.float64).to(device)
+    per = model.dist.uniforms_per_sample
+    shape = (n_samples, batch_size) if per == 1 else (n_samples, batch_size, per)
+    uniforms = torch.rand(shape, generator=gen, dtype=torch.float64).to(device)
     if speaker is not None:
         speaker = torch.as_tensor(speaker, device=device).long().reshape(-1).expand(batch_size)
 
     state = model.init_state(batch_size)
+    # The stream opens with one sample of silence (the code of 0.0); a prompt replaces it, but a
+    # vocoder's inputs always start with it (its sample n is predicted from n - 1 and mel column n).
+    opener = torch.full((batch_size, 1), model.silence_code, dtype=torch.long, device=device)
     if prompt is None:
-        # the stream opens with one sample of silence (the mu-law code of 0.0)
-        prompt = torch.full((batch_size, 1), Q // 2, dtype=torch.long, device=device)
+        prompt = opener
     else:
         prompt = _check_prompt(prompt, batch_size, Q).to(device)
-    logits, state = model.step(prompt, state, speaker)  # one chunked pass primes every layer
+        if local is not None:
+            prompt = torch.cat([opener, prompt], dim=1)
+    cond = None if local is None else local[:, :, : prompt.shape[1]]
+    logits, state = model.step(prompt, state, speaker, cond)  # one chunked pass primes every layer
+    extra = {} if local is None else {"local": local[:, :, prompt.shape[1] - 1 :]}
     start = time.perf_counter()
-    codes = BACKENDS[backend](model, state, logits[:, :, -1], uniforms, float(temperature), speaker, progress)
+    codes = BACKENDS[backend](model, state, logits[:, :, -1], uniforms, float(temperature), speaker, progress, **extra)
     seconds = time.perf_counter() - start
     return GenerationResult(codes, int(seed), backend, seconds)
 

@@ -1,7 +1,8 @@
 """WaveNet: input embedding + dilated causal stack + skip sum + output head.
 
-Codes go in as ``(B, T)`` int64 mu-law classes; logits come out as ``(B, Q, T)`` where
-``logits[:, :, t]`` is the distribution of sample ``t + 1`` given samples ``<= t``.
+Codes go in as ``(B, T)`` int64 (mu-law classes, or linear 16-bit bins for the ``mol`` and
+``gaussian`` heads); head parameters come out as ``(B, P, T)`` where ``params[:, :, t]`` is the
+distribution of sample ``t + 1`` given samples ``<= t`` (``P = Q`` logits for ``mulaw``).
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributions import categorical_bits
+from .distributions import make_distribution
 from .layers import DilatedStack, StackState, dilation_schedule
 
-__all__ = ["WaveNet", "WaveNetConfig"]
+__all__ = ["LinearInput", "WaveNet", "WaveNetConfig"]
 
 
 @dataclass(frozen=True)
 class WaveNetConfig:
     """Plain, typed hyper-parameters of :class:`WaveNet` (what a checkpoint stores)."""
 
-    quantization_channels: int = 256  # Q: mu-law classes in and out
+    quantization_channels: int | None = None  # Q: bins in and out; None: 256 (mulaw) or 65536 (16-bit)
     residual_channels: int = 64  # R: channels of the residual path
     gate_channels: int = 128  # dilated conv outputs, two halves for tanh * sigmoid
     skip_channels: int = 256  # S: channels of the summed skip connections
@@ -32,6 +33,24 @@ class WaveNetConfig:
     dilations: tuple[int, ...] | None = None  # explicit schedule; overrides the two above
     global_cond_classes: int = 0  # number of speakers (or other classes); 0: unconditional
     global_cond_channels: int = 0  # size of the class embedding added to every gate
+    output: str = "mulaw"  # head: mulaw (softmax), mol (mixture of logistics), gaussian
+    mixtures: int = 10  # components of the mol head
+    log_scale_min: float = -7.0  # lower clamp of the mol / gaussian log-scales
+    speakers: tuple[str, ...] | None = None  # names of the global classes (from the corpus)
+    mel: dict | None = None  # log-mel conditioning: a MelSpec as a dict (sample_rate, hop_length, ...)
+
+    def __post_init__(self) -> None:
+        if self.quantization_channels is None:
+            object.__setattr__(self, "quantization_channels", 256 if self.output == "mulaw" else 65536)
+        if self.speakers is not None:
+            object.__setattr__(self, "speakers", tuple(str(x) for x in self.speakers))
+
+    @property
+    def encoding(self) -> str:
+        """The waveform quantisation the head is trained on: ``mulaw`` or ``linear``."""
+        from .distributions import OUTPUTS
+
+        return OUTPUTS.get(self.output, "mulaw")
 
     def schedule(self) -> tuple[int, ...]:
         if self.dilations is not None:
@@ -41,6 +60,8 @@ class WaveNetConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["dilations"] = None if self.dilations is None else list(self.dilations)
+        d["speakers"] = None if self.speakers is None else list(self.speakers)
+        d["mel"] = None if self.mel is None else dict(self.mel)
         return d
 
     @classmethod
@@ -55,11 +76,38 @@ class WaveNetConfig:
         return cls(**d)
 
 
+class LinearInput(nn.Module):
+    """Input layer of the linear-bin heads: code ``i`` -> its bin centre ``x`` -> ``x * w + b``.
+
+    Shapes: ``codes (B, T)`` int -> ``(B, T, R)``. ``weight (R, 1)`` like ``nn.Linear(1, R)``.
+    """
+
+    def __init__(self, classes: int, channels: int) -> None:
+        super().__init__()
+        self.classes = classes
+        self.proj = nn.Linear(1, channels)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.proj.weight
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        x = codes.to(self.proj.weight.dtype) * (2.0 / self.classes) - 1.0
+        return self.proj(x.unsqueeze(-1))
+
+
 class WaveNet(nn.Module):
-    """The WaveNet of van den Oord et al. (2016) over mu-law codes.
+    """The WaveNet of van den Oord et al. (2016): codes in, a distribution per next sample out.
+
+    The head (``config.output``) is a softmax over mu-law codes (``mulaw``, ``P = Q`` logits), a
+    discretised mixture of logistics (``mol``, ``P = 3K``) or a Gaussian (``gaussian``, ``P = 2``)
+    over linear 16-bit bins; :attr:`dist` computes its loss and draws its samples. Optional
+    conditioning: a speaker (class) embedding added to every gate, and a log-mel spectrogram
+    upsampled to the sample rate (a neural vocoder, ``config.mel``).
 
     Shapes:
-        ``forward(codes (B, T)) -> logits (B, Q, T)``.
+        ``forward(codes (B, T), speaker (B,), mel (B, n_mels, T / hop + 2 c)) -> params (B, P, T)``
+        where ``c = mel_context`` frames of context on each side.
 
     >>> net = WaveNet(WaveNetConfig(residual_channels=8, gate_channels=16, skip_channels=8,
     ...               head_channels=8, layers_per_stack=3, stacks=1))
@@ -86,7 +134,26 @@ class WaveNet(nn.Module):
                 "global conditioning needs both global_cond_classes and global_cond_channels > 0, got "
                 f"{config.global_cond_classes} and {config.global_cond_channels}"
             )
-        self.embed = nn.Embedding(Q, config.residual_channels)
+        if config.speakers is not None and len(config.speakers) != config.global_cond_classes:
+            raise ValueError(
+                f"speakers names {len(config.speakers)} classes but global_cond_classes is {config.global_cond_classes}"
+            )
+        self.dist = make_distribution(config.output, Q, config.mixtures, config.log_scale_min)
+        if self.dist.encoding == "linear" and Q % 2:
+            raise ValueError(f"the {config.output} head needs an even quantization_channels, got {Q}")
+        self.embed = nn.Embedding(Q, config.residual_channels) if self.dist.encoding == "mulaw" else LinearInput(Q, config.residual_channels)
+        self.mel_spec = None
+        self.upsampler = None
+        local_channels = 0
+        if config.mel is not None:
+            from .conditioning import MelSpec, Upsampler
+
+            self.mel_spec = MelSpec.from_dict(dict(config.mel))
+            local_channels = self.mel_spec.n_mels
+            self.upsampler = Upsampler(local_channels, self.mel_spec.hop_length)
+            # normalisation statistics of the training corpus (saved in every checkpoint)
+            self.register_buffer("mel_mean", torch.zeros(local_channels))
+            self.register_buffer("mel_std", torch.ones(local_channels))
         self.stack = DilatedStack(
             config.residual_channels,
             config.gate_channels,
@@ -94,6 +161,7 @@ class WaveNet(nn.Module):
             config.kernel_size,
             dilations=config.schedule(),
             global_cond_channels=config.global_cond_channels,
+            local_cond_channels=local_channels,
         )
         self.speaker = (
             nn.Embedding(config.global_cond_classes, config.global_cond_channels)
@@ -104,7 +172,7 @@ class WaveNet(nn.Module):
             nn.ReLU(),
             nn.Conv1d(config.skip_channels, config.head_channels, 1),
             nn.ReLU(),
-            nn.Conv1d(config.head_channels, Q, 1),
+            nn.Conv1d(config.head_channels, self.dist.param_channels, 1),
         )
 
     @property
@@ -116,11 +184,26 @@ class WaveNet(nn.Module):
     def quantization_channels(self) -> int:
         return self.config.quantization_channels
 
+    @property
+    def encoding(self) -> str:
+        """How waveforms become this model's codes: ``mulaw`` or ``linear`` (:func:`wavedil.audio.encode`)."""
+        return self.dist.encoding
+
+    @property
+    def silence_code(self) -> int:
+        """The code of 0.0 (the stream's opening sample and the padding of short files)."""
+        return self.quantization_channels // 2
+
+    @property
+    def mel_context(self) -> int:
+        """Frames of context on each side that :meth:`forward` expects around the mel frames."""
+        return 0 if self.upsampler is None else int(self.upsampler.context_frames)
+
     def _check_codes(self, codes: torch.Tensor, name: str = "codes") -> None:
         if codes.dim() != 2 or codes.shape[-1] < 1:
             raise ValueError(f"{name} must be (B, T) with T >= 1, got shape {tuple(codes.shape)}")
         if codes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(f"{name} must be integer mu-law classes, got dtype {codes.dtype}")
+            raise ValueError(f"{name} must be integer codes ({self.encoding}), got dtype {codes.dtype}")
 
     def _global(self, speaker: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if self.speaker is None:
@@ -139,27 +222,83 @@ class WaveNet(nn.Module):
             raise ValueError(f"speaker ids must lie in [0, {n}), got {speaker.tolist()}")
         return self.speaker(speaker)
 
-    def forward(self, codes: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """``codes (B, T)`` int64 -> ``logits (B, Q, T)`` (teacher forcing).
+    def upsample(self, mel: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+        """Raw log-mel frames -> conditioning at the sample rate.
+
+        Args:
+            mel: ``(B, n_mels, M + 2 c)`` (or ``(n_mels, M + 2 c)``) log-mel frames
+                (:func:`wavedil.conditioning.log_mel`) with ``c = mel_context`` frames of context
+                on each side of the ``M`` frames being conditioned on.
+            samples: when given, ``M * hop`` must equal it.
+
+        Returns:
+            ``(B, n_mels, M * hop)``: sample ``n`` is conditioned on column ``n``.
+        """
+        if self.upsampler is None:
+            if mel is not None:
+                raise ValueError("this model has no mel conditioning; do not pass mel")
+            return None
+        if mel is None:
+            raise ValueError(
+                f"this model is a vocoder conditioned on {self.mel_spec.n_mels}-band log-mel frames (hop "
+                f"{self.mel_spec.hop_length}): pass mel (B, {self.mel_spec.n_mels}, frames + {2 * self.mel_context})"
+            )
+        if not isinstance(mel, torch.Tensor) or not mel.dtype.is_floating_point:
+            raise ValueError(f"mel must be a float tensor of log-mel frames, got {getattr(mel, 'dtype', type(mel))}")
+        if mel.dim() == 2:
+            mel = mel.unsqueeze(0)
+        n_mels, ctx, hop = self.mel_spec.n_mels, self.mel_context, self.mel_spec.hop_length
+        if mel.dim() != 3 or mel.shape[1] != n_mels:
+            raise ValueError(
+                f"mel must be (B, {n_mels}, frames) for this model ({n_mels} mel bands), got shape {tuple(mel.shape)}"
+            )
+        frames = mel.shape[-1] - 2 * ctx
+        if samples is not None:
+            need = -(-samples // hop)
+            if samples % hop:
+                raise ValueError(
+                    f"{samples} samples is not a whole number of mel frames (hop {hop}): use a multiple of {hop}"
+                )
+            if frames != need:
+                raise ValueError(
+                    f"mel has {mel.shape[-1]} frames; {samples} samples at hop {hop} need {need} frames + "
+                    f"2 x {ctx} context = {need + 2 * ctx}"
+                )
+        elif frames < 1:
+            raise ValueError(f"mel has {mel.shape[-1]} frames; it needs at least 1 + 2 x {ctx} context = {1 + 2 * ctx}")
+        mel = mel.to(self.mel_mean.dtype)
+        norm = (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
+        return self.upsampler(norm, crop=ctx)
+
+    def forward(
+        self, codes: torch.Tensor, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``codes (B, T)`` -> head parameters ``(B, P, T)`` (logits for ``mulaw``; teacher forcing).
 
         The work runs channels last (see :meth:`DilatedStack._forward_btc`); the result is a
-        ``(B, Q, T)`` view of ``(B, T, Q)`` logits.
+        ``(B, P, T)`` view of ``(B, T, P)`` parameters.
         """
-        return self.forward_btc(codes, speaker).transpose(1, 2)
+        return self.forward_btc(codes, speaker, mel).transpose(1, 2)
 
-    def forward_btc(self, codes: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-        """``codes (B, T)`` -> logits ``(B, T, Q)``, contiguous (what the loss consumes)."""
+    def forward_btc(
+        self, codes: torch.Tensor, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``codes (B, T)`` -> parameters ``(B, T, P)``, contiguous (what the loss consumes)."""
         self._check_codes(codes)
         x = self.embed(codes.long())  # (B, T, R)
-        _, skip = self.stack._forward_btc(x, self._global(speaker, codes.shape[0]), None)  # (B, T, S)
+        local = self.upsample(mel, codes.shape[1]) if (mel is not None or self.upsampler is not None) else None
+        local = None if local is None else local.transpose(1, 2)  # (B, T, n_mels)
+        _, skip = self.stack._forward_btc(x, self._global(speaker, codes.shape[0]), local)  # (B, T, S)
         h1, h2 = self.head[1], self.head[3]
         h = F.linear(torch.relu(skip), h1.weight[:, :, 0], h1.bias)
-        return F.linear(torch.relu(h), h2.weight[:, :, 0], h2.bias)  # (B, T, Q)
+        return F.linear(torch.relu(h), h2.weight[:, :, 0], h2.bias)  # (B, T, P)
 
-    def loss(self, segment: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self, segment: torch.Tensor, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mean NLL in bits per sample of ``segment[:, 1:]`` given its past; ``segment (B, T+1)``."""
-        logits = self.forward_btc(segment[:, :-1], speaker)  # (B, T, Q)
-        return categorical_bits(logits.flatten(0, 1), segment[:, 1:].reshape(-1).long())
+        params = self.forward_btc(segment[:, :-1], speaker, mel)  # (B, T, P)
+        return self.dist.bits(params.flatten(0, 1), segment[:, 1:].reshape(-1).long())
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> StackState:
         """A fresh incremental-generation state (silence before the first step)."""
@@ -167,18 +306,28 @@ class WaveNet(nn.Module):
         return self.stack.init_state(batch_size, device, dtype)
 
     def step(
-        self, codes: torch.Tensor, state: StackState, speaker: torch.Tensor | None = None
+        self,
+        codes: torch.Tensor,
+        state: StackState,
+        speaker: torch.Tensor | None = None,
+        local: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, StackState]:
         """Cached form of :meth:`forward` for the next chunk ``codes (B, T)``, any ``T >= 1``.
 
-        Returns ``(logits (B, Q, T), new_state)``; equal to the matching slice of ``forward``
+        ``local``: the chunk's ``(B, n_mels, T)`` slice of :meth:`upsample` (vocoders only).
+        Returns ``(params (B, P, T), new_state)``; equal to the matching slice of ``forward``
         over the whole sequence so far.
         """
         self._check_codes(codes)
+        if (local is None) != (self.upsampler is None):
+            raise ValueError(
+                "pass local (B, n_mels, T), the chunk's slice of model.upsample(mel), to a mel-conditioned model"
+                if local is None
+                else "this model has no mel conditioning; do not pass local"
+            )
         x = self.embed(codes.long()).transpose(1, 2)
-        (_, skip), state = self.stack.step(x, state, self._global(speaker, codes.shape[0]))
+        (_, skip), state = self.stack.step(x, state, self._global(speaker, codes.shape[0]), local)
         return self.head(skip), state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-

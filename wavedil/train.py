@@ -17,7 +17,7 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,9 +31,8 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import model_config, to_plain
-from .data import SegmentDataset, load_corpus, split_items
+from .data import SegmentDataset, load_corpus, speakers_of, split_items
 from .distributed import any_rank, broadcast_object, dist_info_from_env, init_distributed, shutdown
-from .distributions import LN2, categorical_bits
 from .model import WaveNet, WaveNetConfig
 
 __all__ = [
@@ -188,15 +187,35 @@ def find_resume_checkpoint(resume: Any, run_dir: Path) -> tuple[Path, dict] | No
 
 @dataclass
 class DataBundle:
+    """The training set, fixed validation segments and what the model must be told of the data.
+
+    ``valid`` is ``(N, T+1)`` codes; ``valid_cond`` holds their ``speaker (N,)`` and/or
+    ``mel (N, n_mels, F)`` when the model is conditioned (else it is empty).
+    """
+
     train: SegmentDataset
-    valid: torch.Tensor  # (N, T+1) fixed validation segments
+    valid: torch.Tensor
     sample_rate: int
     n_train_files: int
     n_valid_files: int
+    model_config: WaveNetConfig
+    valid_cond: dict
 
 
-def build_data(data_cfg: dict, quantization_channels: int, seed: int, max_steps: int) -> DataBundle:
-    """Corpus -> train/valid split -> a step-indexed training set and fixed validation segments."""
+def _split_batch(batch: torch.Tensor | dict) -> tuple[torch.Tensor, dict]:
+    """A loader batch -> ``(codes (B, T+1), {"speaker": (B,), "mel": (B, n_mels, F)} as present)``."""
+    if isinstance(batch, dict):
+        return batch["codes"], {k: batch[k] for k in ("speaker", "mel") if k in batch}
+    return batch, {}
+
+
+def build_data(data_cfg: dict, mcfg: WaveNetConfig, seed: int, max_steps: int) -> DataBundle:
+    """Corpus -> train/valid split -> a step-indexed training set and fixed validation segments.
+
+    The model config comes back completed from the data: the speaker names of the corpus for a
+    speaker-conditioned model (``global_cond_channels > 0``), and the sample rate of a vocoder's
+    mel settings.
+    """
     items = load_corpus(data_cfg["root"], layout=data_cfg.get("layout", "folder"))
     train_items, valid_items = split_items(items, valid_fraction=float(data_cfg.get("valid_fraction", 0.05)))
     T, B, sr = int(data_cfg["segment_length"]), int(data_cfg["batch_size"]), int(data_cfg["sample_rate"])
@@ -204,31 +223,70 @@ def build_data(data_cfg: dict, quantization_channels: int, seed: int, max_steps:
         raise TrainingError(
             f"data.segment_length must be >= 2, data.batch_size >= 1 and data.sample_rate >= 1, got {T}, {B}, {sr}"
         )
-    trim = data_cfg.get("trim_silence_db")
-    common = dict(
-        segment_length=T, sample_rate=sr, quantization_channels=quantization_channels, trim_silence_db=trim
+    common: dict = dict(
+        segment_length=T, sample_rate=sr, quantization_channels=mcfg.quantization_channels,
+        trim_silence_db=data_cfg.get("trim_silence_db"), encoding=mcfg.encoding,
     )
+    if mcfg.global_cond_channels > 0:
+        names = speakers_of(items)
+        if mcfg.speakers is not None and tuple(mcfg.speakers) != tuple(names):
+            raise TrainingError(
+                f"the corpus has speakers {names} but the model was built for {list(mcfg.speakers)}: "
+                "train on the same corpus, or start a new run"
+            )
+        mcfg = replace(mcfg, speakers=tuple(names), global_cond_classes=len(names))
+        common["speakers"] = names
+    if mcfg.mel is not None:
+        from .conditioning import MelSpec, Upsampler
+
+        given = dict(mcfg.mel)
+        if given.setdefault("sample_rate", sr) != sr:
+            raise TrainingError(f"model.mel.sample_rate={given['sample_rate']} differs from data.sample_rate={sr}")
+        spec = MelSpec.from_dict(given)
+        if T % spec.hop_length:
+            raise TrainingError(
+                f"data.segment_length={T} must be a multiple of model.mel.hop_length={spec.hop_length} for a "
+                f"vocoder: use e.g. {max(1, T // spec.hop_length) * spec.hop_length}"
+            )
+        mcfg = replace(mcfg, mel=spec.to_dict())
+        common["mel"] = spec
+        common["mel_context"] = int(Upsampler(spec.n_mels, spec.hop_length).context_frames)
     train = SegmentDataset(train_items, segments_per_epoch=max(1, max_steps) * B, seed=seed, **common)
     n_valid = int(data_cfg.get("valid_segments", 32))
     valid_ds = SegmentDataset(valid_items, segments_per_epoch=n_valid, seed=seed + 1_000_003, **common)
-    valid = torch.stack([valid_ds[i] for i in range(n_valid)])
-    return DataBundle(train, valid, sr, len(train_items), len(valid_items))
+    parts = [_split_batch(valid_ds[i]) for i in range(n_valid)]
+    valid = torch.stack([codes for codes, _ in parts])
+    valid_cond = {k: torch.stack([c[k] for _, c in parts]) for k in parts[0][1]}
+    return DataBundle(train, valid, sr, len(train_items), len(valid_items), mcfg, valid_cond)
+
+
+def fit_mel_normalisation(model: WaveNet, dataset: SegmentDataset, segments: int = 64) -> None:
+    """Set a vocoder's ``mel_mean`` / ``mel_std`` from ``segments`` training segments (deterministic)."""
+    from .conditioning import fit_mel_stats
+
+    n = min(segments, len(dataset))
+    mean, std = fit_mel_stats(_split_batch(dataset[i])[1]["mel"] for i in range(n))
+    model.mel_mean.copy_(mean.to(model.mel_mean))
+    model.mel_std.copy_(std.to(model.mel_std))
 
 
 @torch.no_grad()
-def validate(model: WaveNet, segments: torch.Tensor, batch_size: int, device: torch.device) -> float:
-    """Mean NLL in bits per sample over fixed segments ``(N, T+1)``."""
+def validate(
+    model: WaveNet, segments: torch.Tensor, batch_size: int, device: torch.device, cond: dict | None = None
+) -> float:
+    """Mean NLL in bits per sample over fixed segments ``(N, T+1)`` (``cond``: their speaker / mel)."""
     was_training = model.training
     model.eval()
+    cond = cond or {}
     total, count = 0.0, 0
     for i in range(0, segments.shape[0], batch_size):
         seg = segments[i : i + batch_size].to(device)
-        logits = model.forward_btc(seg[:, :-1]).flatten(0, 1)  # (B*T, Q)
-        nll = torch.nn.functional.cross_entropy(logits.float(), seg[:, 1:].reshape(-1), reduction="sum")
-        total += nll.item()
+        kw = {k: v[i : i + batch_size].to(device) for k, v in cond.items()}
+        params = model.forward_btc(seg[:, :-1], **kw).flatten(0, 1)  # (B*T, P)
+        total += model.dist.bits(params, seg[:, 1:].reshape(-1), reduction="sum").item()
         count += seg[:, 1:].numel()
     model.train(was_training)
-    return total / count / LN2
+    return total / count
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -298,15 +356,20 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
 
     # Fail fast on the checkpoint before touching the data or building anything big.
     resume = find_resume_checkpoint(tcfg.get("resume", False), run_dir)
+    if resume is not None and mcfg.speakers is None and resume[1].get("model_config", {}).get("speakers"):
+        mcfg = replace(mcfg, speakers=tuple(resume[1]["model_config"]["speakers"]))  # checked against the corpus
+
+    data = build_data(dcfg, mcfg, seed, max_steps)
+    mcfg = data.model_config
     if resume is not None:
         _check_resume_matches(resume[1], mcfg, resume[0])
-
-    data = build_data(dcfg, mcfg.quantization_channels, seed, max_steps)
     init_distributed(dist_info, device, str(tcfg.get("dist_backend", "auto")))
     run_dir = Path(broadcast_object(str(run_dir), dist_info))  # rank 0's folder for everyone
     main = dist_info.is_main
     torch.manual_seed(seed)
     model = WaveNet(mcfg).to(device)
+    if model.upsampler is not None and resume is None:
+        fit_mel_normalisation(model, data.train)
     model.stack.checkpoint_segments = int(tcfg.get("activation_checkpointing", 0))
     ema = EMA(model, float(tcfg.get("ema_decay", 0.0))) if float(tcfg.get("ema_decay", 0.0)) > 0 else None
     opt_name = str(ocfg.get("name", "adamw")).lower()
@@ -387,12 +450,14 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     t_last, samples_since = time.perf_counter(), 0
     with _StopFlag() as stop:
         for batch in loader:
+            batch, cond = _split_batch(batch)
             batch = batch.to(device, non_blocking=True)
+            cond = {k: v.to(device, non_blocking=True) for k, v in cond.items()}
             for g in optimizer.param_groups:
                 g["lr"] = base_lr * lr_factor(step, **schedule)
             with autocast():
-                logits = net(batch[:, :-1]).transpose(1, 2)  # the model's own (B, T, Q) layout
-            loss = categorical_bits(logits.flatten(0, 1), batch[:, 1:].reshape(-1))  # float32 always
+                params = net(batch[:, :-1], **cond).transpose(1, 2)  # the model's own (B, T, P) layout
+            loss = model.dist.bits(params.flatten(0, 1), batch[:, 1:].reshape(-1))  # float32 (float64 inside)
             optimizer.zero_grad(set_to_none=True)
             if any_rank(not bool(torch.isfinite(loss)), dist_info):
                 bad_steps += 1
@@ -433,12 +498,12 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
                 writer.add_scalar("train/samples_per_second", rate, step)
                 t_last, samples_since = now, 0
             if main and (step % int(tcfg.get("valid_every", 500)) == 0 or step == max_steps):
-                last_valid = validate(_eval_model(model, ema, mcfg, device), data.valid, B, device)
+                last_valid = validate(_eval_model(model, ema, mcfg, device), data.valid, B, device, data.valid_cond)
                 writer.add_scalar("valid/bits_per_sample", last_valid, step)
                 progress.write(f"step {step}: train {last_loss:.3f} bits/sample, valid {last_valid:.3f} bits/sample")
             every = int(tcfg.get("sample_every", 0))
             if main and every > 0 and (step % every == 0 or step == max_steps):
-                _log_audio(writer, _eval_model(model, ema, mcfg, device), step, data.sample_rate, tcfg, seed)
+                _log_audio(writer, _eval_model(model, ema, mcfg, device), step, data, tcfg, seed)
             stopping = any_rank(stop.signal is not None, dist_info)
             if main and (step % int(tcfg.get("ckpt_every", 500)) == 0 or step == max_steps or stopping):
                 last_path = checkpoint(step)
@@ -478,14 +543,20 @@ def _eval_model(model: WaveNet, ema: EMA | None, mcfg: WaveNetConfig, device: to
     return shadow.eval()
 
 
-def _log_audio(writer, model: WaveNet, step: int, sample_rate: int, tcfg: dict, seed: int) -> None:
-    from .audio import mu_law_decode
+def _log_audio(writer, model: WaveNet, step: int, data: DataBundle, tcfg: dict, seed: int) -> None:
+    """A short sample to TensorBoard: speaker 0; a vocoder re-synthesises the first validation segment."""
+    from .audio import decode
     from .generate import generate
 
-    n = max(1, int(float(tcfg.get("sample_seconds", 1.0)) * sample_rate))
-    codes = generate(model, n, batch_size=1, seed=seed + step).codes
-    wav = mu_law_decode(codes[0].cpu(), model.quantization_channels)
-    writer.add_audio("sample", wav.unsqueeze(0), step, sample_rate=sample_rate)
+    sr = data.sample_rate
+    n = max(1, int(float(tcfg.get("sample_seconds", 1.0)) * sr))
+    speaker = 0 if model.speaker is not None else None
+    mel = data.valid_cond.get("mel")
+    if mel is not None:
+        mel, n = mel[:1].to(model.embed.weight.device), None
+    codes = generate(model, n, batch_size=1, seed=seed + step, speaker=speaker, mel=mel).codes
+    wav = decode(codes[0].cpu(), model.encoding, model.quantization_channels)
+    writer.add_audio("sample", wav.unsqueeze(0), step, sample_rate=sr)
     model.train()
 
 

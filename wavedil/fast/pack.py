@@ -88,6 +88,9 @@ def unsupported_reason(model: WaveNet) -> str | None:
     global conditioning; weight norm is fine (the effective weights are packed) and dropout
     is inactive in generation.
     """
+    output = getattr(model.config, "output", "mulaw")
+    if output != "mulaw":
+        return f"the model has a {output!r} head; the fast back-end implements only the mu-law softmax ('mulaw')"
     for i, layer in enumerate(model.stack.layers):
         activation = getattr(layer, "activation", "gated")
         if activation != "gated":
