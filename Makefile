@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/wavedil generate $(DEMO_RUN) -o demo_out/generated.wav --seconds 4 --seed 1 --temperature 0.9
 	$(VENV)/bin/wavedil eval $(DEMO_RUN) data/speech8k --split valid
 
-# The test suite (tiny models; about N minutes on 2 CPU cores).
+# The test suite (tiny models; about 6 minutes on 2 CPU cores, plus the first install).
 test: $(STAMP)
 	$(PY) -m pytest -q
 

@@ -18,11 +18,19 @@ S=256, H=256, Q=256) in float32 with random weights:
   only as quiet as the machine was).
 
 Each run lasts about ``--budget`` seconds (a short probe sets its steps); each figure is the
-best of ``--repeat`` runs. Usage::
+best of ``--repeat`` runs.
+
+``--heads`` measures instead, at B = 1 on the ``small`` model (``conf/model/small.yaml``: 16
+layers, R=32, gate 64, S=64, H=128), ``fast`` against ``torch`` (the faster of its default
+threads and one thread) for every output head --
+``mulaw`` (Q=256), ``mol`` (10 logistics over 65,536 linear bins), ``gaussian`` (65,536 bins)
+-- and for a mel vocoder (the ``small`` mulaw model conditioned on 40-band log-mel frames at
+hop 80, as ``conf/experiment/vocoder_speech8k.yaml``). Usage::
 
     python bench/generation.py            # about 1 minute on 2 cores
     python bench/generation.py --quick    # about 15 seconds, a smoke test
     python bench/generation.py --budget 6 --repeat 3
+    python bench/generation.py --heads    # about 30 seconds
 """
 
 from __future__ import annotations
@@ -49,6 +57,12 @@ from wavedil.fast import available_backends, make_fast_backend
 from wavedil.generate import BACKENDS, register_backend
 
 BATCHES = (1, 16, 64, 256)
+
+#: ``conf/model/small.yaml``, the model of ``--heads``
+SMALL = dict(residual_channels=32, gate_channels=64, skip_channels=64, head_channels=128, kernel_size=2,
+             layers_per_stack=8, stacks=2)  # fmt: skip
+#: the vocoder of ``--heads`` (``conf/experiment/vocoder_speech8k.yaml``)
+VOCODER_MEL = {"sample_rate": 8000, "hop_length": 80, "n_fft": 256, "n_mels": 40}
 
 
 def flops_per_sample(cfg: WaveNetConfig) -> int:
@@ -84,10 +98,16 @@ def gen_rate(
 
     A short probe sets the number of steps so that one run takes about ``budget_s`` (at most
     ``max_steps``): a busy machine makes a figure slower, not the benchmark endless.
+    A vocoder gets random log-mel frames, enough for ``max_steps`` samples.
     """
+    mel = None
+    if model.upsampler is not None:
+        hop = model.mel_spec.hop_length
+        frames = -(-max_steps // hop) + 1 + 2 * model.mel_context
+        mel = torch.randn(batch, model.mel_spec.n_mels, frames, generator=torch.Generator().manual_seed(0))
 
     def run(steps: int) -> float:
-        return generate(model, steps, batch_size=batch, seed=0, backend=backend).samples_per_second
+        return generate(model, steps, batch_size=batch, seed=0, backend=backend, mel=mel).samples_per_second
 
     probe = min(max_steps, max(4, 64 // batch))
     steps = timed_steps(run(probe), batch, budget_s, probe, max_steps)
@@ -129,15 +149,69 @@ def matmul_gflops(size: int, reps: int) -> float:
     return 2 * size**3 * reps / (time.perf_counter() - start) / 1e9
 
 
+def heads_main(args: argparse.Namespace) -> dict:
+    """``--heads``: ``fast`` and ``torch`` at B = 1 for each head and a vocoder, ``small`` model."""
+    steps, repeat, budget = args.steps, args.repeat, args.budget
+    if args.quick:
+        steps, repeat, budget = min(steps, 400), 1, min(budget, 0.3)
+    load_before = os.getloadavg()
+    variants = {
+        "mulaw": dict(output="mulaw"),
+        "mol": dict(output="mol", mixtures=10),
+        "gaussian": dict(output="gaussian"),
+        "vocoder": dict(output="mulaw", mel=VOCODER_MEL),
+    }
+    names = [n for n in ("fast", "torch") if n in available_backends()]
+    rates: dict[str, dict[str, float]] = {}
+    run_steps: dict[str, dict[str, int]] = {}
+    for head, extra in variants.items():
+        torch.manual_seed(0)
+        model = WaveNet(WaveNetConfig(**SMALL, **extra)).eval()
+        if "fast" in names:
+            gen_rate(model, "fast", 1, 20, 0.0, 1)  # compile (or load) the kernels
+        rates[head], run_steps[head] = {}, {}
+        for name in names:
+            if name == "fast":
+                rate, n = gen_rate(model, name, 1, steps, budget, repeat)
+            else:  # the eager baseline: the faster of torch's default threads and one thread
+                cap = max(10, steps // 10)  # torch is ~100x slower: fewer steps keep its runs short
+                with torch_threads(1):
+                    one = gen_rate(model, name, 1, cap, budget, repeat)
+                rate, n = max(gen_rate(model, name, 1, cap, budget, repeat), one)
+            rates[head][name], run_steps[head][name] = round(rate, 1), n
+        if "fast" in rates[head] and "torch" in rates[head]:
+            rates[head]["fast_over_torch"] = round(rates[head]["fast"] / rates[head]["torch"], 1)
+    result = {
+        "benchmark": "generation-heads",
+        "model": {"config": "small", "batch": 1, "dtype": "float32", "vocoder_mel": VOCODER_MEL},
+        "samples_per_second": rates,
+        "steps": {"runs": run_steps, "repeat": repeat, "budget_s": budget, "quick": args.quick},
+        "machine": {
+            "cpu": cpu_model(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "numba": _version("numba"),
+            "loadavg_before": [round(v, 2) for v in load_before],
+            "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+        },
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20000, help="most steps of one run at batch 1 (others scale)")
     ap.add_argument("--budget", type=float, default=3.0, help="seconds one run aims at")
     ap.add_argument("--repeat", type=int, default=2, help="runs per figure; the best is kept")
     ap.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
+    ap.add_argument("--heads", action="store_true", help="instead: every output head and a vocoder, small model, B=1")
     args = ap.parse_args(argv)
     if args.steps < 10 or args.repeat < 1 or args.budget <= 0:
         ap.error(f"need --steps >= 10, --repeat >= 1, --budget > 0; got {args.steps}, {args.repeat}, {args.budget}")
+    if args.heads:
+        return heads_main(args)
     steps, repeat, budget = args.steps, args.repeat, args.budget
     naive_max, naive_budget = {1: 300, 16: 20}, 2 * budget
     if args.quick:

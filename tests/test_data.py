@@ -326,11 +326,14 @@ def test_segments_resampled_match_whole_file(tmp_path: Path) -> None:
     ds = SegmentDataset(items, 999, 16000, segments_per_epoch=20, quantization_channels=65536)
     full = mu_law_encode(resample(torch.from_numpy(x).float(), 22050, 16000), 65536)
     assert ds.total_frames == full.shape[0] == 48000
+    # Resampling a window with margin differs from resampling the whole file only by float
+    # rounding, which can move a sample across one of the 65,536 code boundaries; cutting the
+    # window without margin would give edge errors of hundreds of codes.
     for i in range(len(ds)):
         seg = ds[i]
-        candidates = torch.nonzero(full[: full.shape[0] - 999] == seg[0]).flatten().tolist()
-        starts = [s for s in candidates if torch.equal(full[s : s + 1000], seg)]
-        assert starts, f"segment {i} is not a span of the whole-file resampling"
+        candidates = torch.nonzero((full[: full.shape[0] - 999] - seg[0]).abs() <= 1).flatten().tolist()
+        errors = [int((full[s : s + 1000] - seg).abs().max()) for s in candidates]
+        assert errors and min(errors) <= 1, f"segment {i} is not a span of the whole-file resampling"
 
 
 def test_trim_silence_never_samples_the_silent_edges(tmp_path: Path) -> None:

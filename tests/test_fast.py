@@ -2,6 +2,15 @@
 
 Tiny models only. Everything that needs numba is skipped, with the reason, where it is missing;
 the registration and "auto" fallback are checked either way.
+
+Every head (mulaw, mol, gaussian) is checked with speaker and with mel conditioning. The fast
+path's head parameters agree with the reference's to float32 rounding, so a draw that falls
+within that rounding of a bin edge may differ; over 65,536 linear bins that happens about once
+in a few thousand draws of these random models, and the sequences then part. So the
+long same-samples tests of the linear-bin heads use ``LINEAR_Q`` = 256 bins (the same code,
+bins 256 times wider); at 16 bits the sampling arithmetic itself is checked draw for draw
+(:func:`test_draw_is_the_reference_sampling`) and a generation must agree until a one-bin
+rounding difference (:func:`test_16_bit_generation_parts_only_by_one_bin`).
 """
 
 from __future__ import annotations
@@ -28,6 +37,10 @@ needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed:
 
 Q = 32
 STEPS = 2000
+#: bins of the linear-bin heads in the same-samples tests (see the module docstring)
+LINEAR_Q = 256
+HEADS = ("mulaw", "mol", "gaussian")
+MEL = {"sample_rate": 8000, "hop_length": 40, "n_fft": 128, "n_mels": 8}
 
 
 def make_model(kernel_size: int = 2, speaker: bool = False, seed: int = 0, **overrides) -> WaveNet:
@@ -45,6 +58,27 @@ def make_model(kernel_size: int = 2, speaker: bool = False, seed: int = 0, **ove
     )
     cfg.update(overrides)
     return WaveNet(WaveNetConfig(**cfg)).eval()
+
+
+def make_head_model(
+    output: str, speaker: bool = False, mel: bool = False, quantization_channels: int | None = None, seed: int = 0
+) -> WaveNet:
+    """A tiny model with the ``output`` head (3 logistics for mol), optionally conditioned.
+
+    ``quantization_channels``: None takes ``Q`` for mulaw and ``LINEAR_Q`` for the linear-bin heads.
+    """
+    if quantization_channels is None:
+        quantization_channels = Q if output == "mulaw" else LINEAR_Q
+    return make_model(speaker=speaker, seed=seed, output=output, mixtures=3,
+                      quantization_channels=quantization_channels, mel=MEL if mel else None)  # fmt: skip
+
+
+def random_mel(model: WaveNet, batch: int, samples: int, seed: int = 0) -> torch.Tensor | None:
+    """Random log-mel frames ``(B, n_mels, ceil(samples / hop) + 2 c)`` for a vocoder, else None."""
+    if model.upsampler is None:
+        return None
+    frames = -(-samples // model.mel_spec.hop_length) + 2 * model.mel_context
+    return torch.randn(batch, model.mel_spec.n_mels, frames, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(autouse=True)
@@ -128,7 +162,8 @@ def _variants(batch: int) -> dict[str, object]:
         }
     return {
         "rows-one-thread": make_fast_backend(threads=1, row_block=2),
-        "rows-two-threads": make_fast_backend(threads=2),
+        # with mel conditioning, chunks of 150 // 3 steps (the per-step gate biases are chunked)
+        "rows-two-threads": make_fast_backend(threads=2, chunk=150),
     }
 
 
@@ -152,6 +187,154 @@ def test_same_samples_as_torch_for_the_same_seed(kernel_size, speaker, batch):
         assert mismatch.numel() == 0, f"{name}: first differing (row, step) {mismatch[0].tolist()}"
 
 
+def _fast_codes(backend, model: WaveNet, steps: int, **kwargs) -> torch.Tensor:
+    register_backend("_test_fast", backend)
+    try:
+        return generate(model, steps, backend="_test_fast", **kwargs).codes
+    finally:
+        BACKENDS.pop("_test_fast", None)
+
+
+def _assert_same_samples(model: WaveNet, steps: int, batch: int, temperature: float, speaker: bool,
+                         seed: int = 11) -> None:  # fmt: skip
+    """Every fast variant for ``batch`` draws the torch back-end's codes, with a prompt."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, model.quantization_channels, (batch, 25), generator=g)
+    kwargs = dict(batch_size=batch, seed=seed, temperature=temperature, prompt=prompt,
+                  speaker=torch.tensor([1, 2, 0][:batch]) if speaker else None,
+                  mel=random_mel(model, batch, 25 + steps, seed))  # fmt: skip
+    ref = generate(model, steps, backend="torch", **kwargs).codes
+    for name, backend in _variants(batch).items():
+        got = _fast_codes(backend, model, steps, **kwargs)
+        mismatch = (got != ref).nonzero()
+        assert mismatch.numel() == 0, f"{name}: first differing (row, step) {mismatch[0].tolist()}"
+
+
+@needs_numba
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("cond", ["none", "speaker", "mel", "speaker+mel"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_teacher_forced_params_match_forward_for_every_head(head, cond, batch):
+    """At the heads' own sizes (mol and gaussian over 65,536 bins), 10 mel frames of hop 40."""
+    q = 256 if head == "mulaw" else 65536
+    model = make_head_model(head, "speaker" in cond, "mel" in cond, quantization_channels=q)
+    torch.manual_seed(1)
+    codes = torch.randint(0, model.quantization_channels, (batch, 400))
+    spk = torch.tensor([2, 0, 1][:batch]) if "speaker" in cond else None
+    mel = random_mel(model, batch, 400, seed=batch)
+    with torch.no_grad():
+        ref = model(codes, spk, mel)  # (B, P, T)
+    got = teacher_forced_logits(model, codes, spk, mel)
+    assert got.shape == ref.shape == (batch, model.dist.param_channels, 400)
+    assert (got - ref).abs().max().item() <= 1e-4
+
+
+@needs_numba
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("cond", ["speaker", "mel"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_same_samples_as_torch_for_every_head(head, cond, batch, temperature):
+    model = make_head_model(head, speaker=cond == "speaker", mel=cond == "mel")
+    _assert_same_samples(model, 300, batch, temperature, speaker=cond == "speaker")
+
+
+@needs_numba
+@pytest.mark.parametrize("head, batch, temperature", [("mulaw", 1, 1.0), ("mol", 3, 0.7), ("gaussian", 1, 0.7)])
+def test_same_samples_over_2000_steps_with_speaker_and_mel(head, batch, temperature):
+    model = make_head_model(head, speaker=True, mel=True)
+    _assert_same_samples(model, STEPS, batch, temperature, speaker=True, seed=5)
+
+
+@needs_numba
+@pytest.mark.parametrize("head", ["mol", "gaussian"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_draw_is_the_reference_sampling(head, temperature):
+    """The kernels' float64 sampling equals ``model.dist.sample`` draw for draw, at 16 bits.
+
+    Over 4,000 random parameter rows (log-scales on both sides of the clamp) from the same
+    float32 parameters and uniforms.
+    """
+    from wavedil.fast._kernels import draw
+    from wavedil.fast.pack import kernel_uniforms, pack_model
+
+    model = make_head_model(head, quantization_channels=65536)
+    dist, packed = model.dist, pack_model(model)
+    g = torch.Generator().manual_seed(7)
+    n, k = 4000, getattr(dist, "mixtures", 1)
+    logit = torch.randn(n, k, generator=g) * 2
+    mean = torch.rand(n, k, generator=g) * 2.4 - 1.2
+    log_scale = torch.rand(n, k, generator=g) * 9 - 9.5
+    params = torch.cat([logit, mean, log_scale], 1) if head == "mol" else torch.cat([mean, log_scale], 1)
+    u = torch.rand((n, dist.uniforms_per_sample), generator=g, dtype=torch.float64).squeeze(-1)
+    ref = dist.sample(params, u, temperature)
+    ku = kernel_uniforms(packed, u[None])[0]  # (n, U)
+    p = params.numpy()
+    scratch = np.empty(k + 1)
+    greedy, temp = temperature == 0, temperature or 1.0
+    got = [draw(p[i], packed.head, packed.classes, packed.mixtures, packed.log_scale_min, ku[i], temp, greedy, scratch)
+           for i in range(n)]  # fmt: skip
+    assert torch.equal(torch.tensor(got), ref)
+
+
+@needs_numba
+@pytest.mark.parametrize("head", ["mol", "gaussian"])
+def test_16_bit_generation_parts_only_by_one_bin(head):
+    """At 65,536 bins fast and torch draw the same codes until, if ever, a draw within float32
+    rounding of a bin edge lands one bin apart (after which the sequences part)."""
+    model = make_head_model(head, speaker=True, mel=True, quantization_channels=65536)
+    kwargs = dict(batch_size=1, seed=3, speaker=torch.tensor([1]), mel=random_mel(model, 1, 1500))
+    ref = generate(model, 1500, backend="torch", **kwargs).codes[0]
+    got = generate(model, 1500, backend="fast", **kwargs).codes[0]
+    differ = (got != ref).nonzero()
+    if differ.numel():
+        t = differ[0, 0].item()
+        assert abs(got[t].item() - ref[t].item()) == 1, f"step {t}: {got[t].item()} vs {ref[t].item()}"
+
+
+@needs_numba
+@pytest.mark.parametrize("head", HEADS)
+def test_auto_picks_fast_for_every_head_and_conditioning(head):
+    for speaker, mel in [(False, False), (True, False), (False, True), (True, True)]:
+        model = make_head_model(head, speaker, mel)
+        assert supports(model)
+        assert resolve_backend("auto", model) == "fast"
+        spk = torch.tensor([1]) if speaker else None
+        result = generate(model, 10, seed=0, speaker=spk, mel=random_mel(model, 1, 10), backend="auto")
+        assert result.backend == "fast" and result.codes.shape == (1, 10)
+
+
+@needs_numba
+def test_a_backend_without_local_is_refused_for_a_vocoder():
+    model = make_head_model("mulaw", mel=True)
+    register_backend("_test_nolocal", lambda model, state, logits, uniforms, temperature, speaker, progress: None)
+    try:
+        with pytest.raises(ValueError, match="mel-conditioned"):
+            generate(model, 5, seed=0, mel=random_mel(model, 1, 5), backend="_test_nolocal")
+    finally:
+        BACKENDS.pop("_test_nolocal", None)
+
+
+@needs_numba
+def test_fast_backend_needs_local_for_a_vocoder():
+    from wavedil.fast import fast_backend
+
+    model = make_head_model("gaussian", mel=True)
+    state = model.init_state(1)
+    with pytest.raises(ValueError, match="local"):
+        fast_backend(model, state, torch.zeros(1, 2), torch.rand(5, 1, dtype=torch.float64), 1.0, None, None)
+
+
+@needs_numba
+@pytest.mark.parametrize("head", ["mol", "gaussian"])
+def test_blas_option_gives_the_same_samples_for_linear_heads_with_mel(head):
+    model = make_head_model(head, speaker=True, mel=True)
+    mel = random_mel(model, 3, 300)
+    kwargs = dict(batch_size=3, seed=13, temperature=0.8, speaker=torch.tensor([2, 0, 1]), mel=mel)
+    ref = generate(model, 300, backend="torch", **kwargs).codes
+    assert torch.equal(_fast_codes(make_fast_backend(blas_min_batch=2, chunk=100), model, 300, **kwargs), ref)
+
+
 @needs_numba
 def test_blas_option_gives_the_same_samples():
     """The optional large-batch path (torch BLAS calls) with kernel 3, a speaker and a prompt."""
@@ -168,9 +351,10 @@ def test_blas_option_gives_the_same_samples():
 
 
 @needs_numba
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("temperature", [0.0, 0.6])
-def test_same_samples_at_other_temperatures(temperature):
-    model = make_model()
+def test_same_samples_at_other_temperatures(head, temperature):
+    model = make_head_model(head)
     ref = generate(model, 500, batch_size=2, seed=3, temperature=temperature, backend="torch").codes
     got = generate(model, 500, batch_size=2, seed=3, temperature=temperature, backend="fast").codes
     assert torch.equal(got, ref)

@@ -309,7 +309,7 @@ def _vocode(args: argparse.Namespace) -> None:
         )
     res = generate(
         model, None, temperature=args.temperature, seed=args.seed, speaker=_resolve_speaker(model, args.speaker),
-        mel=mel.to(device), backend="torch",
+        mel=mel.to(device), backend=args.backend,
     )
     codes = res.codes[0, :n_samples].cpu() if n_samples else res.codes[0].cpu()
     path = write_audio(out, decode(codes, model.encoding, model.quantization_channels), sr)
@@ -401,6 +401,9 @@ def _info(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
+_BACKEND_HELP = "generation back-end: auto (fast when it can run the model, else torch), torch, fast"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wavedil", description="WaveNet-style raw-audio generation.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -416,7 +419,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--prompt", help="an audio file whose codes prime the model before sampling")
     g.add_argument("--speaker", default=None, help="speaker (name from the training corpus) of a speaker-conditioned model")
-    g.add_argument("--backend", default="auto", help="generation back-end: auto (fast when it can run the model, else torch), torch, fast")
+    g.add_argument("--backend", default="auto", help=_BACKEND_HELP)
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -444,6 +447,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--speaker", default=None, help="speaker, for a speaker-conditioned vocoder")
     v.add_argument("--save-mel", default=None, help="also write the input's log-mel (n_mels, frames) to this .npy")
     v.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer inputs (default 600)")
+    v.add_argument("--backend", default="auto", help=_BACKEND_HELP)
     v.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     v.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
 

@@ -218,7 +218,7 @@ def vocode_distance(
     per_file: list[tuple[str, float]] = []
     for n, group in sorted(groups.items()):
         mel = torch.stack([file_mel(w, spec, ctx) for _, w in group]).to(model.embed.weight.device)
-        codes = generate(model, None, batch_size=len(group), seed=seed, mel=mel, backend="torch").codes
+        codes = generate(model, None, batch_size=len(group), seed=seed, mel=mel, backend="auto").codes
         for (name, wav), c in zip(group, codes.cpu()):
             per_file.append((name, log_mel_distance(wav, decode(c, model.encoding, model.quantization_channels), spec)))
     if not per_file:

@@ -2,9 +2,13 @@
 
 ``fast`` runs sampling, the input embedding, every residual layer, the skip sum and the output
 head of each new sample in one compiled loop (numba) over weights laid out for it
-(:mod:`wavedil.fast.pack`), instead of ~300 framework calls per sample. It draws the same
-samples as the reference ``torch`` back-end from the same seed: sampling is the same float64
-inverse CDF over logits that agree to float32 rounding.
+(:mod:`wavedil.fast.pack`), instead of ~300 framework calls per sample. It runs every output
+head (``mulaw``, ``mol``, ``gaussian``) with speaker (global) and mel (local) conditioning, and
+draws the same samples as the reference ``torch`` back-end from the same seed: sampling is the
+same float64 inverse CDF as ``model.dist.sample`` over head parameters that agree to float32
+rounding. (Same as far as float32 rounding allows: a draw that falls within that rounding of a
+bin edge may differ, and the sequences then part. Over a 16-bit linear-bin head the bins are
+narrow, so this happens more often than over 256 mu-law classes; see ``bench/README.md``.)
 
 Importing this package registers ``fast`` in :data:`wavedil.generate.BACKENDS` when numba is
 installed; numba itself is imported, and the kernels compiled (then cached on disk), on first
@@ -48,8 +52,9 @@ class Implementation:
     """What the ``fast`` name runs on one device type.
 
     Attributes:
-        generate: the ``Backend`` call plus a trailing options argument (:class:`CpuOptions`).
-        teacher_forced_logits: ``(model, codes (B, T), speaker) -> logits (B, Q, T)``.
+        generate: the ``Backend`` call plus a trailing options argument (:class:`CpuOptions`)
+            and the keyword ``local`` (the upsampled mel of a vocoder, or None).
+        teacher_forced_logits: ``(model, codes (B, T), speaker, mel) -> params (B, P, T)``.
         available: whether the tool it compiles with works here (may import it).
     """
 
@@ -118,20 +123,25 @@ def make_fast_backend(
         temperature: float,
         speaker: torch.Tensor | None,
         progress: Callable[[int], None] | None,
+        local: torch.Tensor | None = None,
     ) -> torch.Tensor:
         why = _why_unsupported(model)
         if why is not None:
             raise ValueError(why)
         impl = IMPLEMENTATIONS[_model_device_dtype(model)[0].type]
-        return impl.generate(model, state, logits, uniforms, temperature, speaker, progress, options)
+        return impl.generate(model, state, logits, uniforms, temperature, speaker, progress, options, local=local)
 
     return fast
 
 
-def teacher_forced_logits(model: WaveNet, codes: torch.Tensor, speaker: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits ``(B, Q, T)`` of the fast path fed ``codes (B, T)`` one sample at a time.
+def teacher_forced_logits(
+    model: WaveNet, codes: torch.Tensor, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Head parameters ``(B, P, T)`` (logits for ``mulaw``) of the fast path fed ``codes (B, T)``
+    one sample at a time.
 
-    The fast path's counterpart of ``model(codes, speaker)``: they agree to float32 rounding.
+    The fast path's counterpart of ``model(codes, speaker, mel)``: they agree to float32
+    rounding. ``mel``: vocoders only, ``(B, n_mels, T / hop + 2 c)`` as ``forward`` takes it.
 
     Raises:
         ValueError: when the fast path cannot run ``model`` here (device, dtype, tool).
@@ -139,7 +149,7 @@ def teacher_forced_logits(model: WaveNet, codes: torch.Tensor, speaker: torch.Te
     why = _why_unsupported(model)
     if why is not None:
         raise ValueError(why)
-    return IMPLEMENTATIONS[_model_device_dtype(model)[0].type].teacher_forced_logits(model, codes, speaker)
+    return IMPLEMENTATIONS[_model_device_dtype(model)[0].type].teacher_forced_logits(model, codes, speaker, mel)
 
 
 #: The registered ``fast`` back-end (default options).

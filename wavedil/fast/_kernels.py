@@ -18,9 +18,20 @@ Two kernels:
   fast the ~5 MB of float32 weights stream from the last-level cache; the split gives each core
   half of them.
 
-Sampling repeats :func:`wavedil.distributions.sample_categorical` in float64: softmax of
-``logits / T`` as ``exp(l - max)``, running sum, first index whose cumulative sum reaches
-``u * total`` (``searchsorted`` left), clamped to ``Q - 1``; ``T == 0`` takes the first argmax.
+The output head gives ``P`` parameters per sample; :func:`draw` samples from them as
+``model.dist.sample`` does, in float64:
+
+* ``mulaw`` (:data:`HEAD_MULAW`, ``P = Q`` logits) repeats
+  :func:`wavedil.distributions.sample_categorical`: softmax of ``logits / T`` as
+  ``exp(l - max)``, running sum, first index whose cumulative sum reaches ``u * total``
+  (``searchsorted`` left), clamped to ``Q - 1``; ``T == 0`` takes the first argmax.
+* ``mol`` (:data:`HEAD_MOL`, ``P = 3K``): the component as above from the ``K`` logits and the
+  first uniform, then ``mean + exp(max(log_scale, min)) * T * w`` put in its linear bin, where
+  ``w = log(v) - log1p(-v)`` of the second uniform ``v`` is computed beforehand by torch.
+* ``gaussian`` (:data:`HEAD_GAUSSIAN`, ``P = 2``): the same with ``w = ndtri(v)`` (torch).
+
+The bin is ``clamp(rint((x + 1) * Q/2), 0, Q - 1)`` (round half to even, as ``torch.round``).
+These float64 steps are compiled without any fast-math flag, in the reference's order.
 """
 
 from __future__ import annotations
@@ -35,12 +46,27 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["exp_neg", "gate_inplace", "run_rows", "run_split"]
+__all__ = [
+    "HEAD_GAUSSIAN",
+    "HEAD_MOL",
+    "HEAD_MULAW",
+    "cond_bias",
+    "draw",
+    "exp_neg",
+    "gate_inplace",
+    "run_rows",
+    "run_split",
+]
 
 _HAS_SCHED_YIELD = os.name == "posix"
 _IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 _JIT = dict(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False, error_model="numpy")
+# the float64 sampling arithmetic: no fast-math flag at all, so no fused multiply-add either
+_JIT_EXACT = dict(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+
+#: ``head`` codes of the kernels: what the ``P`` head outputs parameterise
+HEAD_MULAW, HEAD_MOL, HEAD_GAUSSIAN = 0, 1, 2
 
 # ----------------------------------------------------------------------------- atomics
 
@@ -298,9 +324,9 @@ def _matvec(x, w, y, k, n):
             y[o] += s0 * w0[o]
 
 
-@nb.njit(**_JIT)
+@nb.njit(**_JIT_EXACT)
 def _sample_row(lg, q, u, temp, greedy, p):
-    """One draw from logits ``lg (Q,)`` float32 (see the module docstring); ``p``: scratch ``(Q,)`` float64."""
+    """One draw from logits ``lg[:q]`` float32 (see the module docstring); ``p``: scratch ``(>= q,)`` float64."""
     if greedy:
         best = 0
         m = lg[0]
@@ -324,12 +350,83 @@ def _sample_row(lg, q, u, temp, greedy, p):
     return k
 
 
+@nb.njit(**_JIT_EXACT)
+def _to_bin(x, q):
+    """Linear bin of ``x`` in ``[-1, 1]``: ``clamp(rint((x + 1) * (q // 2)), 0, q - 1)`` (``_LinearBins._to_bin``)."""
+    v = np.rint((x + 1.0) * np.float64(q // 2))
+    if v < 0.0:
+        v = 0.0
+    if v > np.float64(q - 1):
+        v = np.float64(q - 1)
+    return np.int64(v)
+
+
+@nb.njit(**_JIT_EXACT)
+def draw(par, head, q, nmix, ls_min, u, temp, greedy, p):
+    """One code from the head's parameters ``par (P,)`` float32, as ``model.dist.sample`` draws it.
+
+    Args:
+        head: :data:`HEAD_MULAW`, :data:`HEAD_MOL` or :data:`HEAD_GAUSSIAN`; q: classes ``Q``;
+            nmix: mixture components ``K`` (mol); ls_min: the lower clamp of the log-scales.
+        u: ``(U,)`` float64: ``u[0]`` the uniform of a softmax draw (mulaw; the component of
+            mol); ``u[1]`` (mol) or ``u[0]`` (gaussian) the standardised noise ``w`` of the value.
+        temp, greedy: the temperature (1.0 when greedy) and whether it is 0.
+        p: float64 scratch of at least ``max(Q, K)`` (mulaw / mol).
+    """
+    if head == HEAD_MULAW:
+        return _sample_row(par, q, u[0], temp, greedy, p)
+    if head == HEAD_MOL:
+        k = _sample_row(par, nmix, u[0], temp, greedy, p)
+        mean = np.float64(par[nmix + k])
+        if greedy:
+            return _to_bin(mean, q)
+        log_scale = max(np.float64(par[2 * nmix + k]), ls_min)
+        return _to_bin(mean + np.exp(log_scale) * temp * u[1], q)
+    mean = np.float64(par[0])
+    if greedy:
+        return _to_bin(mean, q)
+    log_scale = max(np.float64(par[1]), ls_min)
+    return _to_bin(mean + np.exp(log_scale) * temp * u[0], q)
+
+
+@nb.njit(**_JIT)
+def _embed(emb, in_scale, code, x, r_ch):
+    """``x[:] =`` the input vector of ``code``: ``emb[code]``, or for a linear input layer
+    (``in_scale > 0``) ``v * emb[0] + emb[1]`` with ``v = code * in_scale - 1`` in float32."""
+    if in_scale > 0:
+        v = np.float32(code) * np.float32(in_scale) - np.float32(1.0)
+        for c in range(r_ch):
+            x[c] = v * emb[0, c] + emb[1, c]
+    else:
+        x[:] = emb[code]
+
+
+@nb.njit(**_JIT)
+def cond_bias(cols, wlc, gbias, out, batch, row_block):
+    """Per-step gate biases with local conditioning: ``out[r] = gbias[r % batch] + cols[r] @ wlc``.
+
+    ``cols (T*B, Lc)`` the conditioning columns, step-major; ``wlc (Lc, NL*G)`` every layer's
+    projection; ``gbias (B, NL*G)`` conv bias plus global term; ``out (T*B, NL*G)``, float32.
+    ``row_block`` rows at a time share each weight row while it is in cache. (On one thread,
+    unlike a torch matmul, whose threads lose most of their speed on a busy machine.)
+    """
+    rows = cols.shape[0]
+    lc = cols.shape[1]
+    ng = wlc.shape[1]
+    for r0 in range(0, rows, row_block):
+        nr = min(row_block, rows - r0)
+        for r in range(nr):
+            out[r0 + r, :] = gbias[(r0 + r) % batch]
+        _axpy_rows(cols[r0:], wlc, out[r0:], nr, lc, ng)
+
+
 # ----------------------------------------------------------------------------- row kernel
 
 
 @nb.njit(**_JIT)
 def run_rows(
-    t0, t1, n_total, uniforms, temp, greedy, logits, out,
+    t0, t1, n_total, uniforms, temp, greedy, params, out,
+    head, classes, nmix, ls_min, in_scale,
     emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2,
     dil, off, kernel, ring, pos, row_block, forced, record,
 ):  # fmt: skip
@@ -338,25 +435,30 @@ def run_rows(
     Args:
         t0, t1: steps of this call; ``n_total``: steps of the whole generation (no forward pass
             follows the last one).
-        uniforms: ``(n_total, Bs)`` float64; temp: ``T``, which divides the logits as in the
-            reference; greedy: ``T == 0``.
-        logits: ``(Bs, Q)`` float32, the distribution of the next draw (updated in place).
+        uniforms: ``(n_total, Bs, U)`` float64 (see :func:`draw`); temp: ``T``, which divides
+            the logits as in the reference (1.0 when greedy); greedy: ``T == 0``.
+        params: ``(Bs, P)`` float32, the head's parameters of the next draw (updated in place).
         out: ``(Bs, n_total)`` int64 codes (columns ``t0:t1`` written).
-        emb ``(Q, R)``; wc ``(NL, k*R, G)`` with tap ``m`` (time ``t - (k-1-m)*d``) in rows
-            ``m*R:(m+1)*R``; gbias ``(Bs, NL, G)`` conv bias plus global conditioning;
+        head, classes, nmix, ls_min: the output distribution (see :func:`draw`).
+        in_scale: 0.0: ``emb (Q, R)`` is an embedding table; else ``emb (2, R)`` is a linear
+            input layer (weight, bias) applied to the bin centre ``code * in_scale - 1``.
+        emb: see ``in_scale``; wc ``(NL, k*R, G)`` with tap ``m`` (time
+            ``t - (k-1-m)*d``) in rows ``m*R:(m+1)*R``; gbias ``(Tc, Bs, NL, G)`` conv bias plus
+            conditioning: ``Tc == 1`` the same for every step (global conditioning only), else
+            row ``t - t0`` for the forward pass of step ``t`` (local conditioning);
             wres ``(NL, G/2, R)``; bres ``(NL, R)``; wskip ``(NL, G/2, S)``; bskip ``(S,)`` the
-            summed skip biases; h1 ``(S, H)``; b1 ``(H,)``; h2 ``(H, Q)``; b2 ``(Q,)``.
+            summed skip biases; h1 ``(S, H)``; b1 ``(H,)``; h2 ``(H, P)``; b2 ``(P,)``.
         dil, off: ``(NL,)`` int64 dilations and ring offsets (layer ``i`` owns ring rows
             ``off[i] : off[i] + (k-1)*dil[i]``); ring ``(sum L, Bs, R)`` float32, slot
             ``t % L`` holding the layer input of time ``t``.
         pos: time of the next input; row_block: rows computed together per layer.
         forced: ``(Bs, n_total)`` int64 codes to feed instead of sampling (teacher forcing), or
             an empty ``(0, 0)`` array to sample.
-        record: ``(Bs, n_total, Q)`` float32 receiving the logits computed at each step, or an
-            empty ``(0, 0, 0)`` array.
+        record: ``(Bs, n_total, P)`` float32 receiving the parameters computed at each step, or
+            an empty ``(0, 0, 0)`` array.
     """
-    bs = logits.shape[0]
-    q = logits.shape[1]
+    bs = params.shape[0]
+    n_par = params.shape[1]
     r_ch = emb.shape[1]
     nl = wc.shape[0]
     g = wc.shape[2]
@@ -369,20 +471,22 @@ def run_rows(
     hh = np.empty((rb, g), np.float32)
     zz = np.empty((rb, g2), np.float32)
     hid = np.empty((rb, h_ch), np.float32)
-    p = np.empty(q, np.float64)
+    p = np.empty(max(n_par, classes if head == HEAD_MULAW else nmix), np.float64)
     codes = np.empty(bs, np.int64)
+    per_step = gbias.shape[0] > 1
     for t in range(t0, t1):
         for b in range(bs):
             if forced.shape[1] > 0:
                 code = forced[b, t]
             else:
-                code = _sample_row(logits[b], q, uniforms[t, b], temp, greedy, p)
+                code = draw(params[b], head, classes, nmix, ls_min, uniforms[t, b], temp, greedy, p)
             codes[b] = code
             out[b, t] = code
         if t + 1 >= n_total:
             break
+        gb = gbias[t - t0] if per_step else gbias[0]
         for b in range(bs):
-            x[b, :] = emb[codes[b]]
+            _embed(emb, in_scale, codes[b], x[b], r_ch)
             acc[b, :] = bskip
         for i in range(nl):
             d = dil[i]
@@ -391,7 +495,7 @@ def run_rows(
             for r0 in range(0, bs, rb):
                 nr = min(rb, bs - r0)
                 for r in range(nr):
-                    hh[r, :] = gbias[r0 + r, i]
+                    hh[r, :] = gb[r0 + r, i]
                 for m in range(kernel - 1):
                     slot = off[i] + (pos - (kernel - 1 - m) * d) % L
                     _axpy_rows(ring[slot, r0:], w[m * r_ch :], hh, nr, r_ch, g)
@@ -416,11 +520,11 @@ def run_rows(
             for r in range(nr):
                 for c in range(h_ch):
                     hid[r, c] = max(hid[r, c], np.float32(0.0))
-                logits[r0 + r, :] = b2
-            _axpy_rows(hid, h2, logits[r0:], nr, h_ch, q)
+                params[r0 + r, :] = b2
+            _axpy_rows(hid, h2, params[r0:], nr, h_ch, n_par)
         if record.shape[1] > 0:
             for b in range(bs):
-                record[b, t, :] = logits[b]
+                record[b, t, :] = params[b]
     return pos
 
 
@@ -429,8 +533,8 @@ def run_rows(
 
 @nb.njit(**_JIT)
 def run_split(
-    part, parts, sync, t0, t1, n_total, uniforms, temp, greedy, logits, out,
-    emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2,
+    part, parts, sync, t0, t1, n_total, uniforms, temp, greedy, params, out,
+    head, classes, nmix, ls_min, in_scale, emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2,
     dil, off, kernel, ring, pos, z_sh, acc_sh, hid_sh, ch_lo, ch_hi, max_long_waits,
 ):  # fmt: skip
     """Thread ``part`` of ``parts`` advancing one sequence from step ``t0`` towards ``t1``.
@@ -447,15 +551,17 @@ def run_split(
 
     Args (beyond those of :func:`run_rows`, for one sequence):
         sync: ``(8,)`` int64 zeros: ``[0]`` the barrier counter, ``[1]`` the bail-out flag.
-        logits: ``(Q,)`` float32, shared (written by the threads, read by all).
+        uniforms: ``(n_total, U)`` float64.
+        params: ``(Npar,)`` float32 head parameters, shared (written by the threads, read by all).
         out: ``(n_total,)`` int64.
         wc ``(P, NL, k*R, 2*Cp)`` thread ``p``'s gate columns ``[a_p | b_p]``, zero padded;
-        gbias ``(P, NL, 2*Cp)``; wres ``(NL, G/2, R)``; bres ``(NL, R)``;
-        wskip ``(P, NL, G/2, Sp)``; bskip ``(P, Sp)``; h1 ``(P, S, Hp)``; b1 ``(P, Hp)``;
-        h2 ``(P, H, Qp)``; b2 ``(P, Qp)`` (column blocks, zero padded).
+        gbias ``(P, Tc, NL, 2*Cp)`` (``Tc`` as in :func:`run_rows`); wres ``(NL, G/2, R)``;
+        bres ``(NL, R)``; wskip ``(P, NL, G/2, Sp)``; bskip ``(P, Sp)``; h1 ``(P, S, Hp)``;
+        b1 ``(P, Hp)``; h2 ``(P, H, Qp)``; b2 ``(P, Qp)`` (column blocks, zero padded; ``Qp``
+        of the ``Npar`` head outputs).
         ring: ``(sum L, R)`` shared; z_sh ``(NL, G/2)``, acc_sh ``(S,)``, hid_sh ``(H,)``: shared.
     """
-    q = logits.shape[0]
+    q = params.shape[0]
     r_ch = emb.shape[1]
     nl = wc.shape[1]
     gp = wc.shape[3]
@@ -485,22 +591,24 @@ def run_split(
     zf = np.empty(g2, np.float32)
     acc = np.empty(sp, np.float32)
     tmp = np.empty(max(hp, qp), np.float32)
-    p = np.empty(q, np.float64)
+    p = np.empty(max(q, classes if head == HEAD_MULAW else nmix), np.float64)
+    per_step = gb.shape[0] > 1
     target = np.int64(0)
     long_waits = 0
     for t in range(t0, t1):
-        code = _sample_row(logits, q, uniforms[t], temp, greedy, p)
+        code = draw(params, head, classes, nmix, ls_min, uniforms[t], temp, greedy, p)
         if part == 0:
             out[t] = code
         if t + 1 >= n_total:
             return t + 1, pos
-        x[:] = emb[code]
+        gbt = gb[t - t0] if per_step else gb[0]
+        _embed(emb, in_scale, code, x, r_ch)
         acc[:] = bskip[part]
         for i in range(nl):
             d = dil[i]
             L = (kernel - 1) * d
             w = w_c[i]
-            hh[:] = gb[i]
+            hh[:] = gbt[i]
             for m in range(kernel - 1):
                 slot = off[i] + (pos - (kernel - 1 - m) * d) % L
                 _matvec(ring[slot], w[m * r_ch :], hh, r_ch, gp)
@@ -532,7 +640,7 @@ def run_split(
         tmp[:qp] = b2[part]
         _matvec(hid_sh, h2[part], tmp, h_ch, qp)
         for c in range(q_n):
-            logits[q_lo + c] = tmp[c]
+            params[q_lo + c] = tmp[c]
         if long_waits > max_long_waits:
             _atomic_add(sync, 1, 1)
         target, y = _barrier(sync, parts, target)

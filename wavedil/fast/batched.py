@@ -7,8 +7,9 @@ For a batch of ``B`` sequences every layer is three matrix products with ``B`` r
 BLAS runs efficiently once ``B`` is in the hundreds; the framework's per-call cost (about ten
 calls per layer) is then shared by ``B`` samples. The step works on preallocated buffers
 with ``out=`` / in-place calls over the weights of a :class:`~wavedil.fast.pack.PackedWaveNet`,
-keeps one ring buffer ``(L, B, R)`` per layer, and samples with
-:func:`wavedil.distributions.sample_categorical` itself, so its draws are the reference's.
+keeps one ring buffer ``(L, B, R)`` per layer, and samples with the model's own
+``model.dist.sample`` (:func:`wavedil.distributions.sample_categorical` by default), so its
+draws are the reference's.
 """
 
 from __future__ import annotations
@@ -32,20 +33,26 @@ def batched_generate(
     logits: torch.Tensor,
     uniforms: torch.Tensor,
     temperature: float,
-    gbias: np.ndarray,
+    bias_for: Callable[[int, int], np.ndarray] | np.ndarray,
     progress: Callable[[int], None] | None,
     report_every: int = 1024,
+    sample: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = sample_categorical,
 ) -> torch.Tensor:
     """Generate ``N = uniforms.shape[0]`` samples for each of ``B`` sequences: codes ``(B, N)``.
 
     Args:
         packed: the model's weights (:func:`~wavedil.fast.pack.pack_model`).
         state: streaming state after the prompt (read, not modified).
-        logits: ``(B, Q)`` distribution of the first sample; its device is used.
-        uniforms: ``(N, B)`` float64.
+        logits: ``(B, P)`` head parameters of the first sample; its device is used.
+        uniforms: ``(N, B)`` float64, or ``(N, B, U)`` as ``sample`` takes them.
         temperature: ``> 0``, or 0 for the argmax.
-        gbias: ``(B, NL, G)`` conv bias plus global conditioning.
+        bias_for: ``(B, NL, G)`` conv bias plus global conditioning, or a callable
+            ``(t0, t1) -> (Tc, B, NL, G)`` giving those of the forward passes of steps
+            ``t0 .. t1-1`` (``Tc = 1``: the same for all of them; else one row per step, for
+            local conditioning); it is called for about ``report_every // B`` steps at a time.
         progress: called with samples done per sequence, about every ``report_every // B`` steps.
+        sample: ``(params (B, P), u (B,) or (B, U), temperature) -> codes (B,)``, the model's
+            ``model.dist.sample``.
     """
     device = logits.device
     batch = logits.shape[0]
@@ -54,9 +61,8 @@ def batched_generate(
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(device)
 
-    emb, wc, wres, bres, wskip = t(packed.emb), t(packed.wc), t(packed.wres), t(packed.bres), t(packed.wskip)
+    emb, wc, wres, bres, wskip = t(packed.input_table()), t(packed.wc), t(packed.wres), t(packed.bres), t(packed.wskip)
     h1, b1, h2, b2 = t(packed.h1), t(packed.b1), t(packed.h2), t(packed.b2)
-    gb = t(np.ascontiguousarray(gbias.transpose(1, 0, 2)))  # (NL, B, G)
     bskip = t(packed.bskip).expand(batch, -1)
     k = packed.kernel
     dil = [int(d) for d in packed.dil]
@@ -86,10 +92,19 @@ def batched_generate(
     u = uniforms.to(device)
     pos = state.pos
     every = max(1, report_every // batch)
+    per_step = not isinstance(bias_for, np.ndarray) and getattr(bias_for, "per_step", True)
+    if isinstance(bias_for, np.ndarray):
+        static = bias_for[None]
+        bias_for = lambda t0, t1: static  # noqa: E731
+    table, t_lo, t_hi = None, 0, 0
     for step in range(n):
-        codes = sample_categorical(lg, u[step], temperature)  # (B,)
+        codes = sample(lg, u[step], temperature)  # (B,)
         out[:, step] = codes
         if step + 1 < n:
+            if table is None or (per_step and step >= t_hi):
+                t_lo, t_hi = step, min(n, step + every)
+                table = t(np.ascontiguousarray(bias_for(t_lo, t_hi).transpose(0, 2, 1, 3)))  # (Tc, NL, B, G)
+            gb = table[step - t_lo] if per_step else table[0]
             torch.index_select(emb, 0, codes, out=x)
             acc.copy_(bskip)
             for i in range(nl):

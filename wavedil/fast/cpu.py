@@ -12,6 +12,11 @@ How the work is cut, by batch size ``B``:
   chunk by chunk (:func:`_generate_one`).
 * ``B > 1``: one slice of rows per thread, each advanced on its own by the fused kernel (no
   synchronisation); each layer's weights serve all the rows of a slice while in cache.
+* Local (mel) conditioning: the gate biases of every layer for each step (conv bias plus
+  global plus local term) are computed for a chunk of steps at a time (at most ``chunk``
+  samples' worth) by a row-blocked kernel on one thread (~38 GFLOP/s here; a torch matmul was
+  4x faster on an idle machine but several times slower on a busy one), and the generation
+  kernels read them row by row.
 * Optionally (``blas_min_batch``), large batches run as a lean sequence of ``torch.addmm``
   calls instead (:mod:`.batched`), with torch's intra-op threads. Off by default: on the
   2-core development machine it was at most ~1.3x faster than the fused kernel at B = 256
@@ -32,7 +37,15 @@ import torch
 from ..layers import StackState
 from ..model import WaveNet
 from .batched import batched_generate
-from .pack import PackedWaveNet, pack_global_bias, pack_model, ring_from_state, split_columns
+from .pack import (
+    PackedWaveNet,
+    kernel_uniforms,
+    pack_cond_bias,
+    pack_global_bias,
+    pack_model,
+    ring_from_state,
+    split_columns,
+)
 
 __all__ = [
     "CpuOptions",
@@ -55,6 +68,10 @@ REPROBE_CHUNKS = 16
 # "not used" values of run_rows' teacher-forcing arguments
 _NO_CODES = np.zeros((0, 0), np.int64)
 _NO_LOGITS = np.zeros((0, 0, 0), np.float32)
+
+#: Steps per kernel call of teacher forcing with local conditioning (bounds its bias table).
+TEACHER_FORCED_CHUNK = 4096
+
 
 
 def usable_cpus() -> int:
@@ -145,75 +162,145 @@ def cpu_generate(
     speaker: torch.Tensor | None,
     progress: Callable[[int], None] | None,
     options: CpuOptions | None = None,
+    local: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The ``Backend`` of :mod:`wavedil.generate` on the CPU: codes ``(B, N)`` int64.
 
     Args:
         model: a float32 :class:`WaveNet` on the CPU.
         state: its streaming state after the prompt (read, not modified).
-        logits: ``(B, Q)`` distribution of the first sample.
-        uniforms: ``(N, B)`` float64, one per draw.
+        logits: ``(B, P)`` head parameters of the first sample (logits for ``mulaw``).
+        uniforms: ``(N, B)`` or ``(N, B, U)`` float64, ``U = model.dist.uniforms_per_sample``.
         temperature: ``> 0``, or 0 for the argmax.
         speaker: ``(B,)`` class ids for a conditioned model, else None.
         progress: called with the number of samples done per sequence.
         options: threads and blocking (:class:`CpuOptions`).
+        local: vocoders: ``(B, Lc, >= N)`` upsampled conditioning; column 0 belongs to
+            ``logits``, column ``t + 1`` to the input of sample ``t`` (as the torch back-end).
     """
     options = CpuOptions() if options is None else options
-    batch, q = logits.shape
-    if uniforms.dim() != 2 or uniforms.shape[1] != batch:
-        raise ValueError(f"uniforms must be (N, {batch}), got shape {tuple(uniforms.shape)}")
-    if q != model.quantization_channels:
-        raise ValueError(f"logits must be (B, {model.quantization_channels}), got shape {tuple(logits.shape)}")
+    batch, n_par = logits.shape
+    n = uniforms.shape[0]
+    per = model.dist.uniforms_per_sample
+    if uniforms.shape not in ((n, batch), (n, batch, per)) or (per > 1 and uniforms.dim() != 3):
+        want = f"(N, {batch})" if per == 1 else f"(N, {batch}, {per})"
+        raise ValueError(f"uniforms must be {want}, got shape {tuple(uniforms.shape)}")
+    if n_par != model.dist.param_channels:
+        raise ValueError(f"logits must be (B, {model.dist.param_channels}), got shape {tuple(logits.shape)}")
+    if (local is None) != (model.upsampler is None):
+        raise ValueError(
+            "a mel-conditioned model needs local, the upsampled conditioning" if local is None
+            else "this model has no mel conditioning; do not pass local"
+        )  # fmt: skip
+    if local is not None and (local.dim() != 3 or local.shape[0] != batch or local.shape[2] < n):
+        raise ValueError(f"local must be ({batch}, n_mels, >= {n}), got shape {tuple(local.shape)}")
     packed = pack_model(model)
     with torch.no_grad():
         global_cond = model._global(speaker, batch)  # (B, Gc) or None, validated
     gbias = pack_global_bias(packed, global_cond, batch)  # (B, NL, G)
     if options.blas_min_batch is not None and batch >= options.blas_min_batch:
         # torch's own intra-op threads, as the reference back-end uses them
-        return batched_generate(packed, state, logits, uniforms, temperature, gbias, progress, options.chunk)
+        bias_for = _Biases(packed, gbias, local, shift=1)
+        return batched_generate(packed, state, logits, uniforms, temperature, bias_for, progress, options.chunk,
+                                sample=model.dist.sample)  # fmt: skip
     threads = options.resolve_threads()
     kern = load_kernels()
-    n = uniforms.shape[0]
-    u = np.ascontiguousarray(uniforms.detach().to("cpu", torch.float64).numpy())
+    bias_for = _Biases(packed, gbias, local, shift=1, kern=kern)
+    u = kernel_uniforms(packed, uniforms)  # (N, B, U)
     greedy = temperature == 0
     temp = 1.0 if greedy else float(temperature)
     lg = np.ascontiguousarray(logits.detach().to("cpu", torch.float32).numpy())
     out = np.empty((batch, n), dtype=np.int64)
     if batch == 1:
         split = packed.nbytes >= SPLIT_MIN_WEIGHT_BYTES if options.split is None else options.split
-        _generate_one(kern, packed, state, lg[0], u[:, 0], temp, greedy, out[0], gbias[0],
+        _generate_one(kern, packed, state, lg[0], np.ascontiguousarray(u[:, 0]), temp, greedy, out[0], bias_for,
                       threads if split else 1, options, progress)  # fmt: skip
     else:
-        _generate_rows(kern, packed, state, lg, u, temp, greedy, out, gbias, threads, options, progress)
+        _generate_rows(kern, packed, state, lg, u, temp, greedy, out, bias_for, threads, options, progress)
     return torch.from_numpy(out).to(logits.device)
+
+
+class _Biases:
+    """The gate biases of a generation (``shift=1``) or of teacher forcing (``shift=0``).
+
+    ``self(t0, t1)`` gives those of the forward passes of steps ``t0 .. t1-1``:
+    ``(Tc, B, NL, G)`` float32, ``Tc = 1`` (:attr:`static`, the same for every step) without
+    local conditioning, else one row per step, step ``t`` with local column ``t + shift``.
+    Past the last column (the last step of a generation, which has no forward pass) the rows
+    are the bare conv bias plus global term. With ``kern`` the local projections are computed
+    by its :func:`~wavedil.fast._kernels.cond_bias` (one thread), else by a torch matmul.
+    """
+
+    def __init__(
+        self, packed: PackedWaveNet, gbias: np.ndarray, local: torch.Tensor | None, shift: int, kern=None
+    ) -> None:
+        self.packed, self.gbias, self.local, self.shift, self.kern = packed, gbias, local, shift, kern
+        self.static = gbias[None]  # (1, B, NL, G)
+        self.per_step = local is not None
+
+    def __call__(self, t0: int, t1: int) -> np.ndarray:
+        if self.local is None:
+            return self.static
+        lo = t0 + self.shift
+        cols = self.local[:, :, lo : max(lo, min(t1 + self.shift, self.local.shape[-1]))]  # (B, Lc, T')
+        if self.kern is None:
+            table = pack_cond_bias(self.packed, self.gbias, cols)
+        else:
+            batch, lc, steps = cols.shape
+            flat = np.ascontiguousarray(cols.detach().to("cpu", torch.float32).permute(2, 0, 1).numpy())
+            table = np.empty((steps,) + self.gbias.shape, np.float32)  # (T', B, NL, G)
+            self.kern.cond_bias(flat.reshape(-1, lc), self.packed.wlc.reshape(lc, -1),
+                                self.gbias.reshape(batch, -1), table.reshape(steps * batch, -1), batch, 16)  # fmt: skip
+        if table.shape[0] < t1 - t0:
+            table = np.concatenate([table, np.repeat(self.static, t1 - t0 - table.shape[0], axis=0)])
+        return table
 
 
 @torch.no_grad()
 def cpu_teacher_forced_logits(
-    model: WaveNet, codes: torch.Tensor, speaker: torch.Tensor | None = None, row_block: int = 16
+    model: WaveNet,
+    codes: torch.Tensor,
+    speaker: torch.Tensor | None = None,
+    mel: torch.Tensor | None = None,
+    row_block: int = 16,
 ) -> torch.Tensor:
-    """Logits ``(B, Q, T)`` of the fused kernel fed ``codes (B, T)`` from an empty state.
+    """Head parameters ``(B, P, T)`` of the fused kernel fed ``codes (B, T)`` from an empty state.
 
-    The kernel's counterpart of ``model(codes, speaker)`` (teacher forcing), computed one
-    sample at a time on one thread, for checking the kernel against the reference.
+    The kernel's counterpart of ``model(codes, speaker, mel)`` (teacher forcing), computed one
+    sample at a time on one thread, for checking the kernel against the reference. ``mel``:
+    vocoders, ``(B, n_mels, T / hop + 2 c)`` as :meth:`WaveNet.forward` takes it.
     """
     model._check_codes(codes)
     kern = load_kernels()
     packed = pack_model(model)
     batch, n = codes.shape
     q = model.quantization_channels
+    n_par = model.dist.param_channels
     forced = np.ascontiguousarray(codes.detach().to("cpu", torch.int64).numpy())
     if forced.min() < 0 or forced.max() >= q:
         raise ValueError(f"codes must lie in [0, {q}), got range [{forced.min()}, {forced.max()}]")
+    local = None
+    if model.upsampler is not None or mel is not None:
+        local = model.upsample(mel, n)  # (B, n_mels, T), validated
+        if local.shape[0] not in (1, batch):
+            raise ValueError(f"mel must have batch 1 or {batch}, got shape {tuple(mel.shape)}")
+        local = local.expand(batch, -1, -1)
     gbias = pack_global_bias(packed, model._global(speaker, batch), batch)
-    state = model.init_state(batch, device="cpu", dtype=torch.float32)
-    record = np.zeros((batch, n, q), np.float32)
-    kern.run_rows(
-        0, n, n + 1, np.zeros((n, batch)), 1.0, False, np.zeros((batch, q), np.float32),
-        np.empty((batch, n + 1), np.int64), packed.emb, packed.wc, gbias, packed.wres, packed.bres,
-        packed.wskip, packed.bskip, packed.h1, packed.b1, packed.h2, packed.b2, packed.dil, packed.off,
-        packed.kernel, ring_from_state(packed, state), 0, row_block, forced, record,
-    )  # fmt: skip
+    bias_for = _Biases(packed, gbias, local, shift=0, kern=kern)
+    ring = ring_from_state(packed, model.init_state(batch, device="cpu", dtype=torch.float32))
+    record = np.zeros((batch, n, n_par), np.float32)
+    params = np.zeros((batch, n_par), np.float32)
+    out = np.empty((batch, n + 1), np.int64)
+    u = np.zeros((n, batch, 1))
+    p, pos = packed, 0
+    step = n if local is None else TEACHER_FORCED_CHUNK
+    for t0 in range(0, n, step):
+        t1 = min(n, t0 + step)
+        pos = kern.run_rows(
+            t0, t1, n + 1, u, 1.0, False, params, out, *p.head_args,
+            p.emb, p.wc, bias_for(t0, t1), p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2,
+            p.dil, p.off, p.kernel, ring, pos, row_block, forced, record,
+        )  # fmt: skip
     return torch.from_numpy(record).permute(0, 2, 1)
 
 
@@ -265,7 +352,7 @@ def _block_bounds(n: int, parts: int) -> tuple[list[tuple[int, int]], int]:
 # ----------------------------------------------------------------------------- batch > 1
 
 
-def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, gbias,
+def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, bias_for: _Biases,
                    threads: int, options: CpuOptions, progress) -> None:  # fmt: skip
     """Each thread advances its own slice of rows with :func:`run_rows`."""
     batch, n = out.shape
@@ -274,21 +361,26 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     logits = [np.ascontiguousarray(lg[s]) for s in slices]
     us = [np.ascontiguousarray(u[:, s]) for s in slices]
     outs = [np.empty((s.stop - s.start, n), dtype=np.int64) for s in slices]
-    gb = [np.ascontiguousarray(gbias[s]) for s in slices]
     pos = [state.pos] * len(slices)
     p = packed
-    step = n if progress is None else max(1, options.chunk // batch)
+    # per-step biases (local conditioning) come in chunks of about options.chunk samples
+    per_step = bias_for.per_step
+    step = n if progress is None and not per_step else max(1, options.chunk // batch)
 
-    def job(j: int, t0: int, t1: int, pos: int) -> Callable[[], int]:
+    def job(j: int, t0: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], int]:
         return lambda: kern.run_rows(
-            t0, t1, n, us[j], temp, greedy, logits[j], outs[j],
-            p.emb, p.wc, gb[j], p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2,
+            t0, t1, n, us[j], temp, greedy, logits[j], outs[j], *p.head_args,
+            p.emb, p.wc, gb, p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2,
             p.dil, p.off, p.kernel, rings[j], pos, options.row_block, _NO_CODES, _NO_LOGITS,
         )  # fmt: skip
 
+    gbs = None
     for t0 in range(0, n, step):
         t1 = min(n, t0 + step)
-        pos = [int(v) for v in _run_threads([job(j, t0, t1, pos[j]) for j in range(len(slices))])]
+        if gbs is None or per_step:
+            table = bias_for(t0, t1)
+            gbs = [np.ascontiguousarray(table[:, s]) for s in slices]
+        pos = [int(v) for v in _run_threads([job(j, t0, t1, pos[j], gbs[j]) for j in range(len(slices))])]
         if progress is not None:
             progress(t1)
     for s, o in zip(slices, outs):
@@ -298,7 +390,7 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
 # ----------------------------------------------------------------------------- batch 1
 
 
-def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, gbias,
+def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, bias_for: _Biases,
                   threads: int, options: CpuOptions, progress) -> None:  # fmt: skip
     """One sequence: split across ``threads`` or on one thread, chunk by chunk, whichever is faster.
 
@@ -307,48 +399,55 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     faster way runs, and the other is re-measured every :data:`REPROBE_CHUNKS` chunks. A split
     chunk stops early when a partner thread keeps being descheduled (a busy machine).
 
-    ``lg (Q,)``, ``u (N,)``, ``out (N,)``, ``gbias (NL, G)``.
+    ``lg (P,)``, ``u (N, U)``, ``out (N,)``; ``bias_for`` gives ``(Tc, 1, NL, G)``.
     """
     p = packed
     n = out.shape[0]
     parts = max(1, min(threads, p.wres.shape[1]))
     ring = np.ascontiguousarray(ring_from_state(packed, state)[:, 0, :])  # (sum L, R)
+    per_step = bias_for.per_step
+    static = bias_for.static  # (1, 1, NL, G): the biases without local conditioning
     if parts > 1:
-        split_weights, ch_lo, ch_hi = _split_arrays(packed, gbias, parts)
+        split_weights, ch_lo, ch_hi, ch_w = _split_arrays(packed, parts)
+        static_split = _split_bias(static[:, 0], ch_lo, ch_hi, ch_w)
         z_sh = np.zeros((p.wres.shape[0], p.wres.shape[1]), np.float32)
         acc_sh = np.zeros(p.h1.shape[0], np.float32)
         hid_sh = np.zeros(p.h2.shape[0], np.float32)
     # one-row views of the same memory for run_rows
-    lg_rows, out_rows, u_rows = lg.reshape(1, -1), out.reshape(1, n), u.reshape(n, 1)
-    gbias_rows, ring_rows = gbias.reshape((1,) + gbias.shape), ring.reshape(ring.shape[0], 1, -1)
+    lg_rows, out_rows, u_rows = lg.reshape(1, -1), out.reshape(1, n), u.reshape(n, 1, -1)
+    ring_rows = ring.reshape(ring.shape[0], 1, -1)
 
-    def split_job(part: int, sync: np.ndarray, t: int, t1: int, pos: int) -> Callable[[], tuple[int, int]]:
+    def split_job(part: int, sync: np.ndarray, t: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], tuple]:
+        wc, *rest = split_weights
         return lambda: kern.run_split(
-            part, parts, sync, t, t1, n, u, temp, greedy, lg, out, p.emb, *split_weights,
-            p.dil, p.off, p.kernel, ring, pos, z_sh, acc_sh, hid_sh, ch_lo, ch_hi, MAX_LONG_WAITS_PER_CHUNK,
+            part, parts, sync, t, t1, n, u, temp, greedy, lg, out, *p.head_args,
+            p.emb, wc, gb, *rest, p.dil, p.off, p.kernel, ring, pos, z_sh, acc_sh, hid_sh, ch_lo, ch_hi,
+            MAX_LONG_WAITS_PER_CHUNK,
         )  # fmt: skip
 
-    def one_thread(t: int, t1: int, pos: int) -> int:
+    def one_thread(t: int, t1: int, pos: int, gb: np.ndarray) -> int:
         return kern.run_rows(
-            t, t1, n, u_rows, temp, greedy, lg_rows, out_rows, p.emb, p.wc, gbias_rows, p.wres,
-            p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2, p.dil, p.off, p.kernel, ring_rows, pos, 1,
-            _NO_CODES, _NO_LOGITS,
+            t, t1, n, u_rows, temp, greedy, lg_rows, out_rows, *p.head_args,
+            p.emb, p.wc, gb, p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2,
+            p.dil, p.off, p.kernel, ring_rows, pos, 1, _NO_CODES, _NO_LOGITS,
         )  # fmt: skip
 
     # compile, or load from numba's cache, before anything is timed (zero steps: no barrier)
-    one_thread(0, 0, state.pos)
+    one_thread(0, 0, state.pos, static)
     if parts > 1:
-        split_job(0, np.zeros(8, np.int64), 0, 0, state.pos)()
+        split_job(0, np.zeros(8, np.int64), 0, 0, state.pos, static_split)()
     rate: dict[bool, float] = {}
     pos, t, chunks, use_split = state.pos, 0, 0, parts > 1
     while t < n:
         t1 = min(n, t + options.chunk)
+        table = bias_for(t, t1) if per_step else static  # outside the timing: the same for both ways
         start = time.perf_counter()
         if use_split:
             sync = np.zeros(8, np.int64)
-            t_next, pos = _run_threads([split_job(part, sync, t, t1, pos) for part in range(parts)])[0]
+            gb = _split_bias(table[:, 0], ch_lo, ch_hi, ch_w) if per_step else static_split
+            t_next, pos = _run_threads([split_job(part, sync, t, t1, pos, gb) for part in range(parts)])[0]
         else:
-            pos, t_next = one_thread(t, t1, pos), t1
+            pos, t_next = one_thread(t, t1, pos, table), t1
         rate[use_split] = (t_next - t) / max(time.perf_counter() - start, 1e-9)
         pos, t, chunks = int(pos), int(t_next), chunks + 1
         if parts > 1:
@@ -361,13 +460,12 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
             progress(t)
 
 
-def _split_arrays(
-    packed: PackedWaveNet, gbias: np.ndarray, parts: int
-) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
-    """Weights of :func:`run_split` for ``parts`` threads, in its argument order.
+def _split_arrays(packed: PackedWaveNet, parts: int) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, int]:
+    """Weights of :func:`run_split` for ``parts`` threads, in its argument order (less ``gbias``).
 
-    Returns ``((wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2), ch_lo, ch_hi)``: thread
-    ``p`` owns gate channels ``ch_lo[p]:ch_hi[p]`` and the ``p``-th column block of the rest.
+    Returns ``((wc, wres, bres, wskip, bskip, h1, b1, h2, b2), ch_lo, ch_hi, cp)``: thread
+    ``p`` owns gate channels ``ch_lo[p]:ch_hi[p]`` (``cp`` columns each, padded) and the
+    ``p``-th column block of the rest.
     """
     p = packed
     g2 = p.wres.shape[1]
@@ -375,13 +473,11 @@ def _split_arrays(
     cp = max(hi - lo for lo, hi in ch)
     # thread p's gate columns: [a channels lo:hi | pad | b channels lo:hi | pad]
     wc = np.concatenate([split_columns(p.wc[..., :g2], ch, cp), split_columns(p.wc[..., g2:], ch, cp)], axis=-1)
-    gb = np.concatenate([split_columns(gbias[..., :g2], ch, cp), split_columns(gbias[..., g2:], ch, cp)], axis=-1)
     s_bounds, sp = _block_bounds(p.wskip.shape[2], parts)
     h_bounds, hp = _block_bounds(p.h1.shape[1], parts)
     q_bounds, qp = _block_bounds(p.h2.shape[1], parts)
     weights = (
         np.ascontiguousarray(wc),  # (P, NL, kR, 2cp)
-        np.ascontiguousarray(gb),  # (P, NL, 2cp)
         p.wres,
         p.bres,
         split_columns(p.wskip, s_bounds, sp),  # (P, NL, G/2, Sp)
@@ -393,4 +489,13 @@ def _split_arrays(
     )
     ch_lo = np.array([lo for lo, _ in ch], np.int64)
     ch_hi = np.array([hi for _, hi in ch], np.int64)
-    return weights, ch_lo, ch_hi
+    return weights, ch_lo, ch_hi, cp
+
+
+def _split_bias(gbias: np.ndarray, ch_lo: np.ndarray, ch_hi: np.ndarray, cp: int) -> np.ndarray:
+    """Gate biases ``(Tc, NL, G)`` as :func:`run_split` takes them: ``(P, Tc, NL, 2*cp)``."""
+    g2 = gbias.shape[-1] // 2
+    ch = list(zip(ch_lo.tolist(), ch_hi.tolist()))
+    a = split_columns(gbias[..., :g2], ch, cp)
+    b = split_columns(gbias[..., g2:], ch, cp)
+    return np.ascontiguousarray(np.concatenate([a, b], axis=-1))

@@ -3,14 +3,20 @@
 Pure NumPy/PyTorch (no numba): the arrays are float32, C-contiguous, and every matrix is stored
 ``(in, out)`` so that a kernel's innermost loop runs over contiguous output columns.
 
-Per layer ``i`` with kernel ``k``, dilation ``d`` and ring length ``L = (k-1)*d``::
+The input of code ``c`` is ``x = emb[c]`` (mu-law: an embedding table), or for the linear-bin
+heads ``x = v * emb[0] + emb[1]`` with ``v = c * in_scale - 1`` the bin centre (in float32, as
+:class:`~wavedil.model.LinearInput`). Per layer ``i`` with kernel ``k``, dilation ``d`` and
+ring length ``L = (k-1)*d``::
 
     h   = gbias[i] + sum_m  x[t - (k-1-m)*d] @ wc[i, m*R:(m+1)*R]      (G,)   m = 0..k-1
     z   = tanh(h[:G/2]) * sigmoid(h[G/2:])                              (G/2,)
     x  <- x + bres[i] + z @ wres[i]                                     (R,)
     acc <- acc + z @ wskip[i]              (acc starts at bskip = sum of the skip biases)
 
-then ``logits = relu(relu(acc) @ h1 + b1) @ h2 + b2``.
+then the head's ``P`` parameters ``relu(relu(acc) @ h1 + b1) @ h2 + b2``. ``gbias[i]`` is the
+conv bias plus the conditioning: ``g @ wgc[i]`` for a global (speaker) embedding ``g`` and, per
+step, ``l_t @ wlc[i]`` for the local (upsampled mel) column ``l_t`` (:func:`pack_cond_bias` in
+torch; the CPU kernels compute the same with :func:`wavedil.fast._kernels.cond_bias`).
 """
 
 from __future__ import annotations
@@ -21,16 +27,23 @@ import numpy as np
 import torch
 
 from ..layers import StackState
-from ..model import WaveNet
+from ..model import LinearInput, WaveNet
 
 __all__ = [
+    "HEADS",
     "PackedWaveNet",
+    "kernel_uniforms",
+    "pack_cond_bias",
     "pack_global_bias",
     "pack_model",
     "ring_from_state",
     "split_columns",
     "unsupported_reason",
 ]
+
+
+#: ``model.config.output`` -> the kernels' head code (:data:`wavedil.fast._kernels.HEAD_MULAW` ...)
+HEADS: dict[str, int] = {"mulaw": 0, "mol": 1, "gaussian": 2}
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -42,21 +55,28 @@ class PackedWaveNet:
     """The weights of one :class:`WaveNet` in the kernels' layout (shapes in the module docstring).
 
     Attributes:
-        emb: ``(Q, R)`` input embedding.
+        emb: ``(Q, R)`` the embedding of every code, or with ``in_scale > 0`` (linear-bin heads)
+            ``(2, R)``: the weight and bias of the linear input layer.
         wc: ``(NL, k*R, G)`` dilated conv, tap ``m`` (time ``t - (k-1-m)*d``) in rows ``m*R:(m+1)*R``.
         bc: ``(NL, G)`` conv bias.
         wgc: ``(NL, Gc, G)`` global-conditioning projections, or None.
+        wlc: ``(Lc, NL, G)`` local-conditioning projections of all layers (channel-major, one
+            matrix ``(Lc, NL*G)``), or None.
         wres, bres: ``(NL, G/2, R)``, ``(NL, R)`` residual 1x1.
         wskip: ``(NL, G/2, S)`` skip 1x1; bskip ``(S,)`` the sum of every layer's skip bias.
-        h1, b1, h2, b2: ``(S, H)``, ``(H,)``, ``(H, Q)``, ``(Q,)`` the output head.
+        h1, b1, h2, b2: ``(S, H)``, ``(H,)``, ``(H, P)``, ``(P,)`` the output head.
         dil, off: ``(NL,)`` int64 dilations and ring offsets (``off[-1] + L[-1]`` rows in all).
         kernel: ``k``.
+        head: the kernels' code of the output distribution (:data:`HEADS`); classes: ``Q``;
+        mixtures: ``K`` (mol, else 0); log_scale_min: the log-scale clamp (linear-bin heads).
+        in_scale: ``2 / Q`` (float32) for a linear input layer, 0.0 for an embedding table.
     """
 
     emb: np.ndarray
     wc: np.ndarray
     bc: np.ndarray
     wgc: np.ndarray | None
+    wlc: np.ndarray | None
     wres: np.ndarray
     bres: np.ndarray
     wskip: np.ndarray
@@ -68,6 +88,24 @@ class PackedWaveNet:
     dil: np.ndarray
     off: np.ndarray
     kernel: int
+    head: int = 0
+    classes: int = 0
+    mixtures: int = 0
+    log_scale_min: float = 0.0
+    in_scale: float = 0.0
+
+    @property
+    def head_args(self) -> tuple[int, int, int, float, float]:
+        """``(head, classes, mixtures, log_scale_min, in_scale)``, in the kernels' argument order."""
+        return self.head, self.classes, self.mixtures, self.log_scale_min, self.in_scale
+
+    def input_table(self) -> np.ndarray:
+        """``(Q, R)`` float32: the input vector of every code (a linear input layer tabulated)."""
+        if self.in_scale == 0.0:
+            return self.emb
+        one = np.float32(1.0)
+        v = np.arange(self.classes, dtype=np.float32) * np.float32(self.in_scale) - one  # (Q,) bin centres
+        return np.ascontiguousarray(v[:, None] * self.emb[0] + self.emb[1])
 
     @property
     def ring_rows(self) -> int:
@@ -84,19 +122,17 @@ class PackedWaveNet:
 def unsupported_reason(model: WaveNet) -> str | None:
     """None when the kernels can run ``model``'s layers, else what they lack.
 
-    They implement the gated block (``tanh(a) * sigmoid(b)``) with skip outputs and optional
-    global conditioning; weight norm is fine (the effective weights are packed) and dropout
-    is inactive in generation.
+    They implement the gated block (``tanh(a) * sigmoid(b)``) with skip outputs, optional
+    global and local conditioning, and the heads of :data:`HEADS`; weight norm is fine (the
+    effective weights are packed) and dropout is inactive in generation.
     """
     output = getattr(model.config, "output", "mulaw")
-    if output != "mulaw":
-        return f"the model has a {output!r} head; the fast back-end implements only the mu-law softmax ('mulaw')"
+    if output not in HEADS:
+        return f"the model has a {output!r} head; the fast back-end implements {sorted(HEADS)}"
     for i, layer in enumerate(model.stack.layers):
         activation = getattr(layer, "activation", "gated")
         if activation != "gated":
             return f"layer {i} uses activation {activation!r}; the fast back-end implements only 'gated'"
-        if layer.lc is not None:
-            return f"layer {i} has local conditioning, which the fast back-end does not support"
         if not getattr(layer, "skip_channels", 1):
             return f"layer {i} has no skip output (skip_channels=0), which the fast back-end does not support"
     return None
@@ -115,13 +151,15 @@ def pack_model(model: WaveNet) -> PackedWaveNet:
     layers = list(stack.layers)
     k = stack.kernel_size
     R = stack.residual_channels
-    wc, bc, wgc, wres, bres, wskip, bskip = [], [], [], [], [], [], None
+    wc, bc, wgc, wlc, wres, bres, wskip, bskip = [], [], [], [], [], [], [], None
     for layer in layers:
         w = layer.conv.weight.detach()  # (G, R, k); with weight norm, the effective weight
         wc.append(w.permute(2, 1, 0).reshape(k * R, -1))  # row m*R + c  <-  w[:, c, m]
         bc.append(layer.conv.bias.detach())
         if layer.gc is not None:
             wgc.append(layer.gc.weight.detach().t())  # (Gc, G)
+        if layer.lc is not None:
+            wlc.append(layer.lc.weight.detach()[:, :, 0].t())  # (Lc, G)
         wo = layer.out.weight.detach()[:, :, 0]  # (R + S, G/2)
         wres.append(wo[:R].t())
         wskip.append(wo[R:].t())
@@ -131,11 +169,19 @@ def pack_model(model: WaveNet) -> PackedWaveNet:
         # a difference far below the 1e-4 tolerance on logits
         bskip = bo[R:].double() if bskip is None else bskip + bo[R:].double()
     head1, head2 = model.head[1], model.head[3]
+    dist = model.dist
+    q = model.quantization_channels
+    if isinstance(model.embed, LinearInput):  # code -> bin centre -> nn.Linear(1, R)
+        emb = torch.stack([model.embed.proj.weight.detach()[:, 0], model.embed.proj.bias.detach()])  # (2, R)
+        in_scale = float(np.float32(2.0 / q))
+    else:
+        emb, in_scale = model.embed.weight, 0.0
     return PackedWaveNet(
-        emb=_np(model.embed.weight),
+        emb=_np(emb),
         wc=_np(torch.stack(wc)),
         bc=_np(torch.stack(bc)),
         wgc=_np(torch.stack(wgc)) if wgc else None,
+        wlc=_np(torch.stack(wlc, dim=1)) if wlc else None,
         wres=_np(torch.stack(wres)),
         bres=_np(torch.stack(bres)),
         wskip=_np(torch.stack(wskip)),
@@ -147,6 +193,11 @@ def pack_model(model: WaveNet) -> PackedWaveNet:
         dil=np.asarray(stack.dilations, dtype=np.int64),
         off=np.concatenate([[0], np.cumsum([(k - 1) * d for d in stack.dilations])[:-1]]).astype(np.int64),
         kernel=int(k),
+        head=HEADS[dist.name],
+        classes=int(q),
+        mixtures=int(getattr(dist, "mixtures", 0)),
+        log_scale_min=float(getattr(dist, "log_scale_min", 0.0)),
+        in_scale=in_scale,
     )
 
 
@@ -166,6 +217,51 @@ def pack_global_bias(packed: PackedWaveNet, global_cond: torch.Tensor | None, ba
     # gc(g) in float32 per layer, as nn.Linear computes it
     cond = np.einsum("bc,lcg->blg", g, packed.wgc, dtype=np.float32)
     return np.ascontiguousarray(bias + cond, dtype=np.float32)
+
+
+def pack_cond_bias(packed: PackedWaveNet, gbias: np.ndarray, local: torch.Tensor) -> np.ndarray:
+    """Per-step gate biases with local conditioning: ``(T, B, NL, G)`` float32.
+
+    Args:
+        packed: the model's weights (with ``wlc``).
+        gbias: ``(B, NL, G)`` conv bias plus global conditioning (:func:`pack_global_bias`).
+        local: ``(B, Lc, T)`` conditioning columns (a slice of ``model.upsample(mel)``), any
+            float dtype and device; row ``t`` of the result belongs to column ``t``.
+
+    One ``(T*B, Lc) @ (Lc, NL*G)`` float32 product for all layers (memory ``T*B*NL*G*4``
+    bytes: the caller bounds ``T``).
+    """
+    if packed.wlc is None:
+        raise ValueError("local conditioning given, but the model has no local-conditioning projections")
+    lc, nl, g = packed.wlc.shape
+    batch = gbias.shape[0]
+    if local.dim() != 3 or local.shape[:2] != (batch, lc):
+        raise ValueError(f"local must be ({batch}, {lc}, T), got shape {tuple(local.shape)}")
+    cols = local.detach().to("cpu", torch.float32).permute(2, 0, 1).reshape(-1, lc)  # (T*B, Lc)
+    proj = torch.mm(cols, torch.from_numpy(packed.wlc).view(lc, nl * g)).view(-1, batch, nl * g)  # (T, B, NL*G)
+    proj += torch.from_numpy(gbias).view(1, batch, nl * g)
+    return np.ascontiguousarray(proj.view(-1, batch, nl, g).numpy())
+
+
+def kernel_uniforms(packed: PackedWaveNet, uniforms: torch.Tensor) -> np.ndarray:
+    """The uniforms of a generation as the kernels' sampling takes them: ``(N, B, U)`` float64.
+
+    ``uniforms``: ``(N, B)`` or ``(N, B, U)`` from :func:`wavedil.generate`. ``mulaw`` keeps its
+    one uniform. The linear-bin heads turn the uniform of the value into its standardised noise
+    here, with the very torch calls of ``model.dist.sample``: ``log(v) - log1p(-v)`` (mol, second
+    uniform; the first picks the component) or ``ndtri(v)`` (gaussian), ``v`` clamped to
+    ``[1e-300, 1 - 2**-53]``; the kernels scale and shift it (:func:`wavedil.fast._kernels.draw`).
+    """
+    u = uniforms.detach().to("cpu", torch.float64)
+    if u.dim() == 2:
+        u = u.unsqueeze(-1)
+    if packed.head == HEADS["mol"]:
+        v = u[:, :, 1].clamp(1e-300, 1.0 - 2**-53)
+        u = torch.stack([u[:, :, 0], torch.log(v) - torch.log1p(-v)], dim=-1)
+    elif packed.head == HEADS["gaussian"]:
+        v = u[:, :, 0].clamp(1e-300, 1.0 - 2**-53)
+        u = torch.special.ndtri(v).unsqueeze(-1)
+    return np.ascontiguousarray(u.numpy())
 
 
 def ring_from_state(packed: PackedWaveNet, state: StackState, rows: slice = slice(None)) -> np.ndarray:
