@@ -139,6 +139,8 @@ def test_eval_reports_log_mel_distance_for_vocoders(vocoder_run):
     assert "log-mel L1 distance" in proc.stdout
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["log_mel_distance"] > 0 and report["files"] == 6
+    refs = report["log_mel_distance_baselines"]  # the quantisation floor lies far below another file
+    assert 0 < refs["codec"] < refs["other_file"] / 2, refs
 
 
 def test_mel_that_does_not_fit_is_a_clear_error(vocoder_run):

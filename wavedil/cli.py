@@ -221,12 +221,18 @@ def _eval(args: argparse.Namespace) -> None:
     print(report.table())
     result = report.to_dict()
     if model.upsampler is not None and args.vocode_seconds > 0:
-        from .evaluate import vocode_distance
+        from .evaluate import vocode_baselines, vocode_distance
 
-        waves = ((name, cond["wav"]) for name, _, cond in _eval_files(model, items, sr, args.vocode_seconds))
+        waves = [(name, cond["wav"]) for name, _, cond in _eval_files(model, items, sr, args.vocode_seconds)]
         mean, per_file = vocode_distance(model, waves, seconds=args.vocode_seconds, seed=args.seed)
-        print(f"  log-mel L1 distance, input vs re-synthesised ({len(per_file)} files, {args.vocode_seconds:g} s each): {mean:.3f}")
+        refs = vocode_baselines(model, waves, seconds=args.vocode_seconds)
+        print(f"  log-mel L1 distance to the input ({len(per_file)} files, first {args.vocode_seconds:g} s of each):")
+        print(f"    re-synthesised            {mean:.3f}")
+        print(f"    input through the codec   {refs['codec']:.3f}   (the floor)")
+        if "other_file" in refs:
+            print(f"    another held-out file     {refs['other_file']:.3f}   (audio that ignores the mel)")
         result["log_mel_distance"] = mean
+        result["log_mel_distance_baselines"] = refs
     if args.json:
         print(json.dumps(result))
 

@@ -28,6 +28,7 @@ __all__ = [
     "file_nll_bits",
     "log_mel_distance",
     "unigram_bits_per_sample",
+    "vocode_baselines",
     "vocode_distance",
 ]
 
@@ -191,6 +192,24 @@ def log_mel_distance(a: torch.Tensor, b: torch.Tensor, spec) -> float:
     return float((log_mel(a[..., :n].float(), spec) - log_mel(b[..., :n].float(), spec)).abs().mean())
 
 
+def _vocode_segments(
+    model: WaveNet, waves: Iterable[tuple[str, torch.Tensor]], seconds: float
+) -> list[tuple[str, torch.Tensor]]:
+    """The first ``seconds`` of each waveform, cut to whole mel frames; shorter than a frame: dropped."""
+    if model.upsampler is None:
+        raise ValueError("vocode_distance needs a mel-conditioned model (a vocoder)")
+    hop = model.mel_spec.hop_length
+    limit = max(hop, int(seconds * model.mel_spec.sample_rate) // hop * hop)
+    out = []
+    for name, wav in waves:
+        n = min(limit, wav.shape[-1] // hop * hop)
+        if n >= hop:
+            out.append((name, wav[:n]))
+    if not out:
+        raise ValueError(f"nothing to vocode: every file is shorter than one mel frame ({hop} samples)")
+    return out
+
+
 @torch.no_grad()
 def vocode_distance(
     model: WaveNet, waves: Iterable[tuple[str, torch.Tensor]], seconds: float = 1.0, seed: int = 0
@@ -205,22 +224,40 @@ def vocode_distance(
     from .data import file_mel
     from .generate import generate
 
-    if model.upsampler is None:
-        raise ValueError("vocode_distance needs a mel-conditioned model (a vocoder)")
     spec, ctx = model.mel_spec, model.mel_context
-    hop = spec.hop_length
-    limit = max(hop, int(seconds * spec.sample_rate) // hop * hop)
     groups: dict[int, list[tuple[str, torch.Tensor]]] = {}
-    for name, wav in waves:
-        n = min(limit, wav.shape[-1] // hop * hop)
-        if n >= hop:
-            groups.setdefault(n, []).append((name, wav[:n]))
+    for name, wav in _vocode_segments(model, waves, seconds):
+        groups.setdefault(wav.shape[-1], []).append((name, wav))
     per_file: list[tuple[str, float]] = []
-    for n, group in sorted(groups.items()):
+    for _, group in sorted(groups.items()):
         mel = torch.stack([file_mel(w, spec, ctx) for _, w in group]).to(model.embed.weight.device)
         codes = generate(model, None, batch_size=len(group), seed=seed, mel=mel, backend="auto").codes
         for (name, wav), c in zip(group, codes.cpu()):
             per_file.append((name, log_mel_distance(wav, decode(c, model.encoding, model.quantization_channels), spec)))
-    if not per_file:
-        raise ValueError(f"nothing to vocode: every file is shorter than one mel frame ({hop} samples)")
     return sum(d for _, d in per_file) / len(per_file), per_file
+
+
+def vocode_baselines(
+    model: WaveNet, waves: Iterable[tuple[str, torch.Tensor]], seconds: float = 1.0
+) -> dict[str, float]:
+    """Reference points for :func:`vocode_distance` on the same segments ``(T,)``.
+
+    ``codec``: each input against its own round trip through the model's quantisation (what a
+    perfect vocoder could reach). ``other_file``: each input against the next file's segment
+    (cyclically; what audio that ignored the mel would score). Needs two files for the latter.
+    """
+    from .audio import decode, encode
+
+    spec = model.mel_spec
+    segs = [w for _, w in _vocode_segments(model, waves, seconds)]
+    q = model.quantization_channels
+    out = {
+        "codec": sum(
+            log_mel_distance(w, decode(encode(w, model.encoding, q), model.encoding, q), spec) for w in segs
+        ) / len(segs)
+    }
+    if len(segs) > 1:
+        out["other_file"] = sum(
+            log_mel_distance(w, segs[(i + 1) % len(segs)], spec) for i, w in enumerate(segs)
+        ) / len(segs)
+    return out
