@@ -200,6 +200,41 @@ def heads_main(args: argparse.Namespace) -> dict:
     return result
 
 
+def cuda_main(args: argparse.Namespace) -> dict:
+    """ref30 on the first CUDA device: the eager cached step against ``fast`` (CUDA graphs)."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--cuda needs a CUDA GPU; none is visible to torch here")
+    steps, repeat, budget = (min(args.steps, 400), 1, 0.3) if args.quick else (args.steps, args.repeat, args.budget)
+    torch.manual_seed(0)
+    cfg = WaveNetConfig()
+    model = WaveNet(cfg).cuda().eval()
+    flops = flops_per_sample(cfg)
+    batches = {"torch": (1, 64), "fast": (1, 64, 256)}
+    rates: dict[str, dict[str, float]] = {}
+    peak_mb: dict[str, dict[str, float]] = {}
+    generate(model, 64, batch_size=1, backend="fast")  # cuBLAS/cuDNN set-up outside the timings
+    for name, bs in batches.items():
+        rates[name], peak_mb[name] = {}, {}
+        for b in bs:
+            torch.cuda.reset_peak_memory_stats()
+            rate, _ = gen_rate(model, name, b, max(64, steps // b), budget, repeat)
+            rates[name][str(b)] = round(rate, 1)
+            peak_mb[name][str(b)] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    result = {
+        "benchmark": "generation-cuda",
+        "model": {"config": "ref30", "parameters": model.num_parameters(), "flop_per_sample": flops},
+        "samples_per_second": rates,
+        "peak_memory_mb": peak_mb,
+        "ratios": {f"fast_over_eager_b{b}": round(rates["fast"][b] / rates["torch"][b], 2) for b in ("1", "64")},
+        "realtime_16khz_b1": round(rates["fast"]["1"] / 16000, 3),
+        "fast_gflops": {b: round(r * flops / 1e9, 1) for b, r in rates["fast"].items()},
+        "machine": {"gpu": torch.cuda.get_device_name(0), "cpu": cpu_model(), "torch": torch.__version__,
+                    "cuda": torch.version.cuda},  # fmt: skip
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20000, help="most steps of one run at batch 1 (others scale)")
@@ -207,11 +242,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=2, help="runs per figure; the best is kept")
     ap.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
     ap.add_argument("--heads", action="store_true", help="instead: every output head and a vocoder, small model, B=1")
+    ap.add_argument("--cuda", action="store_true", help="instead: ref30 on the GPU, torch vs fast (CUDA graphs)")
     args = ap.parse_args(argv)
     if args.steps < 10 or args.repeat < 1 or args.budget <= 0:
         ap.error(f"need --steps >= 10, --repeat >= 1, --budget > 0; got {args.steps}, {args.repeat}, {args.budget}")
     if args.heads:
         return heads_main(args)
+    if args.cuda:
+        return cuda_main(args)
     steps, repeat, budget = args.steps, args.repeat, args.budget
     naive_max, naive_budget = {1: 300, 16: 20}, 2 * budget
     if args.quick:

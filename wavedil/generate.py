@@ -65,6 +65,33 @@ def _torch_backend(
     return out
 
 
+def check_backend_inputs(
+    model: WaveNet, logits: torch.Tensor, uniforms: torch.Tensor, local: torch.Tensor | None
+) -> tuple[int, int]:
+    """Check a back-end's arguments against ``model``; return ``(B, N)``.
+
+    ``logits (B, P)`` with ``P = model.dist.param_channels``; ``uniforms (N, B)`` or
+    ``(N, B, U)`` for ``U = model.dist.uniforms_per_sample > 1``; ``local (B, Lc, >= N)`` exactly
+    when the model is mel-conditioned.
+    """
+    batch, n_par = logits.shape
+    n = uniforms.shape[0]
+    per = model.dist.uniforms_per_sample
+    if uniforms.shape not in ((n, batch), (n, batch, per)) or (per > 1 and uniforms.dim() != 3):
+        want = f"(N, {batch})" if per == 1 else f"(N, {batch}, {per})"
+        raise ValueError(f"uniforms must be {want}, got shape {tuple(uniforms.shape)}")
+    if n_par != model.dist.param_channels:
+        raise ValueError(f"logits must be (B, {model.dist.param_channels}), got shape {tuple(logits.shape)}")
+    if (local is None) != (model.upsampler is None):
+        raise ValueError(
+            "a mel-conditioned model needs local, the upsampled conditioning" if local is None
+            else "this model has no mel conditioning; do not pass local"
+        )  # fmt: skip
+    if local is not None and (local.dim() != 3 or local.shape[0] != batch or local.shape[2] < n):
+        raise ValueError(f"local must be ({batch}, n_mels, >= {n}), got shape {tuple(local.shape)}")
+    return batch, n
+
+
 BACKENDS: dict[str, Backend] = {"torch": _torch_backend}
 
 #: Candidates of ``backend="auto"``, preferred first: ``(name, can_run(model) -> bool)``.
@@ -225,6 +252,8 @@ def generate(
     extra = {} if local is None else {"local": local[:, :, prompt.shape[1] - 1 :]}
     start = time.perf_counter()
     codes = BACKENDS[backend](model, state, logits[:, :, -1], uniforms, float(temperature), speaker, progress, **extra)
+    if codes.device.type == "cuda":
+        torch.cuda.synchronize(codes.device)  # GPU back-ends return before their kernels finish
     seconds = time.perf_counter() - start
     return GenerationResult(codes, int(seed), backend, seconds)
 

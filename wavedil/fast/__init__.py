@@ -12,8 +12,8 @@ narrow, so this happens more often than over 256 mu-law classes; see ``bench/REA
 
 Importing this package registers ``fast`` in :data:`wavedil.generate.BACKENDS` when numba is
 installed; numba itself is imported, and the kernels compiled (then cached on disk), on first
-use. Devices: CPU. The per-device implementations sit in :data:`IMPLEMENTATIONS`, so a CUDA one
-(CUDA graphs or a fused kernel) can be added beside the CPU one under the same name.
+use. Devices: the CPU (numba kernels) and CUDA GPUs (the loop captured as CUDA graphs,
+:mod:`wavedil.fast.cuda`); the per-device implementations sit in :data:`IMPLEMENTATIONS`.
 
 >>> import wavedil
 >>> from wavedil.fast import available_backends
@@ -33,6 +33,7 @@ from ..generate import BACKENDS, Backend, register_backend
 from ..layers import StackState
 from ..model import WaveNet
 from .cpu import CpuOptions, cpu_generate, cpu_teacher_forced_logits, kernels_available
+from .cuda import cuda_available, cuda_generate, cuda_teacher_forced_logits
 from .pack import unsupported_reason
 
 __all__ = [
@@ -63,9 +64,11 @@ class Implementation:
     available: Callable[[], bool]
 
 
-#: Device type -> implementation behind the ``fast`` name (a CUDA entry can join "cpu").
+#: Device type -> implementation behind the ``fast`` name: numba kernels on the CPU, CUDA graphs
+#: of the per-sample loop on a GPU (:mod:`wavedil.fast.cuda`).
 IMPLEMENTATIONS: dict[str, Implementation] = {
     "cpu": Implementation(cpu_generate, cpu_teacher_forced_logits, kernels_available),
+    "cuda": Implementation(cuda_generate, cuda_teacher_forced_logits, cuda_available),
 }
 
 
@@ -89,7 +92,8 @@ def _why_unsupported(model: WaveNet) -> str | None:
             f"float32 model, got {dtype}"
         )
     if not impl.available():
-        return f"the fast back-end for {device.type!r} is not available here (is numba installed and importable?)"
+        need = "is numba installed and importable?" if device.type == "cpu" else "no usable CUDA device"
+        return f"the fast back-end for {device.type!r} is not available here ({need})"
     return None
 
 

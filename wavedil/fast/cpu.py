@@ -34,6 +34,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..generate import check_backend_inputs
 from ..layers import StackState
 from ..model import WaveNet
 from .batched import batched_generate
@@ -179,21 +180,7 @@ def cpu_generate(
             ``logits``, column ``t + 1`` to the input of sample ``t`` (as the torch back-end).
     """
     options = CpuOptions() if options is None else options
-    batch, n_par = logits.shape
-    n = uniforms.shape[0]
-    per = model.dist.uniforms_per_sample
-    if uniforms.shape not in ((n, batch), (n, batch, per)) or (per > 1 and uniforms.dim() != 3):
-        want = f"(N, {batch})" if per == 1 else f"(N, {batch}, {per})"
-        raise ValueError(f"uniforms must be {want}, got shape {tuple(uniforms.shape)}")
-    if n_par != model.dist.param_channels:
-        raise ValueError(f"logits must be (B, {model.dist.param_channels}), got shape {tuple(logits.shape)}")
-    if (local is None) != (model.upsampler is None):
-        raise ValueError(
-            "a mel-conditioned model needs local, the upsampled conditioning" if local is None
-            else "this model has no mel conditioning; do not pass local"
-        )  # fmt: skip
-    if local is not None and (local.dim() != 3 or local.shape[0] != batch or local.shape[2] < n):
-        raise ValueError(f"local must be ({batch}, n_mels, >= {n}), got shape {tuple(local.shape)}")
+    batch, n = check_backend_inputs(model, logits, uniforms, local)
     packed = pack_model(model)
     with torch.no_grad():
         global_cond = model._global(speaker, batch)  # (B, Gc) or None, validated

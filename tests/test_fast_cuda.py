@@ -1,0 +1,137 @@
+"""The CUDA implementation of the ``fast`` back-end (wavedil.fast.cuda).
+
+Its loop body, :class:`ChunkLoop`, is plain tensor code: the CPU tests run it eagerly
+(``graph=False``) against the reference torch back-end, so its logic -- chunking, the tail of
+a length that is not a multiple of the unroll, the mel column offsets, speaker conditioning,
+every head -- is checked on every machine. The tests marked ``cuda`` capture it as CUDA graphs
+on a GPU and skip cleanly without one.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from test_fast import HEADS, STEPS, make_head_model, one_torch_thread, random_mel  # noqa: F401 (autouse fixture)
+
+from wavedil import generate
+from wavedil.fast import supports, teacher_forced_logits
+from wavedil.fast.cuda import cuda_generate, cuda_teacher_forced_logits
+from wavedil.generate import BACKENDS, resolve_backend
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _codes(model, steps: int, backend, batch: int, speaker: bool, temperature: float = 1.0, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    device = model.embed.weight.device
+    prompt = torch.randint(0, model.quantization_channels, (batch, 25), generator=g).to(device)
+    mel = random_mel(model, batch, 25 + steps, seed)
+    kwargs = dict(batch_size=batch, seed=seed, temperature=temperature, prompt=prompt,
+                  speaker=torch.tensor([1, 2, 0][:batch], device=device) if speaker else None,
+                  mel=None if mel is None else mel.to(device))  # fmt: skip
+    if isinstance(backend, str):
+        return generate(model, steps, backend=backend, **kwargs).codes
+    BACKENDS["_test_loop"] = backend
+    try:
+        return generate(model, steps, backend="_test_loop", **kwargs).codes
+    finally:
+        BACKENDS.pop("_test_loop", None)
+
+
+def _assert_equal(got: torch.Tensor, ref: torch.Tensor) -> None:
+    mismatch = (got.cpu() != ref.cpu()).nonzero()
+    assert mismatch.numel() == 0, f"first differing (row, step) {mismatch[0].tolist()}"
+
+
+# --------------------------------------------------------------------------- the loop, on the CPU
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("cond", ["none", "speaker", "mel"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_chunk_loop_draws_the_torch_backends_samples(head, cond, batch):
+    """150 steps: four whole chunks of 32 and a tail of 22 (the padded steps are discarded)."""
+    model = make_head_model(head, speaker=cond == "speaker", mel=cond == "mel")
+    ref = _codes(model, 150, "torch", batch, cond == "speaker", temperature=0.8)
+    got = _codes(model, 150, functools.partial(cuda_generate, graph=False), batch, cond == "speaker", temperature=0.8)
+    _assert_equal(got, ref)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 32])
+def test_chunk_loop_any_unroll_length(steps):
+    model = make_head_model("mulaw", speaker=True, mel=True)
+    ref = _codes(model, 70, "torch", 2, True)
+    got = _codes(model, 70, functools.partial(cuda_generate, graph=False, steps=steps), 2, True)
+    _assert_equal(got, ref)
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("cond", ["speaker", "mel"])
+def test_chunk_loop_teacher_forced_params_match_forward(head, cond):
+    q = 256 if head == "mulaw" else 65536
+    model = make_head_model(head, cond == "speaker", cond == "mel", quantization_channels=q)
+    codes = torch.randint(0, q, (2, 120), generator=torch.Generator().manual_seed(1))
+    spk = torch.tensor([2, 0]) if cond == "speaker" else None
+    mel = random_mel(model, 2, 120, seed=2)
+    with torch.no_grad():
+        ref = model(codes, spk, mel)
+    got = cuda_teacher_forced_logits(model, codes, spk, mel, graph=False)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max().item() <= 1e-4
+
+
+def test_chunk_loop_leaves_the_callers_state_alone():
+    model = make_head_model("mulaw")
+    state = model.init_state(1)
+    state.buffers[0].normal_()
+    before = [b.clone() for b in state.buffers]
+    logits = torch.zeros(1, model.dist.param_channels)
+    cuda_generate(model, state, logits, torch.rand(40, 1, dtype=torch.float64), 1.0, None, None, graph=False)
+    assert state.pos == 0 and all(torch.equal(a, b) for a, b in zip(before, state.buffers))
+
+
+def test_chunk_loop_checks_its_inputs():
+    model = make_head_model("mol")
+    state = model.init_state(2)
+    logits = torch.zeros(2, model.dist.param_channels)
+    with pytest.raises(ValueError, match=r"uniforms must be \(N, 2, 2\)"):
+        cuda_generate(model, state, logits, torch.rand(10, 2, dtype=torch.float64), 1.0, None, None, graph=False)
+
+
+# --------------------------------------------------------------------------- CUDA graphs, on a GPU
+
+
+@needs_cuda
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("cond", ["speaker", "mel"])
+def test_cuda_teacher_forced_params_match_forward(head, cond):
+    q = 256 if head == "mulaw" else 65536
+    model = make_head_model(head, cond == "speaker", cond == "mel", quantization_channels=q).cuda()
+    codes = torch.randint(0, q, (3, 280), generator=torch.Generator().manual_seed(1)).cuda()
+    spk = torch.tensor([2, 0, 1]).cuda() if cond == "speaker" else None
+    mel = random_mel(model, 3, 280, seed=2)
+    mel = None if mel is None else mel.cuda()
+    with torch.no_grad():
+        ref = model(codes, spk, mel)
+    got = teacher_forced_logits(model, codes, spk, mel)  # the fast name: graphs on CUDA
+    assert (got - ref).abs().max().item() <= 1e-4
+
+
+@needs_cuda
+@pytest.mark.parametrize("head, batch", [("mulaw", 1), ("mulaw", 4), ("mol", 4), ("gaussian", 1)])
+def test_cuda_graphs_draw_the_torch_backends_samples_over_2000_steps(head, batch):
+    model = make_head_model(head, speaker=True, mel=True).cuda()
+    assert supports(model) and resolve_backend("auto", model) == "fast"
+    ref = _codes(model, STEPS, "torch", batch, True, temperature=0.9)
+    got = _codes(model, STEPS, "fast", batch, True, temperature=0.9)
+    _assert_equal(got, ref)
+
+
+@needs_cuda
+def test_cuda_graph_and_eager_loop_agree_bit_for_bit():
+    model = make_head_model("mulaw", speaker=True).cuda()
+    eager = _codes(model, 500, functools.partial(cuda_generate, graph=False), 8, True)
+    graph = _codes(model, 500, functools.partial(cuda_generate, graph=True), 8, True)
+    _assert_equal(graph, eager)
