@@ -212,6 +212,45 @@ def test_load_corpus_vctk_speakers_from_folders(tmp_path: Path) -> None:
     assert corpus_seconds(items) == pytest.approx(0.03)
 
 
+def _two_mic_vctk(root: Path, utterances: int = 40) -> None:
+    for spk in ("p225", "p226"):
+        for u in range(utterances):
+            for mic, value in (("mic1", 0.25), ("mic2", -0.25)):
+                write(root / "wav48_silence_trimmed" / spk / f"{spk}_{u:03d}_{mic}.flac", np.full(50, value))
+
+
+def test_vctk_keeps_one_microphone_unless_told_both(tmp_path: Path) -> None:
+    _two_mic_vctk(tmp_path, utterances=3)
+    names = lambda items: sorted(item.path.name for item in items)  # noqa: E731
+    assert names(load_corpus(tmp_path, layout="vctk")) == [f"p22{s}_00{u}_mic1.flac" for s in (5, 6) for u in range(3)]
+    assert all(n.endswith("_mic2.flac") for n in names(load_corpus(tmp_path, layout="vctk", mic="mic2")))
+    assert len(load_corpus(tmp_path, layout="vctk", mic="both")) == 12
+    assert len(load_corpus(tmp_path, layout="folder")) == 12  # only the vctk layout knows microphones
+    with pytest.raises(CorpusError, match=r"'mic3'.*\['mic1', 'mic2', 'both'\]"):
+        load_corpus(tmp_path, layout="vctk", mic="mic3")
+
+
+def test_vctk_with_only_the_other_microphone_says_which_to_choose(tmp_path: Path) -> None:
+    for u in range(2):
+        write(tmp_path / "p225" / f"p225_00{u}_mic2.flac", np.full(50, 0.1))
+    with pytest.raises(CorpusError, match=r"no \*_mic1 files.*2 \*_mic2.*data.mic=mic2"):
+        load_corpus(tmp_path, layout="vctk")
+
+
+@pytest.mark.parametrize("min_valid", [1, 7])
+def test_split_keeps_both_microphones_of_an_utterance_on_one_side(tmp_path: Path, min_valid: int) -> None:
+    _two_mic_vctk(tmp_path)
+    items = load_corpus(tmp_path, layout="vctk", mic="both")
+    train, valid = split_items(items, valid_fraction=0.1, min_valid=min_valid)
+    utt = lambda item: item.path.stem.rsplit("_", 1)[0]  # noqa: E731
+    assert valid and len(valid) % 2 == 0 and len(valid) >= min_valid
+    assert not {utt(i) for i in train} & {utt(i) for i in valid}
+    # the one-mic corpus puts the same utterances in valid
+    one_train, one_valid = split_items(load_corpus(tmp_path, layout="vctk"), valid_fraction=0.1, min_valid=1)
+    if min_valid == 1:
+        assert {utt(i) for i in one_valid} == {utt(i) for i in valid}
+
+
 # --- split ----------------------------------------------------------------------------------
 
 

@@ -197,7 +197,7 @@ def _eval(args: argparse.Namespace) -> None:
     for src in args.audio:
         p = Path(src)
         if p.is_dir():
-            items += load_corpus(p, layout=args.layout)
+            items += load_corpus(p, layout=args.layout, mic=args.mic)
         elif p.is_file():
             items.append(AudioItem(p))
         else:
@@ -434,6 +434,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("audio", nargs="+", help="audio files or folders")
     e.add_argument("--layout", default="folder", help="layout of folders: folder, ljspeech, vctk")
+    e.add_argument("--mic", default="mic1", help="vctk layout: mic1, mic2 or both (VCTK 0.92's two microphones)")
     e.add_argument("--split", default="all", choices=["all", "train", "valid"], help="evaluate only this split of the files")
     e.add_argument("--valid-fraction", type=float, default=None,
                    help="held-out fraction for --split (default: data.valid_fraction of the training run)")

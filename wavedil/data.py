@@ -29,6 +29,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import stat
 import struct
 from collections.abc import Iterator, Sequence
@@ -72,6 +73,9 @@ logger = logging.getLogger(__name__)
 
 #: Layouts understood by :func:`load_corpus`.
 LAYOUTS: tuple[str, ...] = ("folder", "ljspeech", "vctk")
+#: ``mic`` choices of the ``vctk`` layout (VCTK 0.92 has every utterance from two microphones).
+VCTK_MICS: tuple[str, ...] = ("mic1", "mic2", "both")
+_MIC_SUFFIX = re.compile(r"_(mic[12])$")
 
 # Formats libsndfile lists that are not found by extension: RAW needs its parameters given,
 # WAVEX uses ".wav", MAT4/MAT5 are any MATLAB file, SD2 only exists on macOS.
@@ -355,7 +359,7 @@ def _ljspeech_candidates(root: Path) -> list[tuple[Path, str | None]]:
 
 
 def load_corpus(
-    root: str | os.PathLike, layout: str = "folder", min_frames: int = 0
+    root: str | os.PathLike, layout: str = "folder", min_frames: int = 0, mic: str = "mic1"
 ) -> list[AudioItem]:
     """Find and probe the audio files of a corpus.
 
@@ -364,7 +368,9 @@ def load_corpus(
         ``ljspeech``: the files ``root/wavs/<id>.wav`` listed in ``root/metadata.csv``
         (pipe-separated, id first), in metadata order, ``speaker=None``.
         ``vctk``: every audio file under ``root`` with ``speaker`` = its parent folder's name
-        (``wav48_silence_trimmed/p225/p225_001_mic1.flac`` -> ``p225``).
+        (``wav48_silence_trimmed/p225/p225_001_mic1.flac`` -> ``p225``). VCTK 0.92 holds each
+        utterance twice, ``*_mic1`` and ``*_mic2``; ``mic`` keeps one of them (default ``mic1``)
+        or ``"both"``. Files without a mic suffix (VCTK 0.80's ``wav48/``) are always kept.
 
     Each file's header is probed (:func:`probe_audio`); missing, unreadable, empty, non-finite or
     shorter-than-``min_frames`` files, and entries with an audio name that are not regular files
@@ -376,16 +382,20 @@ def load_corpus(
         root: corpus folder.
         layout: one of :data:`LAYOUTS`.
         min_frames: skip files shorter than this many frames (at the file's own rate).
+        mic: ``vctk`` layout only: one of :data:`VCTK_MICS`.
 
     Returns:
         the usable files, with ``frames`` and ``rate`` filled in.
 
     Raises:
-        CorpusError: unknown layout; ``root`` missing, not a folder, without audio files or
-            without a single readable one; ``ljspeech`` without ``metadata.csv``.
+        CorpusError: unknown layout or mic; ``root`` missing, not a folder, without audio files
+            or without a single readable one; ``ljspeech`` without ``metadata.csv``; ``vctk``
+            with no file of the chosen mic.
     """
     if layout not in LAYOUTS:
         raise CorpusError(f"unknown corpus layout {layout!r}; valid layouts are {list(LAYOUTS)}")
+    if mic not in VCTK_MICS:
+        raise CorpusError(f"unknown VCTK microphone {mic!r} (data.mic); valid choices are {list(VCTK_MICS)}")
     if min_frames < 0:
         raise CorpusError(f"min_frames must be >= 0, got {min_frames}")
     root = _check_root(root)
@@ -402,6 +412,8 @@ def load_corpus(
                 f"{', '.join(sorted(AUDIO_EXTENSIONS))}); check the path, or convert the audio "
                 f"to WAV/FLAC."
             )
+        if layout == "vctk":
+            files = _choose_mic(root, files, mic)
         candidates = [(p, p.parent.name if layout == "vctk" else None) for p in files]
 
     items: list[AudioItem] = []
@@ -427,6 +439,24 @@ def load_corpus(
             f"min_frames={min_frames} is not larger than the files."
         )
     return items
+
+
+def _choose_mic(root: Path, files: list[Path], mic: str) -> list[Path]:
+    """``files`` without the other microphone's copies (``*_mic1`` / ``*_mic2``) unless ``mic="both"``."""
+    if mic == "both":
+        return files
+    other = {"mic1": "mic2", "mic2": "mic1"}[mic]
+    kept = [p for p in files if (m := _MIC_SUFFIX.search(p.stem)) is None or m.group(1) == mic]
+    dropped = len(files) - len(kept)
+    if files and not kept:
+        raise CorpusError(
+            f"layout=vctk with mic={mic} found no *_{mic} files under '{root}', only {dropped} *_{other} "
+            f"ones; set data.mic={other} (or both)"
+        )
+    if dropped:
+        logger.info("vctk: using the %s recordings, leaving out %d %s copies (data.mic=both keeps them)",
+                    mic, dropped, other)  # fmt: skip
+    return kept
 
 
 def corpus_seconds(items: Sequence[AudioItem]) -> float:
@@ -458,10 +488,15 @@ def speakers_of(items: Sequence[AudioItem]) -> list[str]:
 
 
 def _split_keys(items: Sequence[AudioItem]) -> list[str]:
-    """Each item's path relative to the items' common folder, as a POSIX string."""
+    """Each item's path relative to the items' common folder, as a POSIX string, without a
+    ``_mic1`` / ``_mic2`` suffix: two microphones' copies of an utterance share their key."""
     parents = [os.path.abspath(item.path.parent) for item in items]
     common = os.path.commonpath(parents)
-    return [Path(os.path.abspath(item.path)).relative_to(common).as_posix() for item in items]
+    keys = []
+    for item in items:
+        rel = Path(os.path.abspath(item.path)).relative_to(common)
+        keys.append(rel.with_name(_MIC_SUFFIX.sub("", rel.stem) + rel.suffix).as_posix())
+    return keys
 
 
 def _unit_hash(key: str) -> float:
@@ -478,6 +513,8 @@ def split_items(
     split is the same on any machine); files scoring below ``valid_fraction`` go to valid, and
     if that gives fewer than ``min_valid`` the lowest-scoring files are added. A file's side
     thus depends on its own name only, except for that top-up. One file gives no valid set.
+    Files that differ only by a ``_mic1`` / ``_mic2`` suffix (VCTK's two microphones) share
+    their score and always land on the same side: no utterance is in both sets.
     Both lists are sorted by relative path.
 
     Raises:
@@ -502,8 +539,14 @@ def split_items(
             f"min_valid={min_valid} would leave no training files; lower min_valid or "
             f"valid_fraction, or add files."
         )
-    valid_idx = set(order[:n_valid])
-    by_key = sorted(range(len(items)), key=lambda k: keys[k])
+    valid_keys = {keys[k] for k in order[:n_valid]}  # whole utterances: both mics' copies together
+    valid_idx = {k for k in range(len(items)) if keys[k] in valid_keys}
+    if len(valid_idx) >= len(items):
+        raise CorpusError(
+            f"splitting {len(items)} files ({len(set(keys))} utterances) with valid_fraction={valid_fraction}, "
+            f"min_valid={min_valid} would leave no training files; lower min_valid or valid_fraction, or add files."
+        )
+    by_key = sorted(range(len(items)), key=lambda k: (keys[k], str(items[k].path)))
     train = [items[k] for k in by_key if k not in valid_idx]
     valid = [items[k] for k in by_key if k in valid_idx]
     return train, valid

@@ -216,7 +216,9 @@ def build_data(data_cfg: dict, mcfg: WaveNetConfig, seed: int, max_steps: int) -
     speaker-conditioned model (``global_cond_channels > 0``), and the sample rate of a vocoder's
     mel settings.
     """
-    items = load_corpus(data_cfg["root"], layout=data_cfg.get("layout", "folder"))
+    items = load_corpus(
+        data_cfg["root"], layout=data_cfg.get("layout", "folder"), mic=str(data_cfg.get("mic", "mic1"))
+    )
     train_items, valid_items = split_items(items, valid_fraction=float(data_cfg.get("valid_fraction", 0.05)))
     T, B, sr = int(data_cfg["segment_length"]), int(data_cfg["batch_size"]), int(data_cfg["sample_rate"])
     if T < 2 or B < 1 or sr < 1:
