@@ -533,12 +533,6 @@ def split_items(
     else:
         n_below = sum(_unit_hash(keys[k]) < valid_fraction for k in order)
         n_valid = max(n_below, min_valid)
-    if n_valid >= len(items):
-        raise CorpusError(
-            f"splitting {len(items)} files with valid_fraction={valid_fraction}, "
-            f"min_valid={min_valid} would leave no training files; lower min_valid or "
-            f"valid_fraction, or add files."
-        )
     valid_keys = {keys[k] for k in order[:n_valid]}  # whole utterances: both mics' copies together
     valid_idx = {k for k in range(len(items)) if keys[k] in valid_keys}
     if len(valid_idx) >= len(items):

@@ -92,6 +92,20 @@ def check_backend_inputs(
     return batch, n
 
 
+def teacher_forcing_local(
+    model: WaveNet, mel: torch.Tensor | None, samples: int, batch: int
+) -> torch.Tensor | None:
+    """The upsampled conditioning ``(B, n_mels, T)`` of a vocoder fed ``samples`` codes per row
+    (None for a model without mel); ``mel (1 or B, n_mels, T / hop + 2 c)`` as ``forward`` takes it."""
+    if model.upsampler is None and mel is None:
+        return None
+    device = model.embed.weight.device
+    local = model.upsample(None if mel is None else mel.to(device), samples)  # validated
+    if local.shape[0] not in (1, batch):
+        raise ValueError(f"mel must have batch 1 or {batch}, got shape {tuple(mel.shape)}")
+    return local.expand(batch, -1, -1)
+
+
 BACKENDS: dict[str, Backend] = {"torch": _torch_backend}
 
 #: Candidates of ``backend="auto"``, preferred first: ``(name, can_run(model) -> bool)``.

@@ -490,20 +490,30 @@ class ResidualBlock(nn.Module):
         self, h: torch.Tensor, global_cond: torch.Tensor | None, local_cond: torch.Tensor | None, dim: int = 1
     ) -> torch.Tensor:
         """Conditioning, activation and dropout on ``h``, whose channels are on ``dim`` (1: BCT, -1: BTC)."""
-        if self.gc is not None:
-            if global_cond is None:
-                raise ValueError("this block was built with global conditioning: pass global_cond (B, G)")
-            h = h + self.gc(global_cond).unsqueeze(-1 if dim == 1 else 1)
-        if self.lc is not None:
-            if local_cond is None:
-                raise ValueError("this block was built with local conditioning: pass local_cond (B, L, T)")
-            h = h + (self.lc(local_cond) if dim == 1 else F.linear(local_cond, self.lc.weight[:, :, 0]))
+        for c in self._cond_terms(global_cond, local_cond, dim):
+            h = h + c
         if self.activation == "gated":
             a, b = h.chunk(2, dim=dim)
             z = torch.tanh(a) * torch.sigmoid(b)
         else:
             z = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}[self.activation](h)
         return self.dropout(z) if self.dropout is not None else z
+
+    def _cond_terms(
+        self, global_cond: torch.Tensor | None, local_cond: torch.Tensor | None, dim: int = 1
+    ) -> list[torch.Tensor]:
+        """The conditioning terms added to the conv output before the gate (global first), each
+        broadcastable to it; channels on ``dim`` (1: BCT, -1: BTC). Checks that each is given."""
+        terms = []
+        if self.gc is not None:
+            if global_cond is None:
+                raise ValueError("this block was built with global conditioning: pass global_cond (B, G)")
+            terms.append(self.gc(global_cond).unsqueeze(-1 if dim == 1 else 1))
+        if self.lc is not None:
+            if local_cond is None:
+                raise ValueError("this block was built with local conditioning: pass local_cond (B, L, T)")
+            terms.append(self.lc(local_cond) if dim == 1 else F.linear(local_cond, self.lc.weight[:, :, 0]))
+        return terms
 
     def _outputs(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         rs = self.out(z)
@@ -543,16 +553,8 @@ class ResidualBlock(nn.Module):
             and (self.dropout is None or not self.training)
             and _fast_path_ok(x, self.conv.weight, skip_acc)
         ):
-            cond = None
-            if self.gc is not None:
-                if global_cond is None:
-                    raise ValueError("this block was built with global conditioning: pass global_cond (B, G)")
-                cond = self.gc(global_cond).unsqueeze(1)
-            if self.lc is not None:
-                if local_cond is None:
-                    raise ValueError("this block was built with local conditioning: pass local_cond (B, L, T)")
-                lc = F.linear(local_cond, self.lc.weight[:, :, 0])
-                cond = lc if cond is None else cond + lc
+            terms = self._cond_terms(global_cond, local_cond, dim=-1)
+            cond = terms[0] if len(terms) == 1 else (terms[0] + terms[1] if terms else None)
             R = self.residual_channels
             return _GatedLayer.apply(
                 x, skip_acc, cond, self.conv.weight, self.conv.bias, self.out.weight[:, :, 0], self.out.bias[:R],

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..generate import check_backend_inputs
+from ..generate import check_backend_inputs, teacher_forcing_local
 from ..layers import StackState
 from ..model import WaveNet
 from .batched import batched_generate
@@ -72,7 +72,6 @@ _NO_LOGITS = np.zeros((0, 0, 0), np.float32)
 
 #: Steps per kernel call of teacher forcing with local conditioning (bounds its bias table).
 TEACHER_FORCED_CHUNK = 4096
-
 
 
 def usable_cpus() -> int:
@@ -266,12 +265,7 @@ def cpu_teacher_forced_logits(
     forced = np.ascontiguousarray(codes.detach().to("cpu", torch.int64).numpy())
     if forced.min() < 0 or forced.max() >= q:
         raise ValueError(f"codes must lie in [0, {q}), got range [{forced.min()}, {forced.max()}]")
-    local = None
-    if model.upsampler is not None or mel is not None:
-        local = model.upsample(mel, n)  # (B, n_mels, T), validated
-        if local.shape[0] not in (1, batch):
-            raise ValueError(f"mel must have batch 1 or {batch}, got shape {tuple(mel.shape)}")
-        local = local.expand(batch, -1, -1)
+    local = teacher_forcing_local(model, mel, n, batch)  # (B, n_mels, T) or None
     gbias = pack_global_bias(packed, model._global(speaker, batch), batch)
     bias_for = _Biases(packed, gbias, local, shift=0, kern=kern)
     ring = ring_from_state(packed, model.init_state(batch, device="cpu", dtype=torch.float32))

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 from ..export import StreamingStep, state_to_tensors
-from ..generate import check_backend_inputs
+from ..generate import check_backend_inputs, teacher_forcing_local
 from ..layers import StackState
 from ..model import WaveNet
 
@@ -88,8 +88,9 @@ class ChunkLoop:
         if model.upsampler is not None:
             channels = model.stack.layers[0].lc.in_channels
             self.local = torch.zeros(batch, channels, steps, dtype=params.dtype, device=device)
-        self.codes_in = torch.zeros(batch, steps, dtype=torch.long, device=device)
-        self.codes = torch.zeros(batch, steps, dtype=torch.long, device=device)
+        # forced: codes_in -> params_out; sampling: uniforms -> codes
+        self.codes_in = torch.zeros(batch, steps, dtype=torch.long, device=device) if forced else None
+        self.codes = None if forced else torch.zeros(batch, steps, dtype=torch.long, device=device)
         self.params_out = torch.zeros(batch, n_par, steps, dtype=params.dtype, device=device) if forced else None
 
     def _state(self) -> list[torch.Tensor]:
@@ -120,7 +121,8 @@ class ChunkLoop:
             local = [] if self.local is None else [self.local[:, :, k : k + 1]]
             _, skip, pos, *buffers = self.step(x, pos, *cond, *local, *buffers)
             params = model.head(skip)[:, :, 0]  # (B, P)
-            outs.append(params)
+            if self.forced:
+                outs.append(params)
         if self.forced:
             self.params_out.copy_(torch.stack(outs, dim=2))
         else:
@@ -210,9 +212,7 @@ def cuda_teacher_forced_logits(
     batch, n = codes.shape
     device = model.embed.weight.device
     codes = codes.to(device)
-    local = None
-    if model.upsampler is not None or mel is not None:
-        local = model.upsample(mel.to(device), n).expand(batch, -1, -1)  # (B, n_mels, T), validated
+    local = teacher_forcing_local(model, mel, n, batch)  # (B, n_mels, T) or None
     params = torch.zeros(batch, model.dist.param_channels, device=device, dtype=model.embed.weight.dtype)
     loop = ChunkLoop(model, model.init_state(batch), params, model._global(speaker, batch), 1.0, steps, forced=True)
     run = _runner(loop, _use_graph(device, graph))
