@@ -1,0 +1,66 @@
+"""Progress reports: a bar on a TTY, one plain line every few seconds on files and pipes."""
+
+import io
+
+import pytest
+
+from wavedil.progress import Progress, format_postfix
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_non_tty_prints_one_line_per_interval_not_carriage_returns():
+    out, clock = io.StringIO(), FakeClock()
+    p = Progress(total=1000, unit="step", file=out, interval=10.0, clock=clock, desc="train")
+    for _ in range(999):
+        clock.t += 0.125  # 124.9 s in all: 12 lines and a last one, not 999
+        p.update(1, bits=5.1234, samples_s=38400.4)
+    p.close()
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert "\r" not in text
+    assert len(lines) == 13, lines
+    assert lines[0].startswith("train: 80/1,000 step (8.0%), 8 step/s")
+    assert "bits=5.123 samples_s=38,400" in lines[0] and "step/s" in lines[0] and "eta" in lines[0]
+    assert lines[-1].startswith("train: 999/1,000 step")  # close() reports the final state once
+
+
+def test_last_unit_prints_and_close_does_not_repeat_it():
+    out, clock = io.StringIO(), FakeClock()
+    with Progress(total=3, unit="sample", file=out, clock=clock) as p:
+        p.update(3)
+    assert out.getvalue().splitlines() == ["3/3 sample (100.0%), 0 sample/s, elapsed 0:00:00"]
+
+
+def test_disabled_prints_no_progress_but_messages(capsys):
+    out = io.StringIO()
+    p = Progress(total=5, file=out, enabled=False, interval=0.0)
+    p.update(5)
+    p.write("valid 3.2")
+    p.close()
+    assert out.getvalue() == ""
+    assert capsys.readouterr().out == "valid 3.2\n"
+
+
+def test_tty_uses_a_bar():
+    out = io.StringIO()
+    p = Progress(total=4, unit="step", file=out, tty=True, initial=1)
+    p.update(1, bits=2.0)
+    p.close()
+    assert "\r" in out.getvalue() and "2/4" in out.getvalue() and "bits=2.000" in out.getvalue()
+
+
+def test_unknown_total_and_bad_arguments():
+    out = io.StringIO()
+    p = Progress(total=None, unit="sample", file=out, interval=0.0)
+    p.update(1500)
+    assert out.getvalue().startswith("1,500 sample,")
+    with pytest.raises(ValueError, match="interval must be >= 0 seconds, got -1"):
+        Progress(total=1, interval=-1)
+    assert format_postfix({"n": 12345, "x": 0.5, "s": "ok"}) == "n=12,345 x=0.500 s=ok"
