@@ -1,0 +1,392 @@
+"""Fixed-length quantised training segments drawn from a list of audio files.
+
+    SegmentDataset(train, L, sample_rate)[i] -> (L + 1,)    int64 codes (mu-law or linear)
+        with speakers= and/or mel=      -> {"codes": (L + 1,), "speaker": (), "mel": (n_mels, F)}
+
+A segment has ``L + 1`` codes so that a model reads ``codes[:-1]`` and predicts ``codes[1:]``;
+batched by a ``DataLoader`` it becomes ``(B, L + 1)``.
+
+Mel-conditioned segments are frame aligned: their first target sample ``codes[1]`` is file
+sample ``a`` with ``a % hop == 0`` and their features are frames ``a // hop - context ..``
+of :func:`wavedil.conditioning.log_mel` of the whole file, exactly what
+:func:`wavedil.data.file_mel` gives for the whole file, so training and vocoding see the same
+features.
+
+Files that vanish or shrink while a run reads them are warned about once and left out for the
+rest of the run (see :class:`SegmentDataset`). Reports go to :mod:`logging` (logger
+``wavedil.data.segments``, a child of ``wavedil.data``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from wavedil.audio import ENCODINGS, AudioReadError, encode, read_audio, resample, silence_bounds
+from wavedil.conditioning import MelSpec, log_mel, mel_span
+
+from .files import AudioItem, CorpusError, probe_audio
+
+__all__ = ["SegmentDataset"]
+
+logger = logging.getLogger(__name__)
+
+
+def _mix_seed(*values: int) -> int:
+    """A 63-bit seed from non-negative integers (numpy SeedSequence: well mixed, portable)."""
+    state = np.random.SeedSequence(list(values)).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def _fit_length(wav: torch.Tensor, length: int) -> torch.Tensor:
+    """Crop ``wav`` ``(T,)`` to its first ``length`` samples or left-pad it with zeros."""
+    if wav.shape[0] >= length:
+        return wav[:length]
+    return F.pad(wav, (length - wav.shape[0], 0))
+
+
+class SegmentDataset(Dataset):
+    """Random fixed-length quantised segments drawn from a list of audio files.
+
+    Item ``i`` picks a file with probability proportional to its duration, then a uniform
+    offset in it, and reads only that span (``read_audio(start=, frames=)``). Files at another
+    rate are read over the matching span at their own rate (plus a few frames of context) and
+    resampled, and the result is cut to the exact length. Files shorter than a segment are
+    left-padded with silence (the code of 0.0 in the chosen encoding).
+
+    With ``mel``, segments are frame aligned instead: the first target sample ``codes[1]`` is
+    output-rate sample ``a`` of the file with ``a % hop == 0``, drawn uniformly among such
+    positions whose ``L`` targets lie in the usable span (a file too short for one holds the
+    span's end, with silence, or the file's own samples, before it). ``codes`` are samples
+    ``[a - 1, a + L)`` and ``mel`` is frames ``a // hop - mel_context ..`` (``L // hop + 2 *
+    mel_context`` of them) of :func:`~wavedil.conditioning.log_mel` of the whole file, both
+    of the file extended with zeros on both sides. Only the samples those need are read (plus
+    resampling context), and they equal the slices of the whole file's features.
+
+    All randomness is a pure function of ``(seed, epoch, i)``, so any process (DataLoader
+    workers, DistributedSampler ranks) draws the same segment for the same index. Call
+    :meth:`set_epoch` before each epoch; with ``persistent_workers=True`` the workers keep the
+    epoch they were started with, so prefer non-persistent workers.
+
+    Args:
+        items: the files (``frames``/``rate`` are probed here when 0).
+        segment_length: ``L``; each item holds ``L + 1`` codes (inputs ``[:-1]``, targets ``[1:]``).
+        sample_rate: rate of the segments in Hz.
+        quantization_channels: number of classes ``Q``.
+        segments_per_epoch: ``len(self)``; default: total frames // ``L`` (at least 1).
+        seed: non-negative base seed.
+        trim_silence_db: if set (negative, e.g. ``-40``), leading/trailing audio quieter than
+            this relative to each file's peak is never sampled. This reads every file once here.
+        encoding: ``"mulaw"`` or ``"linear"`` (:func:`wavedil.audio.encode`; ``"linear"`` with
+            ``Q = 65536`` is 16-bit PCM).
+        speakers: the known speaker ids (e.g. :func:`speakers_of`); each item's speaker must
+            be one of them and its index is returned.
+        mel: log-mel parameters (``mel.sample_rate == sample_rate`` and ``L`` a multiple of
+            ``mel.hop_length``); segments are then frame aligned and carry their features.
+        mel_context: extra frames on each side of the segment's ``L // hop`` frames (e.g. the
+            upsampler's ``context_frames``).
+
+    Returns (``__getitem__``):
+        without ``speakers`` and ``mel``: int64 tensor ``(L + 1,)`` with values in ``[0, Q)``;
+        a DataLoader batches it to ``(B, L + 1)``. Otherwise a dict: ``"codes"`` that tensor,
+        ``"speaker"`` int64 ``()`` (with ``speakers``), ``"mel"`` float32
+        ``(n_mels, L // hop + 2 * mel_context)`` (with ``mel``); batched to ``(B, ...)``.
+
+    Attributes:
+        items: the usable files (unreadable or all-zero ones are dropped with a warning).
+        spans: per file, the ``[start, end)`` frames (file rate) that segments are drawn from.
+        lengths: per file, the span's length in frames at ``sample_rate``.
+        total_frames: ``sum(lengths)``.
+
+    >>> ds = SegmentDataset(load_corpus("data/speech8k/wavs"), 4000, 8000)  # doctest: +SKIP
+    >>> ds[0].shape, ds[0].dtype  # doctest: +SKIP
+    (torch.Size([4001]), torch.int64)
+    """
+
+    #: how many other files are tried when a file fails to read
+    max_read_attempts: int = 10
+
+    def __init__(
+        self,
+        items: Sequence[AudioItem],
+        segment_length: int,
+        sample_rate: int,
+        quantization_channels: int = 256,
+        segments_per_epoch: int | None = None,
+        seed: int = 0,
+        trim_silence_db: float | None = None,
+        *,
+        encoding: str = "mulaw",
+        speakers: Sequence[str] | None = None,
+        mel: MelSpec | None = None,
+        mel_context: int = 0,
+    ) -> None:
+        if not isinstance(segment_length, int) or segment_length < 1:
+            raise ValueError(f"segment_length must be a positive integer, got {segment_length!r}")
+        if not isinstance(sample_rate, int) or sample_rate < 1:
+            raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+        if not isinstance(quantization_channels, int) or quantization_channels < 2:
+            raise ValueError(
+                f"quantization_channels must be an integer >= 2, got {quantization_channels!r}"
+            )
+        if segments_per_epoch is not None and (
+            not isinstance(segments_per_epoch, int) or segments_per_epoch < 1
+        ):
+            raise ValueError(
+                f"segments_per_epoch must be a positive integer or None, got {segments_per_epoch!r}"
+            )
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if trim_silence_db is not None and not trim_silence_db < 0:
+            raise ValueError(
+                f"trim_silence_db must be negative (dB below each file's peak) or None, got "
+                f"{trim_silence_db}; e.g. -40.0"
+            )
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        encode(torch.zeros(()), encoding, quantization_channels)  # e.g. linear needs even Q
+        _check_mel_args(mel, mel_context, segment_length, sample_rate)
+        if not items:
+            raise CorpusError("SegmentDataset needs at least one audio file, got an empty list.")
+        speaker_index = _speaker_index(speakers, items)
+
+        self.segment_length = segment_length
+        self.sample_rate = sample_rate
+        self.quantization_channels = quantization_channels
+        self.seed = seed
+        self.trim_silence_db = trim_silence_db
+        self.encoding = encoding
+        self.speakers: list[str] | None = None if speakers is None else list(speakers)
+        self.mel = mel
+        self.mel_context = mel_context
+        self.epoch = 0
+
+        self.items: list[AudioItem] = []
+        self.spans: list[tuple[int, int]] = []  # usable [start, end) in the file's own frames
+        for item in items:
+            try:
+                if item.frames <= 0 or item.rate <= 0:
+                    item = AudioItem(item.path, item.speaker, *probe_audio(item.path))
+                span = self._usable_span(item)
+            except AudioReadError as exc:
+                logger.warning("SegmentDataset: skipping audio file: %s", exc)
+                continue
+            if span is None:
+                logger.warning("SegmentDataset: skipping '%s': silent throughout", item.path)
+                continue
+            self.items.append(item)
+            self.spans.append(span)
+        #: per usable item, its index in ``speakers`` (all 0 without speakers)
+        self.speaker_ids = [speaker_index.get(item.speaker, 0) for item in self.items]
+        # Lengths in output-rate frames: output frames j with start <= j * rate / sr < end.
+        # Their cumulative sums give length-proportional sampling.
+        lengths = [
+            max(0, -(-end * sample_rate // item.rate) - -(-start * sample_rate // item.rate))
+            for item, (start, end) in zip(self.items, self.spans, strict=True)
+        ]
+        self._cumulative: list[int] = np.cumsum(lengths, dtype=np.int64).tolist()
+        self.total_frames = self._cumulative[-1] if self._cumulative else 0
+        if self.total_frames <= 0:
+            raise CorpusError(
+                f"SegmentDataset: none of the {len(items)} files has usable audio at "
+                f"{sample_rate} Hz (all unreadable, silent or too short); check the files, "
+                f"e.g. with load_corpus(), which names each unusable one."
+            )
+        self.lengths = lengths
+        self.segments_per_epoch = segments_per_epoch or max(1, self.total_frames // segment_length)
+
+    def _usable_span(self, item: AudioItem) -> tuple[int, int] | None:
+        """``[start, end)`` of the file to sample from (file frames); None if all silent.
+
+        Raises:
+            AudioReadError: the file cannot be read (only read when trimming silence).
+        """
+        if self.trim_silence_db is None:
+            return 0, item.frames
+        wav, _ = read_audio(item.path)
+        start, end = silence_bounds(wav, self.trim_silence_db)
+        return (start, end) if end > start else None
+
+    def __len__(self) -> int:
+        return self.segments_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch; segments are a function of ``(seed, epoch, index)``."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = epoch
+
+    def generator(self, index: int) -> torch.Generator:
+        """The random generator for ``index`` in the current epoch."""
+        return torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, index))
+
+    def __getitem__(self, index: int) -> torch.Tensor | dict[str, torch.Tensor]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for SegmentDataset of length {n}")
+        index %= n
+        gen = self.generator(index)
+        failed: list[str] = []
+        for _ in range(self.max_read_attempts):
+            pick = int(torch.randint(0, self.total_frames, (1,), generator=gen))
+            k = bisect.bisect_right(self._cumulative, pick)
+            try:
+                if self.mel is None:
+                    wav, feats = self._read_segment(k, gen), None
+                else:
+                    wav, feats = self._read_aligned(k, gen, self.mel)
+            except AudioReadError as exc:
+                failed.append(str(exc))
+                logger.warning("SegmentDataset: %s; drawing another file instead", exc)
+                continue
+            codes = encode(wav, self.encoding, self.quantization_channels)
+            if self.speakers is None and feats is None:
+                return codes
+            out = {"codes": codes}
+            if self.speakers is not None:
+                out["speaker"] = torch.tensor(self.speaker_ids[k], dtype=torch.int64)
+            if feats is not None:
+                out["mel"] = feats
+            return out
+        raise CorpusError(
+            f"SegmentDataset: {self.max_read_attempts} files in a row failed to read for "
+            f"index {index} (last: {failed[-1]}); check that the corpus files are still there."
+        )
+
+    def _read_segment(self, k: int, gen: torch.Generator) -> torch.Tensor:
+        """Read a random ``(L + 1,)`` float span of file ``k`` at ``self.sample_rate``."""
+        item, (start, end), length = self.items[k], self.spans[k], self.lengths[k]
+        need = self.segment_length + 1
+        rate, sr = item.rate, self.sample_rate
+        if length < need:  # whole (trimmed) file, left-padded below
+            wav, _ = read_audio(item.path, start=start, frames=end - start)
+            return _fit_length(resample(wav, rate, sr), need)
+        offset = int(torch.randint(0, length - need + 1, (1,), generator=gen))  # output frames
+        if rate == sr:
+            wav, _ = read_audio(item.path, start=start + offset, frames=need)
+            return _fit_length(wav, need)
+        first_out = -(-start * sr // rate) + offset  # ceil(start * sr / rate) + offset
+        return _fit_length(self._read_resampled(item, first_out, need), need)
+
+    def _read_resampled(self, item: AudioItem, first_out: int, need: int) -> torch.Tensor:
+        """Output-rate samples ``[first_out, first_out + need)`` of the whole resampled file.
+
+        Shorter when the file ends first. ``first_out >= 0``; ``item.rate != sample_rate``.
+        """
+        rate, sr = item.rate, self.sample_rate
+        # Output frame j of the whole resampled file lies at file frame j * rate / sr. Read the
+        # matching span with context on both sides for the resampling filter, starting on a
+        # frame `a` where a * sr / rate is whole, so the span's output grid is the file's grid.
+        step = rate // math.gcd(rate, sr)
+        context = math.ceil(16 * max(1.0, rate / sr))
+        a = (max(0, first_out * rate // sr - context) // step) * step
+        b = min(item.frames, -(-(first_out + need) * rate // sr) + context)
+        wav, _ = read_audio(item.path, start=a, frames=b - a)
+        wav = resample(wav, rate, sr)
+        return wav[first_out - a * sr // rate :][:need]
+
+    def _read_output_span(self, item: AudioItem, start: int, end: int) -> torch.Tensor:
+        """Samples ``[start, end)`` at ``sample_rate`` of the whole file extended with zeros.
+
+        Reads only the file frames that the span needs (plus resampling context).
+        """
+        rate, sr = item.rate, self.sample_rate
+        total = -(-item.frames * sr // rate)  # length of the whole file at the output rate
+        lo, hi = max(start, 0), min(end, total)
+        if hi <= lo:
+            return torch.zeros(end - start)
+        if rate == sr:
+            wav, _ = read_audio(item.path, start=lo, frames=hi - lo)
+        else:
+            wav = self._read_resampled(item, lo, hi - lo)
+        return F.pad(wav, (lo - start, end - start - (lo - start) - wav.shape[0]))
+
+    def _read_aligned(
+        self, k: int, gen: torch.Generator, spec: MelSpec
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A frame-aligned ``(L + 1,)`` float segment of file ``k`` and its ``(n_mels, F)`` mel.
+
+        The first target sample ``a`` (output rate, from the file start) is a multiple of hop.
+        """
+        item, (start, _), length = self.items[k], self.spans[k], self.lengths[k]
+        hop, size, ctx = spec.hop_length, self.segment_length, self.mel_context
+        first = -(-start * self.sample_rate // item.rate)  # usable span, output rate
+        end = first + length
+        lo, hi = -(-first // hop), (end - size) // hop  # candidate a // hop
+        if hi >= lo:
+            a = hop * (lo + int(torch.randint(0, hi - lo + 1, (1,), generator=gen)))
+        else:  # no aligned segment fits: hold the span's end
+            a = hop * -(-(end - size) // hop)
+        first_frame, n_frames = a // hop - ctx, size // hop + 2 * ctx
+        mel_lo, mel_hi = mel_span(spec, first_frame, n_frames)
+        read_lo = hop * (min(a - 1, mel_lo) // hop)  # a frame centre: frames stay whole
+        read_hi = max(a + size, mel_hi)
+        wav = self._read_output_span(item, read_lo, read_hi)  # (read_hi - read_lo,)
+        feats = log_mel(wav, spec, first_frame - read_lo // hop, n_frames)  # (n_mels, F)
+        return wav[a - 1 - read_lo : a + size - read_lo], feats
+
+
+def _check_mel_args(
+    mel: MelSpec | None, mel_context: int, segment_length: int, sample_rate: int
+) -> None:
+    """Validate :class:`SegmentDataset`'s ``mel``/``mel_context`` against its length and rate."""
+    if isinstance(mel_context, bool) or not isinstance(mel_context, int) or mel_context < 0:
+        raise ValueError(f"mel_context must be a non-negative integer, got {mel_context!r}")
+    if mel is None:
+        if mel_context:
+            raise ValueError(
+                f"mel_context={mel_context} needs mel features; pass mel=MelSpec(...) or "
+                f"leave mel_context at 0"
+            )
+        return
+    if not isinstance(mel, MelSpec):
+        raise ValueError(f"mel must be a MelSpec or None, got {type(mel).__name__}")
+    if mel.sample_rate != sample_rate:
+        raise ValueError(
+            f"mel.sample_rate={mel.sample_rate} differs from sample_rate={sample_rate}; the "
+            f"features are computed at the segments' rate, so make them equal"
+        )
+    if segment_length % mel.hop_length:
+        raise ValueError(
+            f"segment_length={segment_length} must be a multiple of mel.hop_length="
+            f"{mel.hop_length} for frame-aligned segments; e.g. use "
+            f"{max(1, round(segment_length / mel.hop_length)) * mel.hop_length}"
+        )
+
+
+def _speaker_index(
+    speakers: Sequence[str] | None, items: Sequence[AudioItem]
+) -> dict[str | None, int]:
+    """``{speaker: index}`` of ``speakers``, after checking that it covers every item's speaker.
+
+    Raises:
+        ValueError: ``speakers`` is a bare string or repeats an id.
+        CorpusError: an item's speaker is missing from ``speakers`` (file, speaker and the
+            known ids are named).
+    """
+    if speakers is None:
+        return {}
+    if isinstance(speakers, str):
+        raise ValueError(f"speakers must be a sequence of ids, got the string {speakers!r}")
+    index = {spk: k for k, spk in enumerate(speakers)}
+    if len(index) != len(speakers):
+        dupes = sorted({s for s in speakers if list(speakers).count(s) > 1})
+        raise ValueError(f"speakers must be unique, got repeated ids {dupes}")
+    for item in items:
+        if item.speaker not in index:
+            known = list(speakers)
+            shown = known if len(known) <= 20 else known[:20] + ["..."]
+            raise CorpusError(
+                f"'{item.path}' has speaker {item.speaker!r}, which is not among the "
+                f"{len(known)} known speakers {shown}; add it to speakers (e.g. "
+                f"speakers_of(all_items)) or leave the file out."
+            )
+    return index
