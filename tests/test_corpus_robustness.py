@@ -22,6 +22,7 @@ Decisions:
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -269,6 +270,71 @@ def test_data_loader_keeps_open_file_descriptors_flat_over_30_epochs(twenty_file
     assert max(main_fds[1:]) <= main_fds[0] + slack, f"descriptors of the main process grew: {main_fds}"
     assert max(reader_fds[-10:]) <= max(reader_fds[:10]) + slack, f"descriptors of the reader grew: {reader_fds}"
     del loader
+
+
+# --------------------------------------------------------------------------------------------
+# Files vanishing mid-run (issue #15)
+# --------------------------------------------------------------------------------------------
+
+
+def ten_files(root: Path) -> list[AudioItem]:
+    """Ten 0.2 s 16-bit files of tones (equal lengths: each holds a tenth of the audio)."""
+    root.mkdir()
+    for i in range(10):
+        sf.write(root / f"f{i}.wav", tone(SR, 0.2, seed=i), SR, subtype="PCM_16")
+    return load_corpus(root)
+
+
+def damage(items: list[AudioItem], deleted: list[int], truncated: list[int]) -> None:
+    for i in deleted:
+        items[i].path.unlink()
+    for j, i in enumerate(truncated):  # cut inside the header, or after 50 frames of data
+        with open(items[i].path, "r+b") as fh:
+            fh.truncate(20 if j % 2 == 0 else 44 + 100)
+
+
+def vanish_warnings(caplog: pytest.LogCaptureFixture, path: Path) -> list[str]:
+    return [r.getMessage() for r in caplog.records if f"'{path}'" in r.getMessage() and "left out" in r.getMessage()]
+
+
+def test_files_vanishing_mid_run_warn_once_each_and_are_replaced_deterministically(tmp_path, caplog, one_thread):
+    items = ten_files(tmp_path / "c")
+    ds = SegmentDataset(items, SEGMENT, SR, segments_per_epoch=300, seed=5)
+    before = [ds[i] for i in range(len(ds))]  # every file intact
+    again = SegmentDataset(items, SEGMENT, SR, segments_per_epoch=300, seed=5)  # built before the damage too
+    bad = {1, 4, 6, 8}
+    damage(items, deleted=[1, 4], truncated=[6, 8])
+    caplog.set_level(logging.WARNING, logger="wavedil.data")
+
+    after = [ds[i] for i in range(len(ds))]  # no CorpusError
+    for k, item in enumerate(items):
+        assert len(vanish_warnings(caplog, item.path)) == (k in bad), (item.path, caplog.text)
+    assert ds.excluded == bad
+
+    # Items whose first draw is a good file are unchanged; the others draw a replacement that
+    # does not depend on the order in which the bad files were found.
+    first = [bisect.bisect_right(ds._cumulative, int(torch.randint(0, ds.total_frames, (1,),
+             generator=ds.generator(i)))) for i in range(len(ds))]  # fmt: skip
+    hit = [i for i in range(len(ds)) if first[i] in bad]
+    assert 0 < len(hit) < len(ds)
+    assert all(torch.equal(before[i], after[i]) for i in range(len(ds)) if i not in hit)
+    backwards = {i: again[i] for i in reversed(range(len(ds)))}
+    assert all(torch.equal(after[i], backwards[i]) for i in range(len(ds)))
+    assert again.excluded == bad
+    for set_epoch in (1, 2):  # later epochs: no new warnings, the bad files stay out
+        ds.set_epoch(set_epoch)
+        n_before = len(caplog.records)
+        assert all(ds[i].shape == (SEGMENT + 1,) for i in range(len(ds)))
+        assert len(caplog.records) == n_before
+
+
+def test_too_many_vanished_files_stop_with_a_clear_error(tmp_path, one_thread):
+    items = ten_files(tmp_path / "c")
+    ds = SegmentDataset(items, SEGMENT, SR, segments_per_epoch=200)
+    damage(items, deleted=[0, 2, 3, 4, 5, 7, 8, 9], truncated=[])
+    with pytest.raises(CorpusError, match=rf"8 of the 10 corpus files under '{tmp_path / 'c'}' vanished.*20% of the audio"):
+        for i in range(len(ds)):
+            ds[i]
 
 
 # --------------------------------------------------------------------------------------------

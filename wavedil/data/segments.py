@@ -76,6 +76,16 @@ class SegmentDataset(Dataset):
     :meth:`set_epoch` before each epoch; with ``persistent_workers=True`` the workers keep the
     epoch they were started with, so prefer non-persistent workers.
 
+    Files that vanish or change while a run reads them (deleted, truncated, made unreadable
+    after this dataset was built): the first failed read of a file logs one warning and leaves
+    the file out for the rest of the run, and the item is drawn again. Each draw ``a`` of item
+    ``i`` has its own generator (:meth:`generator`), so the replacement is a pure function of
+    ``(seed, epoch, i)`` and the set of bad files it hits, whichever process first found them
+    bad; items that never draw a bad file do not change. The record of bad files is per
+    dataset object, i.e. per DataLoader worker process: a file may be warned about once in each
+    worker. When the files left out hold more than ``1 - min_usable_fraction`` of the audio,
+    :class:`CorpusError` stops the run, naming how many files vanished and their folder.
+
     Args:
         items: the files (``frames``/``rate`` are probed here when 0).
         segment_length: ``L``; each item holds ``L + 1`` codes (inputs ``[:-1]``, targets ``[1:]``).
@@ -105,14 +115,17 @@ class SegmentDataset(Dataset):
         spans: per file, the ``[start, end)`` frames (file rate) that segments are drawn from.
         lengths: per file, the span's length in frames at ``sample_rate``.
         total_frames: ``sum(lengths)``.
+        excluded: indices into ``items`` of the files left out since they failed to read.
 
     >>> ds = SegmentDataset(load_corpus("data/speech8k/wavs"), 4000, 8000)  # doctest: +SKIP
     >>> ds[0].shape, ds[0].dtype  # doctest: +SKIP
     (torch.Size([4001]), torch.int64)
     """
 
-    #: how many other files are tried when a file fails to read
+    #: draws over all files before an item is drawn from the still-usable files only
     max_read_attempts: int = 10
+    #: the share of the audio (by duration) that must stay readable; below it reads raise
+    min_usable_fraction: float = 0.25
 
     def __init__(
         self,
@@ -201,6 +214,8 @@ class SegmentDataset(Dataset):
                 f"e.g. with load_corpus(), which names each unusable one."
             )
         self.lengths = lengths
+        self.excluded: set[int] = set()
+        self._excluded_frames = 0
         self.segments_per_epoch = segments_per_epoch or max(1, self.total_frames // segment_length)
 
     def _usable_span(self, item: AudioItem) -> tuple[int, int] | None:
@@ -224,28 +239,37 @@ class SegmentDataset(Dataset):
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
         self.epoch = epoch
 
-    def generator(self, index: int) -> torch.Generator:
-        """The random generator for ``index`` in the current epoch."""
-        return torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, index))
+    def generator(self, index: int, draw: int = 0) -> torch.Generator:
+        """The random generator of draw ``draw`` of ``index`` in the current epoch.
+
+        Draw 0 is the item's first choice; later draws replace it when it hits a bad file.
+        """
+        values = (self.seed, self.epoch, index) if draw == 0 else (self.seed, self.epoch, index, draw)
+        return torch.Generator().manual_seed(_mix_seed(*values))
 
     def __getitem__(self, index: int) -> torch.Tensor | dict[str, torch.Tensor]:
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for SegmentDataset of length {n}")
         index %= n
-        gen = self.generator(index)
-        failed: list[str] = []
-        for _ in range(self.max_read_attempts):
-            pick = int(torch.randint(0, self.total_frames, (1,), generator=gen))
-            k = bisect.bisect_right(self._cumulative, pick)
+        draw = 0
+        while True:  # ends: each failed read leaves out one more file, and _exclude raises in time
+            gen = self.generator(index, draw)
+            draw += 1
+            if draw <= self.max_read_attempts:  # a draw over all files, as if none were bad
+                pick = int(torch.randint(0, self.total_frames, (1,), generator=gen))
+                k = bisect.bisect_right(self._cumulative, pick)
+                if k in self.excluded:
+                    continue
+            else:  # rare: many draws hit bad files; draw among the usable ones directly
+                k = self._draw_usable(gen)
             try:
                 if self.mel is None:
                     wav, feats = self._read_segment(k, gen), None
                 else:
                     wav, feats = self._read_aligned(k, gen, self.mel)
             except AudioReadError as exc:
-                failed.append(str(exc))
-                logger.warning("SegmentDataset: %s; drawing another file instead", exc)
+                self._exclude(k, exc)
                 continue
             codes = encode(wav, self.encoding, self.quantization_channels)
             if self.speakers is None and feats is None:
@@ -256,10 +280,54 @@ class SegmentDataset(Dataset):
             if feats is not None:
                 out["mel"] = feats
             return out
-        raise CorpusError(
-            f"SegmentDataset: {self.max_read_attempts} files in a row failed to read for "
-            f"index {index} (last: {failed[-1]}); check that the corpus files are still there."
+
+    def _draw_usable(self, gen: torch.Generator) -> int:
+        """A file index drawn in proportion to length among the files not excluded."""
+        usable = [k for k in range(len(self.items)) if k not in self.excluded]
+        assert usable, "_exclude raises before the last file is left out"
+        cumulative = np.cumsum([self.lengths[k] for k in usable]).tolist()
+        pick = int(torch.randint(0, int(cumulative[-1]), (1,), generator=gen))
+        return usable[bisect.bisect_right(cumulative, pick)]
+
+    def _exclude(self, k: int, exc: AudioReadError) -> None:
+        """Leave file ``k`` out for the rest of the run, with one warning; raise if too few remain.
+
+        Raises:
+            CorpusError: the usable files hold less than ``min_usable_fraction`` of the audio.
+        """
+        assert k not in self.excluded, "excluded files are never read"
+        self.excluded.add(k)
+        self._excluded_frames += self.lengths[k]
+        usable = self.total_frames - self._excluded_frames
+        logger.warning(
+            "SegmentDataset: %s; it vanished or changed after the run started, so it is left out "
+            "for the rest of the run and other segments are drawn in its place", exc,
         )
+        if usable <= 0 or usable < self.min_usable_fraction * self.total_frames:
+            folder = os.path.commonpath([str(self.items[j].path.parent) for j in sorted(self.excluded)])
+            raise CorpusError(
+                f"SegmentDataset: {len(self.excluded)} of the {len(self.items)} corpus files under "
+                f"'{folder}' vanished or became unreadable after the run started, leaving "
+                f"{usable / self.total_frames:.0%} of the audio (less than min_usable_fraction="
+                f"{self.min_usable_fraction:g}); the last: {exc}. Check that the corpus folder is "
+                f"still there and complete, then resume the run from its last checkpoint."
+            )
+
+    def _read(self, item: AudioItem, start: int, frames: int) -> torch.Tensor:
+        """Frames ``[start, start + frames)`` of ``item`` at its own rate, ``(frames,)`` float.
+
+        Raises:
+            AudioReadError: the file cannot be read, or holds fewer frames than when it was
+                probed (it was truncated since).
+        """
+        wav, _ = read_audio(item.path, start=start, frames=frames)
+        expected = min(frames, item.frames - start)
+        if wav.shape[0] < expected:
+            raise AudioReadError(
+                f"'{item.path}' is shorter than when it was probed: it ends at frame "
+                f"{start + wav.shape[0]}, not {item.frames}"
+            )
+        return wav
 
     def _read_segment(self, k: int, gen: torch.Generator) -> torch.Tensor:
         """Read a random ``(L + 1,)`` float span of file ``k`` at ``self.sample_rate``."""
@@ -267,11 +335,11 @@ class SegmentDataset(Dataset):
         need = self.segment_length + 1
         rate, sr = item.rate, self.sample_rate
         if length < need:  # whole (trimmed) file, left-padded below
-            wav, _ = read_audio(item.path, start=start, frames=end - start)
+            wav = self._read(item, start, end - start)
             return _fit_length(resample(wav, rate, sr), need)
         offset = int(torch.randint(0, length - need + 1, (1,), generator=gen))  # output frames
         if rate == sr:
-            wav, _ = read_audio(item.path, start=start + offset, frames=need)
+            wav = self._read(item, start + offset, need)
             return _fit_length(wav, need)
         first_out = -(-start * sr // rate) + offset  # ceil(start * sr / rate) + offset
         return _fit_length(self._read_resampled(item, first_out, need), need)
@@ -289,7 +357,7 @@ class SegmentDataset(Dataset):
         context = math.ceil(16 * max(1.0, rate / sr))
         a = (max(0, first_out * rate // sr - context) // step) * step
         b = min(item.frames, -(-(first_out + need) * rate // sr) + context)
-        wav, _ = read_audio(item.path, start=a, frames=b - a)
+        wav = self._read(item, a, b - a)
         wav = resample(wav, rate, sr)
         return wav[first_out - a * sr // rate :][:need]
 
@@ -304,7 +372,7 @@ class SegmentDataset(Dataset):
         if hi <= lo:
             return torch.zeros(end - start)
         if rate == sr:
-            wav, _ = read_audio(item.path, start=lo, frames=hi - lo)
+            wav = self._read(item, lo, hi - lo)
         else:
             wav = self._read_resampled(item, lo, hi - lo)
         return F.pad(wav, (lo - start, end - start - (lo - start) - wav.shape[0]))
