@@ -70,16 +70,22 @@ def test_train_then_sample_through_the_cli(corpus, tmp_path):
     assert ckpt["kind"] == "char_lm" and ckpt["model_config"]["residual_channels"] == 16
     assert set(ckpt["valid_files"]).isdisjoint(ckpt["train_files"]) and ckpt["valid_files"]
 
-    def sample(seed: int, name: str) -> bytes:
+    def sample(seed: int, name: str, temperature: float = 1.0) -> bytes:
         target = tmp_path / name
         out = run("sample", f"sample.checkpoint={run_dir}", "sample.num_bytes=37", f"sample.seed={seed}",
-                  f"sample.output={target}", "sample.prompt='The '", cwd=tmp_path)
-        assert out.stdout.startswith("The ")
-        return target.read_bytes()
+                  f"sample.temperature={temperature}", f"sample.output={target}", "sample.prompt='The '", cwd=tmp_path)
+        text = target.read_bytes()  # the continuation alone
+        assert out.stdout == "The " + text.decode("utf-8", errors="replace") + "\n"  # printed after the prompt
+        return text
 
     first = sample(3, "a.bin")
     assert len(first) == 37
     assert sample(3, "b.bin") == first  # the seed fixes the text
+    assert sample(4, "c.bin") != first  # and another seed draws another text
+    # Greedy decoding after training picks bytes the model saw, not arbitrary ones of the 256.
+    alphabet = set(b"\n".join((corpus / name).read_bytes() for name in ckpt["train_files"]))
+    greedy = sample(0, "d.bin", temperature=0.0)
+    assert len(greedy) == 37 and set(greedy) <= alphabet, sorted(set(greedy) - alphabet)
     assert not list(tmp_path.glob("outputs")), "sampling must not create a run folder"
 
 

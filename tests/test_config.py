@@ -49,7 +49,7 @@ def test_every_experiment_composes_and_builds(name):
     if model["global_cond_channels"]:
         model.update(speakers=["p225", "p226"], global_cond_classes=2)
     net = WaveNet(model_config(model))
-    assert (net.upsampler is not None) == name.startswith("vocoder")
+    assert (net.upsampler is not None) == ("vocoder" in name)
     OmegaConf.to_container(cfg.trainer, resolve=True)
 
 

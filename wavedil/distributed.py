@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "dist_info_from_env", "init_distributed", "any_rank", "broadcast_object", "shutdown"]
+__all__ = [
+    "DistInfo", "dist_info_from_env", "init_distributed", "any_rank", "max_over_ranks", "broadcast_object", "shutdown",
+]
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,18 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def max_over_ranks(value: float, info: DistInfo) -> float:
+    """The largest ``value`` over all ranks, on every rank (e.g. elapsed time, so that a time-based
+    learning rate and the decision to stop are the same everywhere)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def broadcast_object(obj, info: DistInfo):

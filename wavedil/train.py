@@ -1,185 +1,142 @@
 """The training loop, as small functions you can read top to bottom.
 
 ``train(cfg, run_dir)`` takes a composed config (see ``conf/train.yaml``) and a run folder, and
-writes ``checkpoints/step_*.pt``, TensorBoard logs under ``tb/`` and ``train.log``.
+writes ``checkpoints/step_*.pt``, TensorBoard logs under ``tb/`` and ``train.log``::
 
-Exact resumption: every batch is a pure function of ``(seed, step)`` (the data set draws segment
-``i`` from ``(seed, epoch, i)`` and step ``s`` uses indices ``s*B .. s*B+B-1``), the learning
-rate is a pure function of the step, and the checkpoint holds the model, its EMA, the optimizer,
-the step and the RNG state. A resumed run therefore continues exactly where it stopped.
+    train(cfg, run_dir)
+      setup()                     settings, device, precision, data, model, optimiser, resume
+      for each batch:
+        train_step()              learning rate, loss from the model, backward, clip, step, EMA
+        after_step()              log_step(), validate_step(), sample_step(), checkpoint_step()
+      save_training_checkpoint()  also on SIGINT/SIGTERM, at the time budget and on a data error
+
+Resuming (``trainer.resume=true`` or a path) restores the model, its EMA, the optimiser, the
+step, every random state (torch CPU and CUDA, numpy, python ``random``) and the elapsed
+training time.
+
+* With a step-based schedule (``trainer.max_time`` null) a resumed run continues *exactly*, bit
+  for bit: every batch is a pure function of ``(seed, step)`` (the data set draws segment ``i``
+  from ``(seed, epoch, i)`` and step ``s`` uses indices ``s*B .. s*B+B-1``), and the learning
+  rate is a pure function of the step.
+* With a time budget (``trainer.max_time`` set) the cosine decay follows the fraction of the
+  budget used, ``elapsed / max_time``, where ``elapsed`` is the wall time of the training loop
+  (steps, validation, sampling, checkpoints; not the start-up) summed over every run that
+  continued this one, as stored in each checkpoint. A resumed run continues the same budget and
+  schedule from the elapsed time of its checkpoint (the work after that checkpoint was lost and
+  is not counted); with a different ``max_time`` the fraction is taken of the new budget. The
+  learning rate then depends on how fast each step ran, so such a run is *not* reproducible
+  bit for bit, resumed or not. ``trainer.max_steps`` stays a cap on the steps. At the budget
+  the run validates, writes a checkpoint and returns; the final validation and checkpoint come
+  after the budget and are not part of it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import copy
 import logging
-import math
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, default_collate
 
 from .checkpoint import (
+    CHECKPOINT_FORMAT,
     CheckpointError,
+    CheckpointWriteError,
     list_checkpoints,
     newest_good_checkpoint,
+    open_checkpoint,
     save_checkpoint,
 )
 from .config import model_config, to_plain
-from .data import SegmentDataset, load_corpus, speakers_of, split_items
-from .distributed import any_rank, broadcast_object, dist_info_from_env, init_distributed, shutdown
+from .data import CorpusError, SegmentDataset, load_corpus, speakers_of, split_items
+from .distributed import (
+    DistInfo,
+    any_rank,
+    broadcast_object,
+    dist_info_from_env,
+    init_distributed,
+    max_over_ranks,
+    shutdown,
+)
 from .model import WaveNet, WaveNetConfig
+from .progress import Progress
+from .train_config import OptimConfig, TrainerConfig
+from .training_utils import (
+    EMA,
+    NATIVE_BF16_FLAGS,
+    StepBatchSampler,
+    TrainingError,
+    autocast_for,
+    cpu_flags,
+    cpu_has_native_bf16,
+    lr_factor,
+    params_digest,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+)
 
 __all__ = [
-    "train", "lr_factor", "EMA", "resolve_device", "find_resume_checkpoint", "TrainingError", "params_digest",
-    "autocast_for", "StepBatchSampler",
+    "train",
+    "TrainingError",
+    "find_resume_checkpoint",
+    "build_data",
+    "DataBundle",
+    "validate",
+    "choose_precision",
+    "measure_steps_per_second",
+    "save_training_checkpoint",
+    # re-exported from wavedil.training_utils (their home), for existing imports
+    "lr_factor",
+    "EMA",
+    "resolve_device",
+    "params_digest",
+    "autocast_for",
+    "StepBatchSampler",
 ]
 
 log = logging.getLogger(__name__)
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
+AUTO_BF16_MIN_SPEEDUP = 1.10  # precision=auto picks bf16 only when it is at least this much faster
+#: bf16 autocast against float32, one training step of ref30 (B=4, T=4000) on a CPU without native
+#: bf16 (AMD EPYC, AVX2 only; bench/training.py --quick): the expected slowdown quoted in the warning.
+EMULATED_BF16_SLOWDOWN = "about 1.5x to 3x"
 
 
-class TrainingError(ValueError):
-    """Training cannot go on (bad option, diverged loss, mismatched checkpoint)."""
-
-
-# ----------------------------------------------------------------------------- small helpers
-
-
-def lr_factor(step: int, warmup_steps: int, max_steps: int, schedule: str, min_lr_ratio: float) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then cosine decay or constant."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        span = max(1, max_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise TrainingError(f"optim.schedule must be 'cosine' or 'constant', got {schedule!r}")
-
-
-class EMA:
-    """Exponential moving average of a model's parameters and buffers (kept in float32)."""
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise TrainingError(f"trainer.ema_decay must be in [0, 1), got {decay}")
-        self.decay = decay
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-
-    def decay_at(self, step: int) -> float:
-        """The decay used after ``step`` updates: warmed up as ``(1 + step) / (10 + step)``, so the
-        average forgets the random initial weights within a few hundred steps."""
-        return min(self.decay, (1.0 + step) / (10.0 + step))
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        decay = self.decay_at(step)
-        for k, v in model.state_dict().items():
-            s = self.shadow[k]
-            if v.dtype.is_floating_point:
-                s.lerp_(v.float(), 1.0 - decay)
-            else:
-                s.copy_(v)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k, v in state.items():
-            self.shadow[k].copy_(v)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> cuda (``cuda:local_rank`` under torchrun) if available, else cpu."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise TrainingError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"trainer.device={name} but no CUDA GPU is available: use trainer.device=cpu")
-    return dev
-
-
-class StepBatchSampler(Sampler[list[int]]):
-    """Data-set indices for steps ``start .. stop-1``.
-
-    The global batch of step ``s`` is ``s*B .. s*B+B-1``; rank ``r`` of ``world`` takes its
-    contiguous share of ``B / world`` indices. The batches are therefore the same whatever the
-    world size, and a run can resume with a different one.
-    """
-
-    def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
-        if batch_size % world_size:
-            raise TrainingError(
-                f"data.batch_size={batch_size} (the global batch) must be divisible by the world size {world_size}"
-            )
-        self.start, self.stop, self.batch_size = start, stop, batch_size
-        self.local = batch_size // world_size
-        self.offset = rank * self.local
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for s in range(self.start, self.stop):
-            first = s * self.batch_size + self.offset
-            yield list(range(first, first + self.local))
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-
-def autocast_for(device: torch.device, precision: str):
-    """The autocast context and gradient scaler for ``trainer.precision`` (32, bf16 or 16)."""
-    precision = str(precision)
-    if precision in ("32", "fp32", "float32"):
-        return contextlib.nullcontext, None
-    if precision in ("bf16", "bfloat16"):
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise TrainingError(f"trainer.precision=bf16 but {torch.cuda.get_device_name(device)} lacks bfloat16: use 16 or 32")
-        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
-    if precision in ("16", "fp16", "float16"):
-        if device.type != "cuda":
-            raise TrainingError("trainer.precision=16 (float16 with a gradient scaler) needs a CUDA GPU; use bf16 or 32 on the CPU")
-        return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
-    raise TrainingError(f"trainer.precision must be 32, bf16 or 16, got {precision!r}")
+# ----------------------------------------------------------------------------- resume lookup
 
 
 def find_resume_checkpoint(resume: Any, run_dir: Path) -> tuple[Path, dict] | None:
     """The checkpoint to resume from, or None to start fresh.
 
     ``resume``: false; true (the newest good checkpoint of this run folder, else of the newest
-    sibling run folder of the same experiment name); or a path to a checkpoint or run folder.
+    sibling run folder of the same experiment name); or a path to a checkpoint or run folder
+    (:func:`wavedil.checkpoint.open_checkpoint`).
     """
     if resume in (False, None, "false", "False", ""):
         return None
     if resume is True or resume in ("true", "True"):
-        candidates = [run_dir] + sorted(
-            (p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir), reverse=True
-        ) if run_dir.parent.is_dir() else [run_dir]
-        for folder in candidates:
+        siblings = (
+            sorted((p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir), reverse=True)
+            if run_dir.parent.is_dir()
+            else []
+        )
+        for folder in [run_dir, *siblings]:
             found = newest_good_checkpoint(folder / "checkpoints")
             if found is not None:
                 return found
         log.warning("trainer.resume=true but no checkpoint found under %s: starting fresh", run_dir.parent)
         return None
-    path = Path(str(resume))
-    if path.is_dir():
-        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = newest_good_checkpoint(folder)
-        if found is None:
-            raise TrainingError(f"trainer.resume={path}: no usable step_*.pt checkpoint in {folder}")
-        return found
-    from .checkpoint import load_checkpoint
-
-    return path, load_checkpoint(path)
+    try:
+        return open_checkpoint(str(resume))
+    except CheckpointError as exc:
+        raise TrainingError(f"trainer.resume={resume}: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- data
@@ -216,6 +173,8 @@ def build_data(data_cfg: dict, mcfg: WaveNetConfig, seed: int, max_steps: int) -
     speaker-conditioned model (``global_cond_channels > 0``), and the sample rate of a vocoder's
     mel settings.
     """
+    if not isinstance(mcfg, WaveNetConfig):
+        raise TypeError(f"build_data takes the model's WaveNetConfig, got {type(mcfg).__name__}")
     items = load_corpus(
         data_cfg["root"], layout=data_cfg.get("layout", "folder"), mic=str(data_cfg.get("mic", "mic1"))
     )
@@ -291,7 +250,112 @@ def validate(
     return total / count
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- precision
+
+
+class _LossOf(torch.nn.Module):
+    """``model.loss`` as a module's ``forward``, so DDP and ``torch.compile`` cover the loss too.
+
+    ``forward(segment (B, T+1), speaker (B,), mel (B, n_mels, F)) -> bits per sample ()``.
+    """
+
+    def __init__(self, model: WaveNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, segment: torch.Tensor, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None):
+        return self.model.loss(segment, speaker, mel)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_steps_per_second(
+    model: WaveNet,
+    make_optimizer: Callable[[Any], torch.optim.Optimizer],
+    batch: torch.Tensor,
+    cond: dict[str, torch.Tensor],
+    device: torch.device,
+    precision: str,
+    steps: int = 3,
+    warmup: int = 1,
+) -> float:
+    """Training steps per second of ``model`` at ``precision``, measured on a copy.
+
+    Runs ``warmup + steps`` optimiser steps on a deep copy of the model with a fresh optimiser
+    (``make_optimizer(params)``), inside :func:`torch.random.fork_rng`, so the model, its
+    optimiser and every random state of the run are left exactly as they were.
+    ``batch (B, T+1)`` and ``cond`` must already be on ``device``.
+    """
+    autocast, scaler = autocast_for(device, precision)
+    forks = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forks):
+        twin = copy.deepcopy(model).train()
+        opt = make_optimizer(twin.parameters())
+        t0 = 0.0
+        for i in range(warmup + steps):
+            if i == warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            with autocast():
+                loss = twin.loss(batch, **cond)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    del twin, opt
+    return steps / max(seconds, 1e-9)
+
+
+def choose_precision(
+    model: WaveNet,
+    make_optimizer: Callable[[Any], torch.optim.Optimizer],
+    batch: torch.Tensor,
+    cond: dict[str, torch.Tensor],
+    device: torch.device,
+    steps: int = 3,
+) -> tuple[str, str]:
+    """``trainer.precision=auto``: time float32 and bf16 autocast, pick bf16 only if >= 10% faster.
+
+    Returns ``(precision, reason)``; the reason names both measured rates. The run's model,
+    optimiser and random states are untouched (:func:`measure_steps_per_second`).
+    """
+    fp32 = measure_steps_per_second(model, make_optimizer, batch, cond, device, "32", steps)
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "32", f"float32 {fp32:.3g} steps/s; {torch.cuda.get_device_name(device)} has no bfloat16"
+    bf16 = measure_steps_per_second(model, make_optimizer, batch, cond, device, "bf16", steps)
+    ratio = bf16 / fp32
+    pick = "bf16" if ratio >= AUTO_BF16_MIN_SPEEDUP else "32"
+    rule = f"bf16 needs >= {AUTO_BF16_MIN_SPEEDUP:.2f}x"
+    reason = f"measured {steps} steps each: float32 {fp32:.3g} steps/s, bf16 autocast {bf16:.3g} steps/s ({ratio:.2f}x; {rule})"
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        reason += f"; this CPU lacks {'/'.join(NATIVE_BF16_FLAGS)}"
+    return pick, reason
+
+
+def _warn_emulated_bf16(device: torch.device) -> None:
+    """A warning for ``precision=bf16`` on a CPU whose bf16 matmuls are emulated (slower than float32)."""
+    if device.type != "cpu" or cpu_has_native_bf16():
+        return
+    known = "no /proc/cpuinfo to read" if not cpu_flags() else f"neither {' nor '.join(NATIVE_BF16_FLAGS)} in /proc/cpuinfo"
+    msg = (
+        f"trainer.precision=bf16 on a CPU without native bfloat16 ({known}): bf16 is emulated here and "
+        f"training is expected to be slower than float32 ({EMULATED_BF16_SLOWDOWN} per step in bench/training.py), "
+        "not faster. Continuing in bf16; trainer.precision=auto measures both and picks the faster"
+    )
+    log.warning(msg)
+    print(f"warning: {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- set-up
 
 
 class _StopFlag:
@@ -331,227 +395,466 @@ def _check_resume_matches(ckpt: dict, mcfg: WaveNetConfig, path: Path) -> None:
         )
 
 
-def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
-    """Train a WaveNet as the composed config ``cfg`` says; write everything to ``run_dir``.
+@dataclass
+class Run:
+    """Everything the loop works with, built by :func:`setup`; ``step`` and the timers advance."""
 
-    Under torchrun each process trains its share of every global batch with
-    DistributedDataParallel; rank 0 alone validates, logs and writes checkpoints.
+    plain: dict  # the composed config as plain data (saved in every checkpoint)
+    tcfg: TrainerConfig
+    ocfg: OptimConfig
+    seed: int
+    dist: DistInfo
+    device: torch.device
+    precision: str  # resolved: 32 | bf16 | 16
+    autocast: Callable[[], Any]
+    scaler: torch.amp.GradScaler | None
+    data: DataBundle
+    mcfg: WaveNetConfig
+    model: WaveNet
+    net: torch.nn.Module  # the loss module the step calls: _LossOf(model), DDP-wrapped and/or compiled
+    ema: EMA | None
+    optimizer: torch.optim.Optimizer
+    run_dir: Path
+    loader: DataLoader
+    step: int = 0
+    elapsed_before: float = 0.0  # training seconds of the runs this one continues (from the checkpoint)
+    loop_start: float = 0.0  # time.monotonic() when this process's loop began
+    resume_rng: dict | None = None  # random states to restore just before the first step
+    writer: Any = None
+    progress: Progress | None = None
+    last_loss: float = float("nan")
+    last_valid: float = float("nan")
+    last_ckpt: Path | None = None
+    last_ckpt_step: int = -1
+    bad_steps: int = 0
+    samples_since_log: int = 0
+    t_last_log: float = field(default_factory=time.perf_counter)
 
-    Returns a summary dict (final step, last training and validation bits per sample, the
-    newest checkpoint path).
-    """
+    @property
+    def main(self) -> bool:
+        return self.dist.is_main
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.plain["data"]["batch_size"])
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def elapsed(self) -> float:
+        """Training seconds so far, this process and the runs it continues (the same on all ranks)."""
+        return max_over_ranks(self.elapsed_before + time.monotonic() - self.loop_start, self.dist)
+
+    def time_fraction(self, elapsed: float) -> float | None:
+        """Share of the time budget used (None without ``trainer.max_time``)."""
+        return None if self.tcfg.max_time is None else min(1.0, elapsed / self.tcfg.max_time)
+
+    def lr_factor(self, step: int, time_fraction: float | None) -> float:
+        o = self.ocfg
+        return lr_factor(step, o.warmup_steps, self.tcfg.max_steps, o.schedule, o.min_lr_ratio, time_fraction)
+
+
+def _settings(plain: dict) -> tuple[TrainerConfig, OptimConfig]:
+    try:
+        return TrainerConfig.from_dict(plain["trainer"]), OptimConfig.from_dict(plain["optim"])
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+
+
+def _make_optimizer_factory(ocfg: OptimConfig) -> Callable[[Any], torch.optim.Optimizer]:
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[ocfg.name]
+    return lambda params: cls(params, lr=ocfg.lr, betas=ocfg.betas, weight_decay=ocfg.weight_decay)
+
+
+def _first_batch(data: DataBundle, batch_size: int, dist: DistInfo, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """This rank's share of the batch of step 0 (read-only: the data set is a pure function of the index)."""
+    indices = next(iter(StepBatchSampler(0, 1, batch_size, dist.rank, dist.world_size)))
+    batch, cond = _split_batch(default_collate([data.train[i] for i in indices]))
+    return batch.to(device), {k: v.to(device) for k, v in cond.items()}
+
+
+def _resolve_precision(
+    tcfg: TrainerConfig, model: WaveNet, make_opt: Callable, data: DataBundle, batch_size: int, dist: DistInfo,
+    device: torch.device,
+) -> str:
+    """``trainer.precision`` as run: ``auto`` measured (rank 0 decides for all), bf16 warned about on slow CPUs."""
+    precision = tcfg.precision
+    if precision == "auto":
+        choice = None
+        if dist.is_main:
+            batch, cond = _first_batch(data, batch_size, dist, device)
+            choice, reason = choose_precision(model, make_opt, batch, cond, device)
+            log.info("trainer.precision=auto chose %s: %s", choice, reason)
+            print(f"trainer.precision=auto: using {'bf16 autocast' if choice == 'bf16' else 'float32'} ({reason})")
+        precision = broadcast_object(choice, dist) if dist.enabled else choice
+    if precision == "bf16" and tcfg.precision == "bf16" and dist.is_main:
+        _warn_emulated_bf16(device)
+    return precision
+
+
+def setup(cfg: Any, run_dir: str | Path) -> Run:
+    """Settings, device, data, model, optimiser, resume and precision: everything before the first step."""
     run_dir = Path(run_dir)
     plain = to_plain(cfg)
-    tcfg, ocfg, dcfg = plain["trainer"], plain["optim"], plain["data"]
-    seed = int(plain.get("seed", 0))
-    mcfg = model_config(plain["model"])
-    max_steps = int(tcfg["max_steps"])
-    if max_steps < 1:
-        raise TrainingError(f"trainer.max_steps must be >= 1, got {max_steps}")
-    dist_info = dist_info_from_env()
-    device = resolve_device(str(tcfg.get("device", "auto")), dist_info.local_rank)
-    if int(tcfg.get("threads", 0)) > 0:
-        torch.set_num_threads(int(tcfg["threads"]))
-    autocast, scaler = autocast_for(device, tcfg.get("precision", "32"))
-    B, T = int(dcfg["batch_size"]), int(dcfg["segment_length"])
-    StepBatchSampler(0, 0, B, 0, dist_info.world_size)  # checks the batch divides the world, before work
+    tcfg, ocfg = _settings(plain)
+    dcfg, seed, mcfg = plain["data"], int(plain.get("seed", 0)), model_config(plain["model"])
+    dist = dist_info_from_env()
+    device = resolve_device(tcfg.device, dist.local_rank)
+    if tcfg.threads > 0:
+        torch.set_num_threads(tcfg.threads)
+    if tcfg.precision != "auto":
+        autocast_for(device, tcfg.precision)  # an impossible precision fails before any work
+    B = int(dcfg["batch_size"])
+    StepBatchSampler(0, 0, B, 0, dist.world_size)  # checks the batch divides the world, before work
 
     # Fail fast on the checkpoint before touching the data or building anything big.
-    resume = find_resume_checkpoint(tcfg.get("resume", False), run_dir)
+    resume = find_resume_checkpoint(tcfg.resume, run_dir)
     if resume is not None and mcfg.speakers is None and resume[1].get("model_config", {}).get("speakers"):
         mcfg = replace(mcfg, speakers=tuple(resume[1]["model_config"]["speakers"]))  # checked against the corpus
-
-    data = build_data(dcfg, mcfg, seed, max_steps)
+    data = build_data(dcfg, mcfg, seed, tcfg.max_steps)
     mcfg = data.model_config
     if resume is not None:
         _check_resume_matches(resume[1], mcfg, resume[0])
-    init_distributed(dist_info, device, str(tcfg.get("dist_backend", "auto")))
-    run_dir = Path(broadcast_object(str(run_dir), dist_info))  # rank 0's folder for everyone
-    main = dist_info.is_main
+    init_distributed(dist, device, tcfg.dist_backend)
+    run_dir = Path(broadcast_object(str(run_dir), dist))  # rank 0's folder for everyone
+
     torch.manual_seed(seed)
     model = WaveNet(mcfg).to(device)
     if model.upsampler is not None and resume is None:
         fit_mel_normalisation(model, data.train)
-    model.stack.checkpoint_segments = int(tcfg.get("activation_checkpointing", 0))
-    ema = EMA(model, float(tcfg.get("ema_decay", 0.0))) if float(tcfg.get("ema_decay", 0.0)) > 0 else None
-    opt_name = str(ocfg.get("name", "adamw")).lower()
-    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(opt_name)
-    if opt_cls is None:
-        raise TrainingError(f"optim.name must be 'adam' or 'adamw', got {opt_name!r}")
-    base_lr = float(ocfg["lr"])
-    optimizer = opt_cls(
-        model.parameters(), lr=base_lr, betas=tuple(ocfg.get("betas", (0.9, 0.999))),
-        weight_decay=float(ocfg.get("weight_decay", 0.0)),
-    )
-    schedule = dict(
-        warmup_steps=int(ocfg.get("warmup_steps", 0)), max_steps=max_steps,
-        schedule=str(ocfg.get("schedule", "constant")), min_lr_ratio=float(ocfg.get("min_lr_ratio", 1.0)),
-    )
-    lr_factor(0, **schedule)  # validates the schedule name before the loop
+    model.stack.checkpoint_segments = tcfg.activation_checkpointing
+    ema = EMA(model, tcfg.ema_decay) if tcfg.ema_decay > 0 else None
+    make_opt = _make_optimizer_factory(ocfg)
+    optimizer = make_opt(model.parameters())
 
-    step = 0
+    step, elapsed_before, resume_rng = 0, 0.0, None
     if resume is not None:
         path, ckpt = resume
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None and ckpt.get("ema"):
             ema.load_state_dict(ckpt["ema"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        step = int(ckpt["step"])
-        if main:
+        step, elapsed_before, resume_rng = int(ckpt["step"]), float(ckpt.get("elapsed_seconds", 0.0)), ckpt["rng"]
+        if dist.is_main:
             log.info("resumed from %s at step %d", path, step)
-            print(f"resumed from {path} at step {step}")
+            print(f"resumed from {path} at step {step}" + (
+                f" ({elapsed_before:.0f} s of the {tcfg.max_time:.0f} s budget used)" if tcfg.max_time else ""
+            ))
 
-    # The module that runs the forward pass: DDP-wrapped and/or compiled views of `model`.
-    net: torch.nn.Module = model
-    if dist_info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if bool(tcfg.get("compile", False)):
+    precision = _resolve_precision(tcfg, model, make_opt, data, B, dist, device)
+    autocast, scaler = autocast_for(device, precision)
+    net: torch.nn.Module = _LossOf(model)
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if tcfg.compile:
         net = torch.compile(net)
-
-    ckpt_dir = run_dir / "checkpoints"
-    writer = _summary_writer(run_dir / "tb") if main else _NullWriter()
     loader = DataLoader(
         data.train,
-        batch_sampler=StepBatchSampler(step, max_steps, B, dist_info.rank, dist_info.world_size),
+        batch_sampler=StepBatchSampler(step, tcfg.max_steps, B, dist.rank, dist.world_size),
         num_workers=int(dcfg.get("num_workers", 0)),
         pin_memory=device.type == "cuda",
     )
-    if main:
-        print(
-            f"training {mcfg.residual_channels}-channel WaveNet ({model.num_parameters():,} parameters, receptive "
-            f"field {model.receptive_field} samples) on {data.n_train_files} files ({data.n_valid_files} held "
-            f"out), {device}" + (f" x {dist_info.world_size} processes" if dist_info.enabled else "")
-            + f", steps {step}..{max_steps}; writing to {run_dir}"
+    return Run(
+        plain=plain, tcfg=tcfg, ocfg=ocfg, seed=seed, dist=dist, device=device, precision=precision,
+        autocast=autocast, scaler=scaler, data=data, mcfg=mcfg, model=model, net=net, ema=ema,
+        optimizer=optimizer, run_dir=run_dir, loader=loader, step=step, elapsed_before=elapsed_before,
+        resume_rng=resume_rng, last_ckpt=resume[0] if resume is not None else None,
+        last_ckpt_step=step if resume is not None else -1,
+    )
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def train_step(run: Run, batch: torch.Tensor | dict, time_fraction: float | None) -> float | None:
+    """One optimiser step on a loader batch; returns the loss (bits per sample), or None if skipped.
+
+    The loss comes from the model (``WaveNet.loss`` through the DDP/compiled wrapper). A
+    non-finite loss on any rank skips the step on all; :data:`MAX_BAD_STEPS` in a row stop the run.
+    """
+    codes, cond = _split_batch(batch)
+    codes = codes.to(run.device, non_blocking=True)
+    cond = {k: v.to(run.device, non_blocking=True) for k, v in cond.items()}
+    lr = run.ocfg.lr * run.lr_factor(run.step, time_fraction)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    with run.autocast():
+        loss = run.net(codes, **cond)  # float32 scalar (float64 inside the head's loss)
+    run.optimizer.zero_grad(set_to_none=True)
+    if any_rank(not bool(torch.isfinite(loss)), run.dist):
+        run.bad_steps += 1
+        if run.main:
+            log.warning("step %d: non-finite loss (%s), step skipped", run.step, loss.item())
+            print(f"warning: step {run.step}: non-finite loss ({loss.item()}), step skipped")
+        if run.bad_steps >= MAX_BAD_STEPS:
+            raise TrainingError(
+                f"{run.bad_steps} non-finite losses in a row at step {run.step}: training diverged. The last good "
+                f"checkpoint is kept in {run.ckpt_dir}; lower optim.lr or optim.grad_clip and resume"
+            )
+        return None
+    run.bad_steps = 0
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+    else:
+        loss.backward()
+    if run.ocfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.ocfg.grad_clip)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    if run.ema is not None:
+        run.ema.update(run.model, run.step)
+    return loss.item()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_training_checkpoint(run: Run, elapsed: float) -> Path:
+    """Write ``checkpoints/step_<step>.pt`` (everything an exact resume needs) and prune old ones.
+
+    Raises:
+        TrainingError: the checkpoint could not be written (a full disk): the message says how
+            much space it needs, names the last good checkpoint and the command to resume.
+    """
+    fraction = run.time_fraction(elapsed)
+    o = run.ocfg
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "model": run.model.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": {
+            "name": o.schedule, "step": run.step, "warmup_steps": o.warmup_steps, "max_steps": run.tcfg.max_steps,
+            "schedule": o.schedule, "min_lr_ratio": o.min_lr_ratio, "max_time": run.tcfg.max_time,
+            "time_fraction": fraction, "lr_factor": run.lr_factor(run.step, fraction),  # of the next step
+        },
+        "step": run.step,
+        "elapsed_seconds": elapsed,
+        "precision": run.precision,
+        "rng": rng_state(),
+        "config": run.plain,
+        "model_config": run.mcfg.to_dict(),
+        "sample_rate": run.data.sample_rate,
+    }
+    path = run.ckpt_dir / f"step_{run.step:08d}.pt"
+    try:
+        save_checkpoint(obj, path)
+    except CheckpointWriteError as exc:
+        last = (
+            f"the last good checkpoint is '{run.last_ckpt}' (step {run.last_ckpt_step})"
+            if run.last_ckpt is not None
+            else "no checkpoint of this run was written yet"
         )
+        raise TrainingError(
+            f"{exc}. Training stopped at step {run.step}; {last}. After freeing space, resume with the same "
+            f"command plus trainer.resume=true (or trainer.resume={run.run_dir})"
+        ) from None
+    for old in list_checkpoints(run.ckpt_dir)[run.tcfg.keep_last :]:
+        old.unlink(missing_ok=True)
+    run.last_ckpt, run.last_ckpt_step = path, run.step
+    return path
 
-    def checkpoint(at_step: int) -> Path:
-        obj = {
-            "format": 1,
-            "model": model.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": {"name": schedule["schedule"], "step": at_step, **schedule},
-            "step": at_step,
-            "rng": {"torch": torch.get_rng_state()},
-            "config": plain,
-            "model_config": mcfg.to_dict(),
-            "sample_rate": data.sample_rate,
-        }
-        path = save_checkpoint(obj, ckpt_dir / f"step_{at_step:08d}.pt")
-        for old in list_checkpoints(ckpt_dir)[max(1, int(tcfg.get("keep_last", 3))) :]:
-            old.unlink(missing_ok=True)
-        return path
 
-    progress = _progress(main and bool(tcfg.get("progress", True)), step, max_steps)
-    grad_clip = float(ocfg.get("grad_clip", 0))
-    model.train()
-    last_loss, last_valid, bad_steps, last_path = float("nan"), float("nan"), 0, None
-    t_last, samples_since = time.perf_counter(), 0
+# ----------------------------------------------------------------------------- after each step
+
+
+def _due(step: int, every: int, final: bool) -> bool:
+    return every > 0 and (step % every == 0 or final)
+
+
+def log_step(run: Run, loss: float | None, elapsed: float, final: bool) -> None:
+    """Progress every step; TensorBoard scalars every ``trainer.log_every`` steps."""
+    run.samples_since_log += run.batch_size * int(run.plain["data"]["segment_length"])
+    now = time.perf_counter()
+    rate = run.samples_since_log / max(now - run.t_last_log, 1e-9)
+    postfix: dict[str, Any] = {"bits": run.last_loss, "samples_s": rate}
+    if run.tcfg.max_time is not None:
+        postfix["time"] = f"{100 * run.time_fraction(elapsed):.0f}%"
+    run.progress.update(1, **postfix)
+    if run.main and _due(run.step, run.tcfg.log_every, final):
+        run.writer.add_scalar("train/bits_per_sample", run.last_loss, run.step)
+        run.writer.add_scalar("train/lr", run.optimizer.param_groups[0]["lr"], run.step)
+        run.writer.add_scalar("train/samples_per_second", rate, run.step)
+        run.t_last_log, run.samples_since_log = now, 0
+
+
+def validate_step(run: Run, final: bool) -> None:
+    """Held-out bits per sample (EMA weights) every ``trainer.valid_every`` steps and at the end."""
+    if not (run.main and _due(run.step, run.tcfg.valid_every, final)):
+        return
+    run.last_valid = validate(_eval_model(run), run.data.valid, run.batch_size, run.device, run.data.valid_cond)
+    run.writer.add_scalar("valid/bits_per_sample", run.last_valid, run.step)
+    run.progress.write(
+        f"step {run.step}: train {run.last_loss:.3f} bits/sample, valid {run.last_valid:.3f} bits/sample"
+    )
+
+
+def sample_step(run: Run, final: bool) -> None:
+    """A short audio clip to TensorBoard every ``trainer.sample_every`` steps (0: never)."""
+    if run.main and _due(run.step, run.tcfg.sample_every, final):
+        _log_audio(run.writer, _eval_model(run), run.step, run.data, run.tcfg.sample_seconds, run.seed)
+
+
+def checkpoint_step(run: Run, elapsed: float, final: bool) -> None:
+    """A checkpoint every ``trainer.ckpt_every`` steps, at the end and when stopping."""
+    if run.main and _due(run.step, run.tcfg.ckpt_every, final) and run.last_ckpt_step != run.step:
+        save_training_checkpoint(run, elapsed)
+
+
+def after_step(run: Run, loss: float | None, elapsed: float, final: bool) -> None:
+    """The work between steps: logging, validation, sampling, checkpoint (in that order)."""
+    if loss is not None:
+        run.last_loss = loss
+    log_step(run, loss, elapsed, final)
+    validate_step(run, final)
+    sample_step(run, final)
+    checkpoint_step(run, elapsed, final)
+
+
+def _data_error_message(exc: BaseException) -> str:
+    """The error's own message; a DataLoader worker's re-raised error carries the worker's traceback,
+    whose last line is ``ErrorClass: message``."""
+    text = str(exc).strip()
+    if "DataLoader worker process" in text and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        head, sep, message = last.partition(": ")
+        if sep and head.rsplit(".", 1)[-1] == type(exc).__name__:  # "wavedil.data.files.CorpusError: ..."
+            last = message
+        return f"{last} (in a DataLoader worker)"
+    return text
+
+
+def _stop_on_data_error(run: Run, exc: BaseException) -> TrainingError:
+    """A fatal data error (the loader raised): save the current step, then report both."""
+    saved = ""
+    if run.main:
+        if run.last_ckpt_step != run.step:
+            try:
+                save_training_checkpoint(run, run.elapsed())
+            except TrainingError as save_exc:
+                saved = f" Could not save a checkpoint either: {save_exc}"
+        if run.last_ckpt is not None and not saved:
+            saved = f" Saved '{run.last_ckpt}' (step {run.last_ckpt_step})."
+    return TrainingError(
+        f"the training data failed at step {run.step}: {_data_error_message(exc)}.{saved} Fix the data, then resume with the same "
+        f"command plus trainer.resume=true (or trainer.resume={run.run_dir})"
+    )
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _announce(run: Run) -> None:
+    if not run.main:
+        return
+    t, d = run.tcfg, run.data
+    budget = f", time budget {t.max_time:,.0f} s (steps capped at {t.max_steps})" if t.max_time else ""
+    print(
+        f"training {run.mcfg.residual_channels}-channel WaveNet ({run.model.num_parameters():,} parameters, "
+        f"receptive field {run.model.receptive_field} samples) on {d.n_train_files} files ({d.n_valid_files} held "
+        f"out), {run.device}" + (f" x {run.dist.world_size} processes" if run.dist.enabled else "")
+        + f", precision {run.precision}, steps {run.step}..{t.max_steps}{budget}; writing to {run.run_dir}"
+    )
+
+
+def _loop(run: Run) -> None:
+    """Steps until ``max_steps``, the time budget, a signal or an error."""
+    t = run.tcfg
+    batches = iter(run.loader)  # before restoring the RNG: creating it draws a worker seed, as in the original run
+    if run.resume_rng is not None:
+        set_rng_state(run.resume_rng)  # last, so the first step draws what the original run drew
+    run.loop_start = time.monotonic()
+    elapsed = run.elapsed()
+    if t.max_time is not None and elapsed >= t.max_time:
+        if run.main:
+            print(f"the time budget trainer.max_time={t.max_time:.0f} s is used up ({elapsed:.0f} s): nothing to do")
+        return
     with _StopFlag() as stop:
-        for batch in loader:
-            batch, cond = _split_batch(batch)
-            batch = batch.to(device, non_blocking=True)
-            cond = {k: v.to(device, non_blocking=True) for k, v in cond.items()}
-            for g in optimizer.param_groups:
-                g["lr"] = base_lr * lr_factor(step, **schedule)
-            with autocast():
-                params = net(batch[:, :-1], **cond).transpose(1, 2)  # the model's own (B, T, P) layout
-            loss = model.dist.bits(params.flatten(0, 1), batch[:, 1:].reshape(-1))  # float32 (float64 inside)
-            optimizer.zero_grad(set_to_none=True)
-            if any_rank(not bool(torch.isfinite(loss)), dist_info):
-                bad_steps += 1
-                if main:
-                    log.warning("step %d: non-finite loss (%s), step skipped", step, loss.item())
-                    print(f"warning: step {step}: non-finite loss ({loss.item()}), step skipped")
-                if bad_steps >= MAX_BAD_STEPS:
-                    raise TrainingError(
-                        f"{bad_steps} non-finite losses in a row at step {step}: training diverged. The last good "
-                        f"checkpoint is kept in {ckpt_dir}; lower optim.lr or optim.grad_clip and resume"
-                    )
-                step += 1
-                continue
-            bad_steps = 0
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if ema is not None:
-                ema.update(model, step)
-            step += 1
-            last_loss = loss.item()
-            samples_since += B * T
-            now = time.perf_counter()
-            rate = samples_since / max(now - t_last, 1e-9)
-            progress.update(last_loss, rate)
-            if main and (step % int(tcfg.get("log_every", 50)) == 0 or step == max_steps):
-                writer.add_scalar("train/bits_per_sample", last_loss, step)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                writer.add_scalar("train/samples_per_second", rate, step)
-                t_last, samples_since = now, 0
-            if main and (step % int(tcfg.get("valid_every", 500)) == 0 or step == max_steps):
-                last_valid = validate(_eval_model(model, ema, mcfg, device), data.valid, B, device, data.valid_cond)
-                writer.add_scalar("valid/bits_per_sample", last_valid, step)
-                progress.write(f"step {step}: train {last_loss:.3f} bits/sample, valid {last_valid:.3f} bits/sample")
-            every = int(tcfg.get("sample_every", 0))
-            if main and every > 0 and (step % every == 0 or step == max_steps):
-                _log_audio(writer, _eval_model(model, ema, mcfg, device), step, data, tcfg, seed)
-            stopping = any_rank(stop.signal is not None, dist_info)
-            if main and (step % int(tcfg.get("ckpt_every", 500)) == 0 or step == max_steps or stopping):
-                last_path = checkpoint(step)
-            if stopping:
-                if main:
-                    name = signal.Signals(stop.signal).name if stop.signal else "a signal on another rank"
-                    print(f"{name} received: saved {last_path} at step {step}; resume with trainer.resume=true")
+        while run.step < t.max_steps:
+            try:
+                batch = next(batches)
+            except StopIteration:
                 break
-    progress.close()
-    writer.close()
-    shutdown(dist_info)
+            except (CorpusError, OSError) as exc:
+                raise _stop_on_data_error(run, exc) from exc
+            loss = train_step(run, batch, run.time_fraction(elapsed))
+            run.step += 1
+            elapsed = run.elapsed()
+            out_of_time = t.max_time is not None and elapsed >= t.max_time
+            stopping = any_rank(stop.signal is not None, run.dist)
+            after_step(run, loss, elapsed, final=run.step >= t.max_steps or out_of_time)
+            if out_of_time and run.main:
+                print(f"time budget trainer.max_time={t.max_time:.0f} s reached at step {run.step}: saved {run.last_ckpt}")
+            if stopping:
+                if run.main and run.last_ckpt_step != run.step:
+                    save_training_checkpoint(run, elapsed)
+                if run.main:
+                    name = signal.Signals(stop.signal).name if stop.signal else "a signal on another rank"
+                    print(f"{name} received: saved {run.last_ckpt} at step {run.step}; resume with trainer.resume=true")
+            if out_of_time or stopping:
+                break
+
+
+def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
+    """Train a WaveNet as the composed config ``cfg`` says; write everything to ``run_dir``.
+
+    Under torchrun each process trains its share of every global batch with
+    DistributedDataParallel; rank 0 alone validates, logs and writes checkpoints. See the module
+    docstring for what resuming restores and when it is exact.
+
+    Returns a summary dict (final step, last training and validation bits per sample, the
+    newest checkpoint path, the precision used, the training seconds).
+    """
+    run = setup(cfg, run_dir)
+    _announce(run)
+    run.writer = _summary_writer(run.run_dir / "tb") if run.main else _NullWriter()
+    run.progress = Progress(
+        total=run.tcfg.max_steps, unit="step", initial=run.step, desc="train",
+        enabled=run.main and run.tcfg.progress, interval=run.tcfg.progress_interval,
+    )
+    run.model.train()
+    try:
+        _loop(run)
+    finally:
+        run.progress.close()
+        run.writer.close()
+        shutdown(run.dist)
     return {
-        "step": step,
-        "train_bits": last_loss,
-        "valid_bits": last_valid,
-        "checkpoint": str(last_path) if last_path else None,
-        "run_dir": str(run_dir),
-        "params_sha256": params_digest(model),
+        "step": run.step,
+        "train_bits": run.last_loss,
+        "valid_bits": run.last_valid,
+        "checkpoint": str(run.last_ckpt) if run.main and run.last_ckpt else None,
+        "run_dir": str(run.run_dir),
+        "params_sha256": params_digest(run.model),
+        "precision": run.precision,
+        "elapsed_seconds": run.elapsed_before + (time.monotonic() - run.loop_start if run.loop_start else 0.0),
     }
 
 
-def params_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the model's parameters and buffers, for checking that runs or ranks agree bit for bit."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+# ----------------------------------------------------------------------------- evaluation helpers
 
 
-def _eval_model(model: WaveNet, ema: EMA | None, mcfg: WaveNetConfig, device: torch.device) -> WaveNet:
+def _eval_model(run: Run) -> WaveNet:
     """The model with EMA weights (a copy) for validation and sampling; the model itself without EMA."""
-    if ema is None:
-        return model
-    shadow = WaveNet(mcfg).to(device)
-    shadow.load_state_dict(ema.state_dict())
+    if run.ema is None:
+        return run.model
+    shadow = WaveNet(run.mcfg).to(run.device)
+    shadow.load_state_dict(run.ema.state_dict())
     return shadow.eval()
 
 
-def _log_audio(writer, model: WaveNet, step: int, data: DataBundle, tcfg: dict, seed: int) -> None:
+def _log_audio(writer, model: WaveNet, step: int, data: DataBundle, seconds: float, seed: int) -> None:
     """A short sample to TensorBoard: speaker 0; a vocoder re-synthesises the first validation segment."""
     from .audio import decode
     from .generate import generate
 
     sr = data.sample_rate
-    n = max(1, int(float(tcfg.get("sample_seconds", 1.0)) * sr))
+    n = max(1, int(seconds * sr))
     speaker = 0 if model.speaker is not None else None
     mel = data.valid_cond.get("mel")
     if mel is not None:
@@ -575,29 +878,3 @@ def _summary_writer(folder: Path):
         log.warning("tensorboard is not installed: no TensorBoard logs")
         return _NullWriter()
     return SummaryWriter(str(folder))
-
-
-class _progress:
-    """A tqdm bar with loss and samples/s, or plain periodic lines when disabled."""
-
-    def __init__(self, enabled: bool, start: int, total: int) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-    def update(self, loss: float, rate: float) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(bits=f"{loss:.3f}", samples_s=f"{rate:,.0f}", refresh=False)
-            self.bar.update(1)
-
-    def write(self, msg: str) -> None:
-        if self.bar is not None:
-            self.bar.write(msg)
-        else:
-            print(msg, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -36,8 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from wavedil import DilatedStack, StackState
-from wavedil.checkpoint import load_checkpoint, newest_good_checkpoint, save_checkpoint
-from wavedil.train import EMA, lr_factor
+from wavedil.checkpoint import CHECKPOINT_FORMAT, open_checkpoint, save_checkpoint
+from wavedil.training_utils import EMA, lr_factor
 
 __all__ = [
     "CharLMConfig",
@@ -378,7 +378,7 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
 
     path = save_checkpoint(
         {
-            "format": 1,
+            "format": CHECKPOINT_FORMAT,
             "kind": "char_lm",
             "model": model.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
@@ -406,15 +406,7 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def load_model(target: str | os.PathLike, use_ema: bool = True) -> tuple[CharLM, dict[str, Any]]:
     """A :class:`CharLM` from a ``step_*.pt`` checkpoint or a run folder (its newest checkpoint)."""
-    path = Path(target)
-    if path.is_dir():
-        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = newest_good_checkpoint(folder)
-        if found is None:
-            raise ValueError(f"no usable step_*.pt checkpoint in '{folder}': train first, or give a .pt file")
-        ckpt = found[1]
-    else:
-        ckpt = load_checkpoint(path)
+    _, ckpt = open_checkpoint(target)
     if ckpt.get("kind") != "char_lm":
         raise ValueError(f"'{target}' is not a char_lm checkpoint (kind={ckpt.get('kind')!r})")
     model = CharLM(CharLMConfig.from_dict(ckpt["model_config"]))
