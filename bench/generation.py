@@ -4,18 +4,20 @@ Measured in one process, on ref30 (``WaveNetConfig()``: 30 layers, kernel 2, R=6
 S=256, H=256, Q=256) in float32 with random weights:
 
 * ``samples_per_second``: all sequences together, of each generation back-end at B = 1, 16,
-  64, 256 (``torch``, the plain eager cached step, at B = 1 and 16 only), and of two ``fast``
-  variants that show its choices: ``fast-1thread`` (batch 1 on one core) and ``fast-blas``
-  (large batches as torch BLAS calls instead of the fused kernel);
+  64, 256 (``torch``, the plain eager cached step, at B = 1 and 16 only); of ``fast`` in each
+  reduced weight mode (``fast-bf16``, ``fast-int8``: 16- and 8-bit weights, float32 sums);
+  and of ``fast-1thread`` (batch 1 on one core), which shows why batch 1 splits;
 * ``eager``: the ``torch`` back-end with torch's default threads and with one thread; the
   faster is the baseline of the ratios (the conservative choice);
 * ``naive``: full recompute, ``model.forward`` over the last receptive-field window for every
   new sample (B = 1 and 16, a few steps);
 * ``matmul``: GFLOP/s of a plain large ``torch.matmul`` in this run, and what ``fast``
   reaches at each batch size (FLOP per sample from the config) and its fraction of it;
-* ``ratios``: fast / eager, fast / naive and cached (eager) / naive;
-* ``machine``: CPU model, cores, threads, versions and the load average (the figures are
-  only as quiet as the machine was).
+* ``ratios``: fast / eager, fast / naive, cached (eager) / naive, and each reduced mode / fp32
+  ``fast`` at every batch size;
+* ``machine``: CPU model and the instruction-set flags that matter (AVX2, AVX-512, VNNI, bf16,
+  AMX), cores, threads, versions and the load average (the figures are only as quiet as the
+  machine was).
 
 Each run lasts about ``--budget`` seconds (a short probe sets its steps); each figure is the
 best of ``--repeat`` runs.
@@ -50,11 +52,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_flags, cpu_model  # noqa: E402
 from wavedil import WaveNet, WaveNetConfig, generate
+from wavedil.backends import WEIGHT_MODES, available_backends, register_backend, unregister_backend
 from wavedil.distributions import sample_categorical
-from wavedil.fast import available_backends, make_fast_backend
-from wavedil.generate import BACKENDS, register_backend
+from wavedil.fast import make_fast_backend
 
 BATCHES = (1, 16, 64, 256)
 
@@ -92,7 +94,7 @@ def timed_steps(rate: float, batch: int, budget_s: float, lo: int, hi: int) -> i
 
 
 def gen_rate(
-    model: WaveNet, backend: str, batch: int, max_steps: int, budget_s: float, repeat: int
+    model: WaveNet, backend: str, batch: int, max_steps: int, budget_s: float, repeat: int, weights: str = "fp32"
 ) -> tuple[float, int]:
     """Best samples/s (all sequences together) of ``generate``'s back-end loop, and the steps run.
 
@@ -107,7 +109,8 @@ def gen_rate(
         mel = torch.randn(batch, model.mel_spec.n_mels, frames, generator=torch.Generator().manual_seed(0))
 
     def run(steps: int) -> float:
-        return generate(model, steps, batch_size=batch, seed=0, backend=backend, mel=mel).samples_per_second
+        return generate(model, steps, batch_size=batch, seed=0, backend=backend, mel=mel,
+                        weights=weights).samples_per_second  # fmt: skip
 
     probe = min(max_steps, max(4, 64 // batch))
     steps = timed_steps(run(probe), batch, budget_s, probe, max_steps)
@@ -161,26 +164,27 @@ def heads_main(args: argparse.Namespace) -> dict:
         "gaussian": dict(output="gaussian"),
         "vocoder": dict(output="mulaw", mel=VOCODER_MEL),
     }
-    names = [n for n in ("fast", "torch") if n in available_backends()]
+    names = ["fast", "fast-bf16", "fast-int8", "torch"]
     rates: dict[str, dict[str, float]] = {}
     run_steps: dict[str, dict[str, int]] = {}
     for head, extra in variants.items():
         torch.manual_seed(0)
         model = WaveNet(WaveNetConfig(**SMALL, **extra)).eval()
-        if "fast" in names:
-            gen_rate(model, "fast", 1, 20, 0.0, 1)  # compile (or load) the kernels
+        for weights in WEIGHT_MODES:
+            gen_rate(model, "fast", 1, 20, 0.0, 1, weights)  # compile (or load) the kernels
         rates[head], run_steps[head] = {}, {}
         for name in names:
-            if name == "fast":
-                rate, n = gen_rate(model, name, 1, steps, budget, repeat)
+            if name.startswith("fast"):
+                weights = name.partition("-")[2] or "fp32"
+                rate, n = gen_rate(model, "fast", 1, steps, budget, repeat, weights)
             else:  # the eager baseline: the faster of torch's default threads and one thread
                 cap = max(10, steps // 10)  # torch is ~100x slower: fewer steps keep its runs short
                 with torch_threads(1):
                     one = gen_rate(model, name, 1, cap, budget, repeat)
                 rate, n = max(gen_rate(model, name, 1, cap, budget, repeat), one)
             rates[head][name], run_steps[head][name] = round(rate, 1), n
-        if "fast" in rates[head] and "torch" in rates[head]:
-            rates[head]["fast_over_torch"] = round(rates[head]["fast"] / rates[head]["torch"], 1)
+        for name in names[:-1]:
+            rates[head][f"{name}_over_torch"] = round(rates[head][name] / rates[head]["torch"], 1)
     result = {
         "benchmark": "generation-heads",
         "model": {"config": "small", "batch": 1, "dtype": "float32", "vocoder_mel": VOCODER_MEL},
@@ -188,6 +192,7 @@ def heads_main(args: argparse.Namespace) -> dict:
         "steps": {"runs": run_steps, "repeat": repeat, "budget_s": budget, "quick": args.quick},
         "machine": {
             "cpu": cpu_model(),
+            "cpu_flags": cpu_flags(),
             "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
@@ -264,23 +269,22 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = WaveNetConfig()
     model = WaveNet(cfg).eval()
     flops = flops_per_sample(cfg)
-    names = available_backends()
-    variants_of = {}
-    if "fast" in names:
-        # variants that show where the default's choices come from
-        variants_of = {"fast-1thread": (1,), "fast-blas": (64, 256)}
-        register_backend("fast-1thread", make_fast_backend(threads=1))
-        register_backend("fast-blas", make_fast_backend(blas_min_batch=2))
-        generate(model, 20, batch_size=1, backend="fast")  # compile (or load) the kernels
-        generate(model, 4, batch_size=4, backend="fast")
+    names = available_backends()  # fast (numba, a required dependency) and torch
+    register_backend("fast-1thread", make_fast_backend(threads=1))  # why batch 1 splits
+    # name -> (back-end, weight mode, batch sizes)
+    runs = {"fast": ("fast", "fp32", BATCHES), "fast-bf16": ("fast", "bf16", BATCHES),
+            "fast-int8": ("fast", "int8", BATCHES), "fast-1thread": ("fast-1thread", "fp32", (1,)),
+            "torch": ("torch", "fp32", (1, 16))}  # fmt: skip
+    for weights in WEIGHT_MODES:
+        generate(model, 20, batch_size=1, backend="fast", weights=weights)  # compile (or load) the kernels
+        generate(model, 4, batch_size=4, backend="fast", weights=weights)
 
     backends: dict[str, dict[str, float]] = {}
     run_steps: dict[str, dict[str, int]] = {}
-    for name in names + list(variants_of):
-        batches = (1, 16) if name == "torch" else variants_of.get(name, BATCHES)
+    for name, (backend, weights, batches) in runs.items():
         backends[name], run_steps[name] = {}, {}
         for b in batches:
-            rate, n = gen_rate(model, name, b, max_steps(b), budget, repeat)
+            rate, n = gen_rate(model, backend, b, max_steps(b), budget, repeat, weights)
             backends[name][str(b)], run_steps[name][str(b)] = round(rate, 1), n
     eager = {"default_threads": backends["torch"]}
     with torch_threads(1):
@@ -311,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": {"runs": run_steps, "naive": naive_steps, "repeat": repeat, "budget_s": budget, "quick": args.quick},
         "machine": {
             "cpu": cpu_model(),
+            "cpu_flags": cpu_flags(),
             "cores": os.cpu_count(),
             "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "torch": torch.__version__,
@@ -333,8 +338,14 @@ def main(argv: list[str] | None = None) -> dict:
         result["matmul"]["fast_gflops"] = {b: round(r * flops / 1e9, 1) for b, r in fast.items()}
         result["matmul"]["fast_fraction"] = {b: round(r * flops / 1e9 / gflops, 3) for b, r in fast.items()}
         result["realtime_16khz_b1"] = round(fast["1"] / 16000, 3)
-    for name in variants_of:
-        BACKENDS.pop(name, None)
+        for mode in ("bf16", "int8"):
+            reduced = backends[f"fast-{mode}"]
+            for b in map(str, BATCHES):
+                ratios[f"{mode}_over_fp32_b{b}"] = round(reduced[b] / fast[b], 2)
+            result["matmul"][f"fast_{mode}_gflops"] = {b: round(r * flops / 1e9, 1) for b, r in reduced.items()}
+        best = max(("fast", "fast-bf16", "fast-int8"), key=lambda n: backends[n]["1"])
+        result["realtime_16khz_b1_best"] = {"mode": best, "factor": round(backends[best]["1"] / 16000, 3)}
+    unregister_backend("fast-1thread")
     print(json.dumps(result, indent=2))
     return result
 

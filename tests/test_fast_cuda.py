@@ -16,11 +16,27 @@ import torch
 from test_fast import HEADS, STEPS, make_head_model, one_torch_thread, random_mel  # noqa: F401 (autouse fixture)
 
 from wavedil import generate
-from wavedil.fast import supports, teacher_forced_logits
+from wavedil.backends import Backend, Capabilities, SamplingRequest, register_backend, resolve_backend, unregister_backend
+from wavedil.fast import make_fast_backend, supports, teacher_forced_logits
 from wavedil.fast.cuda import cuda_generate, cuda_teacher_forced_logits
-from wavedil.generate import BACKENDS, resolve_backend
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class _LoopBackend(Backend):
+    """A back-end running ``run(request)`` (e.g. :func:`cuda_generate` eagerly, on the CPU)."""
+
+    name = "_test_loop"
+    capabilities = Capabilities(devices={"cpu": ("fp32",), "cuda": ("fp32",)})
+
+    def __init__(self, run) -> None:
+        self.run = run
+
+    def sample(self, request: SamplingRequest) -> torch.Tensor:
+        return self.run(request)
+
+    def teacher_forced(self, *args, **kwargs):  # pragma: no cover - not used here
+        raise NotImplementedError
 
 
 def _codes(model, steps: int, backend, batch: int, speaker: bool, temperature: float = 1.0, seed: int = 3):
@@ -33,11 +49,11 @@ def _codes(model, steps: int, backend, batch: int, speaker: bool, temperature: f
                   mel=None if mel is None else mel.to(device))  # fmt: skip
     if isinstance(backend, str):
         return generate(model, steps, backend=backend, **kwargs).codes
-    BACKENDS["_test_loop"] = backend
+    register_backend("_test_loop", _LoopBackend(backend))
     try:
         return generate(model, steps, backend="_test_loop", **kwargs).codes
     finally:
-        BACKENDS.pop("_test_loop", None)
+        unregister_backend("_test_loop")
 
 
 def _assert_equal(got: torch.Tensor, ref: torch.Tensor) -> None:
@@ -88,7 +104,7 @@ def test_chunk_loop_leaves_the_callers_state_alone():
     state.buffers[0].normal_()
     before = [b.clone() for b in state.buffers]
     logits = torch.zeros(1, model.dist.param_channels)
-    cuda_generate(model, state, logits, torch.rand(40, 1, dtype=torch.float64), 1.0, None, None, graph=False)
+    cuda_generate(SamplingRequest(model, state, logits, torch.rand(40, 1, dtype=torch.float64), 1.0), graph=False)
     assert state.pos == 0 and all(torch.equal(a, b) for a, b in zip(before, state.buffers))
 
 
@@ -97,7 +113,21 @@ def test_chunk_loop_checks_its_inputs():
     state = model.init_state(2)
     logits = torch.zeros(2, model.dist.param_channels)
     with pytest.raises(ValueError, match=r"uniforms must be \(N, 2, 2\)"):
-        cuda_generate(model, state, logits, torch.rand(10, 2, dtype=torch.float64), 1.0, None, None, graph=False)
+        cuda_generate(SamplingRequest(model, state, logits, torch.rand(10, 2, dtype=torch.float64), 1.0), graph=False)
+    request = SamplingRequest(model, state, logits, torch.rand(10, 2, 2, dtype=torch.float64), 1.0, weights="int8")
+    with pytest.raises(ValueError, match="fp32"):
+        cuda_generate(request, graph=False)
+
+
+@needs_cuda
+def test_cpu_options_are_refused_on_cuda():
+    model = make_head_model("mulaw").cuda()
+    register_backend("_test_opts", make_fast_backend(threads=1))
+    try:
+        with pytest.raises(ValueError, match="CPU options"):
+            generate(model, 5, seed=0, backend="_test_opts")
+    finally:
+        unregister_backend("_test_opts")
 
 
 # --------------------------------------------------------------------------- CUDA graphs, on a GPU

@@ -11,123 +11,30 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
-from .layers import StackState
+from .backends import (
+    BACKENDS,
+    SamplingRequest,
+    available_backends,
+    check_weights,
+    get_backend,
+    register_backend,
+    resolve_backend,
+)
 from .model import WaveNet
 
-__all__ = ["generate", "GenerationResult", "BACKENDS", "MAX_SAMPLES", "MAX_TOTAL_SAMPLES", "register_backend", "resolve_backend"]
+__all__ = [
+    "generate", "GenerationResult", "BACKENDS", "MAX_SAMPLES", "MAX_TOTAL_SAMPLES", "available_backends",
+    "register_backend", "resolve_backend",
+]
 
 #: Upper bound on samples per sequence one call may generate (about 35 minutes at 16 kHz).
 MAX_SAMPLES = 2**25
 #: Upper bound on ``n_samples * batch_size`` of one call (the uniforms and codes take 16 bytes each).
 MAX_TOTAL_SAMPLES = 2**27
-
-
-class Backend(Protocol):
-    def __call__(
-        self,
-        model: WaveNet,
-        state: StackState,
-        logits: torch.Tensor,
-        uniforms: torch.Tensor,
-        temperature: float,
-        speaker: torch.Tensor | None,
-        progress: Callable[[int], None] | None,
-        local: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Sample ``uniforms.shape[0]`` steps starting from ``logits (B, Q)``; return codes ``(B, N)``."""
-
-
-def _torch_backend(
-    model: WaveNet,
-    state: StackState,
-    logits: torch.Tensor,
-    uniforms: torch.Tensor,
-    temperature: float,
-    speaker: torch.Tensor | None,
-    progress: Callable[[int], None] | None,
-    local: torch.Tensor | None = None,
-) -> torch.Tensor:
-    n = uniforms.shape[0]
-    out = torch.empty(logits.shape[0], n, dtype=torch.long, device=logits.device)
-    for t in range(n):
-        codes = model.dist.sample(logits, uniforms[t], temperature)  # (B,)
-        out[:, t] = codes
-        if t + 1 < n:
-            cond = None if local is None else local[:, :, t + 1 : t + 2]
-            step_logits, state = model.step(codes.unsqueeze(1), state, speaker, cond)
-            logits = step_logits[:, :, 0]
-        if progress is not None:
-            progress(t + 1)
-    return out
-
-
-def check_backend_inputs(
-    model: WaveNet, logits: torch.Tensor, uniforms: torch.Tensor, local: torch.Tensor | None
-) -> tuple[int, int]:
-    """Check a back-end's arguments against ``model``; return ``(B, N)``.
-
-    ``logits (B, P)`` with ``P = model.dist.param_channels``; ``uniforms (N, B)`` or
-    ``(N, B, U)`` for ``U = model.dist.uniforms_per_sample > 1``; ``local (B, Lc, >= N)`` exactly
-    when the model is mel-conditioned.
-    """
-    batch, n_par = logits.shape
-    n = uniforms.shape[0]
-    per = model.dist.uniforms_per_sample
-    if uniforms.shape not in ((n, batch), (n, batch, per)) or (per > 1 and uniforms.dim() != 3):
-        want = f"(N, {batch})" if per == 1 else f"(N, {batch}, {per})"
-        raise ValueError(f"uniforms must be {want}, got shape {tuple(uniforms.shape)}")
-    if n_par != model.dist.param_channels:
-        raise ValueError(f"logits must be (B, {model.dist.param_channels}), got shape {tuple(logits.shape)}")
-    if (local is None) != (model.upsampler is None):
-        raise ValueError(
-            "a mel-conditioned model needs local, the upsampled conditioning" if local is None
-            else "this model has no mel conditioning; do not pass local"
-        )  # fmt: skip
-    if local is not None and (local.dim() != 3 or local.shape[0] != batch or local.shape[2] < n):
-        raise ValueError(f"local must be ({batch}, n_mels, >= {n}), got shape {tuple(local.shape)}")
-    return batch, n
-
-
-def teacher_forcing_local(
-    model: WaveNet, mel: torch.Tensor | None, samples: int, batch: int
-) -> torch.Tensor | None:
-    """The upsampled conditioning ``(B, n_mels, T)`` of a vocoder fed ``samples`` codes per row
-    (None for a model without mel); ``mel (1 or B, n_mels, T / hop + 2 c)`` as ``forward`` takes it."""
-    if model.upsampler is None and mel is None:
-        return None
-    device = model.embed.weight.device
-    local = model.upsample(None if mel is None else mel.to(device), samples)  # validated
-    if local.shape[0] not in (1, batch):
-        raise ValueError(f"mel must have batch 1 or {batch}, got shape {tuple(mel.shape)}")
-    return local.expand(batch, -1, -1)
-
-
-BACKENDS: dict[str, Backend] = {"torch": _torch_backend}
-
-#: Candidates of ``backend="auto"``, preferred first: ``(name, can_run(model) -> bool)``.
-AUTO_BACKENDS: list[tuple[str, Callable[[WaveNet], bool]]] = []
-
-
-def register_backend(name: str, fn: Backend, auto: Callable[[WaveNet], bool] | None = None) -> None:
-    """Make a generation back-end available as ``backend=name``.
-
-    ``auto``: a test of whether the back-end can run a model; given, ``backend="auto"`` prefers
-    this back-end (over those registered before it) for the models that pass it.
-    """
-    BACKENDS[name] = fn
-    if auto is not None:
-        AUTO_BACKENDS[:] = [(name, auto)] + [c for c in AUTO_BACKENDS if c[0] != name]
-
-
-def resolve_backend(backend: str, model: WaveNet) -> str:
-    """``backend`` itself, or for ``"auto"`` the preferred back-end that can run ``model`` (else ``torch``)."""
-    if backend != "auto":
-        return backend
-    return next((name for name, can_run in AUTO_BACKENDS if name in BACKENDS and can_run(model)), "torch")
 
 
 @dataclass
@@ -138,6 +45,7 @@ class GenerationResult:
     seed: int
     backend: str
     seconds: float
+    weights: str = "fp32"
 
     @property
     def samples_per_second(self) -> float:
@@ -177,6 +85,7 @@ def generate(
     backend: str = "torch",
     progress: Callable[[int], None] | None = None,
     mel: torch.Tensor | None = None,
+    weights: str = "fp32",
 ) -> GenerationResult:
     """Sample ``n_samples`` new codes (the model's encoding) for each of ``batch_size`` sequences.
 
@@ -189,14 +98,19 @@ def generate(
         prompt: optional ``(T,)`` or ``(B, T)`` int64 codes that prime the state; the
             generated samples continue it (the prompt itself is not returned).
         speaker: class id(s) ``(B,)`` or an int, for globally conditioned models.
-        backend: a key of :data:`BACKENDS` (``torch`` is the reference), or ``"auto"`` for the
-            fastest available one that can run the model (see :func:`resolve_backend`).
+        backend: a registered back-end (``torch`` is the reference, ``fast`` the fused loop), or
+            ``"auto"`` for the preferred one that runs the model in mode ``weights`` here
+            (:func:`wavedil.backends.resolve_backend`).
         progress: called with the number of samples done so far.
         mel: vocoders only: ``(B, n_mels, M + 2 c)`` or ``(n_mels, M + 2 c)`` raw log-mel frames
             with ``c = model.mel_context`` frames of context on each side
             (:func:`wavedil.data.file_mel`); they condition the ``M * hop`` output samples, of
             which a ``prompt`` gives the first ``P`` (then ``P + n_samples <= M * hop``;
             ``n_samples=None`` generates the rest).
+        weights: how the back-end stores the weights (:data:`wavedil.backends.WEIGHT_MODES`):
+            ``fp32`` (exact: the reference's samples), ``bf16`` or ``int8`` (``fast`` only;
+            teacher-forced outputs within a stated tolerance of fp32, the same samples for the
+            same seed on the same machine). ``auto`` never changes it.
 
     Returns:
         A :class:`GenerationResult` with ``codes (B, n_samples)`` int64.
@@ -229,16 +143,10 @@ def generate(
         )
     if not (temperature >= 0 and temperature < float("inf")):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    backend = resolve_backend(backend, model)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown generation backend {backend!r}; available: {sorted(BACKENDS)}")
-    if local is not None and backend != "torch":
-        import inspect  # a back-end runs mel-conditioned models when it takes their ``local`` columns
-
-        if "local" not in inspect.signature(BACKENDS[backend]).parameters:
-            raise ValueError(
-                f"the {backend!r} back-end does not run mel-conditioned models; use backend='torch' or 'auto'"
-            )
+    weights = check_weights(weights)
+    backend = resolve_backend(backend, model, weights)
+    impl = get_backend(backend)  # unknown name or a back-end that failed to load: ValueError with the cause
+    impl.check(model, weights)  # device, head, conditioning, weight mode: ValueError naming what would work
     model.eval()
     device = model.embed.weight.device
     Q = model.quantization_channels
@@ -263,17 +171,13 @@ def generate(
             prompt = torch.cat([opener, prompt], dim=1)
     cond = None if local is None else local[:, :, : prompt.shape[1]]
     logits, state = model.step(prompt, state, speaker, cond)  # one chunked pass primes every layer
-    extra = {} if local is None else {"local": local[:, :, prompt.shape[1] - 1 :]}
+    request = SamplingRequest(
+        model, state, logits[:, :, -1], uniforms, float(temperature), speaker,
+        local=None if local is None else local[:, :, prompt.shape[1] - 1 :], weights=weights, progress=progress,
+    )  # fmt: skip
     start = time.perf_counter()
-    codes = BACKENDS[backend](model, state, logits[:, :, -1], uniforms, float(temperature), speaker, progress, **extra)
+    codes = impl.sample(request)
     if codes.device.type == "cuda":
         torch.cuda.synchronize(codes.device)  # GPU back-ends return before their kernels finish
     seconds = time.perf_counter() - start
-    return GenerationResult(codes, int(seed), backend, seconds)
-
-
-# Optional fused back-ends (wavedil.fast) register themselves; any failure leaves "torch" working.
-try:
-    from . import fast as _fast  # noqa: E402,F401
-except Exception:  # pragma: no cover - a broken optional install must not break generation
-    pass
+    return GenerationResult(codes, int(seed), backend, seconds, weights)

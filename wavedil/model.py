@@ -199,13 +199,13 @@ class WaveNet(nn.Module):
         """Frames of context on each side that :meth:`forward` expects around the mel frames."""
         return 0 if self.upsampler is None else int(self.upsampler.context_frames)
 
-    def _check_codes(self, codes: torch.Tensor, name: str = "codes") -> None:
+    def check_codes(self, codes: torch.Tensor, name: str = "codes") -> None:
         if codes.dim() != 2 or codes.shape[-1] < 1:
             raise ValueError(f"{name} must be (B, T) with T >= 1, got shape {tuple(codes.shape)}")
         if codes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"{name} must be integer codes ({self.encoding}), got dtype {codes.dtype}")
 
-    def _global(self, speaker: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    def speaker_condition(self, speaker: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         if self.speaker is None:
             if speaker is not None:
                 raise ValueError("this model has no global conditioning; do not pass speaker")
@@ -284,11 +284,11 @@ class WaveNet(nn.Module):
         self, codes: torch.Tensor, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``codes (B, T)`` -> parameters ``(B, T, P)``, contiguous (what the loss consumes)."""
-        self._check_codes(codes)
+        self.check_codes(codes)
         x = self.embed(codes.long())  # (B, T, R)
         local = self.upsample(mel, codes.shape[1]) if (mel is not None or self.upsampler is not None) else None
         local = None if local is None else local.transpose(1, 2)  # (B, T, n_mels)
-        _, skip = self.stack._forward_btc(x, self._global(speaker, codes.shape[0]), local)  # (B, T, S)
+        _, skip = self.stack._forward_btc(x, self.speaker_condition(speaker, codes.shape[0]), local)  # (B, T, S)
         h1, h2 = self.head[1], self.head[3]
         h = F.linear(torch.relu(skip), h1.weight[:, :, 0], h1.bias)
         return F.linear(torch.relu(h), h2.weight[:, :, 0], h2.bias)  # (B, T, P)
@@ -318,7 +318,7 @@ class WaveNet(nn.Module):
         Returns ``(params (B, P, T), new_state)``; equal to the matching slice of ``forward``
         over the whole sequence so far.
         """
-        self._check_codes(codes)
+        self.check_codes(codes)
         if (local is None) != (self.upsampler is None):
             raise ValueError(
                 "pass local (B, n_mels, T), the chunk's slice of model.upsample(mel), to a mel-conditioned model"
@@ -326,7 +326,7 @@ class WaveNet(nn.Module):
                 else "this model has no mel conditioning; do not pass local"
             )
         x = self.embed(codes.long()).transpose(1, 2)
-        (_, skip), state = self.stack.step(x, state, self._global(speaker, codes.shape[0]), local)
+        (_, skip), state = self.stack.step(x, state, self.speaker_condition(speaker, codes.shape[0]), local)
         return self.head(skip), state
 
     def num_parameters(self) -> int:

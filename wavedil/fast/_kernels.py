@@ -44,7 +44,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 __all__ = [
     "HEAD_GAUSSIAN",
@@ -231,12 +231,107 @@ def gate_inplace(h, z, n):
         z[c] = t if a >= 0 else -t
 
 
+# ----------------------------------------------------------------------------- weight formats
+#
+# A matrix of the kernels is stored ``(in, out)`` in one of three formats, told apart by its
+# dtype when numba compiles a kernel for it (one specialisation each; the arithmetic stays
+# float32):
+#   float32 -- the exact mode: ``w`` itself;
+#   uint16  -- bfloat16 bit patterns: the float32 whose high half they are;
+#   int8    -- symmetric 8-bit codes with one float32 scale per output column ``sc[o]``:
+#              ``w = q * sc``; the scale multiplies a sum of eight products at a time.
+# Every kernel that takes a matrix also takes its scales ``sc (out,)`` (ignored unless int8).
+
+
+@intrinsic
+def _bf16_to_f32(typingctx, v):
+    """The float32 whose high 16 bits are the uint16 ``v`` (a bfloat16 widened; exact)."""
+    if v != types.uint16:
+        return None
+    sig = types.float32(v)
+
+    def codegen(context, builder, signature, args):
+        wide = builder.zext(args[0], ir.IntType(32))
+        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
+
+    return sig, codegen
+
+
+def _acc8(v, s0, s1, s2, s3, s4, s5, s6, s7, w0, w1, w2, w3, w4, w5, w6, w7, sc, o):
+    """``v + sum_m s_m * W[m, o]`` over eight weight rows ``w_m``, in the order m = 0..7."""
+
+
+def _acc1(v, s0, w0, sc, o):
+    """``v + s0 * W[o]`` for one weight row ``w0``."""
+
+
+@overload(_acc8, jit_options=dict(fastmath={"contract"}))
+def _acc8_impl(v, s0, s1, s2, s3, s4, s5, s6, s7, w0, w1, w2, w3, w4, w5, w6, w7, sc, o):
+    dtype = w0.dtype
+    if dtype == types.float32:
+
+        def acc8(v, s0, s1, s2, s3, s4, s5, s6, s7, w0, w1, w2, w3, w4, w5, w6, w7, sc, o):
+            v += s0 * w0[o]
+            v += s1 * w1[o]
+            v += s2 * w2[o]
+            v += s3 * w3[o]
+            v += s4 * w4[o]
+            v += s5 * w5[o]
+            v += s6 * w6[o]
+            v += s7 * w7[o]
+            return v
+
+        return acc8
+    if dtype == types.uint16:
+
+        def acc8_bf16(v, s0, s1, s2, s3, s4, s5, s6, s7, w0, w1, w2, w3, w4, w5, w6, w7, sc, o):
+            v += s0 * _bf16_to_f32(w0[o])
+            v += s1 * _bf16_to_f32(w1[o])
+            v += s2 * _bf16_to_f32(w2[o])
+            v += s3 * _bf16_to_f32(w3[o])
+            v += s4 * _bf16_to_f32(w4[o])
+            v += s5 * _bf16_to_f32(w5[o])
+            v += s6 * _bf16_to_f32(w6[o])
+            v += s7 * _bf16_to_f32(w7[o])
+            return v
+
+        return acc8_bf16
+    if dtype == types.int8:
+
+        def acc8_int8(v, s0, s1, s2, s3, s4, s5, s6, s7, w0, w1, w2, w3, w4, w5, w6, w7, sc, o):
+            t = s0 * np.float32(w0[o])
+            t += s1 * np.float32(w1[o])
+            t += s2 * np.float32(w2[o])
+            t += s3 * np.float32(w3[o])
+            t += s4 * np.float32(w4[o])
+            t += s5 * np.float32(w5[o])
+            t += s6 * np.float32(w6[o])
+            t += s7 * np.float32(w7[o])
+            return v + t * sc[o]
+
+        return acc8_int8
+    return None
+
+
+@overload(_acc1, jit_options=dict(fastmath={"contract"}))
+def _acc1_impl(v, s0, w0, sc, o):
+    dtype = w0.dtype
+    if dtype == types.float32:
+        return lambda v, s0, w0, sc, o: v + s0 * w0[o]
+    if dtype == types.uint16:
+        return lambda v, s0, w0, sc, o: v + s0 * _bf16_to_f32(w0[o])
+    if dtype == types.int8:
+        return lambda v, s0, w0, sc, o: v + s0 * (np.float32(w0[o]) * sc[o])
+    return None
+
+
 # ----------------------------------------------------------------------------- small helpers
 
 
 @nb.njit(**_JIT)
-def _axpy_rows(a, w, c, n_rows, k, n):
-    """``c[r, :n] += a[r, :k] @ w[:k, :n]`` for ``r < n_rows``; ``w`` is ``(in, out)`` row-major.
+def _axpy_rows(a, w, sc, c, n_rows, k, n):
+    """``c[r, :n] += a[r, :k] @ W[:k, :n]`` for ``r < n_rows``; ``w`` is ``(in, out)`` row-major
+    in one of the weight formats above, ``sc (out,)`` its scales.
 
     Eight weight rows at a time (4 KB for 128 outputs, kept in L1 while every row of ``c`` takes
     them): one load and store of each output serves eight multiply-adds, still added in the
@@ -265,28 +360,19 @@ def _axpy_rows(a, w, c, n_rows, k, n):
             s6 = ar[j + 6]
             s7 = ar[j + 7]
             for o in range(n):
-                v = cr[o]
-                v += s0 * w0[o]
-                v += s1 * w1[o]
-                v += s2 * w2[o]
-                v += s3 * w3[o]
-                v += s4 * w4[o]
-                v += s5 * w5[o]
-                v += s6 * w6[o]
-                v += s7 * w7[o]
-                cr[o] = v
+                cr[o] = _acc8(cr[o], s0, s1, s2, s3, s4, s5, s6, s7, w0, w1, w2, w3, w4, w5, w6, w7, sc, o)
     for j in range(k8, k):
         w0 = w[j]
         for r in range(n_rows):
             s0 = a[r, j]
             cr = c[r]
             for o in range(n):
-                cr[o] += s0 * w0[o]
+                cr[o] = _acc1(cr[o], s0, w0, sc, o)
 
 
 @nb.njit(**_JIT)
-def _matvec(x, w, y, k, n):
-    """``y[:n] += x[:k] @ w[:k, :n]`` for one row (1-D ``x``, ``y``): the batch-1 form of
+def _matvec(x, w, sc, y, k, n):
+    """``y[:n] += x[:k] @ W[:k, :n]`` for one row (1-D ``x``, ``y``): the batch-1 form of
     :func:`_axpy_rows`, with the same order of additions (so the same bits)."""
     k8 = k - k % 8
     for j in range(0, k8, 8):
@@ -307,21 +393,12 @@ def _matvec(x, w, y, k, n):
         w6 = w[j + 6]
         w7 = w[j + 7]
         for o in range(n):
-            v = y[o]
-            v += s0 * w0[o]
-            v += s1 * w1[o]
-            v += s2 * w2[o]
-            v += s3 * w3[o]
-            v += s4 * w4[o]
-            v += s5 * w5[o]
-            v += s6 * w6[o]
-            v += s7 * w7[o]
-            y[o] = v
+            y[o] = _acc8(y[o], s0, s1, s2, s3, s4, s5, s6, s7, w0, w1, w2, w3, w4, w5, w6, w7, sc, o)
     for j in range(k8, k):
         s0 = x[j]
         w0 = w[j]
         for o in range(n):
-            y[o] += s0 * w0[o]
+            y[o] = _acc1(y[o], s0, w0, sc, o)
 
 
 @nb.njit(**_JIT_EXACT)
@@ -417,7 +494,7 @@ def cond_bias(cols, wlc, gbias, out, batch, row_block):
         nr = min(row_block, rows - r0)
         for r in range(nr):
             out[r0 + r, :] = gbias[(r0 + r) % batch]
-        _axpy_rows(cols[r0:], wlc, out[r0:], nr, lc, ng)
+        _axpy_rows(cols[r0:], wlc, wlc[0], out[r0:], nr, lc, ng)  # float32: no scales
 
 
 # ----------------------------------------------------------------------------- row kernel
@@ -427,7 +504,7 @@ def cond_bias(cols, wlc, gbias, out, batch, row_block):
 def run_rows(
     t0, t1, n_total, uniforms, temp, greedy, params, out,
     head, classes, nmix, ls_min, in_scale,
-    emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2,
+    emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2, scales,
     dil, off, kernel, ring, pos, row_block, forced, record,
 ):  # fmt: skip
     """Advance the rows of one slice from step ``t0`` to ``t1`` (exclusive); returns the new ``pos``.
@@ -447,7 +524,10 @@ def run_rows(
             conditioning: ``Tc == 1`` the same for every step (global conditioning only), else
             row ``t - t0`` for the forward pass of step ``t`` (local conditioning);
             wres ``(NL, G/2, R)``; bres ``(NL, R)``; wskip ``(NL, G/2, S)``; bskip ``(S,)`` the
-            summed skip biases; h1 ``(S, H)``; b1 ``(H,)``; h2 ``(H, P)``; b2 ``(P,)``.
+            summed skip biases; h1 ``(S, H)``; b1 ``(H,)``; h2 ``(H, P)``; b2 ``(P,)``. The
+            matrices in one weight format (float32, bfloat16 bits or int8; see above).
+        scales: ``(wc_s (NL, G), wres_s (NL, R), wskip_s (NL, S), h1_s (H,), h2_s (P,))``, the
+            per-output-column scales of the int8 format (ignored by the others).
         dil, off: ``(NL,)`` int64 dilations and ring offsets (layer ``i`` owns ring rows
             ``off[i] : off[i] + (k-1)*dil[i]``); ring ``(sum L, Bs, R)`` float32, slot
             ``t % L`` holding the layer input of time ``t``.
@@ -474,6 +554,7 @@ def run_rows(
     p = np.empty(max(n_par, classes if head == HEAD_MULAW else nmix), np.float64)
     codes = np.empty(bs, np.int64)
     per_step = gbias.shape[0] > 1
+    wc_s, wres_s, wskip_s, h1_s, h2_s = scales
     for t in range(t0, t1):
         for b in range(bs):
             if forced.shape[1] > 0:
@@ -498,8 +579,8 @@ def run_rows(
                     hh[r, :] = gb[r0 + r, i]
                 for m in range(kernel - 1):
                     slot = off[i] + (pos - (kernel - 1 - m) * d) % L
-                    _axpy_rows(ring[slot, r0:], w[m * r_ch :], hh, nr, r_ch, g)
-                _axpy_rows(x[r0:], w[(kernel - 1) * r_ch :], hh, nr, r_ch, g)
+                    _axpy_rows(ring[slot, r0:], w[m * r_ch :], wc_s[i], hh, nr, r_ch, g)
+                _axpy_rows(x[r0:], w[(kernel - 1) * r_ch :], wc_s[i], hh, nr, r_ch, g)
                 # x[t] replaces x[t - L] (read above as the oldest tap)
                 ring[off[i] + pos % L, r0 : r0 + nr, :] = x[r0 : r0 + nr]
                 for r in range(nr):
@@ -507,8 +588,8 @@ def run_rows(
                 if i + 1 < nl:  # the last layer's residual output is never used
                     for r in range(nr):
                         x[r0 + r, :] += bres[i]
-                    _axpy_rows(zz, wres[i], x[r0:], nr, g2, r_ch)
-                _axpy_rows(zz, wskip[i], acc[r0:], nr, g2, s_ch)
+                    _axpy_rows(zz, wres[i], wres_s[i], x[r0:], nr, g2, r_ch)
+                _axpy_rows(zz, wskip[i], wskip_s[i], acc[r0:], nr, g2, s_ch)
         pos += 1
         for r0 in range(0, bs, rb):
             nr = min(rb, bs - r0)
@@ -516,12 +597,12 @@ def run_rows(
                 for c in range(s_ch):
                     acc[r0 + r, c] = max(acc[r0 + r, c], np.float32(0.0))
                 hid[r, :] = b1
-            _axpy_rows(acc[r0:], h1, hid, nr, s_ch, h_ch)
+            _axpy_rows(acc[r0:], h1, h1_s, hid, nr, s_ch, h_ch)
             for r in range(nr):
                 for c in range(h_ch):
                     hid[r, c] = max(hid[r, c], np.float32(0.0))
                 params[r0 + r, :] = b2
-            _axpy_rows(hid, h2, params[r0:], nr, h_ch, n_par)
+            _axpy_rows(hid, h2, h2_s, params[r0:], nr, h_ch, n_par)
         if record.shape[1] > 0:
             for b in range(bs):
                 record[b, t, :] = params[b]
@@ -534,7 +615,7 @@ def run_rows(
 @nb.njit(**_JIT)
 def run_split(
     part, parts, sync, t0, t1, n_total, uniforms, temp, greedy, params, out,
-    head, classes, nmix, ls_min, in_scale, emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2,
+    head, classes, nmix, ls_min, in_scale, emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2, scales,
     dil, off, kernel, ring, pos, z_sh, acc_sh, hid_sh, ch_lo, ch_hi, max_long_waits,
 ):  # fmt: skip
     """Thread ``part`` of ``parts`` advancing one sequence from step ``t0`` towards ``t1``.
@@ -559,6 +640,8 @@ def run_split(
         bres ``(NL, R)``; wskip ``(P, NL, G/2, Sp)``; bskip ``(P, Sp)``; h1 ``(P, S, Hp)``;
         b1 ``(P, Hp)``; h2 ``(P, H, Qp)``; b2 ``(P, Qp)`` (column blocks, zero padded; ``Qp``
         of the ``Npar`` head outputs).
+        scales: ``(wc_s (P, NL, 2*Cp), wres_s (NL, R), wskip_s (P, NL, Sp), h1_s (P, Hp),
+            h2_s (P, Qp))``, split as the matrices (int8 only; see :func:`run_rows`).
         ring: ``(sum L, R)`` shared; z_sh ``(NL, G/2)``, acc_sh ``(S,)``, hid_sh ``(H,)``: shared.
     """
     q = params.shape[0]
@@ -585,6 +668,9 @@ def run_split(
     w_c = wc[part]
     gb = gbias[part]
     w_s = wskip[part]
+    wc_s, wres_s, wskip_s, h1_s, h2_s = scales
+    wc_sp = wc_s[part]
+    ws_sp = wskip_s[part]
     x = np.empty(r_ch, np.float32)
     hh = np.empty(gp, np.float32)
     zz = np.empty(cp, np.float32)
@@ -611,8 +697,8 @@ def run_split(
             hh[:] = gbt[i]
             for m in range(kernel - 1):
                 slot = off[i] + (pos - (kernel - 1 - m) * d) % L
-                _matvec(ring[slot], w[m * r_ch :], hh, r_ch, gp)
-            _matvec(x, w[(kernel - 1) * r_ch :], hh, r_ch, gp)
+                _matvec(ring[slot], w[m * r_ch :], wc_sp[i], hh, r_ch, gp)
+            _matvec(x, w[(kernel - 1) * r_ch :], wc_sp[i], hh, r_ch, gp)
             gate_inplace(hh, zz, cp)
             for c in range(nch):
                 z_sh[i, lo + c] = zz[c]
@@ -624,21 +710,21 @@ def run_split(
             zf[:] = z_sh[i]
             if i + 1 < nl:
                 x[:] += bres[i]
-                _matvec(zf, wres[i], x, g2, r_ch)
-            _matvec(zf, w_s[i], acc, g2, sp)
+                _matvec(zf, wres[i], wres_s[i], x, g2, r_ch)
+            _matvec(zf, w_s[i], ws_sp[i], acc, g2, sp)
         pos += 1
         for c in range(s_n):
             acc_sh[s_lo + c] = max(acc[c], np.float32(0.0))
         target, y = _barrier(sync, parts, target)
         long_waits += y
         tmp[:hp] = b1[part]
-        _matvec(acc_sh, h1[part], tmp, s_ch, hp)
+        _matvec(acc_sh, h1[part], h1_s[part], tmp, s_ch, hp)
         for c in range(h_n):
             hid_sh[h_lo + c] = max(tmp[c], np.float32(0.0))
         target, y = _barrier(sync, parts, target)
         long_waits += y
         tmp[:qp] = b2[part]
-        _matvec(hid_sh, h2[part], tmp, h_ch, qp)
+        _matvec(hid_sh, h2[part], h2_s[part], tmp, h_ch, qp)
         for c in range(q_n):
             params[q_lo + c] = tmp[c]
         if long_waits > max_long_waits:

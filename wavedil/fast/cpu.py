@@ -17,11 +17,10 @@ How the work is cut, by batch size ``B``:
   samples' worth) by a row-blocked kernel on one thread (~38 GFLOP/s here; a torch matmul was
   4x faster on an idle machine but several times slower on a busy one), and the generation
   kernels read them row by row.
-* Optionally (``blas_min_batch``), large batches run as a lean sequence of ``torch.addmm``
-  calls instead (:mod:`.batched`), with torch's intra-op threads. Off by default: on the
-  2-core development machine it was at most ~1.3x faster than the fused kernel at B = 256
-  and 2-3x slower at B <= 64, and torch's threads, which wait for each other at each of the
-  ~300 calls of a step, lose 3-10x whenever another process shares the cores.
+* Weights: the five matrices of the loop are stored in the request's weight mode (float32,
+  bfloat16 or int8, :func:`wavedil.fast.pack.quantize`); numba compiles one specialisation of
+  each kernel per format. Batch 1 streams every weight once per sample, so 16-bit weights halve
+  the bytes it moves and 8-bit weights quarter them.
 """
 
 from __future__ import annotations
@@ -34,10 +33,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..generate import check_backend_inputs, teacher_forcing_local
+from ..backends import SamplingRequest, teacher_forcing_inputs
 from ..layers import StackState
 from ..model import WaveNet
-from .batched import batched_generate
 from .pack import (
     PackedWaveNet,
     kernel_uniforms,
@@ -112,8 +110,6 @@ class CpuOptions:
         split: split one sequence (batch 1) across threads: True, False, or None to decide by
             the size of the weights (:data:`SPLIT_MIN_WEIGHT_BYTES`).
         row_block: batch rows computed together per layer by one thread.
-        blas_min_batch: from this batch size on, the step runs as BLAS calls through torch
-            (:mod:`.batched`, torch's intra-op threads); None (default): never.
         chunk: samples per kernel call for a batch of one (the unit of ``progress`` reports and
             of the split/one-thread choice); a batch of ``B`` reports every
             ``max(1, chunk // B)`` steps.
@@ -124,7 +120,6 @@ class CpuOptions:
         threads: int | None = None,
         split: bool | None = None,
         row_block: int = 16,
-        blas_min_batch: int | None = None,
         chunk: int = 1024,
     ) -> None:
         if threads is not None:
@@ -132,13 +127,10 @@ class CpuOptions:
         if split not in (None, True, False):
             raise ValueError(f"split must be None, True or False, got {split!r}")
         _check_int("row_block", row_block, 1)
-        if blas_min_batch is not None:
-            _check_int("blas_min_batch", blas_min_batch, 2)
         _check_int("chunk", chunk, 1)
         self.threads = threads
         self.split = split
         self.row_block = row_block
-        self.blas_min_batch = blas_min_batch
         self.chunk = chunk
 
     def resolve_threads(self) -> int:
@@ -148,62 +140,37 @@ class CpuOptions:
 
     def __repr__(self) -> str:
         return (
-            f"CpuOptions(threads={self.threads}, split={self.split}, row_block={self.row_block}, "
-            f"blas_min_batch={self.blas_min_batch}, chunk={self.chunk})"
+            f"CpuOptions(threads={self.threads}, split={self.split}, row_block={self.row_block}, chunk={self.chunk})"
         )
 
 
-def cpu_generate(
-    model: WaveNet,
-    state: StackState,
-    logits: torch.Tensor,
-    uniforms: torch.Tensor,
-    temperature: float,
-    speaker: torch.Tensor | None,
-    progress: Callable[[int], None] | None,
-    options: CpuOptions | None = None,
-    local: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The ``Backend`` of :mod:`wavedil.generate` on the CPU: codes ``(B, N)`` int64.
+def cpu_generate(request: SamplingRequest, options: CpuOptions | None = None) -> torch.Tensor:
+    """Run ``request`` (a float32 model on the CPU) in the numba kernels: codes ``(B, N)`` int64.
 
-    Args:
-        model: a float32 :class:`WaveNet` on the CPU.
-        state: its streaming state after the prompt (read, not modified).
-        logits: ``(B, P)`` head parameters of the first sample (logits for ``mulaw``).
-        uniforms: ``(N, B)`` or ``(N, B, U)`` float64, ``U = model.dist.uniforms_per_sample``.
-        temperature: ``> 0``, or 0 for the argmax.
-        speaker: ``(B,)`` class ids for a conditioned model, else None.
-        progress: called with the number of samples done per sequence.
-        options: threads and blocking (:class:`CpuOptions`).
-        local: vocoders: ``(B, Lc, >= N)`` upsampled conditioning; column 0 belongs to
-            ``logits``, column ``t + 1`` to the input of sample ``t`` (as the torch back-end).
+    ``options``: threads and blocking (:class:`CpuOptions`; defaults when None). The weights
+    are packed in ``request.weights``'s format for this call.
     """
     options = CpuOptions() if options is None else options
-    batch, n = check_backend_inputs(model, logits, uniforms, local)
-    packed = pack_model(model)
-    with torch.no_grad():
-        global_cond = model._global(speaker, batch)  # (B, Gc) or None, validated
-    gbias = pack_global_bias(packed, global_cond, batch)  # (B, NL, G)
-    if options.blas_min_batch is not None and batch >= options.blas_min_batch:
-        # torch's own intra-op threads, as the reference back-end uses them
-        bias_for = _Biases(packed, gbias, local, shift=1)
-        return batched_generate(packed, state, logits, uniforms, temperature, bias_for, progress, options.chunk,
-                                sample=model.dist.sample)  # fmt: skip
+    model, batch, n = request.model, request.batch_size, request.n_samples
+    packed = pack_model(model, request.weights)
+    gbias = pack_global_bias(packed, request.global_condition(), batch)  # (B, NL, G)
     threads = options.resolve_threads()
     kern = load_kernels()
-    bias_for = _Biases(packed, gbias, local, shift=1, kern=kern)
-    u = kernel_uniforms(packed, uniforms)  # (N, B, U)
+    bias_for = _Biases(packed, gbias, request.local, shift=1, kern=kern)
+    u = kernel_uniforms(packed, request.uniforms)  # (N, B, U)
+    temperature = request.temperature
     greedy = temperature == 0
     temp = 1.0 if greedy else float(temperature)
-    lg = np.ascontiguousarray(logits.detach().to("cpu", torch.float32).numpy())
+    lg = np.ascontiguousarray(request.params.detach().to("cpu", torch.float32).numpy())
     out = np.empty((batch, n), dtype=np.int64)
     if batch == 1:
         split = packed.nbytes >= SPLIT_MIN_WEIGHT_BYTES if options.split is None else options.split
-        _generate_one(kern, packed, state, lg[0], np.ascontiguousarray(u[:, 0]), temp, greedy, out[0], bias_for,
-                      threads if split else 1, options, progress)  # fmt: skip
+        _generate_one(kern, packed, request.state, lg[0], np.ascontiguousarray(u[:, 0]), temp, greedy, out[0],
+                      bias_for, threads if split else 1, options, request.progress)  # fmt: skip
     else:
-        _generate_rows(kern, packed, state, lg, u, temp, greedy, out, bias_for, threads, options, progress)
-    return torch.from_numpy(out).to(logits.device)
+        _generate_rows(kern, packed, request.state, lg, u, temp, greedy, out, bias_for, threads, options,
+                       request.progress)  # fmt: skip
+    return torch.from_numpy(out).to(request.params.device)
 
 
 class _Biases:
@@ -248,25 +215,23 @@ def cpu_teacher_forced_logits(
     codes: torch.Tensor,
     speaker: torch.Tensor | None = None,
     mel: torch.Tensor | None = None,
+    weights: str = "fp32",
     row_block: int = 16,
 ) -> torch.Tensor:
     """Head parameters ``(B, P, T)`` of the fused kernel fed ``codes (B, T)`` from an empty state.
 
     The kernel's counterpart of ``model(codes, speaker, mel)`` (teacher forcing), computed one
-    sample at a time on one thread, for checking the kernel against the reference. ``mel``:
-    vocoders, ``(B, n_mels, T / hop + 2 c)`` as :meth:`WaveNet.forward` takes it.
+    sample at a time on one thread, with the weights in the format of ``weights``: how a weight
+    mode's likelihood is measured. ``mel``: vocoders, ``(B, n_mels, T / hop + 2 c)`` as
+    :meth:`WaveNet.forward` takes it.
     """
-    model._check_codes(codes)
+    codes, global_cond, local = teacher_forcing_inputs(model, codes, speaker, mel)
     kern = load_kernels()
-    packed = pack_model(model)
+    packed = pack_model(model, weights)
     batch, n = codes.shape
-    q = model.quantization_channels
     n_par = model.dist.param_channels
-    forced = np.ascontiguousarray(codes.detach().to("cpu", torch.int64).numpy())
-    if forced.min() < 0 or forced.max() >= q:
-        raise ValueError(f"codes must lie in [0, {q}), got range [{forced.min()}, {forced.max()}]")
-    local = teacher_forcing_local(model, mel, n, batch)  # (B, n_mels, T) or None
-    gbias = pack_global_bias(packed, model._global(speaker, batch), batch)
+    forced = np.ascontiguousarray(codes.cpu().numpy())
+    gbias = pack_global_bias(packed, global_cond, batch)
     bias_for = _Biases(packed, gbias, local, shift=0, kern=kern)
     ring = ring_from_state(packed, model.init_state(batch, device="cpu", dtype=torch.float32))
     record = np.zeros((batch, n, n_par), np.float32)
@@ -279,10 +244,10 @@ def cpu_teacher_forced_logits(
         t1 = min(n, t0 + step)
         pos = kern.run_rows(
             t0, t1, n + 1, u, 1.0, False, params, out, *p.head_args,
-            p.emb, p.wc, bias_for(t0, t1), p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2,
+            p.emb, p.wc, bias_for(t0, t1), p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2, p.scales,
             p.dil, p.off, p.kernel, ring, pos, row_block, forced, record,
         )  # fmt: skip
-    return torch.from_numpy(record).permute(0, 2, 1)
+    return torch.from_numpy(record).permute(0, 2, 1).to(model.embed.weight.device)
 
 
 # ----------------------------------------------------------------------------- threads
@@ -351,7 +316,7 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     def job(j: int, t0: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], int]:
         return lambda: kern.run_rows(
             t0, t1, n, us[j], temp, greedy, logits[j], outs[j], *p.head_args,
-            p.emb, p.wc, gb, p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2,
+            p.emb, p.wc, gb, p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2, p.scales,
             p.dil, p.off, p.kernel, rings[j], pos, options.row_block, _NO_CODES, _NO_LOGITS,
         )  # fmt: skip
 
@@ -389,7 +354,7 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     per_step = bias_for.per_step
     static = bias_for.static  # (1, 1, NL, G): the biases without local conditioning
     if parts > 1:
-        split_weights, ch_lo, ch_hi, ch_w = _split_arrays(packed, parts)
+        split_weights, split_scales, ch_lo, ch_hi, ch_w = _split_arrays(packed, parts)
         static_split = _split_bias(static[:, 0], ch_lo, ch_hi, ch_w)
         z_sh = np.zeros((p.wres.shape[0], p.wres.shape[1]), np.float32)
         acc_sh = np.zeros(p.h1.shape[0], np.float32)
@@ -402,14 +367,15 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
         wc, *rest = split_weights
         return lambda: kern.run_split(
             part, parts, sync, t, t1, n, u, temp, greedy, lg, out, *p.head_args,
-            p.emb, wc, gb, *rest, p.dil, p.off, p.kernel, ring, pos, z_sh, acc_sh, hid_sh, ch_lo, ch_hi,
+            p.emb, wc, gb, *rest, split_scales, p.dil, p.off, p.kernel, ring, pos, z_sh, acc_sh, hid_sh,
+            ch_lo, ch_hi,
             MAX_LONG_WAITS_PER_CHUNK,
         )  # fmt: skip
 
     def one_thread(t: int, t1: int, pos: int, gb: np.ndarray) -> int:
         return kern.run_rows(
             t, t1, n, u_rows, temp, greedy, lg_rows, out_rows, *p.head_args,
-            p.emb, p.wc, gb, p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2,
+            p.emb, p.wc, gb, p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2, p.scales,
             p.dil, p.off, p.kernel, ring_rows, pos, 1, _NO_CODES, _NO_LOGITS,
         )  # fmt: skip
 
@@ -441,24 +407,31 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
             progress(t)
 
 
-def _split_arrays(packed: PackedWaveNet, parts: int) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, int]:
+def _split_arrays(
+    packed: PackedWaveNet, parts: int
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], np.ndarray, np.ndarray, int]:
     """Weights of :func:`run_split` for ``parts`` threads, in its argument order (less ``gbias``).
 
-    Returns ``((wc, wres, bres, wskip, bskip, h1, b1, h2, b2), ch_lo, ch_hi, cp)``: thread
-    ``p`` owns gate channels ``ch_lo[p]:ch_hi[p]`` (``cp`` columns each, padded) and the
-    ``p``-th column block of the rest.
+    Returns ``((wc, wres, bres, wskip, bskip, h1, b1, h2, b2), scales, ch_lo, ch_hi, cp)``:
+    thread ``p`` owns gate channels ``ch_lo[p]:ch_hi[p]`` (``cp`` columns each, padded) and the
+    ``p``-th column block of the rest; ``scales`` are the int8 scales split the same way.
     """
     p = packed
+    wc_s, wres_s, wskip_s, h1_s, h2_s = p.scales
     g2 = p.wres.shape[1]
     ch = _even_bounds(g2, parts)
     cp = max(hi - lo for lo, hi in ch)
-    # thread p's gate columns: [a channels lo:hi | pad | b channels lo:hi | pad]
-    wc = np.concatenate([split_columns(p.wc[..., :g2], ch, cp), split_columns(p.wc[..., g2:], ch, cp)], axis=-1)
+
+    def gate_split(a: np.ndarray) -> np.ndarray:  # thread p's gate columns: [a lo:hi | pad | b lo:hi | pad]
+        return np.ascontiguousarray(
+            np.concatenate([split_columns(a[..., :g2], ch, cp), split_columns(a[..., g2:], ch, cp)], axis=-1)
+        )
+
     s_bounds, sp = _block_bounds(p.wskip.shape[2], parts)
     h_bounds, hp = _block_bounds(p.h1.shape[1], parts)
     q_bounds, qp = _block_bounds(p.h2.shape[1], parts)
     weights = (
-        np.ascontiguousarray(wc),  # (P, NL, kR, 2cp)
+        gate_split(p.wc),  # (P, NL, kR, 2cp)
         p.wres,
         p.bres,
         split_columns(p.wskip, s_bounds, sp),  # (P, NL, G/2, Sp)
@@ -468,9 +441,16 @@ def _split_arrays(packed: PackedWaveNet, parts: int) -> tuple[tuple[np.ndarray, 
         split_columns(p.h2, q_bounds, qp),  # (P, H, Qp)
         split_columns(p.b2, q_bounds, qp),  # (P, Qp)
     )
+    scales = (
+        gate_split(wc_s),  # (P, NL, 2cp)
+        wres_s,
+        split_columns(wskip_s, s_bounds, sp),  # (P, NL, Sp)
+        split_columns(h1_s, h_bounds, hp),  # (P, Hp)
+        split_columns(h2_s, q_bounds, qp),  # (P, Qp)
+    )
     ch_lo = np.array([lo for lo, _ in ch], np.int64)
     ch_hi = np.array([hi for _, hi in ch], np.int64)
-    return weights, ch_lo, ch_hi, cp
+    return weights, scales, ch_lo, ch_hi, cp
 
 
 def _split_bias(gbias: np.ndarray, ch_lo: np.ndarray, ch_hi: np.ndarray, cp: int) -> np.ndarray:

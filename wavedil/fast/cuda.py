@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..backends import SamplingRequest, teacher_forcing_inputs
 from ..export import StreamingStep, state_to_tensors
-from ..generate import check_backend_inputs, teacher_forcing_local
 from ..layers import StackState
 from ..model import WaveNet
 
@@ -56,7 +56,7 @@ class ChunkLoop:
         model: a WaveNet in eval mode (any device).
         state: the stream state to start from (copied, not modified).
         params: ``(B, P)`` head parameters of the first sample to draw (ignored when forced).
-        global_cond: ``(B, Gc)`` from ``model._global`` or None.
+        global_cond: ``(B, Gc)`` from ``model.speaker_condition`` or None.
         temperature: as ``model.dist.sample`` takes it.
         steps: ``K``, the number of unrolled steps.
     """
@@ -155,30 +155,19 @@ def _use_graph(device: torch.device, graph: bool | None) -> bool:
 
 
 @torch.no_grad()
-def cuda_generate(
-    model: WaveNet,
-    state: StackState,
-    logits: torch.Tensor,
-    uniforms: torch.Tensor,
-    temperature: float,
-    speaker: torch.Tensor | None,
-    progress: Callable[[int], None] | None,
-    options: object = None,
-    local: torch.Tensor | None = None,
-    graph: bool | None = None,
-    steps: int = UNROLL,
-) -> torch.Tensor:
-    """The ``Backend`` of :mod:`wavedil.generate` on a CUDA device: codes ``(B, N)`` int64.
+def cuda_generate(request: SamplingRequest, graph: bool | None = None, steps: int = UNROLL) -> torch.Tensor:
+    """Run ``request`` (fp32 weights) as :class:`ChunkLoop` s: codes ``(B, N)`` int64.
 
-    Arguments as :func:`wavedil.fast.cpu.cpu_generate` (``options`` is accepted and unused).
     ``graph``: replay CUDA graphs (default on CUDA devices) or run :class:`ChunkLoop` eagerly
     (the default elsewhere; what the tests check on the CPU). ``steps``: samples per graph.
     """
-    batch, n = check_backend_inputs(model, logits, uniforms, local)
-    global_cond = model._global(speaker, batch)  # (B, Gc) or None, validated
-    loop = ChunkLoop(model, state, logits, global_cond, temperature, steps)
-    run = _runner(loop, _use_graph(logits.device, graph))
-    out = torch.empty(batch, n, dtype=torch.long, device=logits.device)
+    if request.weights != "fp32":
+        raise ValueError(f"the CUDA-graph loop runs weights='fp32', not {request.weights!r}")
+    params, local, uniforms = request.params, request.local, request.uniforms
+    batch, n = request.batch_size, request.n_samples
+    loop = ChunkLoop(request.model, request.state, params, request.global_condition(), request.temperature, steps)
+    run = _runner(loop, _use_graph(params.device, graph))
+    out = torch.empty(batch, n, dtype=torch.long, device=params.device)
     for t0 in range(0, n, steps):
         m = min(steps, n - t0)
         loop.uniforms[:m].copy_(uniforms[t0 : t0 + m])
@@ -189,8 +178,8 @@ def cuda_generate(
             loop.local[:, :, cols.shape[2] :].zero_()
         run()
         out[:, t0 : t0 + m].copy_(loop.codes[:, :m])
-        if progress is not None:
-            progress(t0 + m)
+        if request.progress is not None:
+            request.progress(t0 + m)
     return out
 
 
@@ -208,13 +197,11 @@ def cuda_teacher_forced_logits(
     The counterpart of ``model(codes, speaker, mel)`` for checking the captured graph against
     the reference. ``mel``: vocoders, ``(B, n_mels, T / hop + 2 c)`` as ``forward`` takes it.
     """
-    model._check_codes(codes)
+    codes, global_cond, local = teacher_forcing_inputs(model, codes, speaker, mel)
     batch, n = codes.shape
-    device = model.embed.weight.device
-    codes = codes.to(device)
-    local = teacher_forcing_local(model, mel, n, batch)  # (B, n_mels, T) or None
+    device = codes.device
     params = torch.zeros(batch, model.dist.param_channels, device=device, dtype=model.embed.weight.dtype)
-    loop = ChunkLoop(model, model.init_state(batch), params, model._global(speaker, batch), 1.0, steps, forced=True)
+    loop = ChunkLoop(model, model.init_state(batch), params, global_cond, 1.0, steps, forced=True)
     run = _runner(loop, _use_graph(device, graph))
     out = torch.empty(batch, model.dist.param_channels, n, dtype=params.dtype, device=device)
     for t0 in range(0, n, steps):

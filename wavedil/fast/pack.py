@@ -26,16 +26,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..backends import WEIGHT_MODES, check_weights
 from ..layers import StackState
 from ..model import LinearInput, WaveNet
 
 __all__ = [
     "HEADS",
+    "WEIGHT_MODES",
+    "dequantize",
+    "dequantized_model",
+    "from_bf16_bits",
+    "to_bf16_bits",
     "PackedWaveNet",
     "kernel_uniforms",
     "pack_cond_bias",
     "pack_global_bias",
     "pack_model",
+    "quantize",
     "ring_from_state",
     "split_columns",
     "unsupported_reason",
@@ -50,9 +57,56 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
 
 
+def to_bf16_bits(w: np.ndarray) -> np.ndarray:
+    """float32 -> the bit patterns of the nearest bfloat16 (round half to even), as uint16."""
+    bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def from_bf16_bits(b: np.ndarray) -> np.ndarray:
+    """uint16 bfloat16 bit patterns -> float32 (exact)."""
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def quantize(w: np.ndarray, weights: str) -> tuple[np.ndarray, np.ndarray]:
+    """A matrix ``(..., in, out)`` float32 in the kernels' format for ``weights``.
+
+    Returns ``(stored, scales)``: ``stored`` is ``w`` itself (``fp32``), its bfloat16 bit
+    patterns as uint16 (``bf16``), or symmetric int8 codes (``int8``: ``round(w / s)`` in
+    ``[-127, 127]`` with ``s = max|w[..., :, o]| / 127`` per output column ``o``);
+    ``scales (..., out)`` float32 holds ``s`` (ones for the other formats). The matrix the
+    kernels compute with is ``w`` (fp32), ``from_bf16_bits(stored)`` (bf16) or ``stored * s`` (int8).
+    """
+    check_weights(weights)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    ones = np.ones(w.shape[:-2] + w.shape[-1:], np.float32)
+    if weights == "fp32":
+        return w, ones
+    if weights == "bf16":
+        return to_bf16_bits(w), ones
+    amax = np.abs(w).max(axis=-2)  # (..., out)
+    scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.rint(w / scale[..., None, :]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(q), np.ascontiguousarray(scale)
+
+
+def dequantize(stored: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The float32 matrix ``(..., in, out)`` that :func:`quantize`'s output stands for."""
+    if stored.dtype == np.uint16:
+        return from_bf16_bits(stored)
+    if stored.dtype == np.int8:
+        return stored.astype(np.float32) * scales[..., None, :]
+    return stored
+
+
 @dataclass(frozen=True)
 class PackedWaveNet:
     """The weights of one :class:`WaveNet` in the kernels' layout (shapes in the module docstring).
+
+    The five matrices of the per-sample loop (``wc``, ``wres``, ``wskip``, ``h1``, ``h2``) are
+    stored in the format of :attr:`weights` (:func:`quantize`), each with its per-output-column
+    scales in :attr:`scales`; everything else is float32.
 
     Attributes:
         emb: ``(Q, R)`` the embedding of every code, or with ``in_scale > 0`` (linear-bin heads)
@@ -70,6 +124,9 @@ class PackedWaveNet:
         head: the kernels' code of the output distribution (:data:`HEADS`); classes: ``Q``;
         mixtures: ``K`` (mol, else 0); log_scale_min: the log-scale clamp (linear-bin heads).
         in_scale: ``2 / Q`` (float32) for a linear input layer, 0.0 for an embedding table.
+        weights: the weight mode (:data:`wavedil.backends.WEIGHT_MODES`).
+        scales: ``(wc_s (NL, G), wres_s (NL, R), wskip_s (NL, S), h1_s (H,), h2_s (P,))``
+            float32, the int8 scales (ones in the other modes).
     """
 
     emb: np.ndarray
@@ -93,6 +150,8 @@ class PackedWaveNet:
     mixtures: int = 0
     log_scale_min: float = 0.0
     in_scale: float = 0.0
+    weights: str = "fp32"
+    scales: tuple[np.ndarray, ...] = ()
 
     @property
     def head_args(self) -> tuple[int, int, int, float, float]:
@@ -138,8 +197,9 @@ def unsupported_reason(model: WaveNet) -> str | None:
     return None
 
 
-def pack_model(model: WaveNet) -> PackedWaveNet:
-    """Copy ``model``'s weights into a :class:`PackedWaveNet` (float32, on the CPU).
+def pack_model(model: WaveNet, weights: str = "fp32") -> PackedWaveNet:
+    """Copy ``model``'s weights into a :class:`PackedWaveNet` on the CPU, the matrices of the
+    per-sample loop in the format of ``weights`` (:func:`quantize`).
 
     Raises:
         ValueError: for layers the kernels do not implement (:func:`unsupported_reason`).
@@ -176,19 +236,27 @@ def pack_model(model: WaveNet) -> PackedWaveNet:
         in_scale = float(np.float32(2.0 / q))
     else:
         emb, in_scale = model.embed.weight, 0.0
+    matrices = {
+        "wc": _np(torch.stack(wc)),
+        "wres": _np(torch.stack(wres)),
+        "wskip": _np(torch.stack(wskip)),
+        "h1": _np(head1.weight[:, :, 0].t()),
+        "h2": _np(head2.weight[:, :, 0].t()),
+    }
+    stored = {name: quantize(w, weights) for name, w in matrices.items()}
     return PackedWaveNet(
         emb=_np(emb),
-        wc=_np(torch.stack(wc)),
+        wc=stored["wc"][0],
         bc=_np(torch.stack(bc)),
         wgc=_np(torch.stack(wgc)) if wgc else None,
         wlc=_np(torch.stack(wlc, dim=1)) if wlc else None,
-        wres=_np(torch.stack(wres)),
+        wres=stored["wres"][0],
         bres=_np(torch.stack(bres)),
-        wskip=_np(torch.stack(wskip)),
+        wskip=stored["wskip"][0],
         bskip=_np(bskip),
-        h1=_np(head1.weight[:, :, 0].t()),
+        h1=stored["h1"][0],
         b1=_np(head1.bias),
-        h2=_np(head2.weight[:, :, 0].t()),
+        h2=stored["h2"][0],
         b2=_np(head2.bias),
         dil=np.asarray(stack.dilations, dtype=np.int64),
         off=np.concatenate([[0], np.cumsum([(k - 1) * d for d in stack.dilations])[:-1]]).astype(np.int64),
@@ -198,6 +266,8 @@ def pack_model(model: WaveNet) -> PackedWaveNet:
         mixtures=int(getattr(dist, "mixtures", 0)),
         log_scale_min=float(getattr(dist, "log_scale_min", 0.0)),
         in_scale=in_scale,
+        weights=weights,
+        scales=tuple(stored[name][1] for name in ("wc", "wres", "wskip", "h1", "h2")),
     )
 
 
@@ -287,7 +357,36 @@ def split_columns(a: np.ndarray, bounds: list[tuple[int, int]], width: int) -> n
 
     ``(..., N) -> (P, ..., width)`` for ``P = len(bounds)``.
     """
-    out = np.zeros((len(bounds),) + a.shape[:-1] + (width,), dtype=np.float32)
+    out = np.zeros((len(bounds),) + a.shape[:-1] + (width,), dtype=a.dtype)
     for p, (lo, hi) in enumerate(bounds):
         out[p, ..., : hi - lo] = a[..., lo:hi]
     return out
+
+
+def dequantized_model(model: WaveNet, weights: str) -> WaveNet:
+    """A float32 copy of ``model`` whose weights are those the kernels compute with in mode
+    ``weights``: ``model(codes)`` of the copy is what ``fast`` computes, up to float32 rounding.
+
+    For checking a reduced mode (its teacher-forced outputs equal the copy's forward) and for
+    running its exact arithmetic through torch. Models with weight norm are not supported.
+    """
+    import copy
+
+    packed = pack_model(model, weights)
+    twin = copy.deepcopy(model).float().cpu()
+    stack = twin.stack
+    k, R = stack.kernel_size, stack.residual_channels
+    mats = {name: dequantize(a, s) for name, a, s in zip(
+        ("wc", "wres", "wskip", "h1", "h2"), (packed.wc, packed.wres, packed.wskip, packed.h1, packed.h2), packed.scales
+    )}  # fmt: skip
+    with torch.no_grad():
+        for i, layer in enumerate(stack.layers):
+            if "weight" not in dict(layer.conv.named_parameters()) or "weight" not in dict(layer.out.named_parameters()):
+                raise ValueError("dequantized_model does not support weight-normed layers")
+            g = layer.conv.weight.shape[0]
+            layer.conv.weight.copy_(torch.from_numpy(mats["wc"][i]).reshape(k, R, g).permute(2, 1, 0))
+            wo = torch.cat([torch.from_numpy(mats["wres"][i]).t(), torch.from_numpy(mats["wskip"][i]).t()])
+            layer.out.weight.copy_(wo[:, :, None])
+        twin.head[1].weight.copy_(torch.from_numpy(mats["h1"]).t()[:, :, None])
+        twin.head[3].weight.copy_(torch.from_numpy(mats["h2"]).t()[:, :, None])
+    return twin.to(model.embed.weight.device).eval()
