@@ -6,7 +6,9 @@ otherwise.
 
 from .audio import decode, encode, linear_decode, linear_encode, mu_law_decode, mu_law_encode, read_audio, write_audio
 from .conditioning import MelSpec, Upsampler, log_mel
+from .describe import ModelDescription, describe_model
 from .distributions import Categorical, Gaussian, MixtureOfLogistics, OutputDistribution, make_distribution
+from .evaluate import FileEvaluation, evaluate_files
 from .export import StreamingStep, to_onnx, to_torchscript
 from .generate import GenerationResult, generate
 from .layers import (
@@ -20,6 +22,7 @@ from .layers import (
     receptive_field_coverage,
 )
 from .model import WaveNet, WaveNetConfig
+from .synthesis import SynthesisResult, generate_to_files, load_mel, resolve_speaker, vocode_file
 
 __version__ = "0.1.0"
 
@@ -55,4 +58,13 @@ __all__ = [
     "make_distribution",
     "read_audio",
     "write_audio",
+    "generate_to_files",
+    "vocode_file",
+    "SynthesisResult",
+    "load_mel",
+    "resolve_speaker",
+    "evaluate_files",
+    "FileEvaluation",
+    "describe_model",
+    "ModelDescription",
 ]

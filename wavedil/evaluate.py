@@ -8,6 +8,11 @@
 
 For a vocoder (a mel-conditioned model), :func:`vocode_distance` re-synthesises held-out audio
 from its own log-mel frames and reports the log-mel distance between input and output.
+
+:func:`evaluate_files` does all of it for a checkpoint and audio files or corpus folders (what
+``wavedil eval`` prints). ``weights="bf16"`` / ``"int8"`` evaluate the fast back-end's
+reduced-precision weights (:func:`wavedil.fast.teacher_forced_logits`) instead of the model's
+own float32 forward.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 import bz2
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+import os
+from typing import Iterable, Sequence
 
 import torch
 
@@ -23,8 +29,10 @@ from .model import WaveNet
 
 __all__ = [
     "EvalReport",
+    "FileEvaluation",
     "bz2_bits_per_sample",
     "evaluate_codes",
+    "evaluate_files",
     "file_nll_bits",
     "log_mel_distance",
     "unigram_bits_per_sample",
@@ -110,46 +118,66 @@ def unigram_bits_per_sample(counts: torch.Tensor) -> float:
 
 @torch.no_grad()
 def file_nll_bits(
-    model: WaveNet, codes: torch.Tensor, chunk: int = 16000, cond: dict | None = None
+    model: WaveNet, codes: torch.Tensor, chunk: int = 16000, cond: dict | None = None, weights: str = "fp32"
 ) -> tuple[float, int]:
     """Total NLL in bits of the predicted samples of ``codes (T,)``, and their number.
 
     Unconditioned and speaker models predict ``codes[1:]`` from their past; a vocoder predicts
     all ``T`` samples from a silent opener and ``cond["mel"]`` (``(n_mels, M + 2 c)``,
-    :func:`wavedil.data.file_mel`). ``cond["speaker"]``: the file's class id. The codes are
-    streamed through :meth:`WaveNet.step` ``chunk`` samples at a time, which equals one full
-    forward pass but needs memory for one chunk only.
+    :func:`wavedil.data.file_mel`). ``cond["speaker"]``: the file's class id ``(1,)``.
+
+    With ``weights="fp32"`` the codes are streamed through :meth:`WaveNet.step` ``chunk``
+    samples at a time, which equals one full forward pass but needs memory for one chunk only.
+    Other modes (``bf16``, ``int8``) feed the whole file through the fast back-end with its
+    weights in that mode (:func:`wavedil.fast.teacher_forced_logits`; memory grows with ``T``).
     """
     model.eval()
     cond = cond or {}
     device = model.embed.weight.device
     codes = codes.to(device).long().unsqueeze(0)  # (1, T)
     speaker = cond.get("speaker")
+    mel = cond.get("mel")
     local = None
     if model.upsampler is not None:
-        local = model.upsample(cond.get("mel").to(device))  # (1, n_mels, M * hop)
+        local = model.upsample(mel.to(device))  # (1, n_mels, M * hop)
         if local.shape[-1] < codes.shape[1]:
             raise ValueError(f"the mel covers {local.shape[-1]} samples, the audio has {codes.shape[1]}")
         opener = torch.full((1, 1), model.silence_code, dtype=torch.long, device=device)
         codes = torch.cat([opener, codes], dim=1)
+    n_pred = codes.shape[1] - 1
+    if n_pred <= 0:
+        return 0.0, 0
+    if weights != "fp32":
+        from .fast import teacher_forced_logits
+
+        inputs = codes[:, :-1]  # (1, n_pred)
+        if local is not None:  # the mel covers whole frames: feed silence past the file's end
+            inputs = torch.nn.functional.pad(inputs, (0, local.shape[-1] - n_pred), value=model.silence_code)
+            mel = mel.to(device).unsqueeze(0) if mel.dim() == 2 else mel.to(device)
+        params = teacher_forced_logits(model, inputs, speaker, mel, weights=weights)[:, :, :n_pred]  # (1, P, n_pred)
+        bits = model.dist.bits(params.transpose(1, 2).flatten(0, 1), codes[:, 1:].reshape(-1), reduction="sum")
+        return float(bits), n_pred
     state = model.init_state(1)
     total = 0.0
-    n_pred = codes.shape[1] - 1
     for i in range(0, n_pred, chunk):
         x = codes[:, i : min(i + chunk, n_pred)]
         target = codes[:, i + 1 : i + 1 + x.shape[1]]
         lc = None if local is None else local[:, :, i : i + x.shape[1]]
         params, state = model.step(x, state, speaker, lc)
         total += model.dist.bits(params.transpose(1, 2).flatten(0, 1), target.reshape(-1), reduction="sum").item()
-    return total, max(n_pred, 0)
+    return total, n_pred
 
 
 def evaluate_codes(
-    model: WaveNet, files: Iterable[tuple[str, torch.Tensor] | tuple[str, torch.Tensor, dict]], chunk: int = 16000
+    model: WaveNet,
+    files: Iterable[tuple[str, torch.Tensor] | tuple[str, torch.Tensor, dict]],
+    chunk: int = 16000,
+    weights: str = "fp32",
 ) -> EvalReport:
     """Evaluate the model and both baselines over ``(name, codes (T,))`` or ``(name, codes, cond)``.
 
-    ``cond`` holds what a conditioned model needs for that file (see :func:`file_nll_bits`).
+    ``cond`` holds what a conditioned model needs for that file, and ``weights`` the weight mode
+    the model is evaluated in (see :func:`file_nll_bits`).
     ``files`` is consumed once, as a stream: memory does not grow with the amount of audio
     (only the per-file figures are kept), so an iterator over a large corpus is fine.
     Files with fewer than 2 codes have nothing to predict and are passed over.
@@ -166,7 +194,7 @@ def evaluate_codes(
             continue
         if int(codes.max()) >= Q or int(codes.min()) < 0:
             raise ValueError(f"codes of '{name}' fall outside [0, {Q}): quantise with the model's {Q} classes")
-        bits, n = file_nll_bits(model, codes, chunk, cond)
+        bits, n = file_nll_bits(model, codes, chunk, cond, weights)
         total_bits += bits
         total_n += n
         n_files += 1
@@ -212,13 +240,18 @@ def _vocode_segments(
 
 @torch.no_grad()
 def vocode_distance(
-    model: WaveNet, waves: Iterable[tuple[str, torch.Tensor]], seconds: float = 1.0, seed: int = 0
+    model: WaveNet,
+    waves: Iterable[tuple[str, torch.Tensor]],
+    seconds: float = 1.0,
+    seed: int = 0,
+    weights: str = "fp32",
 ) -> tuple[float, list[tuple[str, float]]]:
     """Re-synthesise the first ``seconds`` of each waveform ``(T,)`` from its own log-mel frames.
 
     Returns the mean log-mel distance (:func:`log_mel_distance`) over the files and the per-file
     figures. Waveforms are in [-1, 1] at the model's sample rate; files are cut to a whole number
-    of mel frames; all files of the same length are generated as one batch.
+    of mel frames; all files of the same length are generated as one batch (back-end ``auto``
+    with weight mode ``weights``).
     """
     from .audio import decode
     from .data import file_mel
@@ -231,7 +264,7 @@ def vocode_distance(
     per_file: list[tuple[str, float]] = []
     for _, group in sorted(groups.items()):
         mel = torch.stack([file_mel(w, spec, ctx) for _, w in group]).to(model.embed.weight.device)
-        codes = generate(model, None, batch_size=len(group), seed=seed, mel=mel, backend="auto").codes
+        codes = generate(model, None, batch_size=len(group), seed=seed, mel=mel, backend="auto", weights=weights).codes
         for (name, wav), c in zip(group, codes.cpu()):
             per_file.append((name, log_mel_distance(wav, decode(c, model.encoding, model.quantization_channels), spec)))
     return sum(d for _, d in per_file) / len(per_file), per_file
@@ -261,3 +294,169 @@ def vocode_baselines(
             log_mel_distance(w, segs[(i + 1) % len(segs)], spec) for i, w in enumerate(segs)
         ) / len(segs)
     return out
+
+
+# ----------------------------------------------------------------------------- files of a checkpoint
+
+
+@dataclass
+class FileEvaluation:
+    """What :func:`evaluate_files` found: the likelihood report and, for vocoders, the log-mel distance.
+
+    Attributes:
+        report: bits per sample of the model and the baselines (:class:`EvalReport`).
+        weights: the weight mode evaluated.
+        log_mel_distance: vocoders: mean log-mel L1 distance of re-synthesised audio to its input.
+        log_mel_baselines: vocoders: ``codec`` (the floor) and ``other_file`` (:func:`vocode_baselines`).
+        vocoded_files: how many files the distance is over; ``vocode_seconds``: of each.
+    """
+
+    report: EvalReport
+    weights: str = "fp32"
+    log_mel_distance: float | None = None
+    log_mel_baselines: dict[str, float] | None = None
+    vocoded_files: int = 0
+    vocode_seconds: float = 0.0
+
+    def table(self) -> str:
+        """The report as ``wavedil eval`` prints it."""
+        lines = [self.report.table()]
+        if self.weights != "fp32":
+            lines.append(f"  (model weights in {self.weights})")
+        if self.log_mel_distance is not None:
+            refs = self.log_mel_baselines or {}
+            lines.append(
+                f"  log-mel L1 distance to the input ({self.vocoded_files} files, first {self.vocode_seconds:g} s of each):"
+            )
+            lines.append(f"    re-synthesised            {self.log_mel_distance:.3f}")
+            lines.append(f"    input through the codec   {refs['codec']:.3f}   (the floor)")
+            if "other_file" in refs:
+                lines.append(f"    another held-out file     {refs['other_file']:.3f}   (audio that ignores the mel)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The figures as JSON-ready values (``wavedil eval --json``)."""
+        out = self.report.to_dict()
+        out["weights"] = self.weights
+        if self.log_mel_distance is not None:
+            out["log_mel_distance"] = self.log_mel_distance
+            out["log_mel_distance_baselines"] = self.log_mel_baselines
+        return out
+
+
+_SPLITS = ("all", "train", "valid")
+
+
+def gather_items(
+    audio: Sequence[str | os.PathLike], layout: str = "folder", mic: str = "mic1"
+) -> list:
+    """The :class:`~wavedil.data.AudioItem` of each audio file and of each corpus folder in ``audio``.
+
+    Folders are read with :func:`wavedil.data.load_corpus` (``layout``, ``mic``); files are taken
+    as they are (probed when read).
+
+    Raises:
+        CorpusError: an entry is neither a file nor a folder, or a folder holds no usable audio.
+    """
+    from pathlib import Path
+
+    from .data import AudioItem, CorpusError, load_corpus
+
+    items: list[AudioItem] = []
+    for src in audio:
+        p = Path(src)
+        if p.is_dir():
+            items += load_corpus(p, layout=layout, mic=mic)
+        elif p.is_file():
+            items.append(AudioItem(p))
+        else:
+            raise CorpusError(f"'{p}' is neither an audio file nor a folder")
+    return items
+
+
+def evaluate_files(
+    checkpoint: str | os.PathLike,
+    audio: Sequence[str | os.PathLike],
+    *,
+    layout: str = "folder",
+    mic: str = "mic1",
+    split: str = "all",
+    valid_fraction: float | None = None,
+    max_seconds: float | None = None,
+    use_ema: bool = True,
+    vocode_seconds: float = 1.0,
+    seed: int = 0,
+    weights: str = "fp32",
+    chunk: int = 16000,
+) -> FileEvaluation:
+    """Bits per sample of a checkpoint on audio files and corpus folders, beside bz2 and unigram.
+
+    Files are read with :func:`wavedil.data.iter_file_audio` at the checkpoint's sample rate
+    (unreadable ones are skipped with a warning) and quantised as the model was trained.
+
+    Args:
+        checkpoint: a ``step_*.pt`` file or a run folder (its newest good checkpoint).
+        audio: audio files and/or corpus folders.
+        layout, mic: how folders are read (:func:`wavedil.data.load_corpus`).
+        split: ``"all"``, or only the ``"train"`` / ``"valid"`` side of
+            :func:`wavedil.data.split_items` with ``valid_fraction`` (default: the training run's
+            ``data.valid_fraction``).
+        max_seconds: read at most this much of each file.
+        use_ema: the EMA weights when the checkpoint has them.
+        vocode_seconds: vocoders only: re-synthesise this much of each file for the log-mel
+            distance (0: skip it), with ``seed``.
+        weights: ``"fp32"`` (the model's own forward) or a reduced mode of the fast back-end
+            (``"bf16"``, ``"int8"``).
+        chunk: samples per streamed chunk of the fp32 path.
+
+    Returns:
+        A :class:`FileEvaluation`.
+
+    Raises:
+        ValueError: a bad ``split`` / ``weights``, an unusable checkpoint, no usable files
+            (:class:`~wavedil.data.CorpusError`), or files of speakers the model does not know.
+    """
+    from .audio import encode
+    from .checkpoint import model_from_checkpoint, open_checkpoint
+    from .data import file_mel, iter_file_audio, split_items
+
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+    if not vocode_seconds >= 0:
+        raise ValueError(f"vocode_seconds must be >= 0, got {vocode_seconds}")
+    _, ckpt = open_checkpoint(checkpoint)
+    sr = int(ckpt.get("sample_rate", 16000))
+    items = gather_items(audio, layout, mic)
+    if split != "all":
+        fraction = valid_fraction
+        if fraction is None:  # the split of the training run
+            fraction = float(ckpt.get("config", {}).get("data", {}).get("valid_fraction", 0.1))
+        train_items, valid_items = split_items(items, valid_fraction=fraction)
+        items = valid_items if split == "valid" else train_items
+    model = model_from_checkpoint(ckpt, use_ema=use_ema)
+    if model.speaker is not None and model.config.speakers:
+        known = set(model.config.speakers)
+        unknown = sorted({str(it.speaker) for it in items if it.speaker not in known})
+        if unknown:
+            raise ValueError(
+                f"files of speakers {unknown} that the model does not know (evaluate with --layout vctk on the "
+                f"speakers it was trained on: {', '.join(model.config.speakers)})"
+            )
+
+    def files(seconds: float | None) -> Iterable[tuple[str, torch.Tensor, dict]]:
+        """``(name, codes (T,), cond)``; ``cond`` holds the file's speaker / mel and ``wav (T,)``."""
+        for item, wav in iter_file_audio(items, sr, seconds):
+            cond: dict = {"wav": wav}
+            if model.speaker is not None:
+                cond["speaker"] = torch.tensor([model.config.speakers.index(item.speaker)])
+            if model.upsampler is not None:
+                cond["mel"] = file_mel(wav, model.mel_spec, model.mel_context)
+            yield str(item.path), encode(wav, model.encoding, model.quantization_channels), cond
+
+    result = FileEvaluation(evaluate_codes(model, files(max_seconds), chunk, weights), weights)
+    if model.upsampler is not None and vocode_seconds > 0:
+        waves = [(name, cond["wav"]) for name, _, cond in files(vocode_seconds)]
+        result.log_mel_distance, per_file = vocode_distance(model, waves, vocode_seconds, seed, weights)
+        result.log_mel_baselines = vocode_baselines(model, waves, seconds=vocode_seconds)
+        result.vocoded_files, result.vocode_seconds = len(per_file), vocode_seconds
+    return result

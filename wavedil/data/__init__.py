@@ -6,7 +6,8 @@ Pipeline::
     split_items(items)         ->  (train, valid)           (by file, deterministic)
     SegmentDataset(train, L, sample_rate)[i] -> (L + 1,)    int64 codes (mu-law or linear)
         with speakers= and/or mel=      -> {"codes": (L + 1,), "speaker": (), "mel": (n_mels, F)}
-    iter_file_codes(valid, sample_rate)      -> (item, (T,)) whole files, for evaluation
+    iter_file_audio(valid, sample_rate)      -> (item, (T,)) whole waveforms, for evaluation
+    iter_file_codes(valid, sample_rate)      -> (item, (T,)) their codes
     file_mel(wav, spec, context)             -> (n_mels, frames + 2 * context), for vocoding
 
 One module per stage: :mod:`~wavedil.data.files` (finding and probing files),
@@ -21,7 +22,7 @@ logger), so they land in the training log; user errors raise :class:`CorpusError
 from .corpus import LAYOUTS, VCTK_MICS, corpus_seconds, load_corpus, speakers_of, split_items
 from .files import AUDIO_EXTENSIONS, AudioItem, CorpusError, find_audio_files, probe_audio
 from .segments import SegmentDataset
-from .whole_files import file_mel, iter_file_codes
+from .whole_files import file_mel, iter_file_audio, iter_file_codes
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -35,6 +36,7 @@ __all__ = [
     "corpus_seconds",
     "split_items",
     "SegmentDataset",
+    "iter_file_audio",
     "iter_file_codes",
     "speakers_of",
     "file_mel",

@@ -1,5 +1,6 @@
 """Whole files, for evaluation and vocoding.
 
+    iter_file_audio(items, sample_rate)   ->  (item, wav (T,)) per readable file
     iter_file_codes(items, sample_rate)   ->  (item, codes (T,)) per readable file
     file_mel(wav, spec, context)          ->  (n_mels, frames + 2 * context)
 """
@@ -17,9 +18,40 @@ from wavedil.conditioning import MelSpec, frames_for, log_mel
 
 from .files import AudioItem
 
-__all__ = ["iter_file_codes", "file_mel"]
+__all__ = ["iter_file_audio", "iter_file_codes", "file_mel"]
 
 logger = logging.getLogger(__name__)
+
+
+def iter_file_audio(
+    items: Sequence[AudioItem], sample_rate: int, max_seconds: float | None = None
+) -> Iterator[tuple[AudioItem, torch.Tensor]]:
+    """Yield ``(item, wav)`` for each readable file, in order, with ``wav`` float32 ``(T,)`` in [-1, 1].
+
+    Files are resampled to ``sample_rate``; with ``max_seconds`` only the first ``max_seconds``
+    are read (``T <= max_seconds * sample_rate``). Unreadable files are skipped with a logged
+    warning naming them. The reader behind :func:`iter_file_codes` and file evaluation
+    (:func:`wavedil.evaluate.evaluate_files`, which also needs the waveforms for mel features).
+
+    Raises:
+        ValueError: ``sample_rate`` is not a positive integer or ``max_seconds`` is not positive.
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
+        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
+    for item in items:
+        frames = -1
+        if max_seconds is not None and item.rate > 0:
+            frames = math.ceil(max_seconds * item.rate)
+        try:
+            wav, _ = read_audio(item.path, sample_rate=sample_rate, frames=frames)
+        except AudioReadError as exc:
+            logger.warning("skipping audio file: %s", exc)
+            continue
+        if max_seconds is not None:
+            wav = wav[: int(max_seconds * sample_rate)]
+        yield item, wav
 
 
 def iter_file_codes(
@@ -31,29 +63,14 @@ def iter_file_codes(
 ) -> Iterator[tuple[AudioItem, torch.Tensor]]:
     """Yield ``(item, codes)`` for each whole file, in order, with ``codes`` int64 ``(T,)``.
 
-    Files are resampled to ``sample_rate`` and quantised with ``encoding`` (``"mulaw"`` or
-    ``"linear"``, :func:`wavedil.audio.encode`); with ``max_seconds`` only the first
-    ``max_seconds`` are read (``T <= max_seconds * sample_rate``). Unreadable files are
-    skipped with a logged warning.
+    Files are read as :func:`iter_file_audio` reads them (resampled to ``sample_rate``, at most
+    ``max_seconds`` each, unreadable ones skipped with a logged warning) and quantised with
+    ``encoding`` (``"mulaw"`` or ``"linear"``, :func:`wavedil.audio.encode`).
     """
-    if not isinstance(sample_rate, int) or sample_rate < 1:
-        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     encode(torch.zeros(()), encoding, quantization_channels)  # checks Q for the encoding
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
-    for item in items:
-        frames = -1
-        if max_seconds is not None and item.rate > 0:
-            frames = math.ceil(max_seconds * item.rate)
-        try:
-            wav, _ = read_audio(item.path, sample_rate=sample_rate, frames=frames)
-        except AudioReadError as exc:
-            logger.warning("iter_file_codes: skipping audio file: %s", exc)
-            continue
-        if max_seconds is not None:
-            wav = wav[: int(max_seconds * sample_rate)]
+    for item, wav in iter_file_audio(items, sample_rate, max_seconds):
         yield item, encode(wav, encoding, quantization_channels)
 
 

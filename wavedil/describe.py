@@ -1,0 +1,103 @@
+"""What a model is: parameters, receptive field, dilations, channels and conditioning.
+
+    describe_model("ref30", sample_rate=16000).text()   # a model config name, a YAML file,
+    describe_model("run/checkpoints/step_00001000.pt")  # a checkpoint or a run folder
+
+``wavedil info`` prints :meth:`ModelDescription.text`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .layers import receptive_field_coverage
+from .model import WaveNet
+
+__all__ = ["ModelDescription", "describe_model"]
+
+
+@dataclass
+class ModelDescription:
+    """A model and where it came from.
+
+    Attributes:
+        model: the :class:`WaveNet` (random weights when built from a config).
+        source: ``"checkpoint at step N"`` or ``"model config <path>"``.
+        sample_rate: the rate the receptive field is given at (Hz).
+    """
+
+    model: WaveNet
+    source: str
+    sample_rate: int
+
+    @property
+    def parameters(self) -> int:
+        return self.model.num_parameters()
+
+    @property
+    def receptive_field(self) -> int:
+        """In samples."""
+        return self.model.receptive_field
+
+    @property
+    def receptive_field_ms(self) -> float:
+        return 1000 * self.receptive_field / self.sample_rate
+
+    @property
+    def dilations(self) -> list[int]:
+        return list(self.model.stack.dilations)
+
+    def text(self) -> str:
+        """The description as ``wavedil info`` prints it, one property a line."""
+        model, cfg = self.model, self.model.config
+        d = self.dilations
+        return (
+            f"{self.source}\n"
+            f"parameters        {self.parameters:,}\n"
+            f"receptive field   {self.receptive_field} samples = {self.receptive_field_ms:.1f} ms at {self.sample_rate} Hz\n"
+            f"layers            {len(d)} (kernel {cfg.kernel_size}, coverage {receptive_field_coverage(cfg.kernel_size, d):.0%})\n"
+            f"dilations         {', '.join(map(str, d))}\n"
+            f"channels          residual {cfg.residual_channels}, gate {cfg.gate_channels}, skip {cfg.skip_channels}, "
+            f"head {cfg.head_channels}, classes {cfg.quantization_channels}\n"
+            f"output            {cfg.output} ({model.dist!r}), input encoding {model.encoding}"
+            + (f"\nspeakers          {cfg.global_cond_classes}: {', '.join(cfg.speakers or ())}" if model.speaker is not None else "")
+            + (f"\nmel conditioning  {model.mel_spec}, {model.mel_context} context frames" if model.upsampler is not None else "")
+        )  # fmt: skip
+
+
+def describe_model(target: str | os.PathLike, sample_rate: int | None = None) -> ModelDescription:
+    """Describe a checkpoint (``.pt`` file or run folder), a model config name or a YAML file.
+
+    Args:
+        target: ``step_*.pt``, a run folder, a name of ``conf/model/*.yaml`` (``tiny``, ``ref30``,
+            ...) or a model YAML file.
+        sample_rate: the rate for the receptive field in ms; default the checkpoint's, or 16000
+            for a config.
+
+    Raises:
+        ValueError: ``target`` is none of these (the message lists the config names), an unusable
+            checkpoint, or ``sample_rate`` is not positive.
+    """
+    if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1):
+        raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    text = str(target)
+    if text.endswith(".pt") or Path(text).is_dir():
+        from .checkpoint import model_from_checkpoint, open_checkpoint
+
+        _, ckpt = open_checkpoint(target)
+        model = model_from_checkpoint(ckpt)
+        sr = sample_rate or int(ckpt.get("sample_rate", 16000))
+        return ModelDescription(model, f"checkpoint at step {ckpt.get('step', '?')}", sr)
+    from omegaconf import OmegaConf
+
+    from .config import CONF_DIR, model_config
+
+    path = Path(text)
+    if not path.is_file():
+        path = CONF_DIR / "model" / f"{text}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+        raise ValueError(f"'{text}' is neither a checkpoint (.pt), a YAML file nor a model config {names}")
+    return ModelDescription(WaveNet(model_config(OmegaConf.load(path))), f"model config {path}", sample_rate or 16000)

@@ -1,0 +1,350 @@
+"""Audio files from a checkpoint: sample new audio, or re-synthesise audio from its log-mel.
+
+    generate_to_files(checkpoint, "out.wav", seconds=2.0, batch=4)  ->  SynthesisResult
+    vocode_file(vocoder_checkpoint, "in.wav", "out.wav")            ->  SynthesisResult
+
+and what they read: :func:`load_mel` (a saved log-mel ``(n_mels, M)``), :func:`resolve_speaker`
+(a speaker name or index -> the class index) and :func:`check_output_path`. ``wavedil generate``
+and ``wavedil vocode`` are thin wrappers around these; recipes and tests call them in process.
+
+A ``checkpoint`` is a ``step_*.pt`` file or a run folder (its newest good checkpoint,
+:func:`wavedil.checkpoint.open_checkpoint`). User errors raise ``ValueError`` (or its subclasses
+:class:`~wavedil.checkpoint.CheckpointError`, :class:`~wavedil.audio.AudioReadError`) naming the
+offending value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import decode, encode, read_audio, write_audio
+from .checkpoint import model_from_checkpoint, open_checkpoint
+from .conditioning import MelSpec
+from .data import file_mel
+from .generate import MAX_SAMPLES, MAX_TOTAL_SAMPLES, generate
+from .model import WaveNet
+
+__all__ = [
+    "MAX_BATCH",
+    "OUTPUT_SUFFIXES",
+    "SynthesisResult",
+    "check_output_path",
+    "generate_to_files",
+    "load_mel",
+    "numbered_path",
+    "resolve_speaker",
+    "vocode_file",
+]
+
+#: File name endings that :func:`generate_to_files` and :func:`vocode_file` write.
+OUTPUT_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".ogg")
+#: Largest batch of :func:`generate_to_files` (one file per sequence).
+MAX_BATCH = 4096
+
+#: ``progress(done, total)``: samples done so far per sequence, of ``total``.
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class SynthesisResult:
+    """What :func:`generate_to_files` or :func:`vocode_file` wrote, and how fast.
+
+    Attributes:
+        paths: the files written, one per sequence.
+        codes: the generated codes ``(B, N)`` int64 (the model's encoding), on the CPU.
+        sample_rate: of the files, in Hz.
+        samples_per_second: generated samples (all sequences) per second of sampling.
+        backend: the generation back-end that ran.
+        weights: its weight mode (``fp32``, ``bf16``, ``int8``).
+        seed: the seed (drawn when none was given), to reproduce the files.
+        mel_frames: vocoding only: the log-mel frames the audio came from.
+    """
+
+    paths: list[Path]
+    codes: torch.Tensor
+    sample_rate: int
+    samples_per_second: float
+    backend: str
+    weights: str
+    seed: int
+    mel_frames: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Duration of each file in seconds."""
+        return self.codes.shape[-1] / self.sample_rate
+
+    @property
+    def real_time_factor(self) -> float:
+        """Seconds of sampling per second of audio of one sequence (``< 1``: faster than real time)."""
+        return self.sample_rate * len(self.paths) / max(self.samples_per_second, 1e-9)
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path` after checking it can be written (makes its folder, writes a test file).
+
+    Raises:
+        ValueError: ``path`` is a folder, does not end in one of :data:`OUTPUT_SUFFIXES`, or its
+            folder cannot be created or written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"output path '{path}' is a directory: give a file name such as {path / 'out.wav'}")
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"output file '{path}' must end in .wav, .flac or .ogg")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".wavedil-write-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"cannot create the output folder '{parent}' or write in it ({exc.strerror or exc}): choose another -o path"
+        ) from None
+    return path
+
+
+def numbered_path(path: Path, i: int, n: int) -> Path:
+    """``path`` itself for one file; ``name_000.wav``, ``name_001.wav``, ... for ``n > 1``."""
+    return path if n == 1 else path.with_name(f"{path.stem}_{i:0{max(3, len(str(n - 1)))}d}{path.suffix}")
+
+
+def resolve_speaker(model: WaveNet, value: str | int | None) -> int | None:
+    """The speaker class index that ``value`` names for ``model``, or None for an unconditioned model.
+
+    Args:
+        model: the model (``model.config.speakers`` holds the names of its training corpus).
+        value: a speaker name (``"p225"``), an index (``2`` or ``"2"``), or None.
+
+    Raises:
+        ValueError: a speaker for a model without speakers, none for one with speakers, or an
+            unknown name / out-of-range index (the message lists the valid ones).
+    """
+    names = model.config.speakers
+    n = model.config.global_cond_classes
+    if model.speaker is None:
+        if value is not None:
+            raise ValueError(f"--speaker {value}: this model is not speaker-conditioned; leave --speaker out")
+        return None
+    valid = ", ".join(names) if names else f"0..{n - 1}"
+    if value is None:
+        raise ValueError(f"this model was trained on {n} speakers: pass --speaker with one of {valid}")
+    text = str(value)
+    if names and text in names:
+        return names.index(text)
+    if text.isdigit() and int(text) < n:
+        return int(text)
+    raise ValueError(f"unknown speaker {text!r}; this model knows {n}: {valid}")
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def generate_to_files(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    seconds: float = 2.0,
+    *,
+    batch: int = 1,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    prompt: str | os.PathLike | None = None,
+    speaker: str | int | None = None,
+    backend: str = "auto",
+    weights: str = "fp32",
+    device: str | torch.device | None = None,
+    use_ema: bool = True,
+    progress: ProgressFn | None = None,
+) -> SynthesisResult:
+    """Sample ``batch`` sequences of ``seconds`` from a checkpoint and write one audio file each.
+
+    Everything a user can get wrong (output path, lengths, speaker, a vocoder checkpoint) is
+    checked before sampling starts.
+
+    Args:
+        checkpoint: a ``step_*.pt`` file or a run folder (its newest good checkpoint).
+        output: the file to write (``.wav``, ``.flac``, ``.ogg``); ``batch > 1`` writes
+            ``name_000.wav``, ``name_001.wav``, ...
+        seconds: length of each sequence; ``seconds * sample_rate <= MAX_SAMPLES``.
+        batch: sequences ``B`` (``1 .. 4096``; ``B * samples <= MAX_TOTAL_SAMPLES``).
+        temperature: ``> 0`` divides the logits; ``0`` is greedy.
+        seed: makes the files reproducible; None draws one (returned).
+        prompt: an audio file whose codes prime the model; the files continue it (the prompt
+            itself is not written).
+        speaker: a speaker name or index, for speaker-conditioned models (:func:`resolve_speaker`).
+        backend: ``auto``, ``torch`` or ``fast`` (:func:`wavedil.generate`).
+        weights: weight mode of the back-end: ``fp32``, ``bf16`` or ``int8``.
+        device: ``cpu`` or ``cuda``; default cuda when available.
+        use_ema: the EMA of the weights (when the checkpoint has one) rather than the raw ones.
+        progress: called as ``progress(done, total)`` with samples done per sequence.
+
+    Returns:
+        A :class:`SynthesisResult`; ``codes (B, seconds * sample_rate)``.
+
+    Raises:
+        ValueError: a bad argument (named with its value), an unusable checkpoint
+            (:class:`~wavedil.checkpoint.CheckpointError`), a vocoder checkpoint (use
+            :func:`vocode_file`), or an unreadable prompt.
+    """
+    out = check_output_path(output)
+    if not (0 < seconds < math.inf):
+        raise ValueError(f"--seconds must be a positive finite number, got {seconds}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
+    _, ckpt = open_checkpoint(checkpoint)
+    sr = int(ckpt.get("sample_rate", 16000))
+    n = int(round(seconds * sr))
+    if n > MAX_SAMPLES:
+        raise ValueError(f"--seconds {seconds} is {n:,} samples at {sr} Hz; the limit is {MAX_SAMPLES:,}")
+    if n * batch > MAX_TOTAL_SAMPLES:
+        raise ValueError(
+            f"--seconds {seconds} x --batch {batch} is {n * batch:,} samples; the limit per run is "
+            f"{MAX_TOTAL_SAMPLES:,}: lower one of them"
+        )
+    model = model_from_checkpoint(ckpt, use_ema=use_ema, device=_device(device))
+    if model.upsampler is not None:
+        raise ValueError(
+            f"'{checkpoint}' is a vocoder (conditioned on log-mel frames): re-synthesise audio with "
+            f"wavedil vocode {checkpoint} in.wav -o {output}"
+        )
+    speaker_id = resolve_speaker(model, speaker)
+    prompt_codes = None
+    if prompt is not None:
+        wav, _ = read_audio(prompt, sample_rate=sr)
+        prompt_codes = encode(wav, model.encoding, model.quantization_channels)
+    res = generate(
+        model, n, batch_size=batch, temperature=temperature, seed=seed, prompt=prompt_codes, speaker=speaker_id,
+        backend=backend, weights=weights, progress=None if progress is None else (lambda done: progress(done, n)),
+    )  # fmt: skip
+    codes = res.codes.cpu()
+    paths = [
+        write_audio(numbered_path(out, i, batch), decode(codes[i], model.encoding, model.quantization_channels), sr)
+        for i in range(batch)
+    ]
+    return SynthesisResult(paths, codes, sr, res.samples_per_second, res.backend, res.weights, res.seed)
+
+
+def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
+    """A saved log-mel for a vocoder with features ``spec``: float32 ``(n_mels, M)``.
+
+    ``path`` is a ``.npy`` array ``(n_mels, M)``, or a ``.npz`` with an array ``mel`` and
+    optionally ``hop_length`` / ``sample_rate`` / ``n_mels``, which are checked against ``spec``.
+
+    Raises:
+        ValueError: the file cannot be read, lacks ``mel``, was made with other parameters, is
+            not a finite float array ``(spec.n_mels, M >= 1)`` (the message gives its shape).
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the mel file '{path}': {exc}") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            if "mel" not in data.files:
+                raise ValueError(f"'{path}' has no array named 'mel' (it has {data.files})")
+            for key in ("hop_length", "sample_rate", "n_mels"):
+                if key in data.files and int(data[key]) != getattr(spec, key):
+                    raise ValueError(
+                        f"'{path}' was made with {key}={int(data[key])} but this vocoder expects {key}={getattr(spec, key)}"
+                    )
+            mel = data["mel"]
+    else:
+        mel = data
+    if mel.ndim != 2 or mel.shape[0] != spec.n_mels or mel.shape[1] < 1 or not np.issubdtype(mel.dtype, np.floating):
+        raise ValueError(
+            f"'{path}' must hold a float log-mel array ({spec.n_mels}, frames) for this vocoder "
+            f"({spec.n_mels} mel bands, hop {spec.hop_length} at {spec.sample_rate} Hz), got {mel.dtype} {mel.shape}"
+        )
+    if not np.isfinite(mel).all():
+        raise ValueError(f"'{path}' holds NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
+
+
+def vocode_file(
+    checkpoint: str | os.PathLike,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    speaker: str | int | None = None,
+    save_mel: str | os.PathLike | None = None,
+    max_seconds: float = 600.0,
+    backend: str = "auto",
+    weights: str = "fp32",
+    device: str | torch.device | None = None,
+    use_ema: bool = True,
+    progress: ProgressFn | None = None,
+) -> SynthesisResult:
+    """Re-synthesise audio with a vocoder (a mel-conditioned checkpoint) and write it to ``output``.
+
+    Args:
+        checkpoint: the vocoder's ``step_*.pt`` file or run folder.
+        source: an audio file (analysed to log-mel with :func:`wavedil.data.file_mel`; the output
+            has its length), or a saved log-mel ``.npy`` / ``.npz`` (:func:`load_mel`; the output
+            has ``M * hop`` samples).
+        output: the file to write (``.wav``, ``.flac``, ``.ogg``).
+        temperature, seed, speaker, backend, weights, device, use_ema, progress: as for
+            :func:`generate_to_files`.
+        save_mel: audio input only: also write its log-mel ``(n_mels, M)`` to this ``.npy``.
+        max_seconds: refuse longer inputs.
+
+    Returns:
+        A :class:`SynthesisResult` with one path, ``codes (1, N)`` and ``mel_frames = M``.
+
+    Raises:
+        ValueError: not a vocoder checkpoint, an unreadable or empty input, a mel file that does
+            not fit the vocoder, an input longer than ``max_seconds``, or a bad argument.
+    """
+    out = check_output_path(output)
+    _, ckpt = open_checkpoint(checkpoint)
+    dev = _device(device)
+    model = model_from_checkpoint(ckpt, use_ema=use_ema, device=dev)
+    if model.upsampler is None:
+        raise ValueError(
+            f"'{checkpoint}' is not a vocoder (it has no mel conditioning): sample it with wavedil generate, "
+            "or train one with experiment=vocoder_speech8k"
+        )
+    spec, ctx = model.mel_spec, model.mel_context
+    sr, hop = spec.sample_rate, spec.hop_length
+    src = Path(source)
+    n_samples = None
+    if src.suffix.lower() in (".npy", ".npz"):
+        mel = load_mel(src, spec)
+        silence = float(np.log(1e-5))  # the log-mel of silence pads the context frames
+        mel = torch.nn.functional.pad(mel, (ctx, ctx), value=silence)
+    else:
+        wav, _ = read_audio(src, sample_rate=sr)
+        if wav.numel() == 0:
+            raise ValueError(f"'{src}' holds no audio")
+        mel = file_mel(wav, spec, ctx)
+        n_samples = wav.shape[-1]
+        if save_mel:
+            from ._io import atomic_open
+
+            with atomic_open(save_mel) as f:
+                np.save(f, mel[:, ctx : mel.shape[-1] - ctx].numpy())
+    frames = mel.shape[-1] - 2 * ctx
+    seconds = frames * hop / sr
+    if seconds > max_seconds:
+        raise ValueError(
+            f"'{src}' is {seconds:.1f} s ({frames} mel frames); the limit is --max-seconds {max_seconds:g}: "
+            "raise it or cut the input"
+        )
+    total = n_samples or frames * hop
+    res = generate(
+        model, None, temperature=temperature, seed=seed, speaker=resolve_speaker(model, speaker), mel=mel.to(dev),
+        backend=backend, weights=weights, progress=None if progress is None else (lambda done: progress(done, total)),
+    )  # fmt: skip
+    codes = res.codes[:, :n_samples].cpu() if n_samples else res.codes.cpu()
+    path = write_audio(out, decode(codes[0], model.encoding, model.quantization_channels), sr)
+    return SynthesisResult([path], codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, frames)
