@@ -118,6 +118,10 @@ class SamplingRequest:
             ``params``, column ``t + 1`` to the input of sample ``t``. Else None.
         weights: the weight mode (:data:`WEIGHT_MODES`).
         progress: called with the number of samples done per sequence.
+        continuation: also feed the last drawn code, so that the stream can go on: the back-end
+            then sets :attr:`next_state` (the state after all ``N`` codes) and
+            :attr:`next_params` (``(B, P)``, the head parameters of sample ``N``). A vocoder's
+            ``local`` then needs ``N + 1`` columns. (What a streaming vocoder runs chunk by chunk.)
     """
 
     model: WaveNet
@@ -129,6 +133,9 @@ class SamplingRequest:
     local: torch.Tensor | None = None
     weights: str = "fp32"
     progress: Callable[[int], None] | None = None
+    continuation: bool = False
+    next_state: StackState | None = None
+    next_params: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         model = self.model
@@ -145,10 +152,11 @@ class SamplingRequest:
                 "a mel-conditioned model needs local, the upsampled conditioning" if self.local is None
                 else "this model has no mel conditioning; do not pass local"
             )  # fmt: skip
+        need = n + 1 if self.continuation else n
         if self.local is not None and (
-            self.local.dim() != 3 or self.local.shape[0] != batch or self.local.shape[2] < n
+            self.local.dim() != 3 or self.local.shape[0] != batch or self.local.shape[2] < need
         ):
-            raise ValueError(f"local must be ({batch}, n_mels, >= {n}), got shape {tuple(self.local.shape)}")
+            raise ValueError(f"local must be ({batch}, n_mels, >= {need}), got shape {tuple(self.local.shape)}")
         check_weights(self.weights)
 
     @property
@@ -258,12 +266,14 @@ class TorchBackend(Backend):
         for t in range(n):
             codes = model.dist.sample(logits, request.uniforms[t], request.temperature)  # (B,)
             out[:, t] = codes
-            if t + 1 < n:
+            if t + 1 < n or request.continuation:
                 cond = None if local is None else local[:, :, t + 1 : t + 2]
                 step_logits, state = model.step(codes.unsqueeze(1), state, request.speaker, cond)
                 logits = step_logits[:, :, 0]
             if request.progress is not None:
                 request.progress(t + 1)
+        if request.continuation:
+            request.next_state, request.next_params = state, logits
         return out
 
     @torch.no_grad()

@@ -90,6 +90,8 @@ class FastBackend(Backend):
     def sample(self, request: SamplingRequest) -> torch.Tensor:
         self.check(request.model, request.weights)
         if request.params.device.type == "cuda":
+            if request.continuation:
+                raise ValueError("the CUDA-graph loop does not continue streams yet: use backend='torch' on CUDA")
             return cuda_generate(request)
         return cpu_generate(request, self.options)
 

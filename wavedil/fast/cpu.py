@@ -44,6 +44,7 @@ from .pack import (
     pack_model,
     ring_from_state,
     split_columns,
+    state_from_ring,
 )
 
 __all__ = [
@@ -161,16 +162,23 @@ def cpu_generate(request: SamplingRequest, options: CpuOptions | None = None) ->
     temperature = request.temperature
     greedy = temperature == 0
     temp = 1.0 if greedy else float(temperature)
-    lg = np.ascontiguousarray(request.params.detach().to("cpu", torch.float32).numpy())
+    lg = request.params.detach().to("cpu", torch.float32).numpy().copy()  # updated in place: never the caller's
     out = np.empty((batch, n), dtype=np.int64)
+    # steps with a forward pass after them: all of them when the stream goes on
+    n_total = n + 1 if request.continuation else n
     if batch == 1:
         split = packed.nbytes >= SPLIT_MIN_WEIGHT_BYTES if options.split is None else options.split
-        _generate_one(kern, packed, request.state, lg[0], np.ascontiguousarray(u[:, 0]), temp, greedy, out[0],
-                      bias_for, threads if split else 1, options, request.progress)  # fmt: skip
+        ring, pos = _generate_one(kern, packed, request.state, lg[0], np.ascontiguousarray(u[:, 0]), temp, greedy,
+                                  out[0], n_total, bias_for, threads if split else 1, options, request.progress)  # fmt: skip
+        ring = ring[:, None, :]
     else:
-        _generate_rows(kern, packed, request.state, lg, u, temp, greedy, out, bias_for, threads, options,
-                       request.progress)  # fmt: skip
-    return torch.from_numpy(out).to(request.params.device)
+        ring, pos = _generate_rows(kern, packed, request.state, lg, u, temp, greedy, out, n_total, bias_for, threads,
+                                   options, request.progress)  # fmt: skip
+    device = request.params.device
+    if request.continuation:
+        request.next_state = state_from_ring(packed, ring, pos).to(device, request.state.buffers[0].dtype)
+        request.next_params = torch.from_numpy(lg).to(device, request.params.dtype)
+    return torch.from_numpy(out).to(device)
 
 
 class _Biases:
@@ -298,9 +306,13 @@ def _block_bounds(n: int, parts: int) -> tuple[list[tuple[int, int]], int]:
 # ----------------------------------------------------------------------------- batch > 1
 
 
-def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, bias_for: _Biases,
-                   threads: int, options: CpuOptions, progress) -> None:  # fmt: skip
-    """Each thread advances its own slice of rows with :func:`run_rows`."""
+def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, n_total: int,
+                   bias_for: _Biases, threads: int, options: CpuOptions, progress) -> tuple[np.ndarray, int]:  # fmt: skip
+    """Each thread advances its own slice of rows with :func:`run_rows`.
+
+    ``lg (B, P)`` ends as the head parameters after the last forward pass; returns the rings
+    ``(sum L, B, R)`` and the stream position then.
+    """
     batch, n = out.shape
     slices = _row_slices(batch, threads)
     rings = [ring_from_state(packed, state, s) for s in slices]
@@ -315,7 +327,7 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
 
     def job(j: int, t0: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], int]:
         return lambda: kern.run_rows(
-            t0, t1, n, us[j], temp, greedy, logits[j], outs[j], *p.head_args,
+            t0, t1, n_total, us[j], temp, greedy, logits[j], outs[j], *p.head_args,
             p.emb, p.wc, gb, p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2, p.scales,
             p.dil, p.off, p.kernel, rings[j], pos, options.row_block, _NO_CODES, _NO_LOGITS,
         )  # fmt: skip
@@ -329,15 +341,16 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
         pos = [int(v) for v in _run_threads([job(j, t0, t1, pos[j], gbs[j]) for j in range(len(slices))])]
         if progress is not None:
             progress(t1)
-    for s, o in zip(slices, outs):
-        out[s] = o
+    for s, o, params in zip(slices, outs, logits):
+        out[s], lg[s] = o, params
+    return np.concatenate(rings, axis=1), pos[0]
 
 
 # ----------------------------------------------------------------------------- batch 1
 
 
-def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, bias_for: _Biases,
-                  threads: int, options: CpuOptions, progress) -> None:  # fmt: skip
+def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, n_total: int,
+                  bias_for: _Biases, threads: int, options: CpuOptions, progress) -> tuple[np.ndarray, int]:  # fmt: skip
     """One sequence: split across ``threads`` or on one thread, chunk by chunk, whichever is faster.
 
     Both ways compute every number in the same order, so switching between chunks does not
@@ -345,7 +358,9 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     faster way runs, and the other is re-measured every :data:`REPROBE_CHUNKS` chunks. A split
     chunk stops early when a partner thread keeps being descheduled (a busy machine).
 
-    ``lg (P,)``, ``u (N, U)``, ``out (N,)``; ``bias_for`` gives ``(Tc, 1, NL, G)``.
+    ``lg (P,)`` (ends as the head parameters after the last forward pass), ``u (N, U)``,
+    ``out (N,)``; ``bias_for`` gives ``(Tc, 1, NL, G)``. Returns the ring ``(sum L, R)`` and
+    the stream position after the run.
     """
     p = packed
     n = out.shape[0]
@@ -366,7 +381,7 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     def split_job(part: int, sync: np.ndarray, t: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], tuple]:
         wc, *rest = split_weights
         return lambda: kern.run_split(
-            part, parts, sync, t, t1, n, u, temp, greedy, lg, out, *p.head_args,
+            part, parts, sync, t, t1, n_total, u, temp, greedy, lg, out, *p.head_args,
             p.emb, wc, gb, *rest, split_scales, p.dil, p.off, p.kernel, ring, pos, z_sh, acc_sh, hid_sh,
             ch_lo, ch_hi,
             MAX_LONG_WAITS_PER_CHUNK,
@@ -374,7 +389,7 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
 
     def one_thread(t: int, t1: int, pos: int, gb: np.ndarray) -> int:
         return kern.run_rows(
-            t, t1, n, u_rows, temp, greedy, lg_rows, out_rows, *p.head_args,
+            t, t1, n_total, u_rows, temp, greedy, lg_rows, out_rows, *p.head_args,
             p.emb, p.wc, gb, p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2, p.scales,
             p.dil, p.off, p.kernel, ring_rows, pos, 1, _NO_CODES, _NO_LOGITS,
         )  # fmt: skip
@@ -405,6 +420,7 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
                 use_split = best
         if progress is not None:
             progress(t)
+    return ring, pos
 
 
 def _split_arrays(

@@ -45,6 +45,7 @@ __all__ = [
     "quantize",
     "ring_from_state",
     "split_columns",
+    "state_from_ring",
     "unsupported_reason",
 ]
 
@@ -350,6 +351,17 @@ def ring_from_state(packed: PackedWaveNet, state: StackState, rows: slice = slic
         n = min(state.pos, buf.shape[-1])
         ring[off : off + n] = buf[:, :, :n].detach().to("cpu", torch.float32).permute(2, 0, 1).numpy()
     return ring
+
+
+def state_from_ring(packed: PackedWaveNet, ring: np.ndarray, pos: int) -> StackState:
+    """The :class:`~wavedil.layers.StackState` (float32, CPU) of rings ``(sum L, B, R)`` at ``pos``:
+    the inverse of :func:`ring_from_state`."""
+    k = packed.kernel
+    buffers = [
+        torch.from_numpy(np.ascontiguousarray(ring[off : off + (k - 1) * d].transpose(1, 2, 0)))
+        for off, d in zip(packed.off.tolist(), packed.dil.tolist())
+    ]  # (B, R, L) each
+    return StackState(buffers, int(pos))
 
 
 def split_columns(a: np.ndarray, bounds: list[tuple[int, int]], width: int) -> np.ndarray:

@@ -1,0 +1,183 @@
+"""Streaming vocoding: log-mel frames in, a few at a time, audio samples out as soon as they are determined.
+
+A text-to-speech front end makes mel frames incrementally; :class:`StreamingVocoder` takes them
+chunk by chunk and returns the samples each chunk determines. Frame ``m`` conditions samples
+``m * hop .. (m + 1) * hop - 1`` through the learned upsampler, whose output at a frame depends
+on ``c = model.mel_context`` frames on each side, so the samples of frame ``m`` can be drawn once
+frame ``m + c`` has arrived: the stream lags its input by :attr:`StreamingVocoder.latency_frames`
+``= c`` frames (``c * hop / sample_rate`` seconds), plus one sample, whose draw waits for the
+next chunk. The stream starts and ends with ``c`` frames of the log-mel of silence, as
+:func:`wavedil.synthesis.vocode_file` pads a saved mel.
+
+Chunking does not change the result: the concatenated output equals ``generate(model, None,
+mel=padded)`` for the same seed (same uniforms, one per sample, in order; the same back-end
+arithmetic, continued across chunks through :attr:`SamplingRequest.continuation`), to the float
+rounding of the upsampler's convolutions over windows of different lengths.
+
+>>> voc = StreamingVocoder(model, seed=1)              # doctest: +SKIP
+>>> for frames in tts_frames():                        # (n_mels, F) log-mel, F >= 1  # doctest: +SKIP
+...     play(voc.decode(voc.push(frames)))             # float samples in [-1, 1]
+>>> play(voc.decode(voc.finish()))                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .audio import decode
+from .backends import SamplingRequest, check_weights, get_backend, resolve_backend
+from .model import WaveNet
+
+__all__ = ["StreamingVocoder", "SILENCE_LOG_MEL"]
+
+#: The log-mel value of silence (``log(1e-5)``, the floor of :func:`wavedil.conditioning.log_mel`):
+#: what the stream's ``c`` context frames before the first and after the last frame hold.
+SILENCE_LOG_MEL = math.log(1e-5)
+
+
+class StreamingVocoder:
+    """Vocode log-mel frames as they arrive (mel-conditioned models only).
+
+    Args:
+        model: a vocoder (:class:`WaveNet` with mel conditioning), float32 for the ``fast`` back-end.
+        batch_size: ``B`` streams vocoded together (each :meth:`push` gives frames for all).
+        temperature: ``> 0`` divides the logits; ``0`` is greedy.
+        seed: the uniforms' seed (None draws one: :attr:`seed`); the same seed gives the samples
+            of ``generate(..., seed=seed)`` over the whole mel.
+        speaker: class id(s) for a speaker-conditioned vocoder.
+        backend: ``auto``, ``torch`` or ``fast`` (as :func:`wavedil.generate`; a back-end must
+            support continued streams: the CPU ``fast`` kernels and ``torch`` do).
+        weights: the weight mode (:data:`wavedil.backends.WEIGHT_MODES`).
+
+    Raises:
+        ValueError: a model without mel conditioning, a bad argument, or a back-end that cannot
+            run the model in mode ``weights``.
+    """
+
+    def __init__(
+        self,
+        model: WaveNet,
+        batch_size: int = 1,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        speaker: torch.Tensor | int | None = None,
+        backend: str = "auto",
+        weights: str = "fp32",
+    ) -> None:
+        if model.upsampler is None:
+            raise ValueError("StreamingVocoder needs a vocoder (a model with mel conditioning); this model has none")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not (temperature >= 0 and temperature < float("inf")):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        self.weights = check_weights(weights)
+        self.backend = resolve_backend(backend, model, weights)
+        if model.embed.weight.device.type == "cuda" and self.backend == "fast":
+            self.backend = "torch"  # the CUDA-graph loop does not continue streams; auto picks torch there
+        self._impl = get_backend(self.backend)
+        self._impl.check(model, weights)
+        self.model = model.eval()
+        self.batch_size, self.temperature = batch_size, float(temperature)
+        self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        self._gen = torch.Generator().manual_seed(self.seed)
+        device = model.embed.weight.device
+        self.speaker = (
+            None if speaker is None else torch.as_tensor(speaker, device=device).long().reshape(-1).expand(batch_size)
+        )
+        spec = model.mel_spec
+        self.n_mels, self.hop, self.sample_rate = spec.n_mels, spec.hop_length, spec.sample_rate
+        self.latency_frames: int = model.mel_context
+        self._frames = self._silence(self.latency_frames)  # raw frames not yet upsampled (+ their context)
+        self._columns = torch.zeros(batch_size, self.n_mels, 0, device=device)  # upsampled, not yet used
+        self._state = None
+        self._params = None
+        self.frames_in = 0  # frames pushed so far
+        self.samples_out = 0  # samples returned so far
+        self._finished = False
+
+    @property
+    def latency_seconds(self) -> float:
+        """The look-ahead the upsampler imposes: :attr:`latency_frames` frames, in seconds."""
+        return self.latency_frames * self.hop / self.sample_rate
+
+    def _silence(self, frames: int) -> torch.Tensor:
+        device = self.model.embed.weight.device
+        return torch.full((self.batch_size, self.n_mels, frames), SILENCE_LOG_MEL, device=device)
+
+    def _check_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        if not isinstance(frames, torch.Tensor) or not frames.dtype.is_floating_point:
+            raise ValueError(f"frames must be a float tensor of log-mel frames, got {getattr(frames, 'dtype', type(frames))}")
+        if frames.dim() == 2:
+            frames = frames.unsqueeze(0)
+        if frames.dim() != 3 or frames.shape[0] not in (1, self.batch_size) or frames.shape[1] != self.n_mels:
+            raise ValueError(
+                f"frames must be ({self.n_mels}, F) or (B, {self.n_mels}, F) with B = 1 or {self.batch_size} "
+                f"(this vocoder has {self.n_mels} mel bands), got shape {tuple(frames.shape)}"
+            )
+        return frames.to(self._frames).expand(self.batch_size, -1, -1)
+
+    def push(self, frames: torch.Tensor) -> torch.Tensor:
+        """Add log-mel frames ``(n_mels, F)`` or ``(B, n_mels, F)``; return the codes they determine.
+
+        Returns:
+            ``(B, n)`` int64 codes, ``n >= 0`` (none until :attr:`latency_frames` frames are in).
+        """
+        if self._finished:
+            raise ValueError("this stream is finished: start a new StreamingVocoder")
+        frames = self._check_frames(frames)
+        self.frames_in += frames.shape[-1]
+        self._frames = torch.cat([self._frames, frames], dim=-1)
+        return self._advance(final=False)
+
+    def finish(self) -> torch.Tensor:
+        """End the stream (``c`` frames of silence follow the last frame); return the remaining codes."""
+        if self._finished:
+            raise ValueError("this stream is already finished")
+        if self.frames_in == 0:
+            raise ValueError("no frames were pushed: push at least one log-mel frame before finish()")
+        self._frames = torch.cat([self._frames, self._silence(self.latency_frames)], dim=-1)
+        codes = self._advance(final=True)
+        self._finished = True
+        return codes
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``(B, n)`` -> float waveform ``(B, n)`` in ``[-1, 1]`` (the model's encoding)."""
+        return decode(codes, self.model.encoding, self.model.quantization_channels)
+
+    @torch.no_grad()
+    def _advance(self, final: bool) -> torch.Tensor:
+        c = self.latency_frames
+        model = self.model
+        ready = self._frames.shape[-1] - 2 * c  # frames whose context has arrived
+        if ready > 0:
+            cols = model.upsample(self._frames)  # (B, n_mels, ready * hop), validated
+            self._columns = torch.cat([self._columns, cols], dim=-1)
+            self._frames = self._frames[:, :, ready:]  # keep the context of the next frames
+        empty = torch.zeros(self.batch_size, 0, dtype=torch.long, device=self._columns.device)
+        if self._state is None:  # the opening sample of silence, conditioned on column 0
+            if self._columns.shape[-1] == 0:
+                return empty
+            opener = torch.full((self.batch_size, 1), model.silence_code, dtype=torch.long, device=self._columns.device)
+            state = model.init_state(self.batch_size)
+            params, self._state = model.step(opener, state, self.speaker, self._columns[:, :, :1])
+            self._params = params[:, :, -1]
+        # columns[0] belongs to the next sample's parameters; drawing n samples and going on needs
+        # n + 1 columns, so one sample waits for the next chunk -- except at the very end
+        n = self._columns.shape[-1] if final else self._columns.shape[-1] - 1
+        if n <= 0:
+            return empty
+        per = model.dist.uniforms_per_sample
+        shape = (n, self.batch_size) if per == 1 else (n, self.batch_size, per)
+        uniforms = torch.rand(shape, generator=self._gen, dtype=torch.float64).to(self._columns.device)
+        request = SamplingRequest(
+            model, self._state, self._params, uniforms, self.temperature, self.speaker, local=self._columns,
+            weights=self.weights, continuation=not final,
+        )  # fmt: skip
+        codes = self._impl.sample(request)
+        if not final:
+            self._state, self._params = request.next_state, request.next_params
+        self._columns = self._columns[:, :, n:]
+        self.samples_out += n
+        return codes
