@@ -33,6 +33,13 @@ hop 80, as ``conf/experiment/vocoder_speech8k.yaml``). Usage::
     python bench/generation.py --quick    # about 15 seconds, a smoke test
     python bench/generation.py --budget 6 --repeat 3
     python bench/generation.py --heads    # about 30 seconds
+    python bench/generation.py --stream   # streaming vocoders, about 30 seconds
+
+``--stream`` measures :class:`wavedil.vocoder_stream.StreamingVocoder` fed 5 frames (50 ms) per
+push, in every weight mode: the ``vocoder_speech8k`` recipe's model (8 kHz, hop 80, 40 bands)
+and a 16 kHz vocoder (hop 160, 80 bands, R=64, gate 128, S=128, H=256, 16 layers, the size of
+``conf/experiment/pretrained_vocoder8k.yaml``): the real-time factor (audio seconds per
+second of compute, > 1 is faster than real time), the slowest push, and the look-ahead latency.
 """
 
 from __future__ import annotations
@@ -205,6 +212,57 @@ def heads_main(args: argparse.Namespace) -> dict:
     return result
 
 
+#: the two vocoders of ``--stream``: (model config, mel settings)
+STREAM_VOCODERS = {
+    "vocoder_speech8k": (SMALL, VOCODER_MEL),
+    "vocoder16k": (dict(residual_channels=64, gate_channels=128, skip_channels=128, head_channels=256,
+                        kernel_size=2, layers_per_stack=8, stacks=2),
+                   {"sample_rate": 16000, "hop_length": 160, "n_fft": 512, "n_mels": 80}),
+}  # fmt: skip
+
+
+def stream_main(args: argparse.Namespace) -> dict:
+    """``--stream``: real-time factor of the streaming vocoder, 5 frames per push, every mode."""
+    from wavedil.vocoder_stream import StreamingVocoder
+
+    seconds = 0.5 if args.quick else 4.0
+    per_push = 5
+    load_before = os.getloadavg()
+    result: dict = {"benchmark": "vocoder-stream", "frames_per_push": per_push, "audio_seconds": seconds}
+    for name, (cfg, mel_cfg) in STREAM_VOCODERS.items():
+        torch.manual_seed(0)
+        model = WaveNet(WaveNetConfig(**cfg, mel=mel_cfg)).eval()
+        frames = int(seconds * mel_cfg["sample_rate"] / mel_cfg["hop_length"])
+        mel = torch.randn(mel_cfg["n_mels"], frames, generator=torch.Generator().manual_seed(0)) - 4
+        entry: dict = {"sample_rate": mel_cfg["sample_rate"], "hop_length": mel_cfg["hop_length"],
+                       "parameters": model.num_parameters(), "modes": {}}  # fmt: skip
+        for weights in WEIGHT_MODES:
+            best = None
+            for _ in range(1 if args.quick else args.repeat):
+                voc = StreamingVocoder(model, seed=0, backend="fast", weights=weights)
+                voc.push(mel[:, :per_push])  # compile (or load) the kernels, outside the timing
+                voc = StreamingVocoder(model, seed=0, backend="fast", weights=weights)
+                slowest, start, done = 0.0, time.perf_counter(), 0
+                for f in range(0, frames, per_push):
+                    t = time.perf_counter()
+                    done += voc.push(mel[:, f : f + per_push]).shape[1]
+                    slowest = max(slowest, time.perf_counter() - t)
+                done += voc.finish().shape[1]
+                wall = time.perf_counter() - start
+                rtf = done / mel_cfg["sample_rate"] / wall
+                if best is None or rtf > best["realtime_factor"]:
+                    best = {"realtime_factor": round(rtf, 2), "samples_per_second": round(done / wall, 1),
+                            "slowest_push_ms": round(1000 * slowest, 2)}  # fmt: skip
+            entry["modes"][weights] = best
+        entry["latency"] = {"frames": voc.latency_frames, "ms": round(1000 * voc.latency_seconds, 1)}
+        result[name] = entry
+    result["machine"] = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "torch_threads": torch.get_num_threads(),
+                         "loadavg_before": [round(v, 2) for v in load_before],
+                         "loadavg_after": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def cuda_main(args: argparse.Namespace) -> dict:
     """ref30 on the first CUDA device: the eager cached step against ``fast`` (CUDA graphs)."""
     if not torch.cuda.is_available():
@@ -248,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
     ap.add_argument("--heads", action="store_true", help="instead: every output head and a vocoder, small model, B=1")
     ap.add_argument("--cuda", action="store_true", help="instead: ref30 on the GPU, torch vs fast (CUDA graphs)")
+    ap.add_argument("--stream", action="store_true", help="instead: streaming vocoders (8 and 16 kHz), every mode")
     args = ap.parse_args(argv)
     if args.steps < 10 or args.repeat < 1 or args.budget <= 0:
         ap.error(f"need --steps >= 10, --repeat >= 1, --budget > 0; got {args.steps}, {args.repeat}, {args.budget}")
@@ -255,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
         return heads_main(args)
     if args.cuda:
         return cuda_main(args)
+    if args.stream:
+        return stream_main(args)
     steps, repeat, budget = args.steps, args.repeat, args.budget
     naive_max, naive_budget = {1: 300, 16: 20}, 2 * budget
     if args.quick:

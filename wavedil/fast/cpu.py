@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -53,6 +54,7 @@ __all__ = [
     "cpu_teacher_forced_logits",
     "kernels_available",
     "load_kernels",
+    "packed_weights",
     "usable_cpus",
 ]
 
@@ -145,6 +147,24 @@ class CpuOptions:
         )
 
 
+_PACKED: "weakref.WeakKeyDictionary[WaveNet, dict[str, tuple[tuple, PackedWaveNet]]]" = weakref.WeakKeyDictionary()
+
+
+def packed_weights(model: WaveNet, weights: str) -> PackedWaveNet:
+    """:func:`pack_model` of ``model`` in mode ``weights``, cached while its parameters are unchanged.
+
+    A stream of short generations (a streaming vocoder's pushes) packs and rounds the weights
+    once, not per call. The cache key is every parameter's storage and in-place version counter,
+    so an optimiser step or ``load_state_dict`` invalidates it.
+    """
+    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    per_model = _PACKED.setdefault(model, {})
+    hit = per_model.get(weights)
+    if hit is None or hit[0] != key:
+        hit = per_model[weights] = (key, pack_model(model, weights))
+    return hit[1]
+
+
 def cpu_generate(request: SamplingRequest, options: CpuOptions | None = None) -> torch.Tensor:
     """Run ``request`` (a float32 model on the CPU) in the numba kernels: codes ``(B, N)`` int64.
 
@@ -153,7 +173,7 @@ def cpu_generate(request: SamplingRequest, options: CpuOptions | None = None) ->
     """
     options = CpuOptions() if options is None else options
     model, batch, n = request.model, request.batch_size, request.n_samples
-    packed = pack_model(model, request.weights)
+    packed = packed_weights(model, request.weights)
     gbias = pack_global_bias(packed, request.global_condition(), batch)  # (B, NL, G)
     threads = options.resolve_threads()
     kern = load_kernels()
@@ -235,7 +255,7 @@ def cpu_teacher_forced_logits(
     """
     codes, global_cond, local = teacher_forcing_inputs(model, codes, speaker, mel)
     kern = load_kernels()
-    packed = pack_model(model, weights)
+    packed = packed_weights(model, weights)
     batch, n = codes.shape
     n_par = model.dist.param_channels
     forced = np.ascontiguousarray(codes.cpu().numpy())
