@@ -17,7 +17,7 @@ with its wall time. Cases, all in one temporary folder:
 Usage::
 
     python bench/load.py               # 10,000 files: about 2 minutes on 2 busy cores
-    python bench/load.py --quick       # 500 files, a smoke test
+    python bench/load.py --quick       # 200 files, batch 16: a smoke test (about 40 s)
     python bench/load.py --threads 2   # torch threads of the CLI runs (default 1)
 """
 
@@ -113,10 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--gen-seconds", type=float, default=0.05, help="seconds generated per sequence")
     ap.add_argument("--model", default="tiny", help="model config of the checkpoint (conf/model/*.yaml)")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the CLI runs")
-    ap.add_argument("--quick", action="store_true", help="500 files: a smoke test, not a measurement")
+    ap.add_argument("--quick", action="store_true", help="200 files, batch 16: a smoke test, not a measurement")
     args = ap.parse_args(argv)
     if args.quick:
-        args.files = min(args.files, 500)
+        args.files, args.batch = min(args.files, 200), min(args.batch, 16)
     if args.files < 10 or args.batch < 1 or not args.file_seconds > 0 or not args.gen_seconds > 0:
         ap.error("--files must be >= 10, --batch >= 1, and the durations positive")
 
