@@ -1,6 +1,12 @@
-"""Integration: the real `wavedil` CLI trains, resumes, generates, evaluates and reports errors."""
+"""Integration: the real `wavedil` CLI trains, resumes, generates, evaluates and reports errors.
+
+Each verb runs here as a subprocess, and what it prints or writes is checked against the library
+function behind it called in process (wavedil.synthesis, wavedil.evaluate); the functions
+themselves are tested in test_commands.py.
+"""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +17,8 @@ import soundfile as sf
 import torch
 
 from wavedil.checkpoint import load_checkpoint
+from wavedil.evaluate import EvalReport, evaluate_files
+from wavedil.synthesis import generate_to_files
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny", "trainer=debug", "data.segment_length=300", "data.batch_size=2", "data.valid_segments=4"]
@@ -45,6 +53,19 @@ def _ckpts(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step_*.pt"))
 
 
+def assert_eval_table_matches(stdout: str, report: EvalReport) -> None:
+    """The figures ``wavedil eval`` printed equal ``report`` (computed in process) to the printed precision."""
+    m = re.search(r"^(\d+) files, ([\d,]+) predicted samples$", stdout, re.M)
+    assert m, stdout
+    assert int(m.group(1)) == report.n_files and int(m.group(2).replace(",", "")) == report.n_samples
+    rows = dict(re.findall(r"^  (model|bz2 of the codes|unigram entropy) +(\d+\.\d{3}) bits/sample$", stdout, re.M))
+    assert rows == {
+        "model": f"{report.model_bits:.3f}",
+        "bz2 of the codes": f"{report.bz2_bits:.3f}",
+        "unigram entropy": f"{report.unigram_bits:.3f}",
+    }, stdout
+
+
 @pytest.mark.slow
 def test_train_resume_generate_on_generated_audio(synth_corpus, tmp_path):
     run_dir = tmp_path / "run"
@@ -62,16 +83,26 @@ def test_train_resume_generate_on_generated_audio(synth_corpus, tmp_path):
     wav = tmp_path / "gen" / "out.wav"
     out = run("generate", str(_ckpts(run_dir)[-1]), "-o", str(wav), "--seconds", "0.1", "--batch", "2",
               "--seed", "3", "--quiet")
-    assert "real-time factor" in out.stdout
+    assert re.search(r"samples/s with the \w+ backend \(fp32 weights\), real-time factor \d+\.\d\d \(seed 3\)", out.stdout)
     for name in ("out_000.wav", "out_001.wav"):
         data, sr = sf.read(wav.parent / name)
         assert sr == 8000 and data.shape == (800,)
         assert np.isfinite(data).all() and np.abs(data).max() <= 1.0
-    a, _ = sf.read(wav.parent / "out_000.wav")
-    run("generate", str(_ckpts(run_dir)[-1]), "-o", str(tmp_path / "again.wav"), "--seconds", "0.1", "--seed", "3",
-        "--quiet", "--prompt", str(next(synth_corpus.rglob("*.wav"))))
-    out = run("eval", str(_ckpts(run_dir)[-1]), str(synth_corpus))
+    # --prompt: the file continues the prompt, i.e. holds what the library writes for the same
+    # prompt and seed, which differs from the same seed without a prompt
+    ckpt_path, prompt = _ckpts(run_dir)[-1], sorted(synth_corpus.rglob("*.wav"))[0]
+    run("generate", str(ckpt_path), "-o", str(tmp_path / "prompted.wav"), "--seconds", "0.1", "--seed", "3",
+        "--quiet", "--backend", "torch", "--prompt", str(prompt))  # fmt: skip
+    cli_wav, sr = sf.read(tmp_path / "prompted.wav", dtype="int16")
+    assert sr == 8000 and cli_wav.shape == (800,)
+    same = generate_to_files(ckpt_path, tmp_path / "lib" / "prompted.wav", 0.1, seed=3, prompt=prompt, backend="torch")
+    alone = generate_to_files(ckpt_path, tmp_path / "lib" / "alone.wav", 0.1, seed=3, backend="torch")
+    np.testing.assert_array_equal(cli_wav, sf.read(same.paths[0], dtype="int16")[0])
+    assert not np.array_equal(cli_wav, sf.read(alone.paths[0], dtype="int16")[0])
+
+    out = run("eval", str(ckpt_path), str(synth_corpus))
     assert "bz2" in out.stdout and "unigram" in out.stdout and "6 files" in out.stdout
+    assert_eval_table_matches(out.stdout, evaluate_files(ckpt_path, [synth_corpus]).report)
 
 
 @pytest.mark.slow

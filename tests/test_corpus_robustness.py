@@ -39,9 +39,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from wavedil import WaveNet, WaveNetConfig
-from wavedil.cli import main as cli_main
 from wavedil.data import AudioItem, CorpusError, SegmentDataset, iter_file_codes, load_corpus
-from wavedil.generate import BACKENDS, MAX_SAMPLES
+from wavedil.checkpoint import CheckpointError
+from wavedil.backends import available_backends
+from wavedil.synthesis import generate_to_files
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 8000  # training/eval rate of these tests
@@ -410,7 +411,7 @@ def test_broken_only_corpus_fails_before_training_with_one_paragraph(broken_only
 
 
 # --------------------------------------------------------------------------------------------
-# Generation: bounded lengths, and finite audio in [-1, 1] from any weights
+# Generation: finite audio in [-1, 1] from any weights (bounded lengths: test_commands.py)
 # --------------------------------------------------------------------------------------------
 
 GEN_CONFIG = dict(residual_channels=8, gate_channels=16, skip_channels=12, head_channels=10,
@@ -442,50 +443,20 @@ def inf_weight(model: WaveNet) -> None:
     model.embed.weight[:, 0] = float("inf")
 
 
-def run_main(*argv: str) -> int:
-    try:
-        cli_main(list(argv))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 @pytest.mark.parametrize("backend", ["torch", "fast"])
 @pytest.mark.parametrize("spoil", [scale_all, nan_bias, inf_weight], ids=["x1e6", "nan-bias", "inf-weight"])
-def test_generate_with_absurd_weights_writes_finite_audio_in_range(tmp_path, spoil, backend, capsys, one_thread):
-    if backend not in BACKENDS:
+def test_generate_with_absurd_weights_writes_finite_audio_in_range(tmp_path, spoil, backend, one_thread):
+    if backend not in available_backends():
         pytest.skip(f"generation back-end {backend!r} is not available here (needs numba)")
     ckpt = save_checkpoint_with(tmp_path / "absurd.pt", spoil)
-    status = run_main("generate", str(ckpt), "-o", str(tmp_path / "out.wav"), "--seconds", "0.02", "--batch", "3",
-                      "--seed", "1", "--quiet", "--device", "cpu", "--backend", backend)
-    err = capsys.readouterr().err
-    if spoil is not scale_all:  # non-finite weights: a clear, one-paragraph refusal before any work
-        assert status == 2 and err.startswith("error: ") and "NaN or infinite" in err and "Traceback" not in err
+    if spoil is not scale_all:  # non-finite weights: a clear refusal before any work
+        with pytest.raises(CheckpointError, match="NaN or infinite"):
+            generate_to_files(ckpt, tmp_path / "out.wav", 0.02, batch=3, seed=1, device="cpu", backend=backend)
         assert not list(tmp_path.glob("out*.wav"))
         return
-    assert status == 0, err
-    for i in range(3):
-        data, rate = sf.read(tmp_path / f"out_{i:03d}.wav", dtype="float32")
+    res = generate_to_files(ckpt, tmp_path / "out.wav", 0.02, batch=3, seed=1, device="cpu", backend=backend)
+    assert [p.name for p in res.paths] == [f"out_{i:03d}.wav" for i in range(3)]
+    for path in res.paths:
+        data, rate = sf.read(path, dtype="float32")
         assert rate == SR and data.shape == (160,)
         assert np.isfinite(data).all() and np.abs(data).max() <= 1.0
-
-
-@pytest.mark.parametrize(
-    "seconds, says",
-    [
-        ("0", "must be a positive finite number"),
-        ("-1", "must be a positive finite number"),
-        ("nan", "must be a positive finite number"),
-        ("inf", "must be a positive finite number"),
-        (str((MAX_SAMPLES + SR) / SR), "the limit is"),
-        ("4000 --batch 4096", "the limit per run is"),
-    ],
-)
-def test_generate_rejects_bad_lengths_before_any_work(tmp_path, seconds, says, capsys, monkeypatch):
-    ckpt = save_checkpoint_with(tmp_path / "ok.pt", lambda model: None)
-    monkeypatch.setattr(WaveNet, "step", lambda *a, **k: pytest.fail("generation started"))
-    status = run_main("generate", str(ckpt), "-o", str(tmp_path / "out.wav"), "--seconds", *seconds.split(),
-                      "--quiet", "--device", "cpu")
-    err = capsys.readouterr().err
-    assert status == 2 and says in err and err.startswith("error: ")
-    assert not list(tmp_path.glob("out*.wav"))

@@ -21,11 +21,14 @@ import bz2
 import math
 from dataclasses import dataclass, field
 import os
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 
 from .model import WaveNet
+
+if TYPE_CHECKING:
+    from .data import AudioItem
 
 __all__ = [
     "EvalReport",
@@ -34,6 +37,7 @@ __all__ = [
     "evaluate_codes",
     "evaluate_files",
     "file_nll_bits",
+    "gather_items",
     "log_mel_distance",
     "unigram_bits_per_sample",
     "vocode_baselines",
@@ -349,7 +353,7 @@ _SPLITS = ("all", "train", "valid")
 
 def gather_items(
     audio: Sequence[str | os.PathLike], layout: str = "folder", mic: str = "mic1"
-) -> list:
+) -> list[AudioItem]:
     """The :class:`~wavedil.data.AudioItem` of each audio file and of each corpus folder in ``audio``.
 
     Folders are read with :func:`wavedil.data.load_corpus` (``layout``, ``mic``); files are taken
