@@ -24,7 +24,8 @@ from collections.abc import Callable
 import torch
 
 from ..backends import SamplingRequest, teacher_forcing_inputs
-from ..export import StreamingStep, state_to_tensors
+from ..export import state_to_tensors
+from ..generation_step import GenerationStep
 from ..layers import StackState
 from ..model import WaveNet
 
@@ -73,7 +74,7 @@ class ChunkLoop:
     ) -> None:
         assert steps >= 1
         self.model, self.temperature, self.steps, self.forced = model, float(temperature), steps, forced
-        self.step = StreamingStep(model.stack, 1)
+        self.gen = GenerationStep(model, temperature)
         device = params.device
         batch, n_par = params.shape
         pos, buffers = state_to_tensors(state)
@@ -86,7 +87,7 @@ class ChunkLoop:
                                    device=device)  # fmt: skip
         self.local = None
         if model.upsampler is not None:
-            channels = model.stack.layers[0].lc.in_channels
+            channels = model.mel_spec.n_mels
             self.local = torch.zeros(batch, channels, steps, dtype=params.dtype, device=device)
         # forced: codes_in -> params_out; sampling: uniforms -> codes
         self.codes_in = torch.zeros(batch, steps, dtype=torch.long, device=device) if forced else None
@@ -117,10 +118,8 @@ class ChunkLoop:
             else:
                 code = model.dist.sample(params, self.uniforms[k], self.temperature)  # (B,)
                 drawn.append(code)
-            x = model.embed(code.unsqueeze(1)).transpose(1, 2)  # (B, R, 1)
             local = [] if self.local is None else [self.local[:, :, k : k + 1]]
-            _, skip, pos, *buffers = self.step(x, pos, *cond, *local, *buffers)
-            params = model.head(skip)[:, :, 0]  # (B, P)
+            params, pos, *buffers = self.gen.advance(code, pos, *cond, *local, *buffers)  # (B, P), ...
             if self.forced:
                 outs.append(params)
         if self.forced:

@@ -1,0 +1,116 @@
+"""The whole model's per-sample step -- embed, stack, head, sample -- as one pure tensor function.
+
+:class:`GenerationStep` feeds one code to a :class:`~wavedil.model.WaveNet`, computes the head's
+parameters for the next sample and draws it from a given uniform, with the streaming state as
+explicit inputs and outputs (the stream position as a 0-dim int64 tensor, one ring buffer per
+layer; :class:`wavedil.export.StreamingStep` runs the stack). Nothing is updated in place, so
+it traces, compiles and exports: :func:`generator_to_torchscript` writes a file that generates
+audio with ``torch.jit.load`` alone, no wavedil needed::
+
+    step = torch.jit.load("generator.pt")
+    code = torch.full((B,), silence_code)                 # the stream opens with silence
+    pos, buffers = torch.tensor(0), [torch.zeros(b) for b in buffer_shapes]
+    for t in range(n):
+        code, pos, *buffers = step(code, u[t], pos, *buffers)   # u: (n, B) uniforms in [0, 1)
+
+Fed the uniforms of ``generate(model, n, seed=s)`` (``torch.rand((n, B), generator=seeded,
+dtype=torch.float64)``), it draws the codes ``generate`` draws (tested).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .export import StreamingStep, state_to_tensors
+from .model import WaveNet
+
+__all__ = ["GenerationStep", "generator_to_torchscript"]
+
+
+class GenerationStep(nn.Module):
+    """One generation step of ``model``: ``(code, uniforms, pos, [global], [local], *buffers)``
+    -> ``(next_code, new_pos, *new_buffers)``.
+
+    Args:
+        model: the model (shared, not copied); run it in eval mode.
+        temperature: ``> 0`` divides the logits; ``0`` is greedy. Fixed per step module.
+
+    Inputs: ``code (B,)`` int64, the sample to feed; ``uniforms (B,)`` (or ``(B, U)`` for a
+    mixture of logistics) float64 in ``[0, 1)``; ``pos`` 0-dim int64; for a speaker-conditioned
+    model ``global_cond (B, Gc)`` (the model's speaker embedding, ``model.speaker(ids)``); for a
+    vocoder ``local_cond (B, n_mels, 1)`` (the upsampled column of the fed sample's successor);
+    then the ring buffers ``(B, R, (k-1) d)`` of every layer.
+    """
+
+    def __init__(self, model: WaveNet, temperature: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(model, WaveNet):
+            raise ValueError(f"model must be a wavedil WaveNet, got {type(model).__name__}")
+        if not (temperature >= 0 and temperature < float("inf")):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        self.model = model
+        self.temperature = float(temperature)
+        self.stack_step = StreamingStep(model.stack, 1)
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the positional inputs, in order."""
+        return ["code", "uniforms", *self.stack_step.input_names[1:]]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the outputs, in order."""
+        return ["next_code", *self.stack_step.output_names[1 + self.stack_step.has_skip :]]
+
+    def forward(self, code: torch.Tensor, uniforms: torch.Tensor, pos: torch.Tensor, *rest: torch.Tensor):
+        """Feed ``code``, then draw the next code from the head's parameters: see the class docstring."""
+        params, new_pos, *buffers = self.advance(code, pos, *rest)
+        return (self.model.dist.sample(params, uniforms, self.temperature), new_pos, *buffers)
+
+    def advance(self, code: torch.Tensor, pos: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Feed ``code (B,)``: ``(params (B, P), new_pos, *new_buffers)``, the head's parameters of
+        the next sample (``rest`` as for :meth:`forward`)."""
+        model = self.model
+        x = model.embed(code.unsqueeze(1)).transpose(1, 2)  # (B, R, 1)
+        _, skip, new_pos, *buffers = self.stack_step(x, pos, *rest)
+        return (model.head(skip)[:, :, 0], new_pos, *buffers)
+
+    def initial_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        """``(code, pos, *buffers)`` of a fresh stream: the silence code, position 0, empty rings."""
+        device = self.model.embed.weight.device
+        pos, buffers = state_to_tensors(self.model.init_state(batch_size))
+        code = torch.full((batch_size,), self.model.silence_code, dtype=torch.long, device=device)
+        return (code, pos, *buffers)
+
+
+def generator_to_torchscript(model: WaveNet, temperature: float = 1.0) -> torch.jit.ScriptModule:
+    """Trace :class:`GenerationStep` of an eval-mode copy of ``model`` (unconditioned or speaker
+    conditioned) to TorchScript: a file that generates audio on its own (``.save(path)``; run it
+    with ``torch.jit.load``, from C++ too). Any batch size.
+
+    Raises:
+        ValueError: for a vocoder (its conditioning needs the upsampler: stream it with
+            :class:`wavedil.vocoder_stream.StreamingVocoder` instead).
+    """
+    import copy
+
+    if model.upsampler is not None:
+        raise ValueError(
+            "generator_to_torchscript exports unconditioned or speaker models, not vocoders: stream a vocoder "
+            "with wavedil.vocoder_stream.StreamingVocoder"
+        )
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    step = GenerationStep(frozen, temperature)
+    code, pos, *buffers = step.initial_inputs(2)
+    per = frozen.dist.uniforms_per_sample
+    u = torch.rand((2,) if per == 1 else (2, per), dtype=torch.float64)
+    cond = [frozen.speaker(torch.zeros(2, dtype=torch.long))] if frozen.speaker is not None else []
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        return torch.jit.trace(step, (code, u, pos, *cond, *buffers), check_trace=False)
