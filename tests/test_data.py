@@ -25,6 +25,7 @@ from wavedil.data import (
     corpus_seconds,
     file_mel,
     find_audio_files,
+    iter_file_audio,
     iter_file_codes,
     load_corpus,
     speakers_of,
@@ -604,3 +605,31 @@ def test_bundled_speech8k_loads() -> None:
     assert sum(p.stat().st_size for p in SPEECH8K.rglob("*")) < 6_000_000
     train, valid = split_items(items)
     assert len(valid) >= 1 and len(train) + len(valid) == len(items)
+
+
+# --- the package's public surface ------------------------------------------------------------
+
+
+def test_every_name_of_the_former_module_imports_from_the_package() -> None:
+    """``wavedil.data`` was one module; its names must keep importing from the package."""
+    import wavedil.data as data
+
+    former = ["AUDIO_EXTENSIONS", "LAYOUTS", "VCTK_MICS", "AudioItem", "CorpusError", "find_audio_files",
+              "probe_audio", "load_corpus", "corpus_seconds", "split_items", "SegmentDataset", "iter_file_codes",
+              "speakers_of", "file_mel"]  # fmt: skip
+    assert set(former) <= set(data.__all__)
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+
+
+def test_iter_file_audio_is_what_iter_file_codes_encodes(small_corpus: list[AudioItem], tmp_path: Path) -> None:
+    waves = list(iter_file_audio(small_corpus + [AudioItem(tmp_path / "gone.wav")], 8000, max_seconds=0.5))
+    codes = list(iter_file_codes(small_corpus, 8000, max_seconds=0.5))
+    assert [it.path.name for it, _ in waves] == ["long.wav", "mid.flac"]  # the missing file is skipped
+    for (_, wav), (_, c) in zip(waves, codes, strict=True):
+        assert wav.dtype == torch.float32 and wav.shape == c.shape == (min(4000, wav.shape[0]),)
+        assert torch.equal(mu_law_encode(wav), c)
+    with pytest.raises(ValueError, match="max_seconds must be positive"):
+        list(iter_file_audio(small_corpus, 8000, max_seconds=0))
+    with pytest.raises(ValueError, match="sample_rate must be a positive integer"):
+        list(iter_file_audio(small_corpus, 0))
