@@ -311,6 +311,7 @@ def test_files_vanishing_mid_run_warn_once_each_and_are_replaced_deterministical
     for k, item in enumerate(items):
         assert len(vanish_warnings(caplog, item.path)) == (k in bad), (item.path, caplog.text)
     assert ds.excluded == bad
+    assert all("no longer exists" in vanish_warnings(caplog, items[k].path)[0] for k in (1, 4))
 
     # Items whose first draw is a good file are unchanged; the others draw a replacement that
     # does not depend on the order in which the bad files were found.

@@ -317,10 +317,15 @@ class SegmentDataset(Dataset):
         """Frames ``[start, start + frames)`` of ``item`` at its own rate, ``(frames,)`` float.
 
         Raises:
-            AudioReadError: the file cannot be read, or holds fewer frames than when it was
-                probed (it was truncated since).
+            AudioReadError: the file is gone or cannot be read, or holds fewer frames than when
+                it was probed (it was truncated since).
         """
-        wav, _ = read_audio(item.path, start=start, frames=frames)
+        try:
+            wav, _ = read_audio(item.path, start=start, frames=frames)
+        except AudioReadError:
+            if not os.path.exists(item.path):  # libsndfile only says "System error"
+                raise AudioReadError(f"'{item.path}' no longer exists") from None
+            raise
         expected = min(frames, item.frames - start)
         if wav.shape[0] < expected:
             raise AudioReadError(
