@@ -173,8 +173,6 @@ def test_weight_mode_reaches_generate(run_dir, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("weights", [w for w in WEIGHT_MODES if w != "fp32"])
 def test_reduced_weights_generate_for_real(run_dir, tmp_path, weights):
-    if "fast" not in wavedil.fast.available_backends():
-        pytest.skip("the fast back-end is not available here (needs numba)")
     res = generate_to_files(run_dir, tmp_path / "x.wav", 0.02, seed=1, weights=weights, backend="fast")
     assert res.weights == weights and res.backend == "fast" and sf.info(res.paths[0]).frames == 160
 
@@ -302,8 +300,6 @@ def test_eval_weight_mode_goes_through_the_fast_teacher_forcing(run_dir, corpus,
 
 @pytest.mark.parametrize("weights", [w for w in WEIGHT_MODES if w != "fp32"])
 def test_eval_reduced_weights_for_real(run_dir, corpus, weights):
-    if "fast" not in wavedil.fast.available_backends():
-        pytest.skip("the fast back-end is not available here (needs numba)")
     fp32 = evaluate_files(run_dir, [corpus], max_seconds=0.05).report.model_bits
     reduced = evaluate_files(run_dir, [corpus], max_seconds=0.05, weights=weights).report.model_bits
     assert reduced == pytest.approx(fp32, abs=0.05)  # rounded weights of a random model: nearly the same bits
