@@ -1,11 +1,19 @@
-"""Training-step speed and memory: wavedil's WaveNet against a straightforward implementation.
+"""Training-step speed and memory: wavedil's WaveNet against a straightforward implementation,
+in float32, bf16 autocast and what ``trainer.precision=auto`` picks.
 
-Prints one JSON object. Each configuration runs in its own subprocess so that its peak RSS is
-its own; the baseline runs in the same invocation, on the same machine, with the same data.
+Prints one JSON object. Each configuration runs in its own subprocess so that its peak RSS (and
+GPU memory) is its own (except with ``--quick``, a smoke run in one process); the baseline runs in
+the same invocation, on the same machine, with the same data. The machine block names the CPU
+and its bf16 / AMX / AVX-512 flags: without ``avx512_bf16`` or ``amx_bf16`` bf16 matmuls are
+emulated and slower than float32.
 
-    python bench/training.py                 # ref30, B=4, T=16000, float32, CPU
-    python bench/training.py --quick         # smaller T and fewer steps (a smoke run)
-    python bench/training.py --variants wavedil,baseline,wavedil-ckpt
+    python bench/training.py                 # ref30, B=4, T=16000, CPU
+    python bench/training.py --quick         # B=1, T=500, 1 step, 1 thread, one process: a smoke run
+    python bench/training.py --variants wavedil,wavedil-bf16,wavedil-auto --device cuda
+
+Variants: ``baseline`` (float32), ``wavedil`` (float32), ``wavedil-bf16`` (bf16 autocast),
+``wavedil-auto`` (:func:`wavedil.precision.choose_precision` measures float32 and bf16 on a copy,
+then the chosen one is timed), ``wavedil-ckpt`` (float32, activation checkpointing in 3 groups).
 
 The baseline is what a first implementation looks like: one ``nn.Conv1d`` per dilated conv
 (padding on both sides, the tail cut off), separate 1x1 convs for the residual and the skip,
@@ -32,6 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
 from wavedil import WaveNet, WaveNetConfig  # noqa: E402
 from wavedil.distributions import categorical_bits  # noqa: E402
+from wavedil.training_utils import NATIVE_BF16_FLAGS, autocast_for, cpu_flags  # noqa: E402
+
+#: The /proc/cpuinfo flags that decide how fast bf16 and wide vector code run.
+PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+VARIANTS = ("baseline", "wavedil", "wavedil-bf16", "wavedil-auto", "wavedil-ckpt")
 
 
 class BaselineLayer(nn.Module):
@@ -75,26 +88,36 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def run_one(variant: str, batch: int, length: int, steps: int, warmup: int, threads: int) -> dict:
-    """Time ``steps`` optimizer steps of one variant in this process."""
+def run_one(variant: str, batch: int, length: int, steps: int, warmup: int, threads: int, device: str) -> dict:
+    """Time ``steps`` optimizer steps of one variant in this process (after ``warmup`` steps)."""
     if threads:
         torch.set_num_threads(threads)
+    dev = torch.device(device)
     torch.manual_seed(0)
     cfg = WaveNetConfig()  # ref30
-    if variant == "baseline":
-        model = BaselineWaveNet(cfg)
-    elif variant in ("wavedil", "wavedil-ckpt"):
-        model = WaveNet(cfg)
-        if variant == "wavedil-ckpt":
-            model.stack.checkpoint_segments = 3  # activation checkpointing in 3 groups of layers
-    else:
-        raise ValueError(f"unknown variant {variant!r}")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    seg = torch.randint(0, cfg.quantization_channels, (batch, length + 1))
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    model = (BaselineWaveNet(cfg) if variant == "baseline" else WaveNet(cfg)).to(dev)
+    if variant == "wavedil-ckpt":
+        model.stack.checkpoint_segments = 3  # activation checkpointing in 3 groups of layers
+    make_opt = lambda params: torch.optim.AdamW(params, lr=1e-4)  # noqa: E731
+    opt = make_opt(model.parameters())
+    seg = torch.randint(0, cfg.quantization_channels, (batch, length + 1), device=dev)
+    precision, extra = {"wavedil-bf16": "bf16"}.get(variant, "32"), {}
+    if variant == "wavedil-auto":
+        from wavedil.precision import choose_precision
+
+        t0 = time.perf_counter()
+        precision, reason = choose_precision(model, make_opt, seg, {}, dev, steps=steps)
+        extra = {"chose": precision, "reason": reason, "measure_seconds": time.perf_counter() - t0}
+    autocast, _ = autocast_for(dev, precision)
     rss_before = _peak_rss_mb()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
 
     def step() -> float:
-        loss = categorical_bits(model(seg[:, :-1]), seg[:, 1:])
+        with autocast():
+            loss = categorical_bits(model(seg[:, :-1]), seg[:, 1:]) if variant == "baseline" else model.loss(seg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -106,13 +129,18 @@ def run_one(variant: str, batch: int, length: int, steps: int, warmup: int, thre
     for _ in range(steps):
         step()
     dt = (time.perf_counter() - t0) / steps
-    return {
+    out = {
         "variant": variant,
+        "precision": precision,
         "seconds_per_step": dt,
         "samples_per_second": batch * length / dt,
         "peak_rss_mb": _peak_rss_mb(),
         "rss_before_mb": rss_before,
+        **extra,
     }
+    if dev.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    return out
 
 
 def data_wait_fraction(steps: int, threads: int) -> dict:
@@ -127,12 +155,13 @@ def data_wait_fraction(steps: int, threads: int) -> dict:
     cfg = compose(["experiment=speech8k"])
     dcfg = dict(cfg.data)
     out = {}
+    mcfg = model_config(cfg.model)
     for workers in (0, 1):
-        data = build_data(dcfg, 256, 0, steps + 2)
+        data = build_data(dcfg, mcfg, 0, steps + 2)
         loader = DataLoader(data.train, batch_sampler=StepBatchSampler(0, steps + 2, dcfg["batch_size"]),
                             num_workers=workers)
         torch.manual_seed(0)
-        model = WaveNet(model_config(cfg.model))
+        model = WaveNet(data.model_config)
         opt = torch.optim.AdamW(model.parameters())
         wait = compute = 0.0
         it = iter(loader)
@@ -153,7 +182,17 @@ def data_wait_fraction(steps: int, threads: int) -> dict:
 
 
 def machine() -> dict:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    """The CPU, its precision-relevant flags, and torch's view of the machine."""
+    flags = cpu_flags()
+    out = {
+        "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_flags": {f: f in flags for f in PRECISION_FLAGS},
+        "native_bf16": any(f in flags for f in NATIVE_BF16_FLAGS),
+    }
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["gpu_bf16"] = torch.cuda.is_bf16_supported()
+    return out
 
 
 def main() -> None:
@@ -162,26 +201,38 @@ def main() -> None:
     p.add_argument("--length", type=int, default=16000)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--variants", default="baseline,wavedil,wavedil-ckpt")
-    p.add_argument("--quick", action="store_true", help="T=4000, 3 steps: a smoke run")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 with --quick)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--variants", default="baseline,wavedil,wavedil-bf16,wavedil-auto,wavedil-ckpt")
+    p.add_argument("--quick", action="store_true",
+                   help="B=1, T=500, 1 step, 1 thread, one process, no data loading: a smoke run")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
-    p.add_argument("--data-wait", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--data-wait", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time data loading on the bundled speech (default: on, off with --quick)")
     a = p.parse_args()
     if a.quick:
-        a.length, a.steps, a.warmup = 4000, 3, 1
+        a.batch, a.length, a.steps, a.warmup = 1, 500, 1, 1
+        a.threads = 1 if a.threads is None else a.threads  # one thread: no OpenMP waits on a busy machine
+    a.threads = a.threads or 0
+    if a.data_wait is None:
+        a.data_wait = not a.quick
     if a.one:
-        print(json.dumps(run_one(a.one, a.batch, a.length, a.steps, a.warmup, a.threads)))
+        print(json.dumps(run_one(a.one, a.batch, a.length, a.steps, a.warmup, a.threads, a.device)))
         return
     results = {}
     for v in a.variants.split(","):
+        if a.quick:  # a smoke run: every variant in this process (one start-up; peak RSS is then cumulative)
+            results[v] = run_one(v, a.batch, a.length, a.steps, a.warmup, a.threads, a.device)
+            continue
         cmd = [sys.executable, __file__, "--one", v, "--batch", str(a.batch), "--length", str(a.length),
-               "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+               "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads), "--device", a.device]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"variant {v} failed ({res.returncode}):\n{res.stderr}")
         results[v] = json.loads(res.stdout.strip().splitlines()[-1])
     base = results.get("baseline")
     summary = {
-        "config": {"model": "ref30", "batch": a.batch, "length": a.length, "dtype": "float32", "device": "cpu"},
+        "config": {"model": "ref30", "batch": a.batch, "length": a.length, "steps": a.steps, "device": a.device},
         "machine": machine(),
         "results": results,
     }
@@ -189,9 +240,13 @@ def main() -> None:
         summary["speedup_vs_baseline"] = {
             v: r["samples_per_second"] / base["samples_per_second"] for v, r in results.items() if v != "baseline"
         }
+    if base and not a.quick:
         summary["peak_rss_vs_baseline"] = {
             v: r["peak_rss_mb"] / base["peak_rss_mb"] for v, r in results.items() if v != "baseline"
         }
+    if "wavedil" in results and "wavedil-bf16" in results:
+        rates = {v: results[v]["samples_per_second"] for v in ("wavedil", "wavedil-bf16")}
+        summary["bf16_vs_float32"] = rates["wavedil-bf16"] / rates["wavedil"]
     if a.data_wait:
         summary["data_loading"] = data_wait_fraction(steps=20 if not a.quick else 5, threads=a.threads)
     print(json.dumps(summary, indent=2))

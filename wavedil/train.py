@@ -32,7 +32,6 @@ training time.
 
 from __future__ import annotations
 
-import copy
 import logging
 import signal
 import time
@@ -66,14 +65,12 @@ from .distributed import (
 from .model import WaveNet, WaveNetConfig
 from .progress import Progress
 from .train_config import OptimConfig, TrainerConfig
+from .precision import choose_precision, warn_emulated_bf16
 from .training_utils import (
     EMA,
-    NATIVE_BF16_FLAGS,
     StepBatchSampler,
     TrainingError,
     autocast_for,
-    cpu_flags,
-    cpu_has_native_bf16,
     lr_factor,
     params_digest,
     resolve_device,
@@ -88,8 +85,6 @@ __all__ = [
     "build_data",
     "DataBundle",
     "validate",
-    "choose_precision",
-    "measure_steps_per_second",
     "save_training_checkpoint",
     # re-exported from wavedil.training_utils (their home), for existing imports
     "lr_factor",
@@ -103,10 +98,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
-AUTO_BF16_MIN_SPEEDUP = 1.10  # precision=auto picks bf16 only when it is at least this much faster
-#: bf16 autocast against float32, one training step of ref30 (B=4, T=4000) on a CPU without native
-#: bf16 (AMD EPYC, AVX2 only; bench/training.py --quick): the expected slowdown quoted in the warning.
-EMULATED_BF16_SLOWDOWN = "about 1.5x to 3x"
 
 
 # ----------------------------------------------------------------------------- resume lookup
@@ -267,94 +258,6 @@ class _LossOf(torch.nn.Module):
         return self.model.loss(segment, speaker, mel)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_steps_per_second(
-    model: WaveNet,
-    make_optimizer: Callable[[Any], torch.optim.Optimizer],
-    batch: torch.Tensor,
-    cond: dict[str, torch.Tensor],
-    device: torch.device,
-    precision: str,
-    steps: int = 3,
-    warmup: int = 1,
-) -> float:
-    """Training steps per second of ``model`` at ``precision``, measured on a copy.
-
-    Runs ``warmup + steps`` optimiser steps on a deep copy of the model with a fresh optimiser
-    (``make_optimizer(params)``), inside :func:`torch.random.fork_rng`, so the model, its
-    optimiser and every random state of the run are left exactly as they were.
-    ``batch (B, T+1)`` and ``cond`` must already be on ``device``.
-    """
-    autocast, scaler = autocast_for(device, precision)
-    forks = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=forks):
-        twin = copy.deepcopy(model).train()
-        opt = make_optimizer(twin.parameters())
-        t0 = 0.0
-        for i in range(warmup + steps):
-            if i == warmup:
-                _sync(device)
-                t0 = time.perf_counter()
-            with autocast():
-                loss = twin.loss(batch, **cond)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-        _sync(device)
-        seconds = time.perf_counter() - t0
-    del twin, opt
-    return steps / max(seconds, 1e-9)
-
-
-def choose_precision(
-    model: WaveNet,
-    make_optimizer: Callable[[Any], torch.optim.Optimizer],
-    batch: torch.Tensor,
-    cond: dict[str, torch.Tensor],
-    device: torch.device,
-    steps: int = 3,
-) -> tuple[str, str]:
-    """``trainer.precision=auto``: time float32 and bf16 autocast, pick bf16 only if >= 10% faster.
-
-    Returns ``(precision, reason)``; the reason names both measured rates. The run's model,
-    optimiser and random states are untouched (:func:`measure_steps_per_second`).
-    """
-    fp32 = measure_steps_per_second(model, make_optimizer, batch, cond, device, "32", steps)
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return "32", f"float32 {fp32:.3g} steps/s; {torch.cuda.get_device_name(device)} has no bfloat16"
-    bf16 = measure_steps_per_second(model, make_optimizer, batch, cond, device, "bf16", steps)
-    ratio = bf16 / fp32
-    pick = "bf16" if ratio >= AUTO_BF16_MIN_SPEEDUP else "32"
-    rule = f"bf16 needs >= {AUTO_BF16_MIN_SPEEDUP:.2f}x"
-    reason = f"measured {steps} steps each: float32 {fp32:.3g} steps/s, bf16 autocast {bf16:.3g} steps/s ({ratio:.2f}x; {rule})"
-    if device.type == "cpu" and not cpu_has_native_bf16():
-        reason += f"; this CPU lacks {'/'.join(NATIVE_BF16_FLAGS)}"
-    return pick, reason
-
-
-def _warn_emulated_bf16(device: torch.device) -> None:
-    """A warning for ``precision=bf16`` on a CPU whose bf16 matmuls are emulated (slower than float32)."""
-    if device.type != "cpu" or cpu_has_native_bf16():
-        return
-    known = "no /proc/cpuinfo to read" if not cpu_flags() else f"neither {' nor '.join(NATIVE_BF16_FLAGS)} in /proc/cpuinfo"
-    msg = (
-        f"trainer.precision=bf16 on a CPU without native bfloat16 ({known}): bf16 is emulated here and "
-        f"training is expected to be slower than float32 ({EMULATED_BF16_SLOWDOWN} per step in bench/training.py), "
-        "not faster. Continuing in bf16; trainer.precision=auto measures both and picks the faster"
-    )
-    log.warning(msg)
-    print(f"warning: {msg}", flush=True)
-
-
 # ----------------------------------------------------------------------------- set-up
 
 
@@ -489,7 +392,7 @@ def _resolve_precision(
             print(f"trainer.precision=auto: using {'bf16 autocast' if choice == 'bf16' else 'float32'} ({reason})")
         precision = broadcast_object(choice, dist) if dist.enabled else choice
     if precision == "bf16" and tcfg.precision == "bf16" and dist.is_main:
-        _warn_emulated_bf16(device)
+        warn_emulated_bf16(device)
     return precision
 
 
@@ -546,7 +449,8 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     autocast, scaler = autocast_for(device, precision)
     net: torch.nn.Module = _LossOf(model)
     if dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
     if tcfg.compile:
         net = torch.compile(net)
     loader = DataLoader(
@@ -674,7 +578,9 @@ def log_step(run: Run, loss: float | None, elapsed: float, final: bool) -> None:
     rate = run.samples_since_log / max(now - run.t_last_log, 1e-9)
     postfix: dict[str, Any] = {"bits": run.last_loss, "samples_s": rate}
     if run.tcfg.max_time is not None:
-        postfix["time"] = f"{100 * run.time_fraction(elapsed):.0f}%"
+        left = int(max(0.0, run.tcfg.max_time - elapsed))
+        postfix["budget"] = f"{100 * run.time_fraction(elapsed):.0f}%"
+        postfix["left"] = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
     run.progress.update(1, **postfix)
     if run.main and _due(run.step, run.tcfg.log_every, final):
         run.writer.add_scalar("train/bits_per_sample", run.last_loss, run.step)
@@ -741,8 +647,8 @@ def _stop_on_data_error(run: Run, exc: BaseException) -> TrainingError:
         if run.last_ckpt is not None and not saved:
             saved = f" Saved '{run.last_ckpt}' (step {run.last_ckpt_step})."
     return TrainingError(
-        f"the training data failed at step {run.step}: {_data_error_message(exc)}.{saved} Fix the data, then resume with the same "
-        f"command plus trainer.resume=true (or trainer.resume={run.run_dir})"
+        f"the training data failed at step {run.step}: {_data_error_message(exc)}.{saved} Fix the data, then resume "
+        f"with the same command plus trainer.resume=true (or trainer.resume={run.run_dir})"
     )
 
 
@@ -789,7 +695,8 @@ def _loop(run: Run) -> None:
             stopping = any_rank(stop.signal is not None, run.dist)
             after_step(run, loss, elapsed, final=run.step >= t.max_steps or out_of_time)
             if out_of_time and run.main:
-                print(f"time budget trainer.max_time={t.max_time:.0f} s reached at step {run.step}: saved {run.last_ckpt}")
+                print(f"time budget trainer.max_time={t.max_time:.0f} s reached at step {run.step}: "
+                      f"saved {run.last_ckpt}")
             if stopping:
                 if run.main and run.last_ckpt_step != run.step:
                     save_training_checkpoint(run, elapsed)
@@ -813,8 +720,9 @@ def train(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     run = setup(cfg, run_dir)
     _announce(run)
     run.writer = _summary_writer(run.run_dir / "tb") if run.main else _NullWriter()
+    total = None if run.tcfg.max_time is not None else run.tcfg.max_steps  # with a budget: the postfix shows time left
     run.progress = Progress(
-        total=run.tcfg.max_steps, unit="step", initial=run.step, desc="train",
+        total=total, unit="step", initial=run.step, desc="train",
         enabled=run.main and run.tcfg.progress, interval=run.tcfg.progress_interval,
     )
     run.model.train()
