@@ -14,10 +14,11 @@ need. Tensors are ``(B, C, T)``; with ``layout="BTC"`` the stack's ``(B, C, T)``
 
 ``T`` is the fixed ``chunk_length``; bracketed entries exist only when the stack was built with
 global / local conditioning / skip outputs (see :attr:`StreamingStep.input_names`). The buffers
-have the :class:`~wavedil.layers.StackState` ring layout: layer ``i`` holds ``(B, R, L_i)`` with
+have the :class:`~wavedil.streaming.StackState` ring layout: layer ``i`` holds ``(B, R, L_i)`` with
 ``L_i = (k - 1) * d_i`` and slot ``t % L_i`` holding the input of time ``t``, so a state moves
 between the eager and the exported step with :func:`state_to_tensors` /
-:func:`state_from_tensors`.
+:func:`state_from_tensors`. The ring arithmetic (:func:`~wavedil.streaming.ring_conv_step`) is
+the one :mod:`wavedil.streaming` implements for the eager step too; it is re-exported here.
 
 >>> stack = DilatedStack(8, layers_per_stack=3).eval()
 >>> scripted = to_torchscript(stack)
@@ -38,10 +39,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import DilatedStack, StackState
+from .layers import DilatedStack
+from .streaming import StackState, ring_conv_step, state_from_tensors, state_to_tensors
 
 __all__ = [
     "MissingDependencyError",
@@ -61,53 +62,6 @@ ONNX_PACKAGES = ("onnx", "onnxscript")
 
 class MissingDependencyError(ImportError, ValueError):
     """An optional dependency is not installed (an ``ImportError`` that CLIs can catch as ``ValueError``)."""
-
-
-# ----------------------------------------------------------------------------- pure helpers
-
-
-def ring_conv_step(
-    x: torch.Tensor,
-    buf: torch.Tensor,
-    pos: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    dilation: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One causal dilated convolution over the chunk ``x`` that starts at stream time ``pos``.
-
-    Args:
-        x: the chunk ``(B, C_in, T)``, times ``pos .. pos + T - 1``.
-        buf: the ring ``(B, C_in, L)``, ``L = (k - 1) * d``; slot ``t % L`` holds input ``t``.
-        pos: 0-dim int64 tensor.
-        weight, bias: ``(C_out, C_in, k)`` and ``(C_out,)`` (or None).
-
-    Returns ``(y (B, C_out, T), new_buf (B, C_in, L))`` without touching ``buf``::
-
-        hist = [x[pos-L] .. x[pos-1] | x[pos] .. x[pos+T-1]]      (B, C_in, L + T), oldest first
-        y    = conv1d(hist, dilation=d)                            (B, C_out, T), no padding
-        slot s of new_buf = hist[L+T-1 - ((pos+T-1 - s) mod L)]    the newest time t = s (mod L)
-    """
-    L, T = buf.shape[-1], x.shape[-1]
-    slots = torch.arange(L, device=buf.device)
-    past = buf.index_select(-1, torch.remainder(pos + slots, L))  # times pos-L .. pos-1 (B, C_in, L)
-    hist = torch.cat([past, x], dim=-1)  # (B, C_in, L + T)
-    y = F.conv1d(hist, weight, bias, dilation=dilation)  # (B, C_out, T)
-    # + L keeps the dividend positive, so any remainder convention (ONNX Mod too) agrees.
-    newest = (L + T - 1) - torch.remainder(pos + (T - 1 + L) - slots, L)
-    return y, hist.index_select(-1, newest)
-
-
-def state_to_tensors(state: StackState) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``(pos, buffers)`` of a :class:`StackState`: ``pos`` as a 0-dim int64 tensor on the buffers' device."""
-    return torch.tensor(state.pos, dtype=torch.int64, device=state.buffers[0].device), list(state.buffers)
-
-
-def state_from_tensors(pos: torch.Tensor | int, buffers: Sequence[torch.Tensor]) -> StackState:
-    """The :class:`StackState` for an exported step's ``new_pos`` and ``new_buffers`` (inverse of
-    :func:`state_to_tensors`); accepts torch tensors or numpy arrays (an ONNX runtime's outputs)."""
-    bufs = [b if isinstance(b, torch.Tensor) else torch.from_numpy(b) for b in buffers]
-    return StackState(bufs, int(pos))
 
 
 # ----------------------------------------------------------------------------- the module
@@ -138,8 +92,8 @@ class StreamingStep(nn.Module):
         self.stack = stack
         self.chunk_length = chunk_length
         first = stack.layers[0]
-        self.has_global_cond = first.gc is not None
-        self.has_local_cond = first.lc is not None
+        self.has_global_cond = first.global_cond_proj is not None
+        self.has_local_cond = first.local_cond_proj is not None
         self.has_skip = stack.skip_channels > 0
         self.num_layers = len(stack.layers)
 
@@ -178,7 +132,7 @@ class StreamingStep(nn.Module):
             conv = layer.conv
             h, buf = ring_conv_step(x, buf, pos, conv.weight, conv.bias, conv.dilation)
             # The gate and the 1x1 outputs are the block's own code, so the two paths cannot drift.
-            x, skip = layer._outputs(x, layer._gate(h, global_cond, local_cond))
+            x, skip = layer.residual_and_skip(x, layer.gate(h, global_cond, local_cond))
             new_buffers.append(buf)
             if skip is not None:
                 skip_sum = skip if skip_sum is None else skip_sum + skip
@@ -250,14 +204,15 @@ def _example_inputs(step: StreamingStep, batch_size: int) -> tuple[torch.Tensor,
 
     T, R = step.chunk_length, stack.residual_channels
     x = rand(batch_size, T, R) if stack.layout == "BTC" else rand(batch_size, R, T)
-    gc = rand(batch_size, stack.layers[0].gc.in_features) if step.has_global_cond else None
-    lc = None
+    first = stack.layers[0]
+    global_cond = rand(batch_size, first.global_cond_proj.in_features) if step.has_global_cond else None
+    local_cond = None
     if step.has_local_cond:
-        Lc = stack.layers[0].lc.in_channels
-        lc = rand(batch_size, T, Lc) if stack.layout == "BTC" else rand(batch_size, Lc, T)
+        Lc = first.local_cond_proj.in_channels
+        local_cond = rand(batch_size, T, Lc) if stack.layout == "BTC" else rand(batch_size, Lc, T)
     state = stack.init_state(batch_size)
     state.pos = 5  # an arbitrary position: nothing may depend on the value the trace saw
-    return step.pack(x, state, gc, lc)
+    return step.pack(x, state, global_cond, local_cond)
 
 
 def _export_inputs(stack: DilatedStack, chunk_length: int) -> tuple[StreamingStep, tuple, tuple]:

@@ -275,7 +275,7 @@ class WaveNet(nn.Module):
     ) -> torch.Tensor:
         """``codes (B, T)`` -> head parameters ``(B, P, T)`` (logits for ``mulaw``; teacher forcing).
 
-        The work runs channels last (see :meth:`DilatedStack._forward_btc`); the result is a
+        The work runs channels last (see :meth:`DilatedStack.forward_btc`); the result is a
         ``(B, P, T)`` view of ``(B, T, P)`` parameters.
         """
         return self.forward_btc(codes, speaker, mel).transpose(1, 2)
@@ -288,7 +288,7 @@ class WaveNet(nn.Module):
         x = self.embed(codes.long())  # (B, T, R)
         local = self.upsample(mel, codes.shape[1]) if (mel is not None or self.upsampler is not None) else None
         local = None if local is None else local.transpose(1, 2)  # (B, T, n_mels)
-        _, skip = self.stack._forward_btc(x, self.speaker_condition(speaker, codes.shape[0]), local)  # (B, T, S)
+        _, skip = self.stack.forward_btc(x, self.speaker_condition(speaker, codes.shape[0]), local)  # (B, T, S)
         h1, h2 = self.head[1], self.head[3]
         h = F.linear(torch.relu(skip), h1.weight[:, :, 0], h1.bias)
         return F.linear(torch.relu(h), h2.weight[:, :, 0], h2.bias)  # (B, T, P)

@@ -1,0 +1,131 @@
+"""Pure arithmetic of causal dilated convolutions: padding, dilation schedules, receptive fields.
+
+No tensors of a model and no ``nn.Module`` here: these functions are what the layers in
+:mod:`wavedil.layers` call and what the tests check directly. Sequences are ``(B, C, T)``.
+
+The causal rule: a convolution with kernel ``k`` and dilation ``d`` sees the current sample and
+``k - 1`` past samples spaced ``d`` apart, so it needs ``(k - 1) * d`` zeros of left padding
+and none on the right::
+
+    k = 3, d = 2            padding (k - 1) * d = 4
+                            |<-- pad -->|
+    input        time      -4 -3 -2 -1  0  1  2  3  4  5  6
+                            0  0  0  0 x0 x1 x2 x3 x4 x5 x6
+    output[4] =                        w0*x0 + w1*x2 + w2*x4
+                                        ^       ^       ^
+                                     t - 2d   t - d     t      (never t + 1 or later)
+
+A stack of such layers sees ``1 + (k - 1) * sum(dilations)`` samples (its receptive field);
+:func:`receptive_field_coverage` says whether every offset inside it is reachable.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+
+__all__ = [
+    "check_positive_int",
+    "check_dilations",
+    "causal_padding",
+    "dilation_schedule",
+    "receptive_field",
+    "receptive_field_coverage",
+    "warn_if_gridded",
+]
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an ``int`` (not a ``bool``) ``>= minimum``; else a ``ValueError`` naming ``name``.
+
+    >>> check_positive_int("kernel_size", 3, 2)
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
+    """``dilations`` as a tuple of ints ``>= 1`` (at least one); else a ``ValueError`` with the offender."""
+    dilations = tuple(dilations)
+    if len(dilations) == 0:
+        raise ValueError("dilations must hold at least one layer, got an empty sequence")
+    for i, d in enumerate(dilations):
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ValueError(f"dilations[{i}] must be an integer >= 1, got {d!r} in {dilations}")
+    return dilations
+
+
+def causal_padding(kernel_size: int, dilation: int) -> int:
+    """Left padding ``(k - 1) * d`` that makes a dilated convolution causal.
+
+    >>> causal_padding(2, 512)
+    512
+    >>> causal_padding(3, 4)
+    8
+    """
+    check_positive_int("kernel_size", kernel_size, 2)
+    check_positive_int("dilation", dilation)
+    return (kernel_size - 1) * dilation
+
+
+def dilation_schedule(layers_per_stack: int, stacks: int = 1, base: int = 2) -> tuple[int, ...]:
+    """Dilations ``1, base, base**2, ...`` for ``layers_per_stack`` layers, repeated ``stacks`` times.
+
+    >>> dilation_schedule(4, 2)
+    (1, 2, 4, 8, 1, 2, 4, 8)
+    """
+    check_positive_int("layers_per_stack", layers_per_stack)
+    check_positive_int("stacks", stacks)
+    check_positive_int("base", base)
+    return tuple(base**i for i in range(layers_per_stack)) * stacks
+
+
+def receptive_field(kernel_size: int, dilations: Sequence[int]) -> int:
+    """Number of input samples (current one included) that one output of the stack sees.
+
+    ``1 + (k - 1) * sum(dilations)``; for ref30 (kernel 2, 1..512 three times) that is 3070.
+
+    >>> receptive_field(2, dilation_schedule(10, 3))
+    3070
+    """
+    check_positive_int("kernel_size", kernel_size, 2)
+    return 1 + (kernel_size - 1) * sum(check_dilations(dilations))
+
+
+def receptive_field_coverage(kernel_size: int, dilations: Sequence[int]) -> float:
+    """Fraction of the ``receptive_field`` input offsets reachable through the stack's paths.
+
+    Every path through the residual stack either skips a layer (residual) or takes one of its
+    ``k`` taps, so the reachable offsets are the subset sums ``sum_i m_i d_i`` with
+    ``0 <= m_i < k``. A schedule with holes ("gridding") leaves some offsets unreachable.
+
+    >>> receptive_field_coverage(2, (1, 2, 4))
+    1.0
+    >>> receptive_field_coverage(2, (2, 4))  # odd offsets are never reached
+    0.5714285969734192
+    """
+    dilations = check_dilations(dilations)
+    rf = receptive_field(kernel_size, dilations)
+    reach = torch.zeros(rf, dtype=torch.bool)
+    reach[0] = True
+    for d in dilations:
+        new = reach.clone()
+        for m in range(1, kernel_size):
+            new[m * d :] |= reach[: rf - m * d]
+        reach = new
+    return float(reach.float().mean())
+
+
+def warn_if_gridded(kernel_size: int, dilations: Sequence[int]) -> None:
+    """Warn (``UserWarning``) when the schedule leaves holes in its receptive field."""
+    cov = receptive_field_coverage(kernel_size, dilations)
+    if cov < 1.0:
+        warnings.warn(
+            f"dilations {tuple(dilations)} with kernel {kernel_size} reach only {cov:.1%} of the "
+            "receptive field (gridding): start each cycle at dilation 1 and grow by at most the kernel size",
+            stacklevel=3,
+        )
