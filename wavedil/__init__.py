@@ -22,6 +22,7 @@ from .layers import (
     receptive_field_coverage,
 )
 from .model import WaveNet, WaveNetConfig
+from .pretrained import PretrainedInfo, list_pretrained, load_pretrained
 from .synthesis import SynthesisResult, generate_to_files, load_mel, resolve_speaker, vocode_file
 
 __version__ = "0.1.0"
@@ -67,4 +68,7 @@ __all__ = [
     "FileEvaluation",
     "describe_model",
     "ModelDescription",
+    "load_pretrained",
+    "list_pretrained",
+    "PretrainedInfo",
 ]

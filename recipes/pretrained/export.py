@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Export a training run as a bundled pretrained model: data/pretrained/<name>/{model.pt,card.json,MODEL_CARD.md}.
+
+    python recipes/pretrained/export.py RUN --preset speech8k --eval-json speech8k_eval.txt
+    python recipes/pretrained/export.py RUN --preset speech8k-vocoder --eval-json vocoder_eval.txt
+
+``RUN`` is a run folder (its newest good checkpoint) or a ``step_*.pt`` file. ``--eval-json``
+is the saved output of ``wavedil eval ... --json`` (its last line is the JSON); its figures go
+into the card. A preset fills the name, description, corpus, recipe and the commands; the
+options override them. The work is :func:`wavedil.pretrained.export_pretrained`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from wavedil.pretrained import DTYPES, export_pretrained, heldout_from_eval
+
+#: The training audio of both bundled models.
+ASTERISK_CORPUS = {
+    "name": "asterisk-core-sounds-en-wav 1.6.1-1 (Debian), all 568 files, about 25 minutes at 8 kHz",
+    "source": "Debian package asterisk-core-sounds-en-wav, installed by recipes/asterisk_full/prepare.sh "
+    "to /usr/share/asterisk/sounds/en_US_f_Allison",
+    "licence": "CC-BY-SA-3.0",
+    "attribution": "Allison Smith (http://www.theivrvoice.com), recorded for Digium, Inc. (http://www.digium.com)",
+}
+CORPUS_DIR = "/usr/share/asterisk/sounds/en_US_f_Allison"
+
+PRESETS = {
+    "speech8k": {
+        "description": "unconditional speech model: one US-English voice, 8 kHz mu-law",
+        "train_command": "recipes/asterisk_full/prepare.sh && wavedil train experiment=pretrained_speech8k",
+        "eval_command": "wavedil eval {run} " + CORPUS_DIR + " --split valid --json",
+    },
+    "speech8k-vocoder": {
+        "description": "mel vocoder: 40-band log-mel frames every 10 ms to 8 kHz mu-law speech",
+        "train_command": "recipes/asterisk_full/prepare.sh && wavedil train experiment=pretrained_vocoder8k",
+        "eval_command": "wavedil eval {run} " + CORPUS_DIR + " --split valid --vocode-seconds 2 --json",
+    },
+}
+
+
+def read_eval_json(path: Path) -> dict:
+    """The JSON figures in the saved output of ``wavedil eval --json`` (its last JSON line)."""
+    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
+        if line.lstrip().startswith("{"):
+            return heldout_from_eval(json.loads(line))
+    raise ValueError(f"'{path}' holds no JSON line: save the output of wavedil eval ... --json into it")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", help="a run folder (its newest checkpoint) or a step_*.pt file")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="fills name, description and commands of a bundled model")
+    p.add_argument("--name", help="the name to load it by (default: the preset's)")
+    p.add_argument("--out-dir", default=None,
+                   help="the pretrained/ folder (default: $WAVEDIL_DATA/pretrained, else data/pretrained)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="storage of the weights (both load as float32)")
+    p.add_argument("--description", help="one line for the card")
+    p.add_argument("--eval-json", type=Path, help="saved output of `wavedil eval ... --json` on held-out files")
+    p.add_argument("--eval-command", action="append", default=None, help="the eval command(s) behind --eval-json")
+    p.add_argument("--train-command", help="the command that trained the run")
+    p.add_argument("--corpus-json", type=Path, help="a JSON file with name/source/licence/attribution of another corpus")
+    args = p.parse_args(argv)
+    if args.name is None and args.preset is None:
+        p.error("give --preset or --name")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    preset = PRESETS.get(args.preset or "", {})
+    name = args.name or args.preset
+    eval_commands = args.eval_command or ([preset["eval_command"].format(run=args.run)] if preset else [])
+    corpus = json.loads(args.corpus_json.read_text()) if args.corpus_json else ASTERISK_CORPUS
+    info = export_pretrained(
+        args.run, name, out_dir=args.out_dir, dtype=args.dtype,
+        description=args.description or preset.get("description", ""), corpus=corpus,
+        recipe="recipes/pretrained/README.md", train_command=args.train_command or preset.get("train_command"),
+        export_command="python recipes/pretrained/export.py " + shlex.join(argv),
+        eval_commands=eval_commands, heldout=read_eval_json(args.eval_json) if args.eval_json else None,
+    )  # fmt: skip
+    print(f"wrote {info.folder}: {info.kind}, {info.parameters:,} parameters, {info.dtype}, sha256 {info.sha256}")
+    if not info.heldout:
+        print("note: no held-out figures in the card; pass --eval-json (see recipes/pretrained/README.md)")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,297 @@
+"""Bundled pretrained models (wavedil.pretrained): export, listing, verified loading, use by name.
+
+Tiny models are exported from checkpoints built the way the trainer saves them into a temporary
+``$WAVEDIL_DATA/pretrained``; the last test checks every model that really ships under
+``data/pretrained/`` of the checkout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import wavedil
+from wavedil import WaveNet, WaveNetConfig, decode, generate, read_audio
+from wavedil.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from wavedil.conditioning import MelSpec
+from wavedil.data import file_mel, load_corpus, split_items
+from wavedil.pretrained import (
+    CARD_JSON,
+    CARD_MD,
+    MODEL_FILE,
+    export_pretrained,
+    file_sha256,
+    heldout_from_eval,
+    list_pretrained,
+    load_pretrained,
+    open_model,
+    pretrained_dir,
+)
+
+CHECKOUT = Path(wavedil.__file__).resolve().parent.parent
+SHIPPED = CHECKOUT / "data" / "pretrained"
+SPEECH8K = CHECKOUT / "data" / "speech8k" / "wavs"
+CORPUS = {
+    "name": "asterisk-core-sounds-en-wav 1.6.1-1 (test)",
+    "licence": "CC-BY-SA-3.0",
+    "attribution": "Allison Smith for Digium, Inc.",
+}
+
+
+def _tiny(mel: bool) -> WaveNetConfig:
+    spec = MelSpec(sample_rate=8000, hop_length=80, n_fft=256, n_mels=40).to_dict() if mel else None
+    return WaveNetConfig(
+        residual_channels=8, gate_channels=16, skip_channels=8, head_channels=8, layers_per_stack=3, stacks=1, mel=spec
+    )
+
+
+def _training_checkpoint(run: Path, mel: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Save ``run/checkpoints/step_00000002.pt`` as the trainer does; return its EMA weights."""
+    torch.manual_seed(seed)
+    cfg = _tiny(mel)
+    model = WaveNet(cfg)
+    if mel:  # normalisation statistics of a corpus, not the identity
+        model.mel_mean.copy_(torch.linspace(-9.0, -2.0, 40))
+        model.mel_std.copy_(torch.linspace(1.0, 3.0, 40))
+    ema = {k: (v + 0.01 * torch.randn_like(v)) if k not in ("mel_mean", "mel_std") else v.clone()
+           for k, v in model.state_dict().items()}  # fmt: skip
+    opt = torch.optim.Adam(model.parameters())
+    save_checkpoint(
+        {
+            "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
+            "step": 2, "elapsed_seconds": 12.5, "precision": "fp32", "rng": {"torch": torch.get_rng_state()},
+            "config": {"data": {"valid_fraction": 0.05}, "trainer": {"threads": 1}},
+            "model_config": cfg.to_dict(), "sample_rate": 8000,
+        },
+        run / "checkpoints" / "step_00000002.pt",
+    )  # fmt: skip
+    return ema
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ``$WAVEDIL_DATA/pretrained``."""
+    (tmp_path / "data" / "pretrained").mkdir(parents=True)
+    monkeypatch.setenv("WAVEDIL_DATA", str(tmp_path / "data"))
+    return tmp_path / "data" / "pretrained"
+
+
+@pytest.fixture
+def shipped(tmp_path: Path, data_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Two exported models, ``voc`` (bf16 vocoder) and ``speech`` (float32); their EMA weights."""
+    ema_voc = _training_checkpoint(tmp_path / "run_voc", mel=True)
+    ema_speech = _training_checkpoint(tmp_path / "run_speech", mel=False, seed=1)
+    export_pretrained(tmp_path / "run_voc", "voc", dtype="bfloat16", description="tiny vocoder", corpus=CORPUS,
+                      heldout={"log_mel_distance": 0.5}, eval_commands=["wavedil eval ..."])  # fmt: skip
+    export_pretrained(tmp_path / "run_speech", "speech", out_dir=data_dir, corpus=CORPUS,
+                      heldout={"bits_per_sample": 3.8, "bz2_bits_per_sample": 5.0})  # fmt: skip
+    return {"voc": ema_voc, "speech": ema_speech}
+
+
+def _resynthesise(model: WaveNet, wav: torch.Tensor) -> torch.Tensor:
+    """Vocode ``wav (T,)`` from its own log-mel: the samples ``(T',)`` in [-1, 1]."""
+    mel = file_mel(wav, model.mel_spec, model.mel_context)
+    codes = generate(model, None, mel=mel, seed=0).codes[0]
+    return decode(codes, model.encoding, model.quantization_channels)
+
+
+# ----------------------------------------------------------------------------- listing and loading
+
+
+def test_listing_reads_the_cards(shipped) -> None:
+    infos = {i.name: i for i in list_pretrained()}
+    assert sorted(infos) == ["speech", "voc"]
+    voc, speech = infos["voc"], infos["speech"]
+    assert (voc.kind, voc.sample_rate, voc.dtype, voc.description) == ("vocoder", 8000, "bfloat16", "tiny vocoder")
+    assert (speech.kind, speech.dtype) == ("unconditional", "float32")
+    assert speech.parameters == WaveNet(_tiny(False)).num_parameters()
+    assert speech.heldout == {"bits_per_sample": 3.8, "bz2_bits_per_sample": 5.0}
+    assert voc.sha256 == file_sha256(voc.model_file)
+
+
+def test_load_pretrained_loads_the_ema_weights_with_weights_only(shipped, monkeypatch) -> None:
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    model = load_pretrained("speech")
+    assert calls == [True]
+    assert isinstance(model, WaveNet) and not model.training
+    state = model.state_dict()
+    for key, value in shipped["speech"].items():
+        assert state[key].dtype == torch.float32
+        assert torch.equal(state[key], value), key  # the EMA, not the raw weights
+
+
+def test_model_file_holds_inference_state_only(shipped, data_dir) -> None:
+    obj = torch.load(data_dir / "speech" / MODEL_FILE, weights_only=True)
+    assert set(obj) == {"format", "model", "model_config", "sample_rate", "step", "elapsed_seconds", "config", "pretrained"}
+    assert obj["config"]["data"]["valid_fraction"] == 0.05  # eval --split valid finds the training split
+
+
+def test_card_records_provenance_and_licence(shipped, data_dir) -> None:
+    card = json.loads((data_dir / "voc" / CARD_JSON).read_text())
+    assert card["sha256"] == file_sha256(data_dir / "voc" / MODEL_FILE)
+    assert card["bytes"] == (data_dir / "voc" / MODEL_FILE).stat().st_size
+    assert (card["steps"], card["wall_time_seconds"], card["parameters"]) == (2, 12.5, WaveNet(_tiny(True)).num_parameters())
+    assert card["model_config"] == _tiny(True).to_dict()
+    assert card["machine"]["threads"] == 1 and card["machine"]["cpu"]
+    assert card["licence"] == "CC-BY-SA-3.0" and "CC-BY-SA-3.0" in card["licence_note"]
+    text = (data_dir / "voc" / CARD_MD).read_text()
+    for fact in (card["sha256"], "CC-BY-SA-3.0", "Allison Smith", "log_mel_distance", "wavedil eval ...", "--model voc"):
+        assert fact in text, fact
+
+
+def test_re_export_gives_the_same_file(tmp_path, data_dir) -> None:
+    _training_checkpoint(tmp_path / "run", mel=False)
+    first = export_pretrained(tmp_path / "run", "m").sha256
+    second = export_pretrained(tmp_path / "run", "m", heldout={"bits_per_sample": 4.0})
+    assert second.sha256 == first and second.heldout == {"bits_per_sample": 4.0}
+
+
+def test_bfloat16_export_round_trips_to_float32(shipped, data_dir) -> None:
+    model = load_pretrained("voc")
+    state = model.state_dict()
+    params = dict(model.named_parameters())
+    for key, value in shipped["voc"].items():
+        got = state[key]
+        assert got.dtype == torch.float32
+        if key in params:
+            assert torch.equal(got, value.to(torch.bfloat16).float()), key
+            torch.testing.assert_close(got, value, rtol=2**-8, atol=1e-30)
+        else:  # buffers (the mel statistics) stay exact
+            assert torch.equal(got, value), key
+
+
+def test_open_model_takes_paths_as_before_and_pretrained_names(shipped, tmp_path) -> None:
+    by_path = open_model(tmp_path / "run_speech")
+    assert by_path.path.name == "step_00000002.pt" and by_path.pretrained is None
+    assert "optimizer" in by_path.checkpoint  # the training checkpoint itself, untouched
+    by_name = open_model("pretrained:speech")
+    assert by_name.pretrained is not None and by_name.pretrained.name == "speech"
+    assert by_name.label == "pretrained model 'speech'" and by_name.sample_rate == 8000
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_tampered_file_is_refused_naming_both_digests(shipped, data_dir) -> None:
+    path = data_dir / "speech" / MODEL_FILE
+    expected = file_sha256(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as err:
+        load_pretrained("speech")
+    msg = str(err.value)
+    assert expected in msg and file_sha256(path) in msg and str(path) in msg
+
+
+def test_card_config_mismatch_is_refused(shipped, data_dir) -> None:
+    card_path = data_dir / "speech" / CARD_JSON
+    card = json.loads(card_path.read_text())
+    card["model_config"]["residual_channels"] = 16
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"differs from its card's in \['residual_channels'\]"):
+        load_pretrained("speech")
+
+
+def test_unknown_name_lists_the_valid_ones(shipped) -> None:
+    with pytest.raises(ValueError, match=r"unknown pretrained model 'nope'; the models that ship are: speech, voc"):
+        load_pretrained("nope")
+    with pytest.raises(ValueError, match="unknown pretrained model 'nope'"):
+        open_model("pretrained:nope")
+
+
+def test_unknown_name_when_none_ship(data_dir) -> None:
+    assert pretrained_dir() == data_dir and list_pretrained() == []
+    with pytest.raises(ValueError, match="no pretrained models ship"):
+        load_pretrained("speech8k")
+
+
+def test_export_refuses_bad_arguments(tmp_path, data_dir) -> None:
+    _training_checkpoint(tmp_path / "run", mel=False)
+    with pytest.raises(ValueError, match=r"name must be .* got 'Bad Name'"):
+        export_pretrained(tmp_path / "run", "Bad Name")
+    with pytest.raises(ValueError, match=r"dtype must be one of \['float32', 'bfloat16'\], got 'float16'"):
+        export_pretrained(tmp_path / "run", "m", dtype="float16")
+    with pytest.raises(ValueError, match=r"would replace computed ones"):
+        export_pretrained(tmp_path / "run", "m", extra={"sha256": "0" * 64})
+    assert list_pretrained() == []
+
+
+def test_export_script_fills_the_card_from_eval_output(tmp_path, data_dir, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("export_recipe", CHECKOUT / "recipes" / "pretrained" / "export.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _training_checkpoint(tmp_path / "run", mel=True)
+    figures = {
+        "model_bits_per_sample": 3.5, "bz2_bits_per_sample": 5.6, "unigram_bits_per_sample": 7.4, "samples": 1000,
+        "files": 3, "per_file": [], "weights": "fp32", "log_mel_distance": 0.4,
+        "log_mel_distance_baselines": {"codec": 0.18, "other_file": 2.2},
+    }  # fmt: skip
+    (tmp_path / "eval.txt").write_text("3 files, 1,000 predicted samples\n  model ...\n" + json.dumps(figures) + "\n")
+    script.main([str(tmp_path / "run"), "--preset", "speech8k-vocoder", "--eval-json", str(tmp_path / "eval.txt")])
+    assert "sha256" in capsys.readouterr().out
+    card = json.loads((data_dir / "speech8k-vocoder" / CARD_JSON).read_text())
+    assert card["heldout"] == {
+        "bits_per_sample": 3.5, "bz2_bits_per_sample": 5.6, "unigram_bits_per_sample": 7.4, "files": 3,
+        "samples": 1000, "log_mel_distance": 0.4, "log_mel_codec_floor": 0.18, "log_mel_other_file": 2.2,
+    }  # fmt: skip
+    assert card["train_command"].endswith("wavedil train experiment=pretrained_vocoder8k")
+    assert card["eval_commands"] == [f"wavedil eval {tmp_path / 'run'} /usr/share/asterisk/sounds/en_US_f_Allison "
+                                     "--split valid --vocode-seconds 2 --json"]  # fmt: skip
+    assert card["export_command"].startswith("python recipes/pretrained/export.py ")
+    assert card["corpus"]["licence"] == card["licence"] == "CC-BY-SA-3.0"
+    with pytest.raises(ValueError, match="not the output of wavedil eval --json"):
+        heldout_from_eval({"bits": 1.0})
+
+
+# ----------------------------------------------------------------------------- use
+
+
+def test_vocoder_resynthesises_a_prompt_to_its_length(shipped) -> None:
+    model = load_pretrained("voc")
+    wav, _ = read_audio(sorted(SPEECH8K.glob("*.wav"))[0], sample_rate=8000, frames=1000)
+    out = _resynthesise(model, wav)
+    assert out.shape[-1] >= wav.shape[-1]  # whole mel frames: ceil(T / hop) * hop samples
+    assert out.shape[-1] == -(-wav.shape[-1] // 80) * 80
+    assert torch.isfinite(out).all() and out.abs().max() <= 1.0
+
+
+# ----------------------------------------------------------------------------- what really ships
+
+
+def test_every_shipped_model_matches_its_card_and_runs(monkeypatch) -> None:
+    """Each folder of data/pretrained/: sha256 and config as its card says; it generates or vocodes."""
+    monkeypatch.setenv("WAVEDIL_DATA", str(SHIPPED.parent))
+    folders = sorted(p for p in SHIPPED.iterdir() if p.is_dir()) if SHIPPED.is_dir() else []
+    assert sorted(i.name for i in list_pretrained()) == [p.name for p in folders]  # every folder has a readable card
+    for folder in folders:
+        card = json.loads((folder / CARD_JSON).read_text())
+        assert card["name"] == folder.name and (folder / CARD_MD).is_file()
+        assert file_sha256(folder / MODEL_FILE) == card["sha256"], folder
+        obj = torch.load(folder / MODEL_FILE, weights_only=True)
+        assert obj["model_config"] == card["model_config"] and obj["sample_rate"] == card["sample_rate"]
+        model = load_pretrained(folder.name)
+        assert model.num_parameters() == card["parameters"]
+        assert card["licence"] and card["corpus"].get("licence") and card["heldout"], folder
+        if model.upsampler is not None:  # a held-out prompt of the training split, 0.1 s of it
+            valid_fraction = obj["config"]["data"]["valid_fraction"]
+            _, held_out = split_items(load_corpus(SPEECH8K), valid_fraction, min_valid=0)
+            wav, _ = read_audio(held_out[0].path, sample_rate=card["sample_rate"], frames=card["sample_rate"] // 10)
+            out = _resynthesise(model, wav)
+            assert out.shape[-1] == -(-wav.shape[-1] // model.mel_spec.hop_length) * model.mel_spec.hop_length
+        else:
+            codes = generate(model, 400, seed=0).codes[0]
+            out = decode(codes, model.encoding, model.quantization_channels)
+            assert out.shape[-1] == 400
+        assert torch.isfinite(out).all() and out.abs().max() <= 1.0
