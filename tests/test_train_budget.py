@@ -30,7 +30,7 @@ def test_max_time_stops_on_time_with_the_schedule_at_its_end(tmp_path, capsys):
     summary = train(compose(BUDGET + ["trainer.max_time=3"]), run_dir)
     out = capsys.readouterr().out
     assert "time budget trainer.max_time=3 s reached at step" in out
-    assert 3 <= summary["elapsed_seconds"] < 8, summary  # stops on time (one step and a validation late at most)
+    assert 3 <= summary["elapsed_seconds"] < 15, summary  # on time: a step, a validation and a save late at most
     assert 2 < summary["step"] < 100000000
     ckpt = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[0])
     assert ckpt["step"] == summary["step"] and ckpt["elapsed_seconds"] >= 3
@@ -43,7 +43,7 @@ def test_max_time_stops_on_time_with_the_schedule_at_its_end(tmp_path, capsys):
     again = train(compose(BUDGET + ["trainer.max_time=3", "trainer.resume=true"]), run_dir)
     assert again["step"] == summary["step"] and "is used up" in capsys.readouterr().out
     more = train(compose(BUDGET + ["trainer.max_time=00:00:05", "trainer.resume=true"]), run_dir)
-    assert more["step"] > summary["step"] and 5 <= more["elapsed_seconds"] < 10
+    assert more["step"] > summary["step"] and 5 <= more["elapsed_seconds"] < 15
     last = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[0])
     assert last["scheduler"]["lr_factor"] == pytest.approx(0.1) and last["elapsed_seconds"] >= 5
 

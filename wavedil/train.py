@@ -396,6 +396,40 @@ def _resolve_precision(
     return precision
 
 
+def _build_model(mcfg: WaveNetConfig, tcfg: TrainerConfig, data: DataBundle, device: torch.device, seed: int,
+                 fresh: bool) -> tuple[WaveNet, EMA | None]:
+    """The model (seeded), its training options and its EMA; a fresh vocoder fits its mel normalisation."""
+    torch.manual_seed(seed)
+    model = WaveNet(mcfg).to(device)
+    if model.upsampler is not None and fresh:
+        fit_mel_normalisation(model, data.train)
+    model.stack.checkpoint_segments = tcfg.activation_checkpointing
+    ema = EMA(model, tcfg.ema_decay) if tcfg.ema_decay > 0 else None
+    return model, ema
+
+
+def _restore(ckpt: dict, model: WaveNet, ema: EMA | None, optimizer: torch.optim.Optimizer) -> tuple[int, float, dict]:
+    """Load a checkpoint's weights, EMA and optimiser state; returns ``(step, elapsed seconds, rng states)``.
+
+    The random states are restored later, just before the first step (:func:`_loop`). Fields an
+    older checkpoint lacks (``elapsed_seconds``, the numpy/python/CUDA random states) default.
+    """
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ema is not None and ckpt.get("ema"):
+        ema.load_state_dict(ckpt["ema"])
+    return int(ckpt["step"]), float(ckpt.get("elapsed_seconds", 0.0)), ckpt["rng"]
+
+
+def _for_training(model: WaveNet, dist: DistInfo, device: torch.device, compile: bool) -> torch.nn.Module:
+    """The module a step calls: the model's loss, wrapped in DDP under torchrun, compiled if asked."""
+    net: torch.nn.Module = _LossOf(model)
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    return torch.compile(net) if compile else net
+
+
 def setup(cfg: Any, run_dir: str | Path) -> Run:
     """Settings, device, data, model, optimiser, resume and precision: everything before the first step."""
     run_dir = Path(run_dir)
@@ -422,37 +456,19 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     init_distributed(dist, device, tcfg.dist_backend)
     run_dir = Path(broadcast_object(str(run_dir), dist))  # rank 0's folder for everyone
 
-    torch.manual_seed(seed)
-    model = WaveNet(mcfg).to(device)
-    if model.upsampler is not None and resume is None:
-        fit_mel_normalisation(model, data.train)
-    model.stack.checkpoint_segments = tcfg.activation_checkpointing
-    ema = EMA(model, tcfg.ema_decay) if tcfg.ema_decay > 0 else None
+    model, ema = _build_model(mcfg, tcfg, data, device, seed, fresh=resume is None)
     make_opt = _make_optimizer_factory(ocfg)
     optimizer = make_opt(model.parameters())
-
     step, elapsed_before, resume_rng = 0, 0.0, None
     if resume is not None:
-        path, ckpt = resume
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None and ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"])
-        step, elapsed_before, resume_rng = int(ckpt["step"]), float(ckpt.get("elapsed_seconds", 0.0)), ckpt["rng"]
+        step, elapsed_before, resume_rng = _restore(resume[1], model, ema, optimizer)
         if dist.is_main:
-            log.info("resumed from %s at step %d", path, step)
-            print(f"resumed from {path} at step {step}" + (
-                f" ({elapsed_before:.0f} s of the {tcfg.max_time:.0f} s budget used)" if tcfg.max_time else ""
-            ))
+            log.info("resumed from %s at step %d", resume[0], step)
+            used = f" ({elapsed_before:.0f} s of the {tcfg.max_time:.0f} s budget used)" if tcfg.max_time else ""
+            print(f"resumed from {resume[0]} at step {step}{used}")
 
     precision = _resolve_precision(tcfg, model, make_opt, data, B, dist, device)
     autocast, scaler = autocast_for(device, precision)
-    net: torch.nn.Module = _LossOf(model)
-    if dist.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
-    if tcfg.compile:
-        net = torch.compile(net)
     loader = DataLoader(
         data.train,
         batch_sampler=StepBatchSampler(step, tcfg.max_steps, B, dist.rank, dist.world_size),
@@ -461,10 +477,10 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     )
     return Run(
         plain=plain, tcfg=tcfg, ocfg=ocfg, seed=seed, dist=dist, device=device, precision=precision,
-        autocast=autocast, scaler=scaler, data=data, mcfg=mcfg, model=model, net=net, ema=ema,
-        optimizer=optimizer, run_dir=run_dir, loader=loader, step=step, elapsed_before=elapsed_before,
-        resume_rng=resume_rng, last_ckpt=resume[0] if resume is not None else None,
-        last_ckpt_step=step if resume is not None else -1,
+        autocast=autocast, scaler=scaler, data=data, mcfg=mcfg, model=model,
+        net=_for_training(model, dist, device, tcfg.compile), ema=ema, optimizer=optimizer, run_dir=run_dir,
+        loader=loader, step=step, elapsed_before=elapsed_before, resume_rng=resume_rng,
+        last_ckpt=resume[0] if resume is not None else None, last_ckpt_step=step if resume is not None else -1,
     )
 
 
@@ -571,7 +587,7 @@ def _due(step: int, every: int, final: bool) -> bool:
     return every > 0 and (step % every == 0 or final)
 
 
-def log_step(run: Run, loss: float | None, elapsed: float, final: bool) -> None:
+def log_step(run: Run, elapsed: float, final: bool) -> None:
     """Progress every step; TensorBoard scalars every ``trainer.log_every`` steps."""
     run.samples_since_log += run.batch_size * int(run.plain["data"]["segment_length"])
     now = time.perf_counter()
@@ -616,7 +632,7 @@ def after_step(run: Run, loss: float | None, elapsed: float, final: bool) -> Non
     """The work between steps: logging, validation, sampling, checkpoint (in that order)."""
     if loss is not None:
         run.last_loss = loss
-    log_step(run, loss, elapsed, final)
+    log_step(run, elapsed, final)
     validate_step(run, final)
     sample_step(run, final)
     checkpoint_step(run, elapsed, final)
