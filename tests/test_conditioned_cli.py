@@ -162,3 +162,42 @@ def test_mel_that_does_not_fit_is_a_clear_error(vocoder_run):
         model(torch.zeros(1, 400, dtype=torch.long))
     with pytest.raises(ValueError, match="at most 400"):
         generate(model, 401, mel=torch.zeros(8, 10 + 2 * ctx))
+
+
+def test_vocode_stream_from_a_pipe_equals_whole_file_vocoding(vocoder_run):
+    """`vocode --stream` fed .npy chunks on standard input writes what `vocode` writes for the
+    whole saved mel (same seed); with `-o -` the 16-bit PCM arrives on standard output."""
+    import io
+    import os
+    import subprocess
+    import sys
+
+    from test_cli import REPO
+
+    tmp, corpus, run_dir = vocoder_run
+    src = sorted(corpus.glob("*.wav"))[0]
+    mel_path, whole = tmp / "s_mel.npy", tmp / "s_whole.wav"
+    run("vocode", str(run_dir), str(src), "-o", str(tmp / "s_first.wav"), "--save-mel", str(mel_path), cwd=tmp)
+    run("vocode", str(run_dir), str(mel_path), "-o", str(whole), "--seed", "4", cwd=tmp)
+    mel = np.load(mel_path)
+    chunks = io.BytesIO()
+    for lo in range(0, mel.shape[1], 3):  # 3 frames per chunk
+        np.save(chunks, mel[:, lo : lo + 3])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def stream(output: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "wavedil", "vocode", str(run_dir), "-", "-o", output, "--stream", "--seed", "4"]
+        return subprocess.run(cmd, input=chunks.getvalue(), capture_output=True, timeout=300, env=env, cwd=tmp)
+
+    proc = stream(str(tmp / "s_stream.wav"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"look-ahead" in proc.stderr and b"real-time factor" in proc.stderr
+    a, b = sf.read(whole, dtype="int16")[0], sf.read(tmp / "s_stream.wav", dtype="int16")[0]
+    assert a.shape == (mel.shape[1] * 40,) and np.array_equal(a, b)
+    raw = stream("-")
+    assert raw.returncode == 0, raw.stderr.decode()
+    pcm = np.frombuffer(raw.stdout, dtype="<i2")
+    assert np.array_equal(pcm, a)
+    bad = subprocess.run([sys.executable, "-m", "wavedil", "vocode", str(run_dir), "-", "-o", "-", "--stream"],
+                         input=b"not a npy", capture_output=True, timeout=300, env=env, cwd=tmp)  # fmt: skip
+    assert bad.returncode == 2 and b"not a .npy array" in bad.stderr and b"Traceback" not in bad.stderr

@@ -117,7 +117,40 @@ def _generate(args: argparse.Namespace) -> None:
     )
 
 
+def _vocode_stream(args: argparse.Namespace) -> None:
+    import torch
+
+    from .checkpoint import model_from_checkpoint, open_checkpoint
+    from .synthesis import resolve_speaker
+    from .vocoder_stream import vocode_stream
+
+    _, ckpt = open_checkpoint(args.checkpoint)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model_from_checkpoint(ckpt, use_ema=not args.no_ema, device=device)
+    if model.upsampler is None:
+        raise ValueError(f"'{args.checkpoint}' is not a vocoder (it has no mel conditioning): --stream needs one")
+    note = sys.stderr
+    print(f"streaming: reading .npy chunks ({model.mel_spec.n_mels}, frames) from "
+          f"{'standard input' if args.input == '-' else args.input}; look-ahead {model.mel_context} frames "
+          f"({1000 * model.mel_context * model.mel_spec.hop_length / model.mel_spec.sample_rate:g} ms)", file=note)  # fmt: skip
+    source = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115 - closed below
+    try:
+        stats = vocode_stream(
+            model, source, args.output, temperature=args.temperature, seed=args.seed,
+            speaker=resolve_speaker(model, args.speaker), backend=args.backend, weights=args.weights,
+        )  # fmt: skip
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    where = "standard output (16-bit PCM)" if args.output == "-" else args.output
+    print(f"streamed {stats.frames} frames -> {stats.samples} samples to {where}; real-time factor "
+          f"{stats.real_time_factor:.2f} ({stats.backend} back-end, {stats.weights} weights, seed {stats.seed})",
+          file=note)  # fmt: skip
+
+
 def _vocode(args: argparse.Namespace) -> None:
+    if args.stream:
+        return _vocode_stream(args)
     from .synthesis import vocode_file
 
     progress = _SampleProgress(not args.quiet, "vocode")
@@ -221,6 +254,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     v.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     v.add_argument("--quiet", action="store_true", help="no progress report")
+    v.add_argument("--stream", action="store_true",
+                   help="vocode as frames arrive: INPUT ('-' for standard input) is a stream of .npy (n_mels, frames) "
+                        "chunks; -o - writes 16-bit PCM to standard output chunk by chunk")  # fmt: skip
 
     i = sub.add_parser("info", help="parameters, receptive field and dilations of a checkpoint or model config")
     i.add_argument("target", help="checkpoint .pt, model config name (tiny, small, base, ref30) or YAML file")

@@ -22,15 +22,26 @@ rounding of the upsampler's convolutions over windows of different lengths.
 
 from __future__ import annotations
 
+import ast
+import io
 import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
+import soundfile as sf
 import torch
 
 from .audio import decode
 from .backends import SamplingRequest, check_weights, get_backend, resolve_backend
 from .model import WaveNet
 
-__all__ = ["StreamingVocoder", "SILENCE_LOG_MEL"]
+__all__ = ["StreamingVocoder", "SILENCE_LOG_MEL", "StreamStats", "iter_npy_chunks", "vocode_stream"]
 
 #: The log-mel value of silence (``log(1e-5)``, the floor of :func:`wavedil.conditioning.log_mel`):
 #: what the stream's ``c`` context frames before the first and after the last frame hold.
@@ -181,3 +192,111 @@ class StreamingVocoder:
         self._columns = self._columns[:, :, n:]
         self.samples_out += n
         return codes
+
+
+def iter_npy_chunks(stream: BinaryIO, n_mels: int) -> Iterator[torch.Tensor]:
+    """Read concatenated ``.npy`` arrays from a binary stream (a pipe works: nothing seeks), each
+    ``(n_mels, F)`` log-mel frames; yield them as float32 tensors until the stream ends.
+
+    Raises:
+        ValueError: a chunk that is not a real 2-D array with ``n_mels`` rows, or a truncated one.
+    """
+    index = 0
+    while True:
+        head = stream.read(6)
+        if not head:
+            return
+        if head != b"\x93NUMPY":
+            raise ValueError(f"chunk {index} of the stream is not a .npy array (it starts with {head!r})")
+        major, minor = stream.read(2)
+        header_len_bytes = stream.read(2 if major == 1 else 4)
+        header_len = int.from_bytes(header_len_bytes, "little")
+        header = ast.literal_eval(stream.read(header_len).decode("latin1"))  # the .npy header: a dict literal
+        shape, dtype = tuple(header["shape"]), np.dtype(header["descr"])
+        if len(shape) != 2 or shape[0] != n_mels or dtype.kind != "f":
+            raise ValueError(
+                f"chunk {index} of the stream must be float ({n_mels}, frames) log-mel frames for this vocoder "
+                f"({n_mels} mel bands), got {dtype} {shape}"
+            )
+        nbytes = shape[0] * shape[1] * dtype.itemsize
+        data = stream.read(nbytes)
+        if len(data) != nbytes:
+            raise ValueError(f"chunk {index} of the stream is truncated: {len(data)} of {nbytes} bytes")
+        order = "F" if header["fortran_order"] else "C"
+        yield torch.from_numpy(np.frombuffer(data, dtype=dtype).reshape(shape, order=order).astype(np.float32))
+        index += 1
+
+
+@dataclass
+class StreamStats:
+    """What :func:`vocode_stream` did: frames in, samples out, the look-ahead and the speed."""
+
+    frames: int
+    samples: int
+    sample_rate: int
+    latency_frames: int
+    latency_ms: float
+    seconds: float
+    backend: str
+    weights: str
+    seed: int
+
+    @property
+    def real_time_factor(self) -> float:
+        """Audio seconds made per second of work (> 1: faster than real time)."""
+        return self.samples / self.sample_rate / max(self.seconds, 1e-9)
+
+
+def vocode_stream(
+    model: WaveNet,
+    source: BinaryIO,
+    output: str | os.PathLike,
+    *,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    speaker: int | None = None,
+    backend: str = "auto",
+    weights: str = "fp32",
+) -> StreamStats:
+    """Vocode a stream of ``.npy`` log-mel chunks (:func:`iter_npy_chunks`) as it arrives.
+
+    Args:
+        model: the vocoder.
+        source: a binary stream (e.g. ``sys.stdin.buffer``) of concatenated ``(n_mels, F)`` arrays.
+        output: ``"-"`` writes raw 16-bit little-endian mono PCM to standard output after every
+            chunk (flushed: a player can start at once); a path writes a ``.wav`` (or any format
+            :func:`wavedil.audio.write_audio` knows) atomically when the stream ends.
+        temperature, seed, speaker, backend, weights: as :class:`StreamingVocoder`.
+    """
+    from .audio import write_audio
+    from .synthesis import check_output_path
+
+    if str(output) != "-":
+        output = check_output_path(output)  # before any work
+    voc = StreamingVocoder(model, temperature=temperature, seed=seed, speaker=speaker, backend=backend,
+                           weights=weights)  # fmt: skip
+    to_stdout = str(output) == "-"
+    pieces: list[torch.Tensor] = []
+    start = time.perf_counter()
+
+    def emit(codes: torch.Tensor) -> None:
+        if codes.shape[1] == 0:
+            return
+        wav = voc.decode(codes[0].cpu())
+        if to_stdout:  # libsndfile's own float -> 16-bit conversion, as in the .wav files it writes
+            raw = io.BytesIO()
+            sf.write(raw, wav.numpy(), voc.sample_rate, format="RAW", subtype="PCM_16", endian="LITTLE")
+            sys.stdout.buffer.write(raw.getvalue())
+            sys.stdout.buffer.flush()
+        else:
+            pieces.append(wav)
+
+    for chunk in iter_npy_chunks(source, voc.n_mels):
+        if chunk.shape[1]:
+            emit(voc.push(chunk))
+    emit(voc.finish())  # raises when no frame came
+    seconds = time.perf_counter() - start
+    if not to_stdout:
+        write_audio(Path(output), torch.cat(pieces), voc.sample_rate)
+    return StreamStats(voc.frames_in, voc.samples_out, voc.sample_rate, voc.latency_frames,
+                       1000 * voc.latency_seconds, seconds, voc.backend, voc.weights, voc.seed)  # fmt: skip
