@@ -217,10 +217,10 @@ def pack_model(model: WaveNet, weights: str = "fp32") -> PackedWaveNet:
         w = layer.conv.weight.detach()  # (G, R, k); with weight norm, the effective weight
         wc.append(w.permute(2, 1, 0).reshape(k * R, -1))  # row m*R + c  <-  w[:, c, m]
         bc.append(layer.conv.bias.detach())
-        if layer.gc is not None:
-            wgc.append(layer.gc.weight.detach().t())  # (Gc, G)
-        if layer.lc is not None:
-            wlc.append(layer.lc.weight.detach()[:, :, 0].t())  # (Lc, G)
+        if layer.global_cond_proj is not None:
+            wgc.append(layer.global_cond_proj.weight.detach().t())  # (Gc, G)
+        if layer.local_cond_proj is not None:
+            wlc.append(layer.local_cond_proj.weight.detach()[:, :, 0].t())  # (Lc, G)
         wo = layer.out.weight.detach()[:, :, 0]  # (R + S, G/2)
         wres.append(wo[:R].t())
         wskip.append(wo[R:].t())
