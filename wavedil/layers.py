@@ -38,7 +38,14 @@ from .causal import (
     warn_if_gridded,
 )
 from .gated import NOT_TAKEN, GatedLayerFunction, gated_fast_path
-from .streaming import StackState, ring_conv_step, tap_slots
+from .streaming import (
+    StackState,
+    StepWeights,
+    StepWorkspace,
+    ring_conv_step,
+    single_step,
+    tap_slots,
+)
 
 __all__ = [
     "causal_padding",
@@ -422,6 +429,7 @@ class DilatedStack(nn.Module):
             for d in self.dilations
         )
         warn_if_gridded(kernel_size, self.dilations)
+        self.register_load_state_dict_post_hook(DilatedStack._forget_step_cache)
 
     @property
     def receptive_field(self) -> int:
@@ -505,6 +513,13 @@ class DilatedStack(nn.Module):
         Returns ``((residual (B, R, T), skip_sum (B, S, T) or None), new_state)``. Single-sample
         steps update the ring buffers in place and cost O(layers); the returned state is the one
         to pass to the next call. ``local_cond`` is the chunk's own ``(B, L, T)`` slice.
+
+        Without autograd (``torch.no_grad`` / ``inference_mode``, or nothing requiring a
+        gradient) a single-sample step of an eval-mode stack takes the lean path
+        (:func:`~wavedil.streaming.single_step`): weights packed once per parameter update
+        (checked by the parameters' versions each call), one matmul per product, no tensor
+        allocated per layer. Chunks, training-mode dropout and autograd take the per-layer path.
+        The lean path's scratch tensors belong to the stack: step one stack from one thread at a time.
         """
         x, local_cond = self._to_bct(x), self._to_bct(local_cond)
         self._check_input(x)
@@ -514,6 +529,13 @@ class DilatedStack(nn.Module):
                 f"{len(self.layers)} layers and x has batch {x.shape[0]}: create it with init_state(batch_size)"
             )
         pos = state.pos
+        if x.shape[-1] == 1 and self._lean_step_ok(x, state, global_cond, local_cond):
+            weights, ws = self._step_plan(x.shape[0])
+            res, skip = single_step(
+                weights, ws, state.buffers, pos, x[:, :, 0], global_cond, None if local_cond is None else local_cond[:, :, 0]
+            )
+            out = self._from_bct(res.unsqueeze(-1), None if skip is None else skip.unsqueeze(-1))
+            return out, StackState(list(state.buffers), pos + 1)
         buffers = []
         skip_sum = None
         for layer, buf in zip(self.layers, state.buffers):
@@ -522,6 +544,95 @@ class DilatedStack(nn.Module):
             if skip is not None:
                 skip_sum = skip if skip_sum is None else skip_sum + skip
         return self._from_bct(x, skip_sum), StackState(buffers, pos + x.shape[-1])
+
+    # ------------------------------------------------------------------------- lean step plumbing
+
+    def _lean_step_ok(
+        self, x: torch.Tensor, state: StackState, global_cond: torch.Tensor | None, local_cond: torch.Tensor | None
+    ) -> bool:
+        """Whether :func:`single_step` computes exactly what the per-layer path would here."""
+        first = self.layers[0]
+        if first.dropout is not None and self.training:
+            return False
+        if (first.gc is not None and global_cond is None) or (first.lc is not None and local_cond is None):
+            return False  # the per-layer path raises the error that names the missing input
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+            return False
+        params = self._step_params()
+        if torch.is_grad_enabled():
+            tensors = [x, global_cond, local_cond, *state.buffers]
+            if any(t is not None and t.requires_grad for t in tensors) or any(p.requires_grad for p in params):
+                return False
+        p = params[0]
+        used = [x, *state.buffers]
+        used += [global_cond] if first.gc is not None else []
+        used += [local_cond] if first.lc is not None else []
+        return all(t.dtype == p.dtype and t.device == p.device for t in used)
+
+    def _step_params(self) -> list[torch.Tensor]:
+        """The parameters the packed step weights derive from (cached; see :meth:`_apply`)."""
+        params = self.__dict__.get("_step_param_list")
+        if params is None:
+            params = self.__dict__["_step_param_list"] = list(self.parameters())
+        return params
+
+    def _step_plan(self, batch_size: int) -> tuple[StepWeights, StepWorkspace]:
+        """The packed weights (rebuilt when a parameter changed) and the workspace for ``batch_size``."""
+        key = [(p._version, p.data_ptr()) for p in self._step_params()]
+        cache = self.__dict__.get("_step_cache")
+        if cache is None or cache["key"] != key:
+            with torch.no_grad():
+                cache = {"key": key, "weights": self._pack_step_weights(), "workspaces": {}}
+            self.__dict__["_step_cache"] = cache
+        ws_key = (batch_size, torch.is_inference_mode_enabled())
+        ws = cache["workspaces"].get(ws_key)
+        if ws is None:
+            if len(cache["workspaces"]) >= 4:
+                cache["workspaces"].clear()
+            ws = cache["workspaces"][ws_key] = StepWorkspace(cache["weights"], batch_size)
+        return cache["weights"], ws
+
+    def _pack_step_weights(self) -> StepWeights:
+        """Every layer's weights (weight norm applied) in the layout of :class:`StepWeights`."""
+        k, R = self.kernel_size, self.residual_channels
+        taps, conv_bias, gproj, lproj, res, skip = [], [], [], [], [], []
+        for layer in self.layers:
+            w = layer.conv.weight  # (G, R, k); tap j multiplies x[t - (k-1-j) d]
+            G = w.shape[0]
+            taps.append(w.permute(2, 1, 0).reshape(k * R, G))  # rows j*R..: W_j^T
+            b = layer.conv.bias
+            conv_bias.append(b if b is not None else w.new_zeros(G))
+            if layer.gc is not None:
+                gproj.append(layer.gc.weight.t())  # (Gc, G)
+            if layer.lc is not None:
+                lproj.append(layer.lc.weight[:, :, 0].t())  # (Lc, G)
+            w_out, b_out = layer.out.weight[:, :, 0], layer.out.bias  # (R + S, Z), (R + S,)
+            res.append(torch.cat([w_out[:R].t(), b_out[None, :R]]))  # (Z + 1, R)
+            if self.skip_channels:
+                skip.append(torch.cat([w_out[R:].t(), b_out[None, R:]]))  # (Z + 1, S)
+        return StepWeights(
+            kernel_size=k,
+            dilations=self.dilations,
+            activation=self.layers[0].activation,
+            taps=torch.stack(taps).contiguous(),
+            conv_bias=torch.cat(conv_bias),
+            global_proj=torch.cat(gproj, dim=1).contiguous() if gproj else None,
+            local_proj=torch.cat(lproj, dim=1).contiguous() if lproj else None,
+            res=torch.stack(res).contiguous(),
+            skip=torch.cat(skip).contiguous() if skip else None,
+        )
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to() / .double() / .cuda() may swap parameter storage: forget the packed step weights
+        self.__dict__.pop("_step_cache", None)
+        self.__dict__.pop("_step_param_list", None)
+        return super()._apply(fn, recurse)
+
+    @staticmethod
+    def _forget_step_cache(module: nn.Module, incompatible_keys) -> None:
+        # load_state_dict(assign=True) replaces the parameter objects themselves
+        module.__dict__.pop("_step_cache", None)
+        module.__dict__.pop("_step_param_list", None)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 3 or x.shape[1] != self.residual_channels or x.shape[-1] < 1:

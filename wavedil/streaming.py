@@ -9,16 +9,18 @@ single step overwrites one slot and nothing moves::
     history (oldest first) = slots (pos + 0..3) % 4 = 2, 3, 0, 1  ->  x2 x3 x4 x5
     step at t = 6 with k = 2, d = 4: the tap x[t - 4] = x2 is slot 6 % 4 = 2, then x6 goes there
 
-Every function takes the stream position ``pos`` either as a Python ``int`` (the eager
+The ring functions (:func:`ring_history`, :func:`ring_from_history`, :func:`ring_conv_step`)
+take the stream position ``pos`` either as a Python ``int`` (the eager
 :meth:`~wavedil.layers.DilatedStack.step`) or as a 0-dim int64 tensor (the graph-capturable
 :class:`~wavedil.export.StreamingStep`); the index arithmetic is the same tensor code for both,
-so the eager and the exported step cannot disagree about the layout.
+so the eager and the exported step cannot disagree about the layout. The single-sample path
+(:func:`tap_slots`, :func:`single_step`) is eager only and takes an ``int``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,9 @@ __all__ = [
     "tap_slots",
     "state_to_tensors",
     "state_from_tensors",
+    "StepWeights",
+    "StepWorkspace",
+    "single_step",
 ]
 
 
@@ -184,3 +189,127 @@ def state_from_tensors(pos: torch.Tensor | int, buffers: Sequence[torch.Tensor])
     bufs = [b if isinstance(b, torch.Tensor) else torch.from_numpy(b) for b in buffers]
     return StackState(bufs, int(pos))
 
+
+# ----------------------------------------------------------------------------- the lean single step
+
+
+@dataclass
+class StepWeights:
+    """A stack's weights packed for :func:`single_step` (plain tensors, no autograd).
+
+    ``n`` layers, residual ``R``, gate ``G`` channels, gate output ``Z`` (``G/2`` when gated),
+    skip ``S``, kernel ``k``. Each product of a layer is one matmul on these::
+
+        taps       (n, k*R, G)   rows j*R..(j+1)*R: W_j^T of tap j (oldest first, x[t] last)
+        conv_bias  (n*G,)        every layer's conv bias, concatenated
+        global_proj (Gc, n*G)    every layer's global-conditioning projection (or None)
+        local_proj  (Lc, n*G)    every layer's local-conditioning 1x1 conv (or None)
+        res        (n, Z+1, R)   W_res^T with b_res as the last row (z is carried with a 1 appended)
+        skip       (n*(Z+1), S)  all layers' [W_skip^T; b_skip] stacked: ONE matmul over all z
+                                 gives the skip sum, biases included (or None: no skips)
+    """
+
+    kernel_size: int
+    dilations: tuple[int, ...]
+    activation: str
+    taps: torch.Tensor
+    conv_bias: torch.Tensor
+    global_proj: torch.Tensor | None
+    local_proj: torch.Tensor | None
+    res: torch.Tensor
+    skip: torch.Tensor | None
+
+
+class StepWorkspace:
+    """Preallocated scratch tensors and their per-layer views for :func:`single_step` at batch ``B``.
+
+    Layer ``i`` reads its window ``win[i] (B, k*R)`` = ``[past taps | x_i]`` and writes its
+    residual output straight into the ``x`` part of ``win[i + 1]``; the gate outputs of all
+    layers sit side by side in ``z_all (B, n*(Z+1))`` (the extra column is a constant 1 that
+    carries the residual and skip biases) for the single skip matmul. Reused by every step of
+    this batch size: nothing returned to a caller aliases it.
+    """
+
+    def __init__(self, w: StepWeights, batch_size: int) -> None:
+        n, kR, G = w.taps.shape
+        k = w.kernel_size
+        R = kR // k
+        Zc = w.res.shape[1] - 1
+        opts = dict(dtype=w.taps.dtype, device=w.taps.device)
+        B = batch_size
+        self.win = torch.zeros(n + 1, B, kR, **opts)
+        self.past = [[self.win[i, :, j * R : (j + 1) * R] for j in range(k - 1)] for i in range(n)]
+        self.xs = [self.win[i, :, (k - 1) * R :] for i in range(n + 1)]  # (B, R) input of layer i
+        self.h = torch.empty(n, B, G, **opts)
+        self.hs = list(self.h.unbind(0))
+        half = G // 2
+        self.ha = [h[:, :half] for h in self.hs]
+        self.hb = [h[:, half:] for h in self.hs]
+        self.z_all = torch.ones(B, n * (Zc + 1), **opts)
+        self.zs = [self.z_all[:, i * (Zc + 1) : i * (Zc + 1) + Zc] for i in range(n)]
+        self.zaug = [self.z_all[:, i * (Zc + 1) : (i + 1) * (Zc + 1)] for i in range(n)]
+        has_cond = w.global_proj is not None or w.local_proj is not None
+        self.cond_bias = torch.empty(B, n * G, **opts) if has_cond else None
+        src = self.cond_bias if has_cond else w.conv_bias
+        self.bias = [src[..., i * G : (i + 1) * G] for i in range(n)]  # (B, G) or (G,)
+        self.taps = list(w.taps.unbind(0))
+        self.res = list(w.res.unbind(0))
+
+
+_ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "gelu": F.gelu,
+}
+
+
+def single_step(
+    w: StepWeights,
+    ws: StepWorkspace,
+    buffers: Sequence[torch.Tensor],
+    pos: int,
+    x: torch.Tensor,
+    global_cond: torch.Tensor | None = None,
+    local_cond: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One time step ``pos`` of a whole stack: ``x (B, R)`` -> ``(residual (B, R), skip_sum (B, S) or None)``.
+
+    ``buffers`` are the :class:`StackState` rings, updated in place (one slot per layer, see
+    :func:`tap_slots`); ``global_cond (B, Gc)``, ``local_cond (B, Lc)`` (the step's own sample).
+    Per layer: the past taps are copied next to ``x_i`` in its window, one ``addmm`` gives the
+    conv (bias and conditioning included), the gate runs in place, and one ``addmm`` gives the
+    next layer's input inside its window. The conditioning of all layers is one matmul before
+    the loop and the skip sum of all layers one matmul after it. Runs without autograd.
+    """
+    k = w.kernel_size
+    ws.xs[0].copy_(x)
+    if ws.cond_bias is not None:
+        cb = ws.cond_bias
+        if w.global_proj is not None:
+            torch.addmm(w.conv_bias, global_cond, w.global_proj, out=cb)
+            if w.local_proj is not None:
+                cb.addmm_(local_cond, w.local_proj)
+        else:
+            torch.addmm(w.conv_bias, local_cond, w.local_proj, out=cb)
+    gated = w.activation == "gated"
+    act = None if gated else _ACT[w.activation]
+    for i, d in enumerate(w.dilations):
+        buf, xi = buffers[i], ws.xs[i]
+        if k == 2:
+            slot = buf.select(2, pos % d)  # x[t - d], about to become x[t]
+            ws.past[i][0].copy_(slot)
+            slot.copy_(xi)
+        else:
+            past, write = tap_slots(pos, k, d)
+            for view, s in zip(ws.past[i], past):
+                view.copy_(buf.select(2, s))
+            buf.select(2, write).copy_(xi)
+        h = torch.addmm(ws.bias[i], ws.win[i], ws.taps[i], out=ws.hs[i])  # (B, G)
+        if gated:
+            torch.mul(ws.ha[i].tanh_(), ws.hb[i].sigmoid_(), out=ws.zs[i])
+        else:
+            ws.zs[i].copy_(act(h))
+        torch.addmm(xi, ws.zaug[i], ws.res[i], out=ws.xs[i + 1])
+    res = ws.xs[-1].clone()
+    skip = torch.mm(ws.z_all, w.skip) if w.skip is not None else None
+    return res, skip
