@@ -314,6 +314,92 @@ def _acc8_impl(v, s0, s1, s2, s3, s4, s5, s6, s7, w0, w1, w2, w3, w4, w5, w6, w7
     return None
 
 
+def _decode8(w, j, n, out):
+    """``out[m, :n] =`` row ``j + m`` of ``w`` widened to float32, exactly (no int8 scale), m < 8."""
+
+
+def _acc8_wide(v, s0, s1, s2, s3, s4, s5, s6, s7, f0, f1, f2, f3, f4, f5, f6, f7, sc, o, w):
+    """:func:`_acc8` of a reduced format over rows already widened by :func:`_decode8` (``w``
+    only tells the format): the same arithmetic, so the same bits, as the fused form."""
+
+
+def _is_reduced(w):
+    """True (a compile-time constant) for the bf16 and int8 formats, False for float32."""
+
+
+@overload(_is_reduced)
+def _is_reduced_impl(w):
+    reduced = w.dtype != types.float32
+    return lambda w: reduced
+
+
+@overload(_decode8, jit_options=dict(fastmath={"contract"}))
+def _decode8_impl(w, j, n, out):
+    if w.dtype == types.float32:  # typed for the float32 kernels, never run (see _is_reduced)
+
+        def decode8_f32(w, j, n, out):
+            for m in range(8):
+                out[m, :n] = w[j + m, :n]
+
+        return decode8_f32
+    if w.dtype == types.uint16:
+
+        def decode8_bf16(w, j, n, out):
+            for m in range(8):
+                row = w[j + m]
+                dst = out[m]
+                for o in range(n):
+                    dst[o] = _bf16_to_f32(row[o])
+
+        return decode8_bf16
+    if w.dtype == types.int8:
+
+        def decode8_int8(w, j, n, out):
+            for m in range(8):
+                row = w[j + m]
+                dst = out[m]
+                for o in range(n):
+                    dst[o] = np.float32(row[o])
+
+        return decode8_int8
+    return None
+
+
+@overload(_acc8_wide, jit_options=dict(fastmath={"contract"}))
+def _acc8_wide_impl(v, s0, s1, s2, s3, s4, s5, s6, s7, f0, f1, f2, f3, f4, f5, f6, f7, sc, o, w):
+    if w.dtype == types.float32:  # typed for the float32 kernels, never run (see _is_reduced)
+        return lambda v, s0, s1, s2, s3, s4, s5, s6, s7, f0, f1, f2, f3, f4, f5, f6, f7, sc, o, w: v
+    if w.dtype == types.uint16:
+
+        def acc8_wide_bf16(v, s0, s1, s2, s3, s4, s5, s6, s7, f0, f1, f2, f3, f4, f5, f6, f7, sc, o, w):
+            a = v + s0 * f0[o]
+            b = s1 * f1[o]
+            a += s2 * f2[o]
+            b += s3 * f3[o]
+            a += s4 * f4[o]
+            b += s5 * f5[o]
+            a += s6 * f6[o]
+            b += s7 * f7[o]
+            return a + b
+
+        return acc8_wide_bf16
+    if w.dtype == types.int8:
+
+        def acc8_wide_int8(v, s0, s1, s2, s3, s4, s5, s6, s7, f0, f1, f2, f3, f4, f5, f6, f7, sc, o, w):
+            t = s0 * f0[o]
+            u = s1 * f1[o]
+            t += s2 * f2[o]
+            u += s3 * f3[o]
+            t += s4 * f4[o]
+            u += s5 * f5[o]
+            t += s6 * f6[o]
+            u += s7 * f7[o]
+            return v + (t + u) * sc[o]
+
+        return acc8_wide_int8
+    return None
+
+
 @overload(_acc1, jit_options=dict(fastmath={"contract"}))
 def _acc1_impl(v, s0, w0, sc, o):
     dtype = w0.dtype
@@ -340,7 +426,36 @@ def _axpy_rows(a, w, sc, c, n_rows, k, n):
     the number of rows.
     """
     k8 = k - k % 8
-    for j in range(0, k8, 8):
+    fused_end = k8  # blocks of eight rows left to the fused loop below
+    if _is_reduced(w) and n_rows > 1:
+        # a reduced format: widen each block of eight weight rows once for all the rows of ``a``
+        # (the same float32 values and sums as the fused form, so the same bits)
+        wide = np.empty((8, n), np.float32)
+        for j in range(0, k8, 8):
+            _decode8(w, j, n, wide)
+            f0 = wide[0]
+            f1 = wide[1]
+            f2 = wide[2]
+            f3 = wide[3]
+            f4 = wide[4]
+            f5 = wide[5]
+            f6 = wide[6]
+            f7 = wide[7]
+            for r in range(n_rows):
+                cr = c[r]
+                ar = a[r]
+                s0 = ar[j]
+                s1 = ar[j + 1]
+                s2 = ar[j + 2]
+                s3 = ar[j + 3]
+                s4 = ar[j + 4]
+                s5 = ar[j + 5]
+                s6 = ar[j + 6]
+                s7 = ar[j + 7]
+                for o in range(n):
+                    cr[o] = _acc8_wide(cr[o], s0, s1, s2, s3, s4, s5, s6, s7, f0, f1, f2, f3, f4, f5, f6, f7, sc, o, w)
+        fused_end = 0  # all blocks done: only the tail remains
+    for j in range(0, fused_end, 8):
         w0 = w[j]
         w1 = w[j + 1]
         w2 = w[j + 2]
