@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 from wavedil import WaveNet
 from wavedil.config import CONF_DIR, compose, model_config
+from wavedil.train_config import OptimConfig, TrainerConfig
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 DATA = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
@@ -23,7 +24,9 @@ def test_groups_are_present():
 def test_every_model_config_builds(name):
     cfg = compose([f"model={name}"])
     net = WaveNet(model_config(cfg.model))
-    assert net.num_parameters() > 0
+    m = cfg.model
+    assert len(net.stack.layers) == m.layers_per_stack * m.stacks
+    assert (net.stack.residual_channels, net.stack.skip_channels) == (m.residual_channels, m.skip_channels)
 
 
 def test_ref30_is_the_reference():
@@ -50,7 +53,10 @@ def test_every_experiment_composes_and_builds(name):
         model.update(speakers=["p225", "p226"], global_cond_classes=2)
     net = WaveNet(model_config(model))
     assert (net.upsampler is not None) == ("vocoder" in name)
-    OmegaConf.to_container(cfg.trainer, resolve=True)
+    # the typed trainer and optimiser configs accept every experiment's settings
+    trainer = TrainerConfig.from_dict(OmegaConf.to_container(cfg.trainer, resolve=True))
+    OptimConfig.from_dict(OmegaConf.to_container(cfg.optim, resolve=True))
+    assert trainer.max_steps == cfg.trainer.max_steps
 
 
 def test_overrides_and_bundled_resolver():
