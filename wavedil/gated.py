@@ -4,7 +4,7 @@
 hand-written backward that saves only the layer input and the gate's ``[tanh, sigmoid]``;
 :func:`gated_fast_path` says whether (and in which matmul precision) it may run for given
 inputs. :meth:`wavedil.layers.ResidualBlock.forward_btc` is its only caller; every other case
-(other activations, dropout in training, autocast, tracing, ``torch.compile``) uses plain
+(other activations, dropout in training, fp16 autocast, tracing, ``torch.compile``) uses plain
 autograd ops there.
 """
 
@@ -18,17 +18,22 @@ __all__ = ["GatedLayerFunction", "gated_fast_path", "NOT_TAKEN"]
 NOT_TAKEN = "fallback"
 
 
-def gated_fast_path(x: torch.Tensor, *params: torch.Tensor | None) -> None | str:
+def gated_fast_path(x: torch.Tensor, *params: torch.Tensor | None) -> torch.dtype | None | str:
     """Whether :class:`GatedLayerFunction` may run on ``x (B, T, R)`` with ``params``, and how.
 
-    Returns ``None`` (run it: plain eager float math) or :data:`NOT_TAKEN` (tracing, scripting,
-    ``torch.compile``, autocast, or mixed dtypes/devices: use plain autograd).
+    Returns ``None`` (run it in the inputs' own precision: plain eager float math), a dtype
+    (autocast to bfloat16 is active on ``x``'s device: run its matmuls in bf16 on fp32 master
+    weights, ``mm_dtype=torch.bfloat16``), or :data:`NOT_TAKEN` (tracing, scripting,
+    ``torch.compile``, autocast to another dtype, or mixed dtypes/devices: use plain autograd).
     """
     if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
         return NOT_TAKEN
-    if torch.is_autocast_enabled(x.device.type) or torch.is_autocast_enabled("cpu"):
-        return NOT_TAKEN
     same = all(p is None or (p.dtype == x.dtype and p.device == x.device) for p in params)
+    if torch.is_autocast_enabled(x.device.type):
+        low = torch.get_autocast_dtype(x.device.type)
+        if low == torch.bfloat16 and x.dtype == torch.float32 and same:
+            return torch.bfloat16
+        return NOT_TAKEN
     return None if same else NOT_TAKEN
 
 
@@ -52,10 +57,21 @@ class GatedLayerFunction(torch.autograd.Function):
     row blocks), so no ``k*G``-wide buffer exists in either direction.
 
     With ``inplace_skip`` the skip sum is accumulated into ``skip`` itself (marked dirty).
+
+    ``mm_dtype=torch.bfloat16`` (what :func:`gated_fast_path` picks under bf16 autocast) runs
+    every matrix product of the forward and the backward on bf16 copies of its operands (the
+    GEMM accumulates in fp32 and returns bf16, upcast to fp32 at once); the gate, the
+    residual and skip sums, the bias and conditioning gradients stay fp32, the parameters stay
+    fp32 master weights and their gradients come back fp32. Saved for that backward: the layer
+    input as bf16 (half the bytes), ``[t, s]`` in fp32 and the bf16 weight copies.
     """
 
     @staticmethod
-    def forward(ctx, x, skip, cond, w_conv, b_conv, w_out, b_res, dilation, inplace_skip):
+    def forward(ctx, x, skip, cond, w_conv, b_conv, w_out, b_res, dilation, inplace_skip, mm_dtype=None):
+        if mm_dtype is not None:
+            with torch.autocast(x.device.type, enabled=False):
+                return _forward_lowp(ctx, x, skip, cond, w_conv, b_conv, w_out, b_res, dilation, inplace_skip, mm_dtype)
+        ctx.mm_dtype = None
         B, T, R = x.shape
         G, _, k = w_conv.shape
         Z = G // 2
@@ -102,6 +118,9 @@ class GatedLayerFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_xn, g_skip):
+        if ctx.mm_dtype is not None:
+            with torch.autocast(g_xn.device.type if g_xn is not None else g_skip.device.type, enabled=False):
+                return _backward_lowp(ctx, g_xn, g_skip)
         x, ts, w_conv, w_out = ctx.saved_tensors
         B, T, R = x.shape
         G, _, k = w_conv.shape
@@ -131,7 +150,7 @@ class GatedLayerFunction(torch.autograd.Function):
         elif g_skip2 is not None:
             g_z = g_skip2.mm(w_out[R:])
         else:
-            return (None,) * 9
+            return (None,) * 10
         g_z = g_z.view(B, T, Z)
         # the gate: d/da tanh(a) s = g (1 - t^2) s, d/db t sigmoid(b) = g t s (1 - s)
         g_h = x.new_empty(B, T, G)
@@ -166,7 +185,117 @@ class GatedLayerFunction(torch.autograd.Function):
                 shift = (k - 1 - j) * ctx.dilation
                 for b in range(B) if shift < T else ():
                     g_x[b, : T - shift].addmm_(g_h[b, shift:], w_taps[j])
-        return g_x, (g_skip if need[1] else None), g_cond, g_w, g_bconv, g_wout, g_bres, None, None
+        return g_x, (g_skip if need[1] else None), g_cond, g_w, g_bconv, g_wout, g_bres, None, None, None
 
 
 
+
+def _lowp_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of two low-precision operands, upcast to fp32 (the kernel accumulates in fp32)."""
+    return torch.matmul(a, b).float()
+
+
+def _forward_lowp(ctx, x, skip, cond, w_conv, b_conv, w_out, b_res, dilation, inplace_skip, mm_dtype):
+    """:meth:`GatedLayerFunction.forward` with every matmul on ``mm_dtype`` operands (autocast off)."""
+    B, T, R = x.shape
+    G, _, k = w_conv.shape
+    Z = G // 2
+    ctx.set_materialize_grads(False)
+    xl = x.contiguous().to(mm_dtype)  # (B, T, R), the copy the backward keeps
+    wl = w_conv.to(mm_dtype).permute(2, 0, 1)  # (k, G, R); tap j multiplies x[t - (k-1-j) d]
+    h = _lowp_mm(xl, wl[k - 1].t())  # (B, T, G) fp32
+    if b_conv is not None:
+        h += b_conv
+    for j in range(k - 1):
+        shift = (k - 1 - j) * dilation
+        if shift < T:
+            h[:, shift:] += _lowp_mm(xl[:, : T - shift], wl[j].t())
+    if cond is not None:
+        h += cond
+    t, s = h[..., :Z].tanh_(), h[..., Z:].sigmoid_()  # fp32, saved
+    zl = torch.mul(t, s).to(mm_dtype)  # (B, T, Z)
+    wol = w_out.to(mm_dtype)  # (R + S, Z)
+    x_new = _lowp_mm(zl, wol[:R].t())
+    x_new += b_res
+    x_new += x
+    rs = _lowp_mm(zl, wol[R:].t())  # (B, T, S)
+    if skip is not None and inplace_skip:
+        skip += rs
+        ctx.mark_dirty(skip)
+        skip_new = skip
+    else:
+        skip_new = rs if skip is None else rs.add_(skip)
+    ctx.save_for_backward(xl, h, wl, wol)
+    ctx.mm_dtype = mm_dtype
+    ctx.dilation = dilation
+    ctx.cond_shape = None if cond is None else cond.shape
+    ctx.cond_dtype = None if cond is None else cond.dtype
+    ctx.has_bias = b_conv is not None
+    ctx.x_dtype = x.dtype
+    return x_new, skip_new
+
+
+def _backward_lowp(ctx, g_xn, g_skip):
+    """:meth:`GatedLayerFunction.backward` for :func:`_forward_lowp`: matmuls on low-precision
+    operands, elementwise work and every returned gradient in fp32 (the conditioning's in its dtype)."""
+    xl, ts, wl, wol = ctx.saved_tensors
+    B, T, R = xl.shape
+    k, G, _ = wl.shape
+    Z = G // 2
+    t, s = ts[..., :Z], ts[..., Z:]
+    need = ctx.needs_input_grad
+    low = ctx.mm_dtype
+    g_xnl = None if g_xn is None else g_xn.to(low)  # (B, T, R)
+    g_skipl = None if g_skip is None else g_skip.to(low)  # (B, T, S)
+    zl = torch.mul(t, s).to(low)
+    g_wout = g_bres = None
+    if need[5]:
+        S = wol.shape[0] - R
+        z2 = zl.view(B * T, Z)
+        g_wout = ts.new_zeros(R + S, Z)
+        if g_xnl is not None:
+            g_wout[:R] = _lowp_mm(g_xnl.reshape(B * T, R).t(), z2)
+        if g_skipl is not None:
+            g_wout[R:] = _lowp_mm(g_skipl.reshape(B * T, S).t(), z2)
+    if need[6]:
+        g_bres = g_xn.sum((0, 1)).float() if g_xn is not None else ts.new_zeros(R)
+    del zl
+    if g_xnl is not None:
+        g_z = _lowp_mm(g_xnl, wol[:R])
+        if g_skipl is not None:
+            g_z += _lowp_mm(g_skipl, wol[R:])
+    elif g_skipl is not None:
+        g_z = _lowp_mm(g_skipl, wol[R:])
+    else:
+        return (None,) * 10
+    g_h = ts.new_empty(B, T, G)  # fp32
+    g_a, g_b = g_h[..., :Z], g_h[..., Z:]
+    torch.mul(g_z, s, out=g_a)
+    torch.ops.aten.tanh_backward.grad_input(g_a, t, grad_input=g_a)
+    torch.mul(g_z, t, out=g_b)
+    torch.ops.aten.sigmoid_backward.grad_input(g_b, s, grad_input=g_b)
+    del g_z
+    g_cond = None
+    if ctx.cond_shape is not None and need[2]:
+        g_cond = g_h.sum_to_size(ctx.cond_shape).to(ctx.cond_dtype)
+    g_bconv = g_h.sum((0, 1)) if need[4] and ctx.has_bias else None
+    g_hl = g_h.to(low)
+    g_w = g_x = None
+    if need[3]:
+        g_wt = ts.new_zeros(k, G, R)
+        g_wt[k - 1] = _lowp_mm(g_hl.reshape(B * T, G).t(), xl.reshape(B * T, R))
+        for j in range(k - 1):
+            shift = (k - 1 - j) * ctx.dilation
+            if shift < T:  # pairs g_h[t] with x[t - shift], every batch item in one product
+                g_wt[j] = _lowp_mm(g_hl[:, shift:].reshape(-1, G).t(), xl[:, : T - shift].reshape(-1, R))
+        g_w = g_wt.permute(1, 2, 0)
+    if need[0]:
+        g_x = _lowp_mm(g_hl, wl[k - 1])  # (B, T, R)
+        if g_xn is not None:
+            g_x += g_xn
+        for j in range(k - 1):
+            shift = (k - 1 - j) * ctx.dilation
+            if shift < T:
+                g_x[:, : T - shift] += _lowp_mm(g_hl[:, shift:], wl[j])
+        g_x = g_x.to(ctx.x_dtype)
+    return g_x, (g_skip if need[1] else None), g_cond, g_w, g_bconv, g_wout, g_bres, None, None, None

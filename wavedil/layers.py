@@ -280,8 +280,8 @@ class ResidualBlock(nn.Module):
 
         The gated block without dropout runs as one autograd function
         (:class:`~wavedil.gated.GatedLayerFunction`) that saves only ``x``, ``tanh`` and
-        ``sigmoid`` of the gate; other blocks, autocast and ``torch.compile`` take the plain
-        autograd form.
+        ``sigmoid`` of the gate; under bf16 autocast its matmuls run in bf16 on the fp32
+        weights. Other blocks, fp16 autocast and ``torch.compile`` take the plain autograd form.
         ``inplace_skip``: accumulate into ``skip_acc`` itself (the stack does so for the sums it owns).
         """
         mode = NOT_TAKEN
@@ -294,7 +294,7 @@ class ResidualBlock(nn.Module):
         R = self.residual_channels
         return GatedLayerFunction.apply(
             x, skip_acc, cond, self.conv.weight, self.conv.bias, self.out.weight[:, :, 0], self.out.bias[:R],
-            self.conv.dilation, inplace_skip and skip_acc is not None,
+            self.conv.dilation, inplace_skip and skip_acc is not None, mode,
         )
 
     def _forward_btc_autograd(
