@@ -41,11 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from omegaconf import OmegaConf  # noqa: E402
-
 from _machine import cpu_model  # noqa: E402
 from wavedil import WaveNet  # noqa: E402
-from wavedil.config import CONF_DIR, model_config  # noqa: E402
+from wavedil.config import model_preset  # noqa: E402
 
 SR = 8000
 
@@ -86,7 +84,7 @@ def measure(name: str, argv: list[str], cwd: Path, threads: int) -> dict:
 def save_model(path: Path, model_name: str) -> int:
     """A random-weight checkpoint of ``conf/model/<model_name>.yaml`` at 8 kHz; its parameter count."""
     torch.manual_seed(0)
-    model = WaveNet(model_config(OmegaConf.load(CONF_DIR / "model" / f"{model_name}.yaml")))
+    model = WaveNet(model_preset(model_name))
     torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "ema": None,
                 "sample_rate": SR, "step": 0}, path)  # fmt: skip
     return model.num_parameters()

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .model import WaveNetConfig
 
-__all__ = ["CONF_DIR", "bundled_data", "model_config", "to_plain", "compose"]
+__all__ = ["CONF_DIR", "bundled_data", "model_config", "model_preset", "to_plain", "compose"]
 
 #: The configs ship inside the package (``wavedil/conf``), so ``wavedil train`` works anywhere.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -50,6 +50,19 @@ def to_plain(cfg: Any) -> Any:
 def model_config(cfg_model: Any) -> WaveNetConfig:
     """The ``model`` group of a composed config as a :class:`WaveNetConfig` (unknown keys: ValueError)."""
     return WaveNetConfig.from_dict(to_plain(cfg_model))
+
+
+def model_preset(name: str) -> WaveNetConfig:
+    """The :class:`WaveNetConfig` of a model preset ``conf/model/<name>.yaml`` (its overlay on
+    ``ref30`` resolved), e.g. ``model_preset("small")``.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the presets).
+    """
+    names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    if name not in names:
+        raise ValueError(f"unknown model preset {name!r}; the presets are {names}")
+    return model_config(compose([f"model={name}"]).model)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:

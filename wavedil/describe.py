@@ -92,12 +92,13 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
         return ModelDescription(model, f"checkpoint at step {ckpt.get('step', '?')}", sr)
     from omegaconf import OmegaConf
 
-    from .config import CONF_DIR, model_config
+    from .config import CONF_DIR, model_config, model_preset
 
     path = Path(text)
-    if not path.is_file():
-        path = CONF_DIR / "model" / f"{text}.yaml"
-    if not path.is_file():
-        names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    if path.is_file():
+        return ModelDescription(WaveNet(model_config(OmegaConf.load(path))), f"model config {path}", sample_rate or 16000)
+    names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    if text not in names:
         raise ValueError(f"'{text}' is neither a checkpoint (.pt), a YAML file nor a model config {names}")
-    return ModelDescription(WaveNet(model_config(OmegaConf.load(path))), f"model config {path}", sample_rate or 16000)
+    preset = CONF_DIR / "model" / f"{text}.yaml"
+    return ModelDescription(WaveNet(model_preset(text)), f"model config {preset}", sample_rate or 16000)
