@@ -28,6 +28,7 @@ from wavedil.pretrained import (
     heldout_from_eval,
     list_pretrained,
     load_pretrained,
+    models_table,
     open_model,
     pretrained_dir,
 )
@@ -295,3 +296,17 @@ def test_every_shipped_model_matches_its_card_and_runs(monkeypatch) -> None:
             out = decode(codes, model.encoding, model.quantization_channels)
             assert out.shape[-1] == 400
         assert torch.isfinite(out).all() and out.abs().max() <= 1.0
+
+
+def test_models_table_lists_what_ships(shipped, data_dir) -> None:
+    lines = models_table().splitlines()
+    assert lines[0].split() == ["name", "kind", "rate", "parameters", "held-out"]
+    speech, voc = lines[1], lines[2]
+    assert speech.split()[:4] == ["speech", "unconditional", "8000", "Hz"]
+    assert "3.80 bits/sample (bz2 5.00)" in speech and f"{WaveNet(_tiny(False)).num_parameters():,}" in speech
+    assert voc.split()[:2] == ["voc", "vocoder"] and "log-mel L1 0.50" in voc
+    assert "--model NAME" in lines[-1]
+
+
+def test_models_table_when_none_ship(data_dir) -> None:
+    assert models_table() == f"no pretrained models ship in this installation (looked in '{data_dir}')"

@@ -59,6 +59,7 @@ __all__ = [
     "load_pretrained",
     "machine_description",
     "model_kind",
+    "models_table",
     "open_model",
     "open_pretrained",
     "pretrained_dir",
@@ -206,6 +207,38 @@ def list_pretrained() -> list[PretrainedInfo]:
         except ValueError as exc:
             log.warning("leaving out pretrained model %r: %s", name, exc)
     return infos
+
+
+def _figures(heldout: Mapping[str, Any]) -> str:
+    """The card's held-out figures in a few words."""
+    parts = []
+    if "bits_per_sample" in heldout:
+        bz2 = f" (bz2 {heldout['bz2_bits_per_sample']:.2f})" if "bz2_bits_per_sample" in heldout else ""
+        parts.append(f"{heldout['bits_per_sample']:.2f} bits/sample{bz2}")
+    if "log_mel_distance" in heldout:
+        floor = f" (codec floor {heldout['log_mel_codec_floor']:.2f})" if "log_mel_codec_floor" in heldout else ""
+        parts.append(f"log-mel L1 {heldout['log_mel_distance']:.2f}{floor}")
+    return ", ".join(parts) or "not measured"
+
+
+def models_table(infos: Sequence[PretrainedInfo] | None = None) -> str:
+    """What ships, as ``wavedil models`` prints it: name, kind, rate, parameters, held-out figures.
+
+    Args:
+        infos: the models to list; None: :func:`list_pretrained`.
+    """
+    infos = list_pretrained() if infos is None else list(infos)
+    if not infos:
+        root = pretrained_dir()
+        where = f"looked in '{root}'" if root else "no pretrained/ folder in $WAVEDIL_DATA or data/"
+        return f"no pretrained models ship in this installation ({where})"
+    rows = [("name", "kind", "rate", "parameters", "held-out")]
+    rows += [(i.name, i.kind, f"{i.sample_rate} Hz", f"{i.parameters:,}", _figures(i.heldout)) for i in infos]
+    widths = [max(len(r[k]) for r in rows) for k in range(4)]
+    lines = [
+        f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}" for r in rows
+    ]
+    return "\n".join(lines + ["use one with --model NAME (wavedil generate / vocode / info / eval) or wavedil.load_pretrained(NAME)"])
 
 
 def pretrained_info(name: str) -> PretrainedInfo:
