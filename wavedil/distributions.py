@@ -53,7 +53,11 @@ def sample_categorical(logits: torch.Tensor, u: torch.Tensor, temperature: float
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.double() / temperature, dim=-1)
     cdf = probs.cumsum(dim=-1)
-    idx = torch.searchsorted(cdf, (u.double() * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    target = (u.double() * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
+    # the first index whose cumulative sum reaches the target (searchsorted, side "left"), written
+    # as a count of the sums below it: the same index for a non-decreasing cdf, and an operation
+    # that every export target (ONNX included) has
+    idx = (cdf < target).sum(dim=-1)
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "to_exported_program",
     "to_onnx",
     "ONNX_PACKAGES",
+    "require_packages",
 ]
 
 #: What ``to_onnx`` imports (the ``wavedil[onnx]`` extra); onnxruntime is only needed to run the file.
@@ -252,7 +253,8 @@ def to_exported_program(stack: DilatedStack, chunk_length: int = 1) -> torch.exp
         return torch.export.export(step, example, dynamic_shapes=dynamic_shapes)
 
 
-def _require(packages: Sequence[str], purpose: str) -> None:
+def require_packages(packages: Sequence[str], purpose: str) -> None:
+    """Raise :class:`MissingDependencyError` naming the ``packages`` that are not installed."""
     missing = [p for p in packages if importlib.util.find_spec(p) is None]
     if missing:
         raise MissingDependencyError(
@@ -276,7 +278,7 @@ def to_onnx(
     Raises:
         MissingDependencyError: (a ``ValueError``) when onnx or onnxscript is missing.
     """
-    _require(ONNX_PACKAGES, "ONNX export")
+    require_packages(ONNX_PACKAGES, "ONNX export")
     path = Path(path)
     if path.suffix != ".onnx":
         raise ValueError(f"ONNX output path must end in .onnx, got '{path}'")

@@ -5,7 +5,8 @@ parameters for the next sample and draws it from a given uniform, with the strea
 explicit inputs and outputs (the stream position as a 0-dim int64 tensor, one ring buffer per
 layer; :class:`wavedil.export.StreamingStep` runs the stack). Nothing is updated in place, so
 it traces, compiles and exports: :func:`generator_to_torchscript` writes a file that generates
-audio with ``torch.jit.load`` alone, no wavedil needed::
+audio with ``torch.jit.load`` alone, no wavedil needed (:func:`generator_to_onnx` the same as an
+ONNX file, for onnxruntime)::
 
     step = torch.jit.load("generator.pt")
     code = torch.full((B,), silence_code)                 # the stream opens with silence
@@ -19,15 +20,17 @@ dtype=torch.float64)``), it draws the codes ``generate`` draws (tested).
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .export import StreamingStep, state_to_tensors
+from .export import ONNX_PACKAGES, StreamingStep, require_packages, state_to_tensors
 from .model import WaveNet
 
-__all__ = ["GenerationStep", "generator_to_torchscript"]
+__all__ = ["GenerationStep", "generator_to_onnx", "generator_to_torchscript"]
 
 
 class GenerationStep(nn.Module):
@@ -86,6 +89,57 @@ class GenerationStep(nn.Module):
         return (code, pos, *buffers)
 
 
+def _frozen_generator(model: WaveNet, temperature: float) -> tuple[GenerationStep, tuple[torch.Tensor, ...]]:
+    """:class:`GenerationStep` of an eval-mode, gradient-free copy of ``model`` and example inputs (B = 2)."""
+    import copy
+
+    if model.upsampler is not None:
+        raise ValueError(
+            "generator exports are of unconditioned or speaker models, not vocoders: stream a vocoder "
+            "with wavedil.vocoder_stream.StreamingVocoder"
+        )
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    step = GenerationStep(frozen, temperature)
+    code, pos, *buffers = step.initial_inputs(2)  # 2, not 1: an export would specialise a batch of one
+    per = frozen.dist.uniforms_per_sample
+    u = torch.rand((2,) if per == 1 else (2, per), dtype=torch.float64)
+    cond = [frozen.speaker(torch.zeros(2, dtype=torch.long))] if frozen.speaker is not None else []
+    return step, (code, u, pos, *cond, *buffers)
+
+
+def generator_to_onnx(model: WaveNet, path: str | os.PathLike, temperature: float = 1.0) -> Path:
+    """Export :class:`GenerationStep` of ``model`` (unconditioned or speaker conditioned) to the
+    ONNX file ``path``: inputs and outputs named as its ``input_names`` / ``output_names``, the
+    batch size dynamic. Needs ``pip install 'wavedil[onnx]'``; run it with onnxruntime.
+
+    Raises:
+        ValueError: for a vocoder or a ``gaussian`` head (ONNX lacks its inverse normal CDF), a path
+            not ending in ``.onnx``, or missing onnx packages.
+    """
+    require_packages(ONNX_PACKAGES, "ONNX export")
+    if model.dist.name == "gaussian":
+        raise ValueError(
+            "ONNX has no inverse normal CDF, which the gaussian head samples with: export this model with "
+            "generator_to_torchscript, or use a mulaw or mol head"
+        )
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"ONNX output path must end in .onnx, got '{path}'")
+    step, example = _frozen_generator(model, temperature)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    # forward(code, uniforms, pos, *rest): one spec per positional argument, the varargs as one tuple
+    dynamic = ({0: batch}, {0: batch}, None, tuple({0: batch} for _ in example[3:]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*axis name.*will not be used.*")
+        program = torch.onnx.export(step, example, dynamo=True, dynamic_shapes=dynamic, input_names=step.input_names,
+                                    output_names=step.output_names, verbose=False)  # fmt: skip
+    program.save(str(path))
+    return path
+
+
 def generator_to_torchscript(model: WaveNet, temperature: float = 1.0) -> torch.jit.ScriptModule:
     """Trace :class:`GenerationStep` of an eval-mode copy of ``model`` (unconditioned or speaker
     conditioned) to TorchScript: a file that generates audio on its own (``.save(path)``; run it
@@ -95,22 +149,8 @@ def generator_to_torchscript(model: WaveNet, temperature: float = 1.0) -> torch.
         ValueError: for a vocoder (its conditioning needs the upsampler: stream it with
             :class:`wavedil.vocoder_stream.StreamingVocoder` instead).
     """
-    import copy
-
-    if model.upsampler is not None:
-        raise ValueError(
-            "generator_to_torchscript exports unconditioned or speaker models, not vocoders: stream a vocoder "
-            "with wavedil.vocoder_stream.StreamingVocoder"
-        )
-    frozen = copy.deepcopy(model).eval()
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    step = GenerationStep(frozen, temperature)
-    code, pos, *buffers = step.initial_inputs(2)
-    per = frozen.dist.uniforms_per_sample
-    u = torch.rand((2,) if per == 1 else (2, per), dtype=torch.float64)
-    cond = [frozen.speaker(torch.zeros(2, dtype=torch.long))] if frozen.speaker is not None else []
+    step, example = _frozen_generator(model, temperature)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        return torch.jit.trace(step, (code, u, pos, *cond, *buffers), check_trace=False)
+        return torch.jit.trace(step, example, check_trace=False)
