@@ -167,3 +167,67 @@ def test_info_reports_receptive_field():
     out = run("info", "ref30", "--sample-rate", "16000").stdout
     assert "3070 samples = 191.9 ms at 16000 Hz" in out
     assert "1,267,328" in out and "1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1, 2" in out
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory) -> Path:
+    """A ``$WAVEDIL_DATA`` with two tiny exported models: ``voc`` (vocoder) and ``speech``."""
+    from wavedil import WaveNet, WaveNetConfig
+    from wavedil.checkpoint import save_checkpoint
+    from wavedil.pretrained import export_pretrained
+
+    root = tmp_path_factory.mktemp("bundled")
+    mel = {"sample_rate": 8000, "hop_length": 80, "n_fft": 256, "n_mels": 40}
+    for name, cfg_mel in (("voc", mel), ("speech", None)):
+        torch.manual_seed(0)
+        cfg = WaveNetConfig(residual_channels=8, gate_channels=16, skip_channels=8, head_channels=8,
+                            layers_per_stack=3, stacks=1, mel=cfg_mel)  # fmt: skip
+        state = WaveNet(cfg).state_dict()
+        save_checkpoint({"format": 1, "model": state, "ema": state, "step": 2, "model_config": cfg.to_dict(),
+                         "sample_rate": 8000, "config": {"data": {"valid_fraction": 0.05}}},
+                        root / name / "step_00000002.pt")  # fmt: skip
+        export_pretrained(root / name / "step_00000002.pt", name, out_dir=root / "data" / "pretrained",
+                          corpus={"name": "test corpus", "licence": "CC-BY-SA-3.0"},
+                          heldout={"bits_per_sample": 4.25})  # fmt: skip
+    return root / "data"
+
+
+def test_bundled_models_by_name(bundled, tmp_path, monkeypatch):
+    env = {"WAVEDIL_DATA": str(bundled)}
+    monkeypatch.setenv("WAVEDIL_DATA", str(bundled))  # for the library calls in process
+    listing = run("models", env=env).stdout.splitlines()
+    assert [line.split()[:2] for line in listing[1:3]] == [["speech", "unconditional"], ["voc", "vocoder"]]
+    assert "4.25 bits/sample" in listing[1]
+
+    out = run("generate", "--model", "speech", "-o", str(tmp_path / "g.wav"), "--seconds", "0.05", "--seed", "1",
+              "--quiet", env=env)  # fmt: skip
+    lib = generate_to_files("pretrained:speech", tmp_path / "lib.wav", 0.05, seed=1, backend="auto", device="cpu")
+    assert "wrote 1 file(s) (0.05 s at 8000 Hz each)" in out.stdout
+    assert np.array_equal(sf.read(tmp_path / "g.wav")[0], sf.read(tmp_path / "lib.wav")[0])
+
+    t = np.arange(1600) / 16000
+    sf.write(tmp_path / "in16k.wav", (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 16000)
+    out = run("vocode", "--model", "voc", str(tmp_path / "in16k.wav"), "-o", str(tmp_path / "v.wav"), "--quiet", env=env)
+    assert "resampled to the model's 8000 Hz" in out.stderr and "16000 Hz" in out.stderr
+    wav, sr = sf.read(tmp_path / "v.wav")
+    assert sr == 8000 and len(wav) == 800
+
+    info = run("info", "--model", "voc", env=env).stdout
+    assert info.startswith("pretrained model 'voc'") and "licence           CC-BY-SA-3.0" in info
+    out = run("eval", "--model", "speech", str(tmp_path / "in16k.wav"), "--max-seconds", "0.05", env=env).stdout
+    assert_eval_table_matches(out, evaluate_files("pretrained:speech", [tmp_path / "in16k.wav"], max_seconds=0.05).report)
+
+
+def test_bundled_model_errors(bundled, tmp_path):
+    env = {"WAVEDIL_DATA": str(bundled)}
+    cases = [
+        (["generate", "--model", "nope", "-o", "o.wav"],
+         "unknown pretrained model 'nope'; the models that ship are: speech, voc"),
+        (["generate", "-o", "o.wav"], "give the model to sample: a checkpoint"),
+        (["vocode", "ck.pt", "in.wav", "--model", "voc", "-o", "o.wav"], "give either a checkpoint ('ck.pt') or --model voc"),
+        (["generate", "--model", "voc", "-o", "o.wav"], "pretrained model 'voc' is a vocoder"),
+        (["info", "--model", "nope"], "unknown pretrained model 'nope'"),
+    ]
+    for args, message in cases:
+        proc = run(*args, cwd=tmp_path, check=False, env=env)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)

@@ -11,7 +11,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import wavedil
@@ -19,6 +21,8 @@ from wavedil import WaveNet, WaveNetConfig, decode, generate, read_audio
 from wavedil.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from wavedil.conditioning import MelSpec
 from wavedil.data import file_mel, load_corpus, split_items
+from wavedil.describe import describe_model
+from wavedil.evaluate import evaluate_files
 from wavedil.pretrained import (
     CARD_JSON,
     CARD_MD,
@@ -32,6 +36,7 @@ from wavedil.pretrained import (
     open_model,
     pretrained_dir,
 )
+from wavedil.synthesis import generate_to_files, vocode_file
 
 CHECKOUT = Path(wavedil.__file__).resolve().parent.parent
 SHIPPED = CHECKOUT / "data" / "pretrained"
@@ -266,6 +271,53 @@ def test_vocoder_resynthesises_a_prompt_to_its_length(shipped) -> None:
     assert out.shape[-1] >= wav.shape[-1]  # whole mel frames: ceil(T / hop) * hop samples
     assert out.shape[-1] == -(-wav.shape[-1] // 80) * 80
     assert torch.isfinite(out).all() and out.abs().max() <= 1.0
+
+
+# ----------------------------------------------------------------------------- the library functions the CLI calls
+
+
+def test_synthesis_takes_pretrained_names(shipped, tmp_path) -> None:
+    res = generate_to_files("pretrained:speech", tmp_path / "gen.wav", seconds=0.05, seed=0)
+    assert res.sample_rate == 8000 and res.codes.shape == (1, 400) and res.notes == []
+    wav, _ = read_audio(sorted(SPEECH8K.glob("*.wav"))[0], frames=800)
+    sf.write(tmp_path / "in.wav", wav.numpy(), 8000)
+    res = vocode_file("pretrained:voc", tmp_path / "in.wav", tmp_path / "out.wav", seed=0)
+    out, sr = read_audio(res.paths[0])
+    assert sr == 8000 and out.shape[-1] == 800 and torch.isfinite(out).all() and out.abs().max() <= 1.0
+
+
+def test_describe_and_evaluate_take_pretrained_names(shipped) -> None:
+    desc = describe_model("pretrained:voc")
+    assert desc.sample_rate == 8000 and desc.parameters == WaveNet(_tiny(True)).num_parameters()
+    assert "pretrained model 'voc'" in desc.text() and "CC-BY-SA-3.0" in desc.text()
+    files = sorted(SPEECH8K.glob("*.wav"))[:1]
+    result = evaluate_files("pretrained:speech", files, max_seconds=0.05)
+    assert result.report.n_files == 1 and result.report.n_samples == 399
+
+
+def test_vocoding_audio_at_another_rate_resamples_with_a_note(shipped, tmp_path) -> None:
+    t = torch.arange(1600) / 16000
+    sf.write(tmp_path / "in16k.wav", (0.3 * torch.sin(2 * torch.pi * 300 * t)).numpy(), 16000)
+    res = vocode_file("pretrained:voc", tmp_path / "in16k.wav", tmp_path / "out.wav", seed=0)
+    assert res.codes.shape == (1, 800)
+    assert len(res.notes) == 1 and "16000 Hz" in res.notes[0] and "8000 Hz" in res.notes[0], res.notes
+
+
+def test_vocoding_a_mel_of_other_settings_names_both(shipped, tmp_path) -> None:
+    np.savez(tmp_path / "m.npz", mel=np.zeros((40, 10), np.float32), hop_length=np.int64(256))
+    with pytest.raises(ValueError, match="was made with hop_length=256 but this vocoder expects hop_length=80"):
+        vocode_file("pretrained:voc", tmp_path / "m.npz", tmp_path / "out.wav")
+    np.save(tmp_path / "m.npy", np.zeros((80, 10), np.float32))
+    expected = r"\(40, frames\) for this vocoder \(40 mel bands, hop 80 at 8000 Hz\), got float32 \(80, 10\)"
+    with pytest.raises(ValueError, match=expected):
+        vocode_file("pretrained:voc", tmp_path / "m.npy", tmp_path / "out.wav")
+
+
+def test_pretrained_model_of_the_wrong_kind_points_to_the_right_command(shipped, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"pretrained model 'voc' is a vocoder .*wavedil vocode --model voc"):
+        generate_to_files("pretrained:voc", tmp_path / "g.wav", seconds=0.01)
+    with pytest.raises(ValueError, match=r"pretrained model 'speech' is not a vocoder .*wavedil generate --model speech"):
+        vocode_file("pretrained:speech", tmp_path / "in.wav", tmp_path / "out.wav")
 
 
 # ----------------------------------------------------------------------------- what really ships

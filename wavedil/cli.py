@@ -1,11 +1,13 @@
-"""``wavedil train | generate | vocode | eval | info``: a thin layer over library functions.
+"""``wavedil train | generate | vocode | eval | info | models``: a thin layer over library functions.
 
 The CLI parses arguments, calls one library function and reports; the work lives in
 :func:`wavedil.train.train`, :func:`wavedil.synthesis.generate_to_files`,
 :func:`wavedil.synthesis.vocode_file`, :func:`wavedil.evaluate.evaluate_files` and
-:func:`wavedil.describe.describe_model`, which tests and recipes call in process. User errors
-(``ValueError``, ``OSError``) print one paragraph and exit with status 2; ``--debug`` (or
-``HYDRA_FULL_ERROR=1``) shows the full traceback instead.
+:func:`wavedil.describe.describe_model` and :func:`wavedil.pretrained.models_table`, which
+tests and recipes call in process. ``--model NAME`` names a bundled model instead of a
+checkpoint (``pretrained:NAME`` to the library). User errors (``ValueError``, ``OSError``)
+print one paragraph and exit with status 2; ``--debug`` (or ``HYDRA_FULL_ERROR=1``) shows the
+full traceback instead.
 """
 
 from __future__ import annotations
@@ -26,6 +28,29 @@ EXIT_USER_ERROR = 2
 def _fail(msg: str) -> "SystemExit":
     print(f"error: {msg}", file=sys.stderr)
     return SystemExit(EXIT_USER_ERROR)
+
+
+def _model_target(checkpoint: str | None, model: str | None, what: str) -> str:
+    """The checkpoint argument, or ``pretrained:NAME`` for ``--model NAME``: exactly one of them.
+
+    Raises:
+        ValueError: both or neither given.
+    """
+    if checkpoint is not None and model is not None:
+        raise ValueError(f"give either a checkpoint ('{checkpoint}') or --model {model}, not both")
+    if checkpoint is None and model is None:
+        raise ValueError(
+            f"give the {what}: a checkpoint (a step_*.pt file or a run folder) as the first argument, or "
+            "--model NAME for a bundled model (wavedil models lists them)"
+        )
+    from .pretrained import PRETRAINED_PREFIX
+
+    return checkpoint if model is None else PRETRAINED_PREFIX + model
+
+
+def _print_notes(notes: Sequence[str]) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _debug_wanted(argv: Sequence[str]) -> bool:
@@ -99,15 +124,17 @@ class _SampleProgress:
 def _generate(args: argparse.Namespace) -> None:
     from .synthesis import generate_to_files
 
+    target = _model_target(args.checkpoint, args.model, "model to sample")
     progress = _SampleProgress(not args.quiet, "generate")
     try:
         res = generate_to_files(
-            args.checkpoint, args.output, args.seconds, batch=args.batch, temperature=args.temperature,
+            target, args.output, args.seconds, batch=args.batch, temperature=args.temperature,
             seed=args.seed, prompt=args.prompt, speaker=args.speaker, backend=args.backend, weights=args.weights,
             device=args.device, use_ema=not args.no_ema, progress=progress,
         )  # fmt: skip
     finally:
         progress.close()
+    _print_notes(res.notes)
     paths = res.paths
     print(
         f"wrote {len(paths)} file(s) ({args.seconds:g} s at {res.sample_rate} Hz each): {paths[0]}"
@@ -120,15 +147,19 @@ def _generate(args: argparse.Namespace) -> None:
 def _vocode_stream(args: argparse.Namespace) -> None:
     import torch
 
-    from .checkpoint import model_from_checkpoint, open_checkpoint
+    from .checkpoint import model_from_checkpoint
+    from .pretrained import open_model
     from .synthesis import resolve_speaker
     from .vocoder_stream import vocode_stream
 
-    _, ckpt = open_checkpoint(args.checkpoint)
+    target = _model_target(args.checkpoint, args.model, "vocoder")
+    src = open_model(target)
+    ckpt = src.checkpoint
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model_from_checkpoint(ckpt, use_ema=not args.no_ema, device=device)
     if model.upsampler is None:
-        raise ValueError(f"'{args.checkpoint}' is not a vocoder (it has no mel conditioning): --stream needs one")
+        what = src.label if src.pretrained is not None else f"'{src.label}'"
+        raise ValueError(f"{what} is not a vocoder (it has no mel conditioning): --stream needs one")
     note = sys.stderr
     print(f"streaming: reading .npy chunks ({model.mel_spec.n_mels}, frames) from "
           f"{'standard input' if args.input == '-' else args.input}; look-ahead {model.mel_context} frames "
@@ -153,15 +184,17 @@ def _vocode(args: argparse.Namespace) -> None:
         return _vocode_stream(args)
     from .synthesis import vocode_file
 
+    target = _model_target(args.checkpoint, args.model, "vocoder")
     progress = _SampleProgress(not args.quiet, "vocode")
     try:
         res = vocode_file(
-            args.checkpoint, args.input, args.output, temperature=args.temperature, seed=args.seed,
+            target, args.input, args.output, temperature=args.temperature, seed=args.seed,
             speaker=args.speaker, save_mel=args.save_mel, max_seconds=args.max_seconds, backend=args.backend,
             weights=args.weights, device=args.device, use_ema=not args.no_ema, progress=progress,
         )  # fmt: skip
     finally:
         progress.close()
+    _print_notes(res.notes)
     print(
         f"wrote {res.paths[0]} ({res.seconds:.2f} s at {res.sample_rate} Hz from {res.mel_frames} mel frames); "
         f"{res.samples_per_second:,.0f} samples/s ({res.weights} weights, seed {res.seed})"
@@ -174,8 +207,9 @@ def _vocode(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_files
 
+    target = _model_target(args.checkpoint, args.model, "model to evaluate")
     result = evaluate_files(
-        args.checkpoint, args.audio, layout=args.layout, mic=args.mic, split=args.split,
+        target, args.audio, layout=args.layout, mic=args.mic, split=args.split,
         valid_fraction=args.valid_fraction, max_seconds=args.max_seconds, use_ema=not args.no_ema,
         vocode_seconds=args.vocode_seconds, seed=args.seed, weights=args.weights,
     )  # fmt: skip
@@ -190,7 +224,21 @@ def _eval(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     from .describe import describe_model
 
-    print(describe_model(args.target, args.sample_rate).text())
+    if args.target is not None and args.model is not None:
+        raise ValueError(f"give either a target ('{args.target}') or --model {args.model}, not both")
+    if args.target is None and args.model is None:
+        raise ValueError("give a checkpoint, a model config name (tiny, small, base, ref30), a YAML file, or --model NAME")
+    target = args.target if args.model is None else _model_target(None, args.model, "model")
+    print(describe_model(target, args.sample_rate).text())
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _models(args: argparse.Namespace) -> None:
+    from .pretrained import models_table
+
+    print(models_table())
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -198,6 +246,7 @@ def _info(args: argparse.Namespace) -> None:
 
 _BACKEND_HELP = "generation back-end: auto (fast when it can run the model, else torch), torch, fast"
 _WEIGHTS_HELP = "weight mode of the back-end (default fp32; bf16 and int8 need the fast back-end)"
+_MODEL_HELP = "a bundled pretrained model by name, instead of a checkpoint (wavedil models lists them)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -209,7 +258,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train with Hydra overrides: wavedil train experiment=speech8k ...", add_help=False)
 
     g = sub.add_parser("generate", help="sample audio from a checkpoint")
-    g.add_argument("checkpoint", help="a step_*.pt file, or a run folder (its newest checkpoint)")
+    g.add_argument("checkpoint", nargs="?", help="a step_*.pt file, or a run folder (its newest checkpoint)")
+    g.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
     g.add_argument("-o", "--output", required=True, help="output .wav (batch > 1 writes name_000.wav, ...)")
     g.add_argument("--seconds", type=float, default=2.0)
     g.add_argument("--batch", type=int, default=1)
@@ -224,7 +274,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress report")
 
     e = sub.add_parser("eval", help="bits per sample on audio files, with bz2 and unigram baselines")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", nargs="?", help="a step_*.pt file, or a run folder (its newest checkpoint)")
+    e.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
     e.add_argument("audio", nargs="+", help="audio files or folders")
     e.add_argument("--layout", default="folder", help="layout of folders: folder, ljspeech, vctk")
     e.add_argument("--mic", default="mic1", help="vctk layout: mic1, mic2 or both (VCTK 0.92's two microphones)")
@@ -241,7 +292,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="evaluate the fast back-end with its weights in this mode (default fp32: the model's forward)")
 
     v = sub.add_parser("vocode", help="re-synthesise audio (or a saved log-mel) with a mel-conditioned checkpoint")
-    v.add_argument("checkpoint", help="a vocoder's step_*.pt file, or its run folder")
+    v.add_argument("checkpoint", nargs="?", help="a vocoder's step_*.pt file, or its run folder")
+    v.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
     v.add_argument("input", help="an audio file (analysed to log-mel), or a log-mel .npy (n_mels, frames) / .npz")
     v.add_argument("-o", "--output", required=True, help="output .wav")
     v.add_argument("--temperature", type=float, default=1.0)
@@ -259,8 +311,10 @@ def _parser() -> argparse.ArgumentParser:
                         "chunks; -o - writes 16-bit PCM to standard output chunk by chunk")  # fmt: skip
 
     i = sub.add_parser("info", help="parameters, receptive field and dilations of a checkpoint or model config")
-    i.add_argument("target", help="checkpoint .pt, model config name (tiny, small, base, ref30) or YAML file")
+    i.add_argument("target", nargs="?", help="checkpoint .pt, model config name (tiny, small, base, ref30) or YAML file")
+    i.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
     i.add_argument("--sample-rate", type=int, default=None)
+    sub.add_parser("models", help="the bundled pretrained models: name, kind, sample rate, parameters, held-out figures")
     return p
 
 
@@ -274,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return _train([a for a in argv[idx + 1 :] if a != "--debug"] + (["debug=true"] if debug else []))
     args = _parser().parse_args(argv)
     try:
-        {"generate": _generate, "eval": _eval, "info": _info, "vocode": _vocode}[args.command](args)
+        {"generate": _generate, "eval": _eval, "info": _info, "vocode": _vocode, "models": _models}[args.command](args)
     except (ValueError, OSError) as exc:
         if debug:
             raise

@@ -24,7 +24,8 @@ class ModelDescription:
 
     Attributes:
         model: the :class:`WaveNet` (random weights when built from a config).
-        source: ``"checkpoint at step N"`` or ``"model config <path>"``.
+        source: ``"checkpoint at step N"``, ``"model config <path>"``, or for a bundled model
+            its name, description, training steps, corpus and licence (three lines).
         sample_rate: the rate the receptive field is given at (Hz).
     """
 
@@ -68,11 +69,11 @@ class ModelDescription:
 
 
 def describe_model(target: str | os.PathLike, sample_rate: int | None = None) -> ModelDescription:
-    """Describe a checkpoint (``.pt`` file or run folder), a model config name or a YAML file.
+    """Describe a checkpoint (``.pt`` file or run folder), a bundled model, a model config or a YAML file.
 
     Args:
-        target: ``step_*.pt``, a run folder, a name of ``conf/model/*.yaml`` (``tiny``, ``ref30``,
-            ...) or a model YAML file.
+        target: ``step_*.pt``, a run folder, ``pretrained:NAME`` (a bundled model), a name of
+            ``conf/model/*.yaml`` (``tiny``, ``ref30``, ...) or a model YAML file.
         sample_rate: the rate for the receptive field in ms; default the checkpoint's, or 16000
             for a config.
 
@@ -82,14 +83,26 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
     """
     if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1):
         raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
-    text = str(target)
-    if text.endswith(".pt") or Path(text).is_dir():
-        from .checkpoint import model_from_checkpoint, open_checkpoint
+    from .pretrained import open_model, pretrained_name
 
-        _, ckpt = open_checkpoint(target)
+    text = str(target)
+    if text.endswith(".pt") or Path(text).is_dir() or pretrained_name(text) is not None:
+        from .checkpoint import model_from_checkpoint
+
+        src = open_model(target)
+        ckpt = src.checkpoint
         model = model_from_checkpoint(ckpt)
-        sr = sample_rate or int(ckpt.get("sample_rate", 16000))
-        return ModelDescription(model, f"checkpoint at step {ckpt.get('step', '?')}", sr)
+        sr = sample_rate or src.sample_rate
+        source = f"checkpoint at step {ckpt.get('step', '?')}"
+        if src.pretrained is not None:
+            card = src.pretrained.card
+            corpus = (card.get("corpus") or {}).get("name", "an unrecorded corpus")
+            source = (
+                f"{src.label}: {card.get('description') or src.pretrained.kind}\n"
+                f"trained           {ckpt.get('step', '?')} steps on {corpus}\n"
+                f"licence           {card.get('licence', 'not recorded')} (see {src.pretrained.folder / 'MODEL_CARD.md'})"
+            )
+        return ModelDescription(model, source, sr)
     from omegaconf import OmegaConf
 
     from .config import CONF_DIR, model_config, model_preset

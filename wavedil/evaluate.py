@@ -399,7 +399,8 @@ def evaluate_files(
     (unreadable ones are skipped with a warning) and quantised as the model was trained.
 
     Args:
-        checkpoint: a ``step_*.pt`` file or a run folder (its newest good checkpoint).
+        checkpoint: a ``step_*.pt`` file, a run folder (its newest good checkpoint) or
+            ``pretrained:NAME`` (a bundled model, :mod:`wavedil.pretrained`).
         audio: audio files and/or corpus folders.
         layout, mic: how folders are read (:func:`wavedil.data.load_corpus`).
         split: ``"all"``, or only the ``"train"`` / ``"valid"`` side of
@@ -421,14 +422,15 @@ def evaluate_files(
             (:class:`~wavedil.data.CorpusError`), or files of speakers the model does not know.
     """
     from .audio import encode
-    from .checkpoint import model_from_checkpoint, open_checkpoint
+    from .checkpoint import model_from_checkpoint
     from .data import file_mel, iter_file_audio, split_items
+    from .pretrained import open_model
 
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
     if not vocode_seconds >= 0:
         raise ValueError(f"vocode_seconds must be >= 0, got {vocode_seconds}")
-    _, ckpt = open_checkpoint(checkpoint)
+    ckpt = open_model(checkpoint).checkpoint
     sr = int(ckpt.get("sample_rate", 16000))
     items = gather_items(audio, layout, mic)
     if split != "all":

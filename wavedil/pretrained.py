@@ -238,7 +238,8 @@ def models_table(infos: Sequence[PretrainedInfo] | None = None) -> str:
     lines = [
         f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}" for r in rows
     ]
-    return "\n".join(lines + ["use one with --model NAME (wavedil generate / vocode / info / eval) or wavedil.load_pretrained(NAME)"])
+    lines.append("use one with --model NAME (wavedil generate / vocode / info / eval) or wavedil.load_pretrained(NAME)")
+    return "\n".join(lines)
 
 
 def pretrained_info(name: str) -> PretrainedInfo:

@@ -7,8 +7,10 @@ and what they read: :func:`load_mel` (a saved log-mel ``(n_mels, M)``), :func:`r
 (a speaker name or index -> the class index) and :func:`check_output_path`. ``wavedil generate``
 and ``wavedil vocode`` are thin wrappers around these; recipes and tests call them in process.
 
-A ``checkpoint`` is a ``step_*.pt`` file or a run folder (its newest good checkpoint,
-:func:`wavedil.checkpoint.open_checkpoint`). User errors raise ``ValueError`` (or its subclasses
+A ``checkpoint`` is a ``step_*.pt`` file, a run folder (its newest good checkpoint,
+:func:`wavedil.checkpoint.open_checkpoint`) or ``pretrained:NAME``, a model that ships with
+wavedil (:func:`wavedil.pretrained.open_model` resolves all three). Audio at another sample rate
+is resampled to the model's, and :attr:`SynthesisResult.notes` says so. User errors raise ``ValueError`` (or its subclasses
 :class:`~wavedil.checkpoint.CheckpointError`, :class:`~wavedil.audio.AudioReadError`) naming the
 offending value.
 """
@@ -19,18 +21,19 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .audio import decode, encode, read_audio, write_audio
-from .checkpoint import model_from_checkpoint, open_checkpoint
+from .audio import decode, encode, read_audio, resample, write_audio
+from .checkpoint import model_from_checkpoint
 from .conditioning import MelSpec
 from .data import file_mel
 from .generate import MAX_SAMPLES, MAX_TOTAL_SAMPLES, generate
 from .model import WaveNet
+from .pretrained import ModelSource, open_model
 
 __all__ = [
     "MAX_BATCH",
@@ -66,6 +69,8 @@ class SynthesisResult:
         weights: its weight mode (``fp32``, ``bf16``, ``int8``).
         seed: the seed (drawn when none was given), to reproduce the files.
         mel_frames: vocoding only: the log-mel frames the audio came from.
+        notes: things the user should know that are not errors (an input resampled to the
+            model's rate), one sentence each.
     """
 
     paths: list[Path]
@@ -76,6 +81,7 @@ class SynthesisResult:
     weights: str
     seed: int
     mel_frames: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -149,6 +155,24 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def _command_target(src: ModelSource) -> str:
+    """How to name ``src`` on a command line: ``--model NAME`` or the checkpoint as given."""
+    return f"--model {src.pretrained.name}" if src.pretrained is not None else src.label
+
+
+def _what(src: ModelSource) -> str:
+    return src.label if src.pretrained is not None else f"'{src.label}'"
+
+
+def _read_at_rate(path: str | os.PathLike, sample_rate: int, notes: list[str], what: str) -> torch.Tensor:
+    """``path`` as a mono waveform ``(T,)`` at ``sample_rate``; a resampling is added to ``notes``."""
+    wav, rate = read_audio(path)
+    if rate != sample_rate:
+        wav = resample(wav, rate, sample_rate)
+        notes.append(f"{what} '{path}' is at {rate} Hz; resampled to the model's {sample_rate} Hz")
+    return wav
+
+
 def generate_to_files(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike,
@@ -171,7 +195,8 @@ def generate_to_files(
     checked before sampling starts.
 
     Args:
-        checkpoint: a ``step_*.pt`` file or a run folder (its newest good checkpoint).
+        checkpoint: a ``step_*.pt`` file, a run folder (its newest good checkpoint) or
+            ``pretrained:NAME`` (a bundled model, :mod:`wavedil.pretrained`).
         output: the file to write (``.wav``, ``.flac``, ``.ogg``); ``batch > 1`` writes
             ``name_000.wav``, ``name_001.wav``, ...
         seconds: length of each sequence; ``seconds * sample_rate <= MAX_SAMPLES``.
@@ -179,7 +204,7 @@ def generate_to_files(
         temperature: ``> 0`` divides the logits; ``0`` is greedy.
         seed: makes the files reproducible; None draws one (returned).
         prompt: an audio file whose codes prime the model; the files continue it (the prompt
-            itself is not written).
+            itself is not written). At another rate it is resampled, with a note.
         speaker: a speaker name or index, for speaker-conditioned models (:func:`resolve_speaker`).
         backend: ``auto``, ``torch`` or ``fast`` (:func:`wavedil.generate`).
         weights: weight mode of the back-end: ``fp32``, ``bf16`` or ``int8``.
@@ -200,8 +225,8 @@ def generate_to_files(
         raise ValueError(f"--seconds must be a positive finite number, got {seconds}")
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
-    _, ckpt = open_checkpoint(checkpoint)
-    sr = int(ckpt.get("sample_rate", 16000))
+    src = open_model(checkpoint)
+    ckpt, sr = src.checkpoint, src.sample_rate
     n = int(round(seconds * sr))
     if n > MAX_SAMPLES:
         raise ValueError(f"--seconds {seconds} is {n:,} samples at {sr} Hz; the limit is {MAX_SAMPLES:,}")
@@ -213,13 +238,13 @@ def generate_to_files(
     model = model_from_checkpoint(ckpt, use_ema=use_ema, device=_device(device))
     if model.upsampler is not None:
         raise ValueError(
-            f"'{checkpoint}' is a vocoder (conditioned on log-mel frames): re-synthesise audio with "
-            f"wavedil vocode {checkpoint} in.wav -o {output}"
+            f"{_what(src)} is a vocoder (conditioned on log-mel frames): re-synthesise audio with "
+            f"wavedil vocode {_command_target(src)} in.wav -o {output}"
         )
     speaker_id = resolve_speaker(model, speaker)
-    prompt_codes = None
+    prompt_codes, notes = None, []
     if prompt is not None:
-        wav, _ = read_audio(prompt, sample_rate=sr)
+        wav = _read_at_rate(prompt, sr, notes, "the prompt")
         prompt_codes = encode(wav, model.encoding, model.quantization_channels)
     res = generate(
         model, n, batch_size=batch, temperature=temperature, seed=seed, prompt=prompt_codes, speaker=speaker_id,
@@ -230,7 +255,7 @@ def generate_to_files(
         write_audio(numbered_path(out, i, batch), decode(codes[i], model.encoding, model.quantization_channels), sr)
         for i in range(batch)
     ]
-    return SynthesisResult(paths, codes, sr, res.samples_per_second, res.backend, res.weights, res.seed)
+    return SynthesisResult(paths, codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, notes=notes)
 
 
 def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
@@ -288,9 +313,9 @@ def vocode_file(
     """Re-synthesise audio with a vocoder (a mel-conditioned checkpoint) and write it to ``output``.
 
     Args:
-        checkpoint: the vocoder's ``step_*.pt`` file or run folder.
+        checkpoint: the vocoder's ``step_*.pt`` file or run folder, or ``pretrained:NAME``.
         source: an audio file (analysed to log-mel with :func:`wavedil.data.file_mel`; the output
-            has its length), or a saved log-mel ``.npy`` / ``.npz`` (:func:`load_mel`; the output
+            has its length; at another rate it is resampled, with a note), or a saved log-mel ``.npy`` / ``.npz`` (:func:`load_mel`; the output
             has ``M * hop`` samples).
         output: the file to write (``.wav``, ``.flac``, ``.ogg``).
         temperature, seed, speaker, backend, weights, device, use_ema, progress: as for
@@ -306,26 +331,27 @@ def vocode_file(
             not fit the vocoder, an input longer than ``max_seconds``, or a bad argument.
     """
     out = check_output_path(output)
-    _, ckpt = open_checkpoint(checkpoint)
+    src = open_model(checkpoint)
     dev = _device(device)
-    model = model_from_checkpoint(ckpt, use_ema=use_ema, device=dev)
+    model = model_from_checkpoint(src.checkpoint, use_ema=use_ema, device=dev)
     if model.upsampler is None:
         raise ValueError(
-            f"'{checkpoint}' is not a vocoder (it has no mel conditioning): sample it with wavedil generate, "
-            "or train one with experiment=vocoder_speech8k"
+            f"{_what(src)} is not a vocoder (it has no mel conditioning): sample it with wavedil generate"
+            + (f" {_command_target(src)}" if src.pretrained is not None else "")
+            + ", or train one with experiment=vocoder_speech8k"
         )
     spec, ctx = model.mel_spec, model.mel_context
     sr, hop = spec.sample_rate, spec.hop_length
-    src = Path(source)
-    n_samples = None
-    if src.suffix.lower() in (".npy", ".npz"):
-        mel = load_mel(src, spec)
+    source = Path(source)
+    n_samples, notes = None, []
+    if source.suffix.lower() in (".npy", ".npz"):
+        mel = load_mel(source, spec)
         silence = float(np.log(1e-5))  # the log-mel of silence pads the context frames
         mel = torch.nn.functional.pad(mel, (ctx, ctx), value=silence)
     else:
-        wav, _ = read_audio(src, sample_rate=sr)
+        wav = _read_at_rate(source, sr, notes, "the input")
         if wav.numel() == 0:
-            raise ValueError(f"'{src}' holds no audio")
+            raise ValueError(f"'{source}' holds no audio")
         mel = file_mel(wav, spec, ctx)
         n_samples = wav.shape[-1]
         if save_mel:
@@ -337,7 +363,7 @@ def vocode_file(
     seconds = frames * hop / sr
     if seconds > max_seconds:
         raise ValueError(
-            f"'{src}' is {seconds:.1f} s ({frames} mel frames); the limit is --max-seconds {max_seconds:g}: "
+            f"'{source}' is {seconds:.1f} s ({frames} mel frames); the limit is --max-seconds {max_seconds:g}: "
             "raise it or cut the input"
         )
     total = n_samples or frames * hop
@@ -347,4 +373,6 @@ def vocode_file(
     )  # fmt: skip
     codes = res.codes[:, :n_samples].cpu() if n_samples else res.codes.cpu()
     path = write_audio(out, decode(codes[0], model.encoding, model.quantization_channels), sr)
-    return SynthesisResult([path], codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, frames)
+    return SynthesisResult(
+        [path], codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, mel_frames=frames, notes=notes
+    )
