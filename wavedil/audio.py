@@ -7,6 +7,7 @@ mu-law codes are int64 tensors of the same shape with values in ``[0, Q)``.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import torchaudio.functional as AF
 from ._io import atomic_open
 
 __all__ = [
+    "OUTPUT_SUFFIXES",
+    "check_output_path",
     "mu_law_encode",
     "mu_law_decode",
     "linear_encode",
@@ -227,3 +230,30 @@ def trim_silence(wav: torch.Tensor, threshold_db: float) -> torch.Tensor:
     start, end = silence_bounds(wav, threshold_db)
     return wav[start:end]
 
+
+#: File name endings the generation and vocoding commands write.
+OUTPUT_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".ogg")
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path` after checking it can be written (makes its folder, writes a test file).
+
+    Raises:
+        ValueError: ``path`` is a folder, does not end in one of :data:`OUTPUT_SUFFIXES`, or its
+            folder cannot be created or written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"output path '{path}' is a directory: give a file name such as {path / 'out.wav'}")
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"output file '{path}' must end in .wav, .flac or .ogg")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".wavedil-write-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"cannot create the output folder '{parent}' or write in it ({exc.strerror or exc}): choose another -o path"
+        ) from None
+    return path

@@ -145,38 +145,18 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _vocode_stream(args: argparse.Namespace) -> None:
-    import torch
-
-    from .checkpoint import model_from_checkpoint
-    from .pretrained import open_model
-    from .synthesis import resolve_speaker
-    from .vocoder_stream import vocode_stream
+    from .synthesis import vocode_stream_file
 
     target = _model_target(args.checkpoint, args.model, "vocoder")
-    src = open_model(target)
-    ckpt = src.checkpoint
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model_from_checkpoint(ckpt, use_ema=not args.no_ema, device=device)
-    if model.upsampler is None:
-        what = src.label if src.pretrained is not None else f"'{src.label}'"
-        raise ValueError(f"{what} is not a vocoder (it has no mel conditioning): --stream needs one")
-    note = sys.stderr
-    print(f"streaming: reading .npy chunks ({model.mel_spec.n_mels}, frames) from "
-          f"{'standard input' if args.input == '-' else args.input}; look-ahead {model.mel_context} frames "
-          f"({1000 * model.mel_context * model.mel_spec.hop_length / model.mel_spec.sample_rate:g} ms)", file=note)  # fmt: skip
-    source = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115 - closed below
-    try:
-        stats = vocode_stream(
-            model, source, args.output, temperature=args.temperature, seed=args.seed,
-            speaker=resolve_speaker(model, args.speaker), backend=args.backend, weights=args.weights,
-        )  # fmt: skip
-    finally:
-        if source is not sys.stdin.buffer:
-            source.close()
+    stats = vocode_stream_file(
+        target, args.input, args.output, temperature=args.temperature, seed=args.seed, speaker=args.speaker,
+        backend=args.backend, weights=args.weights, device=args.device, use_ema=not args.no_ema,
+        note=lambda line: print(line, file=sys.stderr),
+    )  # fmt: skip
     where = "standard output (16-bit PCM)" if args.output == "-" else args.output
     print(f"streamed {stats.frames} frames -> {stats.samples} samples to {where}; real-time factor "
           f"{stats.real_time_factor:.2f} ({stats.backend} back-end, {stats.weights} weights, seed {stats.seed})",
-          file=note)  # fmt: skip
+          file=sys.stderr)  # fmt: skip
 
 
 def _vocode(args: argparse.Namespace) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import decode, encode, read_audio, resample, write_audio
+from .audio import OUTPUT_SUFFIXES, check_output_path, decode, encode, read_audio, resample, write_audio
 from .checkpoint import model_from_checkpoint
 from .conditioning import MelSpec
 from .data import file_mel
 from .generate import MAX_SAMPLES, MAX_TOTAL_SAMPLES, generate
 from .model import WaveNet
+from .vocoder_stream import StreamStats, vocode_stream
 from .pretrained import ModelSource, open_model
 
 __all__ = [
@@ -45,10 +46,9 @@ __all__ = [
     "numbered_path",
     "resolve_speaker",
     "vocode_file",
+    "vocode_stream_file",
 ]
 
-#: File name endings that :func:`generate_to_files` and :func:`vocode_file` write.
-OUTPUT_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".ogg")
 #: Largest batch of :func:`generate_to_files` (one file per sequence).
 MAX_BATCH = 4096
 
@@ -92,30 +92,6 @@ class SynthesisResult:
     def real_time_factor(self) -> float:
         """Seconds of sampling per second of audio of one sequence (``< 1``: faster than real time)."""
         return self.sample_rate * len(self.paths) / max(self.samples_per_second, 1e-9)
-
-
-def check_output_path(path: str | os.PathLike) -> Path:
-    """``path`` as a :class:`Path` after checking it can be written (makes its folder, writes a test file).
-
-    Raises:
-        ValueError: ``path`` is a folder, does not end in one of :data:`OUTPUT_SUFFIXES`, or its
-            folder cannot be created or written.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"output path '{path}' is a directory: give a file name such as {path / 'out.wav'}")
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ValueError(f"output file '{path}' must end in .wav, .flac or .ogg")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".wavedil-write-check-"):
-            pass
-    except OSError as exc:
-        raise ValueError(
-            f"cannot create the output folder '{parent}' or write in it ({exc.strerror or exc}): choose another -o path"
-        ) from None
-    return path
 
 
 def numbered_path(path: Path, i: int, n: int) -> Path:
@@ -294,6 +270,63 @@ def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
 
 
+def _open_vocoder(checkpoint: str | os.PathLike, device: str | torch.device | None, use_ema: bool) -> WaveNet:
+    """The vocoder of ``checkpoint`` (file, run folder or ``pretrained:NAME``) on ``device``; a clear
+    error for a model without mel conditioning."""
+    src = open_model(checkpoint)
+    model = model_from_checkpoint(src.checkpoint, use_ema=use_ema, device=_device(device))
+    if model.upsampler is None:
+        raise ValueError(
+            f"{_what(src)} is not a vocoder (it has no mel conditioning): sample it with wavedil generate"
+            + (f" {_command_target(src)}" if src.pretrained is not None else "")
+            + ", or train one with experiment=vocoder_speech8k"
+        )
+    return model
+
+
+def vocode_stream_file(
+    checkpoint: str | os.PathLike,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    speaker: str | int | None = None,
+    backend: str = "auto",
+    weights: str = "fp32",
+    device: str | torch.device | None = None,
+    use_ema: bool = True,
+    note: Callable[[str], None] | None = None,
+) -> StreamStats:
+    """Vocode a stream of ``.npy`` log-mel chunks as it arrives (:func:`wavedil.vocoder_stream.vocode_stream`).
+
+    Args:
+        checkpoint: the vocoder's ``step_*.pt`` file, run folder or ``pretrained:NAME``.
+        source: ``"-"`` for standard input, or a file of concatenated ``(n_mels, F)`` ``.npy`` arrays.
+        output: ``"-"`` for 16-bit PCM on standard output after every chunk, or an audio file
+            written when the stream ends.
+        temperature, seed, speaker, backend, weights, device, use_ema: as :func:`vocode_file`.
+        note: called once with a line saying what the stream expects and its look-ahead, before
+            the first chunk is read (the CLI prints it on standard error).
+
+    Raises:
+        ValueError: not a vocoder, a chunk that is not ``(n_mels, F)`` float ``.npy``, no frames.
+    """
+    model = _open_vocoder(checkpoint, device, use_ema)
+    spec = model.mel_spec
+    if note is not None:
+        where = "standard input" if str(source) == "-" else str(source)
+        note(f"streaming: reading .npy chunks ({spec.n_mels}, frames) from {where}; look-ahead "
+             f"{model.mel_context} frames ({1000 * model.mel_context * spec.hop_length / spec.sample_rate:g} ms)")  # fmt: skip
+    stream = sys.stdin.buffer if str(source) == "-" else open(source, "rb")  # noqa: SIM115 - closed below
+    try:
+        return vocode_stream(model, stream, output, temperature=temperature, seed=seed,
+                             speaker=resolve_speaker(model, speaker), backend=backend, weights=weights)  # fmt: skip
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
 def vocode_file(
     checkpoint: str | os.PathLike,
     source: str | os.PathLike,
@@ -331,15 +364,8 @@ def vocode_file(
             not fit the vocoder, an input longer than ``max_seconds``, or a bad argument.
     """
     out = check_output_path(output)
-    src = open_model(checkpoint)
-    dev = _device(device)
-    model = model_from_checkpoint(src.checkpoint, use_ema=use_ema, device=dev)
-    if model.upsampler is None:
-        raise ValueError(
-            f"{_what(src)} is not a vocoder (it has no mel conditioning): sample it with wavedil generate"
-            + (f" {_command_target(src)}" if src.pretrained is not None else "")
-            + ", or train one with experiment=vocoder_speech8k"
-        )
+    model = _open_vocoder(checkpoint, device, use_ema)
+    dev = model.embed.weight.device
     spec, ctx = model.mel_spec, model.mel_context
     sr, hop = spec.sample_rate, spec.hop_length
     source = Path(source)

@@ -37,7 +37,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .audio import decode
+from .audio import check_output_path, decode, write_audio
 from .backends import SamplingRequest, check_weights, get_backend, resolve_backend
 from .model import WaveNet
 
@@ -268,9 +268,6 @@ def vocode_stream(
             :func:`wavedil.audio.write_audio` knows) atomically when the stream ends.
         temperature, seed, speaker, backend, weights: as :class:`StreamingVocoder`.
     """
-    from .audio import write_audio
-    from .synthesis import check_output_path
-
     if str(output) != "-":
         output = check_output_path(output)  # before any work
     voc = StreamingVocoder(model, temperature=temperature, seed=seed, speaker=speaker, backend=backend,
