@@ -38,8 +38,8 @@ hop 80, as ``conf/experiment/vocoder_speech8k.yaml``). Usage::
 ``--stream`` measures :class:`wavedil.vocoder_stream.StreamingVocoder` fed 5 frames (50 ms) per
 push, in every weight mode: the ``vocoder_speech8k`` recipe's model (8 kHz, hop 80, 40 bands)
 and a 16 kHz vocoder (hop 160, 80 bands, R=64, gate 128, S=128, H=256, 16 layers, the size of
-``conf/experiment/pretrained_vocoder8k.yaml``): the real-time factor (audio seconds per
-second of compute, > 1 is faster than real time), the slowest push, and the look-ahead latency.
+``conf/experiment/pretrained_vocoder8k.yaml``): ``x_real_time`` (audio seconds per second of
+compute, > 1 is faster than real time), the slowest push, and the look-ahead latency.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ STREAM_VOCODERS = {
 
 
 def stream_main(args: argparse.Namespace) -> dict:
-    """``--stream``: real-time factor of the streaming vocoder, 5 frames per push, every mode."""
+    """``--stream``: speed of the streaming vocoder (x real time), 5 frames per push, every mode."""
     from wavedil.vocoder_stream import StreamingVocoder
 
     seconds = 0.5 if args.quick else 4.0
@@ -249,9 +249,9 @@ def stream_main(args: argparse.Namespace) -> dict:
                     slowest = max(slowest, time.perf_counter() - t)
                 done += voc.finish().shape[1]
                 wall = time.perf_counter() - start
-                rtf = done / mel_cfg["sample_rate"] / wall
-                if best is None or rtf > best["realtime_factor"]:
-                    best = {"realtime_factor": round(rtf, 2), "samples_per_second": round(done / wall, 1),
+                speed = done / mel_cfg["sample_rate"] / wall
+                if best is None or speed > best["x_real_time"]:
+                    best = {"x_real_time": round(speed, 2), "samples_per_second": round(done / wall, 1),
                             "slowest_push_ms": round(1000 * slowest, 2)}  # fmt: skip
             entry["modes"][weights] = best
         entry["latency"] = {"frames": voc.latency_frames, "ms": round(1000 * voc.latency_seconds, 1)}

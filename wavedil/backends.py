@@ -226,6 +226,10 @@ class Backend(abc.ABC):
         if why is not None:
             raise ValueError(why)
 
+    def prepare(self, request: SamplingRequest) -> None:
+        """Get ready to run ``request`` (e.g. compile kernels), so that the timing of :meth:`sample`
+        measures sampling only. The default does nothing."""
+
     @abc.abstractmethod
     def sample(self, request: SamplingRequest) -> torch.Tensor:
         """Run ``request``; return the codes ``(B, N)`` int64 on the model's device."""

@@ -243,8 +243,8 @@ class StreamStats:
 
     @property
     def real_time_factor(self) -> float:
-        """Audio seconds made per second of work (> 1: faster than real time)."""
-        return self.samples / self.sample_rate / max(self.seconds, 1e-9)
+        """Seconds of work per second of audio (< 1: faster than real time)."""
+        return self.seconds / max(self.samples / self.sample_rate, 1e-9)
 
 
 def vocode_stream(

@@ -87,6 +87,15 @@ class FastBackend(Backend):
             return f"CPU options {self.options!r} do not apply to a model on {device}: use the default fast back-end"
         return None
 
+    def prepare(self, request: SamplingRequest) -> None:
+        """Compile (or load from numba's cache) the kernels ``request`` needs: one sample of it,
+        discarded (the request's own tensors are not touched)."""
+        if request.params.device.type != "cpu":
+            return
+        one = SamplingRequest(request.model, request.state, request.params, request.uniforms[:1],
+                              request.temperature, request.speaker, local=request.local, weights=request.weights)  # fmt: skip
+        self.sample(one)
+
     def sample(self, request: SamplingRequest) -> torch.Tensor:
         self.check(request.model, request.weights)
         if request.params.device.type == "cuda":
