@@ -37,7 +37,7 @@ from torch import nn
 
 from wavedil import DilatedStack, StackState
 from wavedil.checkpoint import CHECKPOINT_FORMAT, open_checkpoint, save_checkpoint
-from wavedil.training_utils import EMA, lr_factor
+from wavedil.training_utils import EMA, lr_factor, resolve_device
 
 __all__ = [
     "CharLMConfig",
@@ -290,16 +290,6 @@ def bits_per_byte(model: CharLM, texts: Sequence[bytes], max_bytes: int = 0) -> 
 # ----------------------------------------------------------------------------- training
 
 
-def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"trainer.device must be cpu, cuda or cuda:N, got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={name} but no CUDA GPU is available: use trainer.device=cpu")
-    return dev
-
-
 def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
     """Train a :class:`CharLM` as the plain config ``cfg`` says; write ``checkpoints/step_*.pt`` to ``run_dir``.
 
@@ -313,7 +303,7 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
     B, T = int(dcfg["batch_size"]), int(dcfg["segment_length"])
     if B < 1 or T < 1:
         raise ValueError(f"data.batch_size and data.segment_length must be >= 1, got {B} and {T}")
-    device = _device(str(tcfg.get("device", "cpu")))
+    device = resolve_device(str(tcfg.get("device", "cpu")))
 
     texts = read_corpus(dcfg["root"])
     names = list(texts)
