@@ -57,6 +57,7 @@ from .distributed import (
     DistInfo,
     any_rank,
     broadcast_object,
+    gather_objects,
     dist_info_from_env,
     init_distributed,
     max_over_ranks,
@@ -651,21 +652,35 @@ def _data_error_message(exc: BaseException) -> str:
     return text
 
 
-def _stop_on_data_error(run: Run, exc: BaseException) -> TrainingError:
-    """A fatal data error (the loader raised): save the current step, then report both."""
+def _stop_on_data_error(run: Run, exc: BaseException | None) -> None:
+    """Stop every rank when the loader raised on any rank (``exc``: this rank's error or ``None``).
+
+    Without DDP this is the error itself. Under DDP the ranks first agree that one failed (one
+    small all-reduce per step), so that no rank waits forever in the next gradient all-reduce;
+    rank 0 saves the current step (which every rank finished), and every rank raises naming the
+    failing ranks and their errors.
+    """
+    if not any_rank(exc is not None, run.dist):
+        return
+    mine = None if exc is None else _data_error_message(exc)
+    failures = [(r, m) for r, m in enumerate(gather_objects(mine, run.dist)) if m is not None]
+    where = "" if not run.dist.enabled else " on rank " + ", ".join(str(r) for r, _ in failures)
+    what = "; ".join(m if not run.dist.enabled else f"rank {r}: {m}" for r, m in failures)
     saved = ""
+    elapsed = run.elapsed()  # a collective under DDP: every rank calls it
     if run.main:
         if run.last_ckpt_step != run.step:
             try:
-                save_training_checkpoint(run, run.elapsed())
+                save_training_checkpoint(run, elapsed)
             except TrainingError as save_exc:
                 saved = f" Could not save a checkpoint either: {save_exc}"
         if run.last_ckpt is not None and not saved:
             saved = f" Saved '{run.last_ckpt}' (step {run.last_ckpt_step})."
-    return TrainingError(
-        f"the training data failed at step {run.step}: {_data_error_message(exc)}.{saved} Fix the data, then resume "
+    err = TrainingError(
+        f"the training data failed{where} at step {run.step}: {what}.{saved} Fix the data, then resume "
         f"with the same command plus trainer.resume=true (or trainer.resume={run.run_dir})"
     )
+    raise err from exc
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -698,12 +713,14 @@ def _loop(run: Run) -> None:
         return
     with _StopFlag() as stop:
         while run.step < t.max_steps:
+            data_error: BaseException | None = None
             try:
                 batch = next(batches)
             except StopIteration:
                 break
             except (CorpusError, OSError) as exc:
-                raise _stop_on_data_error(run, exc) from exc
+                data_error = exc
+            _stop_on_data_error(run, data_error)  # returns only when no rank failed
             loss = train_step(run, batch, run.time_fraction(elapsed))
             run.step += 1
             elapsed = run.elapsed()
