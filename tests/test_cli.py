@@ -214,8 +214,11 @@ def test_bundled_models_by_name(bundled, tmp_path, monkeypatch):
 
     info = run("info", "--model", "voc", env=env).stdout
     assert info.startswith("pretrained model 'voc'") and "licence           CC-BY-SA-3.0" in info
-    out = run("eval", "--model", "speech", str(tmp_path / "in16k.wav"), "--max-seconds", "0.05", env=env).stdout
-    assert_eval_table_matches(out, evaluate_files("pretrained:speech", [tmp_path / "in16k.wav"], max_seconds=0.05).report)
+    out = run("eval", "--model", "speech", str(tmp_path / "in16k.wav"), "--max-seconds", "0.05", env=env)
+    lib_eval = evaluate_files("pretrained:speech", [tmp_path / "in16k.wav"], max_seconds=0.05)
+    assert_eval_table_matches(out.stdout, lib_eval.report)
+    assert f"note: 1 file(s) at 16000 Hz (e.g. '{tmp_path / 'in16k.wav'}') were resampled to the model's 8000 Hz" in out.stderr
+    assert lib_eval.to_dict()["notes"] == lib_eval.notes and len(lib_eval.notes) == 1
 
 
 def test_bundled_model_errors(bundled, tmp_path):

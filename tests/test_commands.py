@@ -263,9 +263,11 @@ def test_evaluate_files_equals_evaluate_codes_over_the_corpus(run_dir, corpus):
     assert result.report.n_files == 4 and result.report.n_samples == 4 * 800 - 4
     assert result.report.to_dict() == ref.to_dict()
     assert result.log_mel_distance is None and result.to_dict()["weights"] == "fp32"
+    assert result.notes == [f"2 file(s) at 16000 Hz (e.g. '{corpus / 'utt1.wav'}') were resampled to the model's 8000 Hz"]
     # one file, given as a file; and the two sides of the split, which add up to the whole
     one = evaluate_files(run_dir, [corpus / "utt2.wav"], max_seconds=0.05)
     assert one.report.n_files == 1 and one.report.n_samples == 399
+    assert one.notes == [] and "notes" not in one.to_dict()  # a file at the model's rate
     train = evaluate_files(run_dir, [corpus], split="train", valid_fraction=0.3)
     valid = evaluate_files(run_dir, [corpus], split="valid", valid_fraction=0.3)
     names = {f["file"] for f in train.to_dict()["per_file"]} | {f["file"] for f in valid.to_dict()["per_file"]}

@@ -193,6 +193,7 @@ def _eval(args: argparse.Namespace) -> None:
         valid_fraction=args.valid_fraction, max_seconds=args.max_seconds, use_ema=not args.no_ema,
         vocode_seconds=args.vocode_seconds, seed=args.seed, weights=args.weights,
     )  # fmt: skip
+    _print_notes(result.notes)
     print(result.table())
     if args.json:
         print(json.dumps(result.to_dict()))

@@ -313,6 +313,7 @@ class FileEvaluation:
         log_mel_distance: vocoders: mean log-mel L1 distance of re-synthesised audio to its input.
         log_mel_baselines: vocoders: ``codec`` (the floor) and ``other_file`` (:func:`vocode_baselines`).
         vocoded_files: how many files the distance is over; ``vocode_seconds``: of each.
+        notes: things the user should know that are not errors (files resampled to the model's rate).
     """
 
     report: EvalReport
@@ -321,6 +322,7 @@ class FileEvaluation:
     log_mel_baselines: dict[str, float] | None = None
     vocoded_files: int = 0
     vocode_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         """The report as ``wavedil eval`` prints it."""
@@ -345,10 +347,32 @@ class FileEvaluation:
         if self.log_mel_distance is not None:
             out["log_mel_distance"] = self.log_mel_distance
             out["log_mel_distance_baselines"] = self.log_mel_baselines
+        if self.notes:
+            out["notes"] = list(self.notes)
         return out
 
 
 _SPLITS = ("all", "train", "valid")
+
+
+def _resampling_notes(items: Sequence, sample_rate: int) -> list[str]:
+    """One note per other sample rate among ``items``: how many files were resampled, and an example."""
+    from .audio import audio_info
+
+    by_rate: dict[int, list] = {}
+    for item in items:
+        rate = item.rate
+        if rate <= 0:  # a file given by itself is not probed; an unreadable one is skipped later, with a warning
+            try:
+                rate = audio_info(item.path).samplerate
+            except Exception:  # noqa: BLE001 - only a note depends on it
+                continue
+        if rate != sample_rate:
+            by_rate.setdefault(int(rate), []).append(item)
+    return [
+        f"{len(group)} file(s) at {rate} Hz (e.g. '{group[0].path}') were resampled to the model's {sample_rate} Hz"
+        for rate, group in sorted(by_rate.items())
+    ]
 
 
 def gather_items(
@@ -460,6 +484,7 @@ def evaluate_files(
             yield str(item.path), encode(wav, model.encoding, model.quantization_channels), cond
 
     result = FileEvaluation(evaluate_codes(model, files(max_seconds), chunk, weights), weights)
+    result.notes = _resampling_notes(items, sr)
     if model.upsampler is not None and vocode_seconds > 0:
         waves = [(name, cond["wav"]) for name, _, cond in files(vocode_seconds)]
         result.log_mel_distance, per_file = vocode_distance(model, waves, vocode_seconds, seed, weights)
