@@ -306,6 +306,31 @@ def test_lean_step_sees_parameter_updates_and_weight_norm():
         torch.testing.assert_close(_stream_ones(stack, xd), stack(xd)[1], rtol=0, atol=1e-10)
 
 
+def test_threads_may_step_one_stack_at_once_each_with_its_own_state():
+    import threading
+
+    torch.manual_seed(0)
+    stack = DilatedStack(16, 32, 16, dilations=(1, 2, 4, 8)).eval()
+    inputs = [torch.randn(2, 16, 200) for _ in range(4)]
+    with torch.no_grad():
+        expected = [_stream_ones(stack, x) for x in inputs]  # one thread: the lean path's own result
+    results: dict[int, torch.Tensor] = {}
+    start = threading.Barrier(len(inputs))
+
+    def worker(i: int) -> None:
+        start.wait()  # all threads step at the same time, interleaving in torch's ops (which drop the GIL)
+        with torch.no_grad():
+            results[i] = _stream_ones(stack, inputs[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(expected):
+        assert torch.equal(results[i], want), f"thread {i}'s steps differ from the same steps on one thread"
+
+
 def test_step_with_autograd_gives_the_gradient_of_forward():
     torch.manual_seed(0)
     stack = DilatedStack(4, 8, 6, dilations=(1, 2))

@@ -21,6 +21,7 @@ layer needs; the write position is shared by all layers of a stack (:class:`Stac
 from __future__ import annotations
 
 import math
+import threading
 from typing import Sequence
 
 import torch
@@ -519,7 +520,8 @@ class DilatedStack(nn.Module):
         (:func:`~wavedil.streaming.single_step`): weights packed once per parameter update
         (checked by the parameters' versions each call), one matmul per product, no tensor
         allocated per layer. Chunks, training-mode dropout and autograd take the per-layer path.
-        The lean path's scratch tensors belong to the stack: step one stack from one thread at a time.
+        The lean path's scratch tensors are per thread: threads may step one stack at the same time,
+        each with its own state.
         """
         x, local_cond = self._to_bct(x), self._to_bct(local_cond)
         self._check_input(x)
@@ -584,10 +586,10 @@ class DilatedStack(nn.Module):
             with torch.no_grad():
                 cache = {"key": key, "weights": self._pack_step_weights(), "workspaces": {}}
             self.__dict__["_step_cache"] = cache
-        ws_key = (batch_size, torch.is_inference_mode_enabled())
+        ws_key = (batch_size, torch.is_inference_mode_enabled(), threading.get_ident())  # scratch is per thread
         ws = cache["workspaces"].get(ws_key)
         if ws is None:
-            if len(cache["workspaces"]) >= 4:
+            if len(cache["workspaces"]) >= 8:  # a thread holding a dropped workspace keeps it alive
                 cache["workspaces"].clear()
             ws = cache["workspaces"][ws_key] = StepWorkspace(cache["weights"], batch_size)
         return cache["weights"], ws
