@@ -165,3 +165,72 @@ def test_batches_are_a_function_of_seed_and_step():
 def test_bits_per_byte_of_an_untrained_model_is_near_eight():
     bits = char_lm.bits_per_byte(_tiny_lm(), [bytes(range(256)) * 4])
     assert 7.0 < bits < 9.0
+
+
+def test_exclude_patterns_leave_files_out(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name, data in {"cookie": b"a" * 40, "cookie.dat": b"\x00\x01" * 20, "sub/songs": b"c" * 30,
+                       "sub/songs.dat": b"\x02" * 30, "people": b"d" * 20}.items():
+        (tmp_path / name).write_bytes(data)
+    assert sorted(char_lm.read_corpus(tmp_path)) == ["cookie", "cookie.dat", "people", "sub/songs", "sub/songs.dat"]
+    assert sorted(char_lm.read_corpus(tmp_path, ["*.dat"])) == ["cookie", "people", "sub/songs"]
+    assert sorted(char_lm.read_corpus(tmp_path, ["sub/*", "people"])) == ["cookie", "cookie.dat"]
+    with pytest.raises(ValueError, match=r"holds 0 distinct non-empty files not matching data.exclude=\['\*o\*'\]"):
+        char_lm.read_corpus(tmp_path, ["*o*"])
+
+
+def test_compression_baselines_are_the_real_compressed_sizes():
+    import bz2
+    import lzma
+
+    rng = __import__("random").Random(0)
+    words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randint(2, 7))) for _ in range(60)]
+    train = [b" ".join(rng.choice(words) for _ in range(3000))]
+    valid = [b" ".join(rng.choice(words) for _ in range(400))]
+    got = char_lm.compression_baselines(train, valid)
+    n = len(valid[0])
+    assert got["bz2"] == 8 * len(bz2.compress(valid[0], 9)) / n
+    assert got["xz"] == 8 * len(lzma.compress(valid[0], preset=9 | lzma.PRESET_EXTREME)) / n
+    # the training text teaches xz the vocabulary: the held-out text then costs fewer bits
+    assert got["xz_given_train"] < got["xz"]
+    # eleven symbols (ten letters and the space), near-uniform: a unigram needs about log2(11) bits
+    assert 3.0 < got["unigram"] < 3.6
+    same = char_lm.compression_baselines(valid, valid)
+    assert same["xz_given_train"] < 0.2 * same["xz"]  # a repeat of the training text is almost free
+
+
+def _plain_config(*overrides: str) -> dict:
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.load(SCRIPT.parent / "conf" / "char_lm.yaml")
+    base.pop("defaults")
+    base.pop("hydra")
+    cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_time_budget_stops_with_a_final_validation_and_checkpoint(corpus, tmp_path, caplog):
+    torch.set_num_threads(1)
+    cfg = _plain_config(*TINY, f"data.root={corpus}", "trainer.max_steps=100000", "trainer.max_time=2",
+                        "trainer.valid_every=100000", "trainer.log_every=100000")
+    with caplog.at_level("INFO"):
+        summary = char_lm.train(cfg, tmp_path / "run")
+    assert 1 <= summary["step"] < 100000 and 2.0 <= summary["seconds"] < 30
+    assert f"time budget trainer.max_time=2 s reached at step {summary['step']}" in caplog.text
+    assert f"step {summary['step']}: held-out" in caplog.text  # the final validation
+    ckpt = load_checkpoint(summary["checkpoint"])
+    assert ckpt["step"] == summary["step"] and Path(summary["checkpoint"]).name == f"step_{summary['step']:08d}.pt"
+    assert set(summary["baselines_bits_per_byte"]) == {"unigram", "bz2", "xz", "xz_given_train"}
+    with pytest.raises(ValueError, match="trainer.max_time='ten minutes' is not a duration"):
+        char_lm.train(_plain_config(*TINY, f"data.root={corpus}", "trainer.max_time=ten minutes"), tmp_path / "bad")
+
+
+def test_fortunes_experiment_composes():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(SCRIPT.parent / "conf"), version_base="1.3"):
+        cfg = compose(config_name="char_lm", overrides=["experiment=fortunes"])
+    model = char_lm.CharLM(char_lm.CharLMConfig.from_dict(dict(cfg.model)))
+    assert cfg.data.root == "/usr/share/games/fortunes" and list(cfg.data.exclude) == ["*.dat", "*.u8"]
+    assert model.receptive_field == 311 and cfg.data.segment_length > model.receptive_field
+    assert char_lm.parse_duration(cfg.trainer.max_time) == 600

@@ -15,9 +15,12 @@ axis, so no transposes are needed. Sections: model, sampling, data, training, en
 
 from __future__ import annotations
 
+import bz2
+import fnmatch
 import hashlib
 import json
 import logging
+import lzma
 import math
 import os
 import random
@@ -37,6 +40,7 @@ from torch import nn
 
 from wavedil import DilatedStack, StackState
 from wavedil.checkpoint import CHECKPOINT_FORMAT, open_checkpoint, save_checkpoint
+from wavedil.train_config import parse_duration
 from wavedil.training_utils import EMA, lr_factor, resolve_device
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "split_files",
     "batch_at",
     "bits_per_byte",
+    "compression_baselines",
     "train",
     "sample",
     "main",
@@ -196,11 +201,13 @@ def sample_bytes(
 # ----------------------------------------------------------------------------- data
 
 
-def read_corpus(root: str | os.PathLike) -> dict[str, bytes]:
+def read_corpus(root: str | os.PathLike, exclude: Sequence[str] = ()) -> dict[str, bytes]:
     """Every non-empty file under ``root`` (recursively) as ``{relative posix path: bytes}``.
 
     Files with identical contents (``GPL`` is ``GPL-3`` on Debian) are kept once, under the
-    first name in sorted order, so no text is both trained on and held out.
+    first name in sorted order, so no text is both trained on and held out. ``exclude``: glob
+    patterns (``fnmatch``) matched against each file's relative path and its name, e.g.
+    ``["*.dat"]`` for the binary index files next to the ``fortunes`` texts.
     """
     root = Path(root)
     if not root.is_dir():
@@ -211,14 +218,18 @@ def read_corpus(root: str | os.PathLike) -> dict[str, bytes]:
     texts: dict[str, bytes] = {}
     seen: set[str] = set()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(path.name, pat) for pat in exclude):
+            continue
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         if data and digest not in seen:
             seen.add(digest)
-            texts[path.relative_to(root).as_posix()] = data
+            texts[rel] = data
     if len(texts) < 2:
+        excluded = f" not matching data.exclude={list(exclude)}" if exclude else ""
         raise ValueError(
-            f"data.root='{root}' holds {len(texts)} distinct non-empty files; "
+            f"data.root='{root}' holds {len(texts)} distinct non-empty files{excluded}; "
             "at least 2 are needed (one to train on, one to hold out)"
         )
     return texts
@@ -287,6 +298,31 @@ def bits_per_byte(model: CharLM, texts: Sequence[bytes], max_bytes: int = 0) -> 
     return nats / count / LN2
 
 
+def compression_baselines(train_texts: Sequence[bytes], valid_texts: Sequence[bytes]) -> dict[str, float]:
+    """Bits per byte of the held-out texts under general-purpose models, for scale.
+
+    ``unigram``: byte frequencies of the training text (add-one smoothed); ``bz2`` / ``xz``: the
+    held-out texts joined and compressed at the highest level; ``xz_given_train``: what the
+    held-out text adds to xz's output after the training text (``|xz(train + valid)| -
+    |xz(train)|``), i.e. xz allowed to learn from the training text as the model does.
+    """
+    train = b"\n".join(train_texts)
+    valid = b"\n".join(valid_texts)
+    if not valid:
+        raise ValueError("the held-out files hold no text")
+    n = len(valid)
+    counts = torch.bincount(torch.frombuffer(bytearray(train), dtype=torch.uint8).long(), minlength=VOCAB) + 1.0
+    logp = torch.log2(counts / counts.sum())
+    held = torch.bincount(torch.frombuffer(bytearray(valid), dtype=torch.uint8).long(), minlength=VOCAB).double()
+    xz = lambda data: len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))  # noqa: E731
+    return {
+        "unigram": float(-(held * logp.double()).sum() / n),
+        "bz2": 8.0 * len(bz2.compress(valid, 9)) / n,
+        "xz": 8.0 * xz(valid) / n,
+        "xz_given_train": 8.0 * (xz(train + b"\n" + valid) - xz(train)) / n,
+    }
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -305,11 +341,18 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"data.batch_size and data.segment_length must be >= 1, got {B} and {T}")
     device = resolve_device(str(tcfg.get("device", "cpu")))
 
-    texts = read_corpus(dcfg["root"])
+    max_time = parse_duration(tcfg.get("max_time"), "trainer.max_time")
+    texts = read_corpus(dcfg["root"], list(dcfg.get("exclude") or ()))
     names = list(texts)
     train_names, valid_names = split_files(names, [len(texts[n]) for n in names], float(dcfg["valid_fraction"]))
     train_data = torch.frombuffer(bytearray(b"\n".join(texts[n] for n in train_names)), dtype=torch.uint8)
     valid_texts = [texts[n] for n in valid_names]
+    max_valid = int(tcfg.get("valid_max_bytes", 0))
+    baselines: dict[str, float] = {}
+    if tcfg.get("baselines", True):  # on the bytes that bits_per_byte scores
+        scored = [t[:max_valid] if max_valid > 0 else t for t in valid_texts]
+        baselines = compression_baselines([texts[n] for n in train_names], scored)
+        log.info("held-out bits/byte of general-purpose models: " + ", ".join(f"{k} {v:.3f}" for k, v in baselines.items()))
 
     torch.manual_seed(seed)
     model = CharLM(mcfg).to(device)
@@ -325,10 +368,12 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
     )
     lr_factor(0, **schedule)  # checks the schedule name before any work
     n_params = sum(p.numel() for p in model.parameters())
+    budget = f", time budget {max_time:,.0f} s (steps capped at {max_steps})" if max_time is not None else ""
+    held_out = ", ".join(valid_names) if len(valid_names) <= 8 else f"{len(valid_names)} files ({', '.join(valid_names[:8])}, ...)"
     log.info(
         f"training a {len(mcfg.dilations)}-layer byte LM ({n_params:,} parameters, receptive field "
-        f"{model.receptive_field} bytes) on {len(train_names)} files ({train_data.numel():,} bytes); "
-        f"held out: {', '.join(valid_names)}; writing to {run_dir}"
+        f"{model.receptive_field} bytes) on {len(train_names)} files ({train_data.numel():,} bytes){budget}; "
+        f"held out: {held_out}; writing to {run_dir}"
     )
 
     def eval_model() -> CharLM:
@@ -339,14 +384,16 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
         return shadow
 
     base_lr, grad_clip = float(ocfg["lr"]), float(ocfg.get("grad_clip", 0.0))
-    max_valid = int(tcfg.get("valid_max_bytes", 0))
     train_bits = valid_bits = float("nan")
+    done = 0
     t0 = time.perf_counter()
     model.train()
     for step in range(max_steps):
         batch = batch_at(train_data, step, B, T, seed).to(device)  # (B, T + 1)
+        # with a time budget the cosine follows the fraction of the budget used, so it ends on time
+        fraction = None if max_time is None else (time.perf_counter() - t0) / max_time
         for g in optimizer.param_groups:
-            g["lr"] = base_lr * lr_factor(step, **schedule)
+            g["lr"] = base_lr * lr_factor(step, **schedule, time_fraction=fraction)
         logits = model(batch[:, :-1])  # (B, T, 256): byte t+1 given bytes <= t
         loss = F.cross_entropy(logits.reshape(-1, VOCAB).float(), batch[:, 1:].reshape(-1)) / LN2
         if not torch.isfinite(loss):
@@ -359,12 +406,17 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
         if ema is not None:
             ema.update(model, step)
         train_bits, done = loss.item(), step + 1
-        if done % int(tcfg.get("log_every", 50)) == 0 or done == max_steps:
+        out_of_time = max_time is not None and time.perf_counter() - t0 >= max_time
+        final = done == max_steps or out_of_time
+        if done % int(tcfg.get("log_every", 50)) == 0 or final:
             rate = done * B * T / (time.perf_counter() - t0)
             log.info(f"step {done}: train {train_bits:.3f} bits/byte ({rate:,.0f} bytes/s)")
-        if done % int(tcfg.get("valid_every", 200)) == 0 or done == max_steps:
+        if done % int(tcfg.get("valid_every", 200)) == 0 or final:
             valid_bits = bits_per_byte(eval_model(), valid_texts, max_valid)
             log.info(f"step {done}: held-out {valid_bits:.3f} bits/byte")
+        if out_of_time:
+            log.info(f"time budget trainer.max_time={max_time:.0f} s reached at step {done}")
+            break
 
     path = save_checkpoint(
         {
@@ -374,17 +426,19 @@ def train(cfg: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
             "ema": ema.state_dict() if ema is not None else None,
             "model_config": mcfg.to_dict(),
             "config": cfg,
-            "step": max_steps,
+            "step": done,
             "valid_bits_per_byte": valid_bits,
+            "baselines_bits_per_byte": baselines,
             "train_files": train_names,
             "valid_files": valid_names,
         },
-        run_dir / "checkpoints" / f"step_{max_steps:08d}.pt",
+        run_dir / "checkpoints" / f"step_{done:08d}.pt",
     )
     return {
-        "step": max_steps,
+        "step": done,
         "train_bits_per_byte": train_bits,
         "valid_bits_per_byte": valid_bits,
+        "baselines_bits_per_byte": baselines,
         "checkpoint": str(path),
         "run_dir": str(run_dir),
         "seconds": round(time.perf_counter() - t0, 1),
