@@ -676,6 +676,8 @@ def _stop_on_data_error(run: Run, exc: BaseException | None) -> None:
                 saved = f" Could not save a checkpoint either: {save_exc}"
         if run.last_ckpt is not None and not saved:
             saved = f" Saved '{run.last_ckpt}' (step {run.last_ckpt_step})."
+    any_rank(False, run.dist)  # a barrier: the ranks leave together, after rank 0 saved (a gloo rank
+    # that tore its process group down while rank 0 was still saving was seen to abort)
     err = TrainingError(
         f"the training data failed{where} at step {run.step}: {what}.{saved} Fix the data, then resume "
         f"with the same command plus trainer.resume=true (or trainer.resume={run.run_dir})"
