@@ -314,7 +314,10 @@ def compression_baselines(train_texts: Sequence[bytes], valid_texts: Sequence[by
     counts = torch.bincount(torch.frombuffer(bytearray(train), dtype=torch.uint8).long(), minlength=VOCAB) + 1.0
     logp = torch.log2(counts / counts.sum())
     held = torch.bincount(torch.frombuffer(bytearray(valid), dtype=torch.uint8).long(), minlength=VOCAB).double()
-    xz = lambda data: len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))  # noqa: E731
+
+    def xz(data: bytes) -> int:
+        return len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+
     return {
         "unigram": float(-(held * logp.double()).sum() / n),
         "bz2": 8.0 * len(bz2.compress(valid, 9)) / n,
