@@ -12,6 +12,7 @@ emulated and slower than float32.
     python bench/training.py --variants wavedil,wavedil-bf16,wavedil-auto --device cuda
 
 Variants: ``baseline`` (float32), ``wavedil`` (float32), ``wavedil-bf16`` (bf16 autocast),
+``wavedil-bf16-emulated`` (bf16 matmul numerics computed in float32: ``trainer.precision=bf16-emulated``),
 ``wavedil-auto`` (:func:`wavedil.precision.choose_precision` measures float32 and bf16 on a copy,
 then the chosen one is timed), ``wavedil-ckpt`` (float32, activation checkpointing in 3 groups).
 
@@ -44,7 +45,7 @@ from wavedil.training_utils import NATIVE_BF16_FLAGS, autocast_for, cpu_flags  #
 
 #: The /proc/cpuinfo flags that decide how fast bf16 and wide vector code run.
 PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
-VARIANTS = ("baseline", "wavedil", "wavedil-bf16", "wavedil-auto", "wavedil-ckpt")
+VARIANTS = ("baseline", "wavedil", "wavedil-bf16", "wavedil-bf16-emulated", "wavedil-auto", "wavedil-ckpt")
 
 
 class BaselineLayer(nn.Module):
@@ -103,7 +104,7 @@ def run_one(variant: str, batch: int, length: int, steps: int, warmup: int, thre
     make_opt = lambda params: torch.optim.AdamW(params, lr=1e-4)  # noqa: E731
     opt = make_opt(model.parameters())
     seg = torch.randint(0, cfg.quantization_channels, (batch, length + 1), device=dev)
-    precision, extra = {"wavedil-bf16": "bf16"}.get(variant, "32"), {}
+    precision, extra = {"wavedil-bf16": "bf16", "wavedil-bf16-emulated": "bf16-emulated"}.get(variant, "32"), {}
     if variant == "wavedil-auto":
         from wavedil.precision import choose_precision
 
@@ -203,7 +204,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 with --quick)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--variants", default="baseline,wavedil,wavedil-bf16,wavedil-auto,wavedil-ckpt")
+    p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--quick", action="store_true",
                    help="B=1, T=500, 1 step, 1 thread, one process, no data loading: a smoke run")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
@@ -247,6 +248,9 @@ def main() -> None:
     if "wavedil" in results and "wavedil-bf16" in results:
         rates = {v: results[v]["samples_per_second"] for v in ("wavedil", "wavedil-bf16")}
         summary["bf16_vs_float32"] = rates["wavedil-bf16"] / rates["wavedil"]
+    if "wavedil" in results and "wavedil-bf16-emulated" in results:
+        rates = {v: results[v]["samples_per_second"] for v in ("wavedil", "wavedil-bf16-emulated")}
+        summary["bf16_emulated_vs_float32"] = rates["wavedil-bf16-emulated"] / rates["wavedil"]
     if a.data_wait:
         summary["data_loading"] = data_wait_fraction(steps=20 if not a.quick else 5, threads=a.threads)
     print(json.dumps(summary, indent=2))

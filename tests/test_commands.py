@@ -314,11 +314,16 @@ def test_evaluate_files_of_a_vocoder_adds_the_log_mel_distance(vocoder_run, corp
     figures = result.to_dict()
     assert figures["log_mel_distance"] == result.log_mel_distance and "log-mel L1 distance" in result.table()
     assert evaluate_files(vocoder_run, [corpus], vocode_seconds=0).log_mel_distance is None
-    seen = []  # the weight mode reaches the re-synthesis too
-    monkeypatch.setattr(evaluate_mod, "vocode_distance", lambda *a: seen.append(a[-1]) or (1.0, [("f", 1.0)]))
+    greedy = evaluate_files(vocoder_run, [corpus], vocode_seconds=0.05, temperature=0)
+    assert greedy.log_mel_distance != result.log_mel_distance  # the temperature reaches the sampling
+    assert greedy.report.model_bits == result.report.model_bits  # and not the likelihood
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        evaluate_files(vocoder_run, [corpus], vocode_seconds=0.05, temperature=-1)
+    seen = []  # the weight mode and the temperature reach the re-synthesis too
+    monkeypatch.setattr(evaluate_mod, "vocode_distance", lambda *a: seen.append(a[-2:]) or (1.0, [("f", 1.0)]))
     monkeypatch.setattr(wavedil.fast, "teacher_forced_logits", lambda m, c, s, mel, weights: m(c, s, mel))
-    evaluate_files(vocoder_run, [corpus], vocode_seconds=0.05, weights="bf16")
-    assert seen == ["bf16"]
+    evaluate_files(vocoder_run, [corpus], vocode_seconds=0.05, weights="bf16", temperature=0.7)
+    assert seen == [("bf16", 0.7)]
 
 
 def test_vocoder_fp32_and_fast_teacher_forcing_paths_agree(vocoder_run, corpus, monkeypatch):

@@ -26,7 +26,7 @@ def test_bf16_autocast_on_cpu_is_close_and_loss_stays_float32():
     assert abs(loss.item() - net.loss(seg).item()) < 0.05
 
 
-@pytest.mark.parametrize("precision, match", [("16", "needs a CUDA GPU"), ("8", "must be 32, bf16, 16 or auto")])
+@pytest.mark.parametrize("precision, match", [("16", "needs a CUDA GPU"), ("8", "must be 32, bf16, bf16-emulated, 16 or auto")])
 def test_bad_precision_is_a_clear_error(precision, match):
     with pytest.raises(TrainingError, match=match):
         autocast_for(torch.device("cpu"), precision)

@@ -192,6 +192,7 @@ def _eval(args: argparse.Namespace) -> None:
         target, args.audio, layout=args.layout, mic=args.mic, split=args.split,
         valid_fraction=args.valid_fraction, max_seconds=args.max_seconds, use_ema=not args.no_ema,
         vocode_seconds=args.vocode_seconds, seed=args.seed, weights=args.weights,
+        temperature=args.temperature,
     )  # fmt: skip
     _print_notes(result.notes)
     print(result.table())
@@ -269,6 +270,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--vocode-seconds", type=float, default=1.0,
                    help="vocoders: re-synthesise this much of each file for the log-mel distance (0: skip)")
     e.add_argument("--seed", type=int, default=0, help="vocoders: seed of the re-synthesis")
+    e.add_argument("--temperature", type=float, default=1.0, help="vocoders: sampling temperature of the re-synthesis")
     e.add_argument("--weights", default="fp32", choices=WEIGHT_MODES,
                    help="evaluate the fast back-end with its weights in this mode (default fp32: the model's forward)")
 

@@ -249,13 +249,14 @@ def vocode_distance(
     seconds: float = 1.0,
     seed: int = 0,
     weights: str = "fp32",
+    temperature: float = 1.0,
 ) -> tuple[float, list[tuple[str, float]]]:
     """Re-synthesise the first ``seconds`` of each waveform ``(T,)`` from its own log-mel frames.
 
     Returns the mean log-mel distance (:func:`log_mel_distance`) over the files and the per-file
     figures. Waveforms are in [-1, 1] at the model's sample rate; files are cut to a whole number
     of mel frames; all files of the same length are generated as one batch (back-end ``auto``
-    with weight mode ``weights``).
+    with weight mode ``weights``, sampling at ``temperature``).
     """
     from .audio import decode
     from .data import file_mel
@@ -268,7 +269,10 @@ def vocode_distance(
     per_file: list[tuple[str, float]] = []
     for _, group in sorted(groups.items()):
         mel = torch.stack([file_mel(w, spec, ctx) for _, w in group]).to(model.embed.weight.device)
-        codes = generate(model, None, batch_size=len(group), seed=seed, mel=mel, backend="auto", weights=weights).codes
+        codes = generate(
+            model, None, batch_size=len(group), seed=seed, mel=mel, backend="auto", weights=weights,
+            temperature=temperature,
+        ).codes
         for (name, wav), c in zip(group, codes.cpu()):
             per_file.append((name, log_mel_distance(wav, decode(c, model.encoding, model.quantization_channels), spec)))
     return sum(d for _, d in per_file) / len(per_file), per_file
@@ -416,6 +420,7 @@ def evaluate_files(
     seed: int = 0,
     weights: str = "fp32",
     chunk: int = 16000,
+    temperature: float = 1.0,
 ) -> FileEvaluation:
     """Bits per sample of a checkpoint on audio files and corpus folders, beside bz2 and unigram.
 
@@ -433,7 +438,8 @@ def evaluate_files(
         max_seconds: read at most this much of each file.
         use_ema: the EMA weights when the checkpoint has them.
         vocode_seconds: vocoders only: re-synthesise this much of each file for the log-mel
-            distance (0: skip it), with ``seed``.
+            distance (0: skip it), with ``seed``, sampling at ``temperature`` (the likelihood
+            figures do not depend on it).
         weights: ``"fp32"`` (the model's own forward) or a reduced mode of the fast back-end
             (``"bf16"``, ``"int8"``).
         chunk: samples per streamed chunk of the fp32 path.
@@ -454,6 +460,8 @@ def evaluate_files(
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
     if not vocode_seconds >= 0:
         raise ValueError(f"vocode_seconds must be >= 0, got {vocode_seconds}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
     ckpt = open_model(checkpoint).checkpoint
     sr = int(ckpt.get("sample_rate", 16000))
     items = gather_items(audio, layout, mic)
@@ -487,7 +495,9 @@ def evaluate_files(
     result.notes = _resampling_notes(items, sr)
     if model.upsampler is not None and vocode_seconds > 0:
         waves = [(name, cond["wav"]) for name, _, cond in files(vocode_seconds)]
-        result.log_mel_distance, per_file = vocode_distance(model, waves, vocode_seconds, seed, weights)
+        result.log_mel_distance, per_file = vocode_distance(
+            model, waves, vocode_seconds, seed, weights, temperature
+        )
         result.log_mel_baselines = vocode_baselines(model, waves, seconds=vocode_seconds)
         result.vocoded_files, result.vocode_seconds = len(per_file), vocode_seconds
     return result

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["GatedLayerFunction", "gated_fast_path", "NOT_TAKEN"]
+from .emulation import bf16_emulation_active
+
+__all__ = ["GatedLayerFunction", "gated_fast_path", "NOT_TAKEN", "EMULATED_BF16"]
 
 #: What :func:`gated_fast_path` returns when the hand-written function may not run.
 NOT_TAKEN = "fallback"
+#: The matmul precision of :class:`wavedil.emulation.Bf16MatmulEmulation`: bf16-rounded operands
+#: and results in float32 tensors, float32 products.
+EMULATED_BF16 = "bf16-emulated"
 
 
 def gated_fast_path(x: torch.Tensor, *params: torch.Tensor | None) -> torch.dtype | None | str:
@@ -23,12 +28,16 @@ def gated_fast_path(x: torch.Tensor, *params: torch.Tensor | None) -> torch.dtyp
 
     Returns ``None`` (run it in the inputs' own precision: plain eager float math), a dtype
     (autocast to bfloat16 is active on ``x``'s device: run its matmuls in bf16 on fp32 master
-    weights, ``mm_dtype=torch.bfloat16``), or :data:`NOT_TAKEN` (tracing, scripting,
-    ``torch.compile``, autocast to another dtype, or mixed dtypes/devices: use plain autograd).
+    weights, ``mm_dtype=torch.bfloat16``), :data:`EMULATED_BF16` (inside
+    :class:`~wavedil.emulation.Bf16MatmulEmulation`: the same numbers computed in float32), or
+    :data:`NOT_TAKEN` (tracing, scripting, ``torch.compile``, autocast to another dtype, or
+    mixed dtypes/devices: use plain autograd).
     """
     if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
         return NOT_TAKEN
     same = all(p is None or (p.dtype == x.dtype and p.device == x.device) for p in params)
+    if bf16_emulation_active():
+        return EMULATED_BF16 if x.dtype == torch.float32 and same else NOT_TAKEN
     if torch.is_autocast_enabled(x.device.type):
         low = torch.get_autocast_dtype(x.device.type)
         if low == torch.bfloat16 and x.dtype == torch.float32 and same:
@@ -60,7 +69,8 @@ class GatedLayerFunction(torch.autograd.Function):
 
     ``mm_dtype=torch.bfloat16`` (what :func:`gated_fast_path` picks under bf16 autocast) runs
     every matrix product of the forward and the backward on bf16 copies of its operands (the
-    GEMM accumulates in fp32 and returns bf16, upcast to fp32 at once); the gate, the
+    GEMM accumulates in fp32 and returns bf16, upcast to fp32 at once); ``mm_dtype=EMULATED_BF16``
+    computes the same values with float32 GEMMs on bf16-rounded operands and results. The gate, the
     residual and skip sums, the bias and conditioning gradients stay fp32, the parameters stay
     fp32 master weights and their gradients come back fp32. Saved for that backward: the layer
     input as bf16 (half the bytes), ``[t, s]`` in fp32 and the bf16 weight copies.
@@ -190,8 +200,20 @@ class GatedLayerFunction(torch.autograd.Function):
 
 
 
+def _low(t: torch.Tensor, mm_dtype) -> torch.Tensor:
+    """``t`` as a matmul operand of precision ``mm_dtype``: cast, or for :data:`EMULATED_BF16`
+    rounded to bf16 values in float32."""
+    if mm_dtype == EMULATED_BF16:
+        return t.to(torch.bfloat16).to(torch.float32)
+    return t.to(mm_dtype)
+
+
 def _lowp_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` of two low-precision operands, upcast to fp32 (the kernel accumulates in fp32)."""
+    """``a @ b`` of two low-precision operands as fp32: a bf16 GEMM accumulates in fp32 and
+    returns bf16, upcast here; float32 operands (:data:`EMULATED_BF16`: already rounded to
+    bf16 values, so every product is exact) are multiplied in fp32 and the result rounded to bf16."""
+    if a.dtype == torch.float32:
+        return torch.matmul(a, b).to(torch.bfloat16).float()
     return torch.matmul(a, b).float()
 
 
@@ -201,8 +223,8 @@ def _forward_lowp(ctx, x, skip, cond, w_conv, b_conv, w_out, b_res, dilation, in
     G, _, k = w_conv.shape
     Z = G // 2
     ctx.set_materialize_grads(False)
-    xl = x.contiguous().to(mm_dtype)  # (B, T, R), the copy the backward keeps
-    wl = w_conv.to(mm_dtype).permute(2, 0, 1)  # (k, G, R); tap j multiplies x[t - (k-1-j) d]
+    xl = _low(x.contiguous(), mm_dtype)  # (B, T, R), the copy the backward keeps
+    wl = _low(w_conv, mm_dtype).permute(2, 0, 1)  # (k, G, R); tap j multiplies x[t - (k-1-j) d]
     h = _lowp_mm(xl, wl[k - 1].t())  # (B, T, G) fp32
     if b_conv is not None:
         h += b_conv
@@ -213,8 +235,8 @@ def _forward_lowp(ctx, x, skip, cond, w_conv, b_conv, w_out, b_res, dilation, in
     if cond is not None:
         h += cond
     t, s = h[..., :Z].tanh_(), h[..., Z:].sigmoid_()  # fp32, saved
-    zl = torch.mul(t, s).to(mm_dtype)  # (B, T, Z)
-    wol = w_out.to(mm_dtype)  # (R + S, Z)
+    zl = _low(torch.mul(t, s), mm_dtype)  # (B, T, Z)
+    wol = _low(w_out, mm_dtype)  # (R + S, Z)
     x_new = _lowp_mm(zl, wol[:R].t())
     x_new += b_res
     x_new += x
@@ -245,9 +267,9 @@ def _backward_lowp(ctx, g_xn, g_skip):
     t, s = ts[..., :Z], ts[..., Z:]
     need = ctx.needs_input_grad
     low = ctx.mm_dtype
-    g_xnl = None if g_xn is None else g_xn.to(low)  # (B, T, R)
-    g_skipl = None if g_skip is None else g_skip.to(low)  # (B, T, S)
-    zl = torch.mul(t, s).to(low)
+    g_xnl = None if g_xn is None else _low(g_xn, low)  # (B, T, R)
+    g_skipl = None if g_skip is None else _low(g_skip, low)  # (B, T, S)
+    zl = _low(torch.mul(t, s), low)
     g_wout = g_bres = None
     if need[5]:
         S = wol.shape[0] - R
@@ -279,7 +301,7 @@ def _backward_lowp(ctx, g_xn, g_skip):
     if ctx.cond_shape is not None and need[2]:
         g_cond = g_h.sum_to_size(ctx.cond_shape).to(ctx.cond_dtype)
     g_bconv = g_h.sum((0, 1)) if need[4] and ctx.has_bias else None
-    g_hl = g_h.to(low)
+    g_hl = _low(g_h, low)
     g_w = g_x = None
     if need[3]:
         g_wt = ts.new_zeros(k, G, R)

@@ -21,10 +21,10 @@ from typing import Any
 __all__ = ["TrainerConfig", "OptimConfig", "parse_duration", "PRECISIONS"]
 
 #: ``trainer.precision`` values; aliases map to these names.
-PRECISIONS = ("32", "bf16", "16", "auto")
+PRECISIONS = ("32", "bf16", "bf16-emulated", "16", "auto")
 _PRECISION_ALIASES = {
     "32": "32", "fp32": "32", "float32": "32", "32-true": "32",
-    "bf16": "bf16", "bfloat16": "bf16", "bf16-mixed": "bf16",
+    "bf16": "bf16", "bfloat16": "bf16", "bf16-mixed": "bf16", "bf16-emulated": "bf16-emulated",
     "16": "16", "fp16": "16", "float16": "16", "16-mixed": "16",
     "auto": "auto",
 }
@@ -105,7 +105,7 @@ class TrainerConfig:
     resume: bool | str = False  # true: newest checkpoint of outputs/<name>/; or a checkpoint / run folder path
     progress: bool = True  # progress bar on a terminal, a line every progress_interval seconds elsewhere
     progress_interval: float = 10.0  # seconds between progress lines when stderr is not a terminal
-    precision: str = "32"  # 32 | bf16 (autocast) | 16 (float16 + gradient scaler, GPU) | auto (measured)
+    precision: str = "32"  # 32 | bf16 (autocast) | bf16-emulated | 16 (float16 + scaler, GPU) | auto (measured)
     compile: bool = False  # torch.compile the model (and its loss) for training
     dist_backend: str = "auto"  # under torchrun: auto = nccl on GPUs, gloo on the CPU
     activation_checkpointing: int = 0  # >0: recompute activations in this many groups of layers

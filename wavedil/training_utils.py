@@ -140,9 +140,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def autocast_for(
     device: torch.device, precision: str
 ) -> tuple[Callable[[], ContextManager[Any]], torch.amp.GradScaler | None]:
-    """The autocast context factory and gradient scaler for a resolved ``trainer.precision`` (32, bf16, 16).
+    """The autocast context factory and gradient scaler for a resolved ``trainer.precision``.
 
-    ``auto`` is resolved by measurement first (:func:`wavedil.train.choose_precision`).
+    ``32``, ``bf16`` (autocast), ``bf16-emulated`` (bf16 matmul numerics computed in float32:
+    :class:`wavedil.emulation.Bf16MatmulEmulation`) or ``16`` (float16 autocast with a gradient
+    scaler, CUDA only). ``auto`` is resolved by measurement first (:func:`wavedil.train.choose_precision`).
     """
     precision = str(precision)
     if precision in ("32", "fp32", "float32"):
@@ -153,13 +155,17 @@ def autocast_for(
                 f"trainer.precision=bf16 but {torch.cuda.get_device_name(device)} lacks bfloat16: use 16 or 32"
             )
         return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
+    if precision == "bf16-emulated":
+        from .emulation import Bf16MatmulEmulation
+
+        return Bf16MatmulEmulation, None
     if precision in ("16", "fp16", "float16"):
         if device.type != "cuda":
             raise TrainingError(
                 "trainer.precision=16 (float16 with a gradient scaler) needs a CUDA GPU; use bf16 or 32 on the CPU"
             )
         return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
-    raise TrainingError(f"trainer.precision must be 32, bf16, 16 or auto, got {precision!r}")
+    raise TrainingError(f"trainer.precision must be 32, bf16, bf16-emulated, 16 or auto, got {precision!r}")
 
 
 def params_digest(model: torch.nn.Module) -> str:
