@@ -221,6 +221,16 @@ def test_vocode_file_from_audio_and_from_its_saved_mel(vocoder_run, corpus, tmp_
         vocode_file(vocoder_run, src, tmp_path / "x.wav", max_seconds=0.05)
 
 
+def test_vocode_progress_ends_at_its_total_with_a_partial_last_frame(vocoder_run, tmp_path):
+    src = tmp_path / "odd.wav"  # 810 samples: 20 whole frames of hop 40 and 10 samples of a 21st
+    sf.write(src, (0.1 * np.sin(np.arange(810) / 7.0)).astype(np.float32), SR, subtype="PCM_16")
+    calls = []
+    res = vocode_file(vocoder_run, src, tmp_path / "v.wav", seed=0, backend="torch", progress=lambda d, n: calls.append((d, n)))
+    assert res.codes.shape == (1, 810) and calls
+    assert calls[-1][0] == calls[-1][1] == 21 * 40  # generated: whole frames, then cut to the input's length
+    assert all(d <= n for d, n in calls)
+
+
 def test_vocode_file_refuses_a_model_without_mel(run_dir, corpus, tmp_path):
     with pytest.raises(ValueError, match="is not a vocoder"):
         vocode_file(run_dir, corpus / "utt0.wav", tmp_path / "x.wav")

@@ -392,7 +392,7 @@ def vocode_file(
             f"'{source}' is {seconds:.1f} s ({frames} mel frames); the limit is --max-seconds {max_seconds:g}: "
             "raise it or cut the input"
         )
-    total = n_samples or frames * hop
+    total = frames * hop  # what is generated: whole frames (an audio input's last partial one is cut after)
     res = generate(
         model, None, temperature=temperature, seed=seed, speaker=resolve_speaker(model, speaker), mel=mel.to(dev),
         backend=backend, weights=weights, progress=None if progress is None else (lambda done: progress(done, total)),
