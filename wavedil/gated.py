@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .emulation import bf16_emulation_active
+from .emulation import bf16_emulation_active, round_bf16
 
 __all__ = ["GatedLayerFunction", "gated_fast_path", "NOT_TAKEN", "EMULATED_BF16"]
 
@@ -79,7 +79,8 @@ class GatedLayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, skip, cond, w_conv, b_conv, w_out, b_res, dilation, inplace_skip, mm_dtype=None):
         if mm_dtype is not None:
-            with torch.autocast(x.device.type, enabled=False):
+            # autocast off; the emulation mode (if active) suspended: the products round themselves
+            with torch.autocast(x.device.type, enabled=False), torch._C.DisableTorchFunction():
                 return _forward_lowp(ctx, x, skip, cond, w_conv, b_conv, w_out, b_res, dilation, inplace_skip, mm_dtype)
         ctx.mm_dtype = None
         B, T, R = x.shape
@@ -129,7 +130,8 @@ class GatedLayerFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_xn, g_skip):
         if ctx.mm_dtype is not None:
-            with torch.autocast(g_xn.device.type if g_xn is not None else g_skip.device.type, enabled=False):
+            device = g_xn.device.type if g_xn is not None else g_skip.device.type
+            with torch.autocast(device, enabled=False), torch._C.DisableTorchFunction():
                 return _backward_lowp(ctx, g_xn, g_skip)
         x, ts, w_conv, w_out = ctx.saved_tensors
         B, T, R = x.shape
@@ -203,17 +205,15 @@ class GatedLayerFunction(torch.autograd.Function):
 def _low(t: torch.Tensor, mm_dtype) -> torch.Tensor:
     """``t`` as a matmul operand of precision ``mm_dtype``: cast, or for :data:`EMULATED_BF16`
     rounded to bf16 values in float32."""
+    return round_bf16(t) if mm_dtype == EMULATED_BF16 else t.to(mm_dtype)
+
+
+def _lowp_mm(a: torch.Tensor, b: torch.Tensor, mm_dtype) -> torch.Tensor:
+    """``a @ b`` of two operands made by :func:`_low`, as fp32: a bf16 GEMM accumulates in fp32
+    and returns bf16, upcast here; for :data:`EMULATED_BF16` the operands are bf16 values in
+    float32 (every product exact), multiplied in fp32 and the result rounded to bf16."""
     if mm_dtype == EMULATED_BF16:
-        return t.to(torch.bfloat16).to(torch.float32)
-    return t.to(mm_dtype)
-
-
-def _lowp_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` of two low-precision operands as fp32: a bf16 GEMM accumulates in fp32 and
-    returns bf16, upcast here; float32 operands (:data:`EMULATED_BF16`: already rounded to
-    bf16 values, so every product is exact) are multiplied in fp32 and the result rounded to bf16."""
-    if a.dtype == torch.float32:
-        return torch.matmul(a, b).to(torch.bfloat16).float()
+        return round_bf16(torch.matmul(a, b))
     return torch.matmul(a, b).float()
 
 
@@ -225,22 +225,22 @@ def _forward_lowp(ctx, x, skip, cond, w_conv, b_conv, w_out, b_res, dilation, in
     ctx.set_materialize_grads(False)
     xl = _low(x.contiguous(), mm_dtype)  # (B, T, R), the copy the backward keeps
     wl = _low(w_conv, mm_dtype).permute(2, 0, 1)  # (k, G, R); tap j multiplies x[t - (k-1-j) d]
-    h = _lowp_mm(xl, wl[k - 1].t())  # (B, T, G) fp32
+    h = _lowp_mm(xl, wl[k - 1].t(), mm_dtype)  # (B, T, G) fp32
     if b_conv is not None:
         h += b_conv
     for j in range(k - 1):
         shift = (k - 1 - j) * dilation
         if shift < T:
-            h[:, shift:] += _lowp_mm(xl[:, : T - shift], wl[j].t())
+            h[:, shift:] += _lowp_mm(xl[:, : T - shift], wl[j].t(), mm_dtype)
     if cond is not None:
         h += cond
     t, s = h[..., :Z].tanh_(), h[..., Z:].sigmoid_()  # fp32, saved
     zl = _low(torch.mul(t, s), mm_dtype)  # (B, T, Z)
     wol = _low(w_out, mm_dtype)  # (R + S, Z)
-    x_new = _lowp_mm(zl, wol[:R].t())
+    x_new = _lowp_mm(zl, wol[:R].t(), mm_dtype)
     x_new += b_res
     x_new += x
-    rs = _lowp_mm(zl, wol[R:].t())  # (B, T, S)
+    rs = _lowp_mm(zl, wol[R:].t(), mm_dtype)  # (B, T, S)
     if skip is not None and inplace_skip:
         skip += rs
         ctx.mark_dirty(skip)
@@ -276,18 +276,18 @@ def _backward_lowp(ctx, g_xn, g_skip):
         z2 = zl.view(B * T, Z)
         g_wout = ts.new_zeros(R + S, Z)
         if g_xnl is not None:
-            g_wout[:R] = _lowp_mm(g_xnl.reshape(B * T, R).t(), z2)
+            g_wout[:R] = _lowp_mm(g_xnl.reshape(B * T, R).t(), z2, low)
         if g_skipl is not None:
-            g_wout[R:] = _lowp_mm(g_skipl.reshape(B * T, S).t(), z2)
+            g_wout[R:] = _lowp_mm(g_skipl.reshape(B * T, S).t(), z2, low)
     if need[6]:
         g_bres = g_xn.sum((0, 1)).float() if g_xn is not None else ts.new_zeros(R)
     del zl
     if g_xnl is not None:
-        g_z = _lowp_mm(g_xnl, wol[:R])
+        g_z = _lowp_mm(g_xnl, wol[:R], low)
         if g_skipl is not None:
-            g_z += _lowp_mm(g_skipl, wol[R:])
+            g_z += _lowp_mm(g_skipl, wol[R:], low)
     elif g_skipl is not None:
-        g_z = _lowp_mm(g_skipl, wol[R:])
+        g_z = _lowp_mm(g_skipl, wol[R:], low)
     else:
         return (None,) * 10
     g_h = ts.new_empty(B, T, G)  # fp32
@@ -305,19 +305,19 @@ def _backward_lowp(ctx, g_xn, g_skip):
     g_w = g_x = None
     if need[3]:
         g_wt = ts.new_zeros(k, G, R)
-        g_wt[k - 1] = _lowp_mm(g_hl.reshape(B * T, G).t(), xl.reshape(B * T, R))
+        g_wt[k - 1] = _lowp_mm(g_hl.reshape(B * T, G).t(), xl.reshape(B * T, R), low)
         for j in range(k - 1):
             shift = (k - 1 - j) * ctx.dilation
             if shift < T:  # pairs g_h[t] with x[t - shift], every batch item in one product
-                g_wt[j] = _lowp_mm(g_hl[:, shift:].reshape(-1, G).t(), xl[:, : T - shift].reshape(-1, R))
+                g_wt[j] = _lowp_mm(g_hl[:, shift:].reshape(-1, G).t(), xl[:, : T - shift].reshape(-1, R), low)
         g_w = g_wt.permute(1, 2, 0)
     if need[0]:
-        g_x = _lowp_mm(g_hl, wl[k - 1])  # (B, T, R)
+        g_x = _lowp_mm(g_hl, wl[k - 1], low)  # (B, T, R)
         if g_xn is not None:
             g_x += g_xn
         for j in range(k - 1):
             shift = (k - 1 - j) * ctx.dilation
             if shift < T:
-                g_x[:, : T - shift] += _lowp_mm(g_hl[:, shift:], wl[j])
+                g_x[:, : T - shift] += _lowp_mm(g_hl[:, shift:], wl[j], low)
         g_x = g_x.to(ctx.x_dtype)
     return g_x, (g_skip if need[1] else None), g_cond, g_w, g_bconv, g_wout, g_bres, None, None, None
