@@ -444,6 +444,25 @@ def test_gate_is_tanh_times_sigmoid_to_float32_accuracy():
     assert np.abs(z - ref).max() < 3e-7
 
 
+def test_exp_neg_is_exp_to_float32_accuracy_over_its_whole_range():
+    """Every power-of-two step of ``exp_neg``'s range reduction (m = 0 .. 58) is exercised: a
+    wrong exponent for any ``m`` is off by a factor of two there."""
+    import numba as nb
+
+    from wavedil.fast._kernels import exp_neg
+
+    @nb.njit
+    def run(x, y):
+        for i in range(x.size):
+            y[i] = exp_neg(x[i])
+
+    x = -np.linspace(0, 40, 400_001).astype(np.float32)
+    y = np.empty_like(x)
+    run(x, y)
+    rel = np.abs(y / np.exp(x.astype(np.float64)) - 1.0)
+    assert rel.max() < 2e-7, (x[rel.argmax()], rel.max())
+
+
 def test_make_fast_backend_rejects_bad_options():
     with pytest.raises(ValueError, match="threads"):
         make_fast_backend(threads=0)

@@ -188,15 +188,32 @@ def _barrier(sync, parties, target):
 # ----------------------------------------------------------------------------- math
 
 
+@intrinsic
+def _pow2_neg(typingctx, m):
+    """``2.0 ** -m`` as float32 for an integer ``m`` in ``[0, 126]``, from its exponent bits (exact)."""
+    if not isinstance(m, types.Integer):
+        return None
+    sig = types.float32(m)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        v = builder.trunc(args[0], i32) if m.bitwidth > 32 else builder.sext(args[0], i32) if m.bitwidth < 32 else args[0]
+        bits = builder.shl(builder.sub(ir.Constant(i32, 127), v), ir.Constant(i32, 23))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return sig, codegen
+
+
 @nb.njit(**_JIT)
 def exp_neg(x):
     """``exp(x)`` in float32 for ``x`` in ``[-40, 0]`` (clamp first), branch-free and vectorisable.
 
     ``exp(x) = 2**-m * exp(r)`` with ``m = round(-x / ln 2)`` in ``[0, 58]`` and ``|r| <= ln2/2``;
-    ``2**-m`` is an exact integer shift times ``2**-62``; ``exp(r)`` is its Taylor series to
-    degree 7 (truncation error < 1e-8 relative).
+    ``2**-m`` is built exactly from its exponent bits; ``exp(r)`` is its Taylor series to
+    degree 7 (truncation error < 1e-8 relative). All in 32-bit lanes, so it vectorises on AVX2
+    too (AVX2 has no 64-bit integer to float conversion: an int64 ``m`` kept the gate scalar).
     """
-    m = np.int64(x * np.float32(-1.4426950408889634) + np.float32(0.5))
+    m = np.int32(x * np.float32(-1.4426950408889634) + np.float32(0.5))
     mf = np.float32(m)
     r = x + mf * np.float32(0.693359375) + mf * np.float32(-2.12194440e-4)
     p = np.float32(1.0 / 5040.0)
@@ -207,8 +224,7 @@ def exp_neg(x):
     p = p * r + np.float32(0.5)
     p = p * r + np.float32(1.0)
     p = p * r + np.float32(1.0)
-    scale = np.float32(np.int64(1) << (np.int64(62) - m)) * np.float32(2.168404344971009e-19)  # 2**-62
-    return p * scale
+    return p * _pow2_neg(m)
 
 
 @nb.njit(**_JIT)
