@@ -53,6 +53,7 @@ __all__ = [
     "cond_bias",
     "draw",
     "exp_neg",
+    "exp_reduced",
     "gate_inplace",
     "run_rows",
     "run_split",
@@ -214,7 +215,13 @@ def exp_neg(x):
     too (AVX2 has no 64-bit integer to float conversion: an int64 ``m`` kept the gate scalar).
     """
     m = np.int32(x * np.float32(-1.4426950408889634) + np.float32(0.5))
-    mf = np.float32(m)
+    return exp_reduced(x, np.float32(m)) * _pow2_neg(m)
+
+
+@nb.njit(**_JIT)
+def exp_reduced(x, mf):
+    """``exp(x + mf * ln 2)`` for ``|x + mf * ln 2| <= ln2/2`` (``mf`` a whole number, float32):
+    ``ln 2`` split in two parts for an exact reduction, then the Taylor series to degree 7."""
     r = x + mf * np.float32(0.693359375) + mf * np.float32(-2.12194440e-4)
     p = np.float32(1.0 / 5040.0)
     p = p * r + np.float32(1.0 / 720.0)
@@ -223,8 +230,7 @@ def exp_neg(x):
     p = p * r + np.float32(1.0 / 6.0)
     p = p * r + np.float32(0.5)
     p = p * r + np.float32(1.0)
-    p = p * r + np.float32(1.0)
-    return p * _pow2_neg(m)
+    return p * r + np.float32(1.0)
 
 
 @nb.njit(**_JIT)
