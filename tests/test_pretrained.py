@@ -252,7 +252,8 @@ def test_export_script_fills_the_card_from_eval_output(tmp_path, data_dir, capsy
         "bits_per_sample": 3.5, "bz2_bits_per_sample": 5.6, "unigram_bits_per_sample": 7.4, "files": 3,
         "samples": 1000, "log_mel_distance": 0.4, "log_mel_codec_floor": 0.18, "log_mel_other_file": 2.2,
     }  # fmt: skip
-    assert card["train_command"].endswith("wavedil train experiment=pretrained_vocoder8k")
+    assert "wavedil train experiment=pretrained_vocoder8k" in card["train_command"]
+    assert card["train_command"].endswith("trainer.resume=true trainer.max_steps=5000 optim.lr=4e-3")
     assert card["eval_commands"] == [f"wavedil eval {tmp_path / 'run'} /usr/share/asterisk/sounds/en_US_f_Allison "
                                      "--split valid --vocode-seconds 2 --json"]  # fmt: skip
     assert card["export_command"].startswith("python recipes/pretrained/export.py ")

@@ -38,7 +38,11 @@ PRESETS = {
     },
     "speech8k-vocoder": {
         "description": "mel vocoder: 40-band log-mel frames every 10 ms to 8 kHz mu-law speech",
-        "train_command": "recipes/asterisk_full/prepare.sh && wavedil train experiment=pretrained_vocoder8k",
+        # 3,000 steps at lr 2e-3, then continued to 5,000 (a second cosine at lr 4e-3, exact resume)
+        "train_command": "recipes/asterisk_full/prepare.sh"
+        " && wavedil train experiment=pretrained_vocoder8k hydra.run.dir=runs/pretrained_vocoder8k"
+        " && wavedil train experiment=pretrained_vocoder8k hydra.run.dir=runs/pretrained_vocoder8k"
+        " trainer.resume=true trainer.max_steps=5000 optim.lr=4e-3",
         "eval_command": "wavedil eval {run} " + CORPUS_DIR + " --split valid --vocode-seconds 2 --json",
     },
 }
