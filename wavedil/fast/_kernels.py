@@ -191,15 +191,14 @@ def _barrier(sync, parties, target):
 
 @intrinsic
 def _pow2_neg(typingctx, m):
-    """``2.0 ** -m`` as float32 for an integer ``m`` in ``[0, 126]``, from its exponent bits (exact)."""
-    if not isinstance(m, types.Integer):
+    """``2.0 ** -m`` as float32 for an int32 ``m`` in ``[0, 126]``, from its exponent bits (exact)."""
+    if m != types.int32:
         return None
     sig = types.float32(m)
 
     def codegen(context, builder, signature, args):
         i32 = ir.IntType(32)
-        v = builder.trunc(args[0], i32) if m.bitwidth > 32 else builder.sext(args[0], i32) if m.bitwidth < 32 else args[0]
-        bits = builder.shl(builder.sub(ir.Constant(i32, 127), v), ir.Constant(i32, 23))
+        bits = builder.shl(builder.sub(ir.Constant(i32, 127), args[0]), ir.Constant(i32, 23))
         return builder.bitcast(bits, ir.FloatType())
 
     return sig, codegen
