@@ -5,8 +5,9 @@ S=256, H=256, Q=256) in float32 with random weights:
 
 * ``samples_per_second``: all sequences together, of each generation back-end at B = 1, 16,
   64, 256 (``torch``, the plain eager cached step, at B = 1 and 16 only); of ``fast`` in each
-  reduced weight mode (``fast-bf16``, ``fast-int8``: 16- and 8-bit weights, float32 sums);
-  and of ``fast-1thread`` (batch 1 on one core), which shows why batch 1 splits;
+  reduced weight mode (``fast-bf16``, ``fast-int8``: 16- and 8-bit weights); and of
+  ``fast-1thread`` and ``fast-int8-1thread`` (batch 1 on one core), which show what the split
+  of batch 1 across cores buys in each;
 * ``eager``: the ``torch`` back-end with torch's default threads and with one thread; the
   faster is the baseline of the ratios (the conservative choice);
 * ``naive``: full recompute, ``model.forward`` over the last receptive-field window for every
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     # name -> (back-end, weight mode, batch sizes)
     runs = {"fast": ("fast", "fp32", BATCHES), "fast-bf16": ("fast", "bf16", BATCHES),
             "fast-int8": ("fast", "int8", BATCHES), "fast-1thread": ("fast-1thread", "fp32", (1,)),
-            "torch": ("torch", "fp32", (1, 16))}  # fmt: skip
+            "fast-int8-1thread": ("fast-1thread", "int8", (1,)), "torch": ("torch", "fp32", (1, 16))}  # fmt: skip
     for weights in WEIGHT_MODES:
         generate(model, 20, batch_size=1, backend="fast", weights=weights)  # compile (or load) the kernels
         generate(model, 4, batch_size=4, backend="fast", weights=weights)

@@ -493,6 +493,92 @@ def test_quantize_rounds_each_weight_within_its_format_bound():
     assert stored.dtype == np.float32 and np.array_equal(stored, w) and np.all(scales == 1)
 
 
+def test_pair_rows_lays_out_blocks_of_eight_outputs_by_row_pairs_with_zero_padding():
+    from wavedil.fast.pack import pair_rows
+
+    q = np.random.default_rng(0).integers(-127, 128, (2, 2 * 5, 11)).astype(np.int8)  # 2 layers, 2 taps of 5 rows
+    p = pair_rows(q, taps=2)
+    assert p.shape == (2, 2, 2, 4, 8, 2) and p.dtype == np.int8  # 11 outputs -> 2 blocks; 5 rows -> 4 pairs
+    for layer in range(2):
+        for tap in range(2):
+            for row in range(8):
+                for out in range(16):
+                    want = q[layer, tap * 5 + row, out] if row < 5 and out < 11 else 0
+                    assert p[layer, tap, out // 8, row // 2, out % 8, row % 2] == want
+    assert pair_rows(q[0]).shape == (2, 8, 8, 2)  # no taps: (out8 / 8, kp, 8, 2)
+    f = np.ones((4, 3), np.float32)
+    assert pair_rows(f) is f  # other formats pass through
+    with pytest.raises(ValueError, match="10 rows do not split into 3 taps"):
+        pair_rows(q, taps=3)
+
+
+@pytest.mark.parametrize("k, n", [(64, 128), (5, 3), (37, 20), (1030, 16)])
+def test_int8_products_are_exact_integer_sums_of_int16_inputs(k, n):
+    """The int8 mode's product: the input rounded to int16 with one scale, summed exactly in
+    int32 (the same on every code path, AVX2 or not), then scaled once; no int32 overflow even
+    where ``k`` forces fewer than 16 bits."""
+    from wavedil.fast import _kernels as kern
+    from wavedil.fast.pack import pair_rows, quantize
+
+    rng = np.random.default_rng(k)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    q, sc = quantize(w, "int8")
+    q[:, 0] = 127  # the largest products in one column: overflow would show here
+    x = rng.standard_normal(k).astype(np.float32)
+    x[: k // 2] = np.abs(x[: k // 2]).max()
+    paired = pair_rows(q)
+    xq, isum = np.zeros(paired.shape[1] * 2 + 8, np.int16), np.zeros(paired.shape[0] * 8, np.int32)
+    y = np.full(n, 0.5, np.float32)
+    kern._matvec_i8(x, paired, sc, y, k, n, xq, isum)
+    qmax = kern.int16_limit(k)
+    assert qmax == (32767 if k <= 516 else (2**31 - 1) // (127 * 1032))
+    m = np.abs(x).max()
+    xi = np.rint(x.astype(np.float64) * np.float32(qmax / m)).astype(np.int64)
+    assert np.abs(xi).max() <= qmax
+    exact = xi @ q.astype(np.int64)  # the int32 sums, exactly
+    assert np.abs(exact).max() < 2**31
+    want = np.float32(0.5) + exact.astype(np.float32) * (sc * np.float32(m / np.float32(qmax)))
+    np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-6)
+    for isum_fn in (kern._isum_plain, kern._isum_avx2) if kern._HAS_AVX2 else (kern._isum_plain,):
+        isum[:] = -1
+        isum_fn(xq, paired, isum, paired.shape[1], paired.shape[0] * 8)
+        assert np.array_equal(isum[:n], exact.astype(np.int32)), isum_fn
+    # against float32 on the dequantised weights: the activations' rounding is about 2**-16
+    ref = x.astype(np.float64) @ (q.astype(np.float64) * sc)
+    assert np.abs(y - 0.5 - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-6
+
+
+def test_int8_products_of_zero_and_non_finite_inputs():
+    from wavedil.fast import _kernels as kern
+    from wavedil.fast.pack import pair_rows, quantize
+
+    q, sc = quantize(np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32), "int8")
+    paired, xq, isum = pair_rows(q), np.zeros(24, np.int16), np.zeros(8, np.int32)
+    y = np.ones(8, np.float32)
+    kern._matvec_i8(np.zeros(16, np.float32), paired, sc, y, 16, 8, xq, isum)
+    assert np.all(y == 1)  # zero input: nothing added
+    for bad in (np.nan, np.inf):
+        x = np.ones(16, np.float32)
+        x[3] = bad
+        kern._matvec_i8(x, paired, sc, y, 16, 8, xq, isum)
+        assert np.all(np.isnan(y))  # as float32 arithmetic would not give a number either
+        y[:] = 1
+
+
+def test_int8_mode_runs_odd_channel_counts_within_its_bound():
+    """Channel counts that fill no block of pairs or outputs: the padding contributes nothing."""
+    from wavedil.fast.pack import dequantized_model
+
+    model = make_model(residual_channels=5, gate_channels=14, skip_channels=9, head_channels=11, kernel_size=3)
+    codes = torch.randint(0, Q, (2, 200), generator=torch.Generator().manual_seed(0))
+    got = teacher_forced_logits(model, codes, weights="int8")
+    with torch.no_grad():
+        rounded = dequantized_model(model, "int8")(codes)
+    assert (got - rounded).abs().max().item() <= 1e-4
+    one = generate(model, 300, seed=4, backend="fast", weights="int8").codes
+    assert torch.equal(one, generate(model, 300, seed=4, backend="fast", weights="int8").codes)
+
+
 @pytest.mark.parametrize("weights", ["bf16", "int8"])
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("cond", ["none", "speaker+mel"])

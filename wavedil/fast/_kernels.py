@@ -41,6 +41,7 @@ import platform
 
 import numba as nb
 import numpy as np
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -254,13 +255,14 @@ def gate_inplace(h, z, n):
 
 # ----------------------------------------------------------------------------- weight formats
 #
-# A matrix of the kernels is stored ``(in, out)`` in one of three formats, told apart by its
-# dtype when numba compiles a kernel for it (one specialisation each; the arithmetic stays
-# float32):
-#   float32 -- the exact mode: ``w`` itself;
-#   uint16  -- bfloat16 bit patterns: the float32 whose high half they are;
-#   int8    -- symmetric 8-bit codes with one float32 scale per output column ``sc[o]``:
-#              ``w = q * sc``; the scale multiplies a sum of eight products at a time.
+# A matrix of the kernels is in one of three formats, told apart by its dtype when numba
+# compiles a kernel for it (one specialisation each):
+#   float32 -- the exact mode: ``w (in, out)`` itself;
+#   uint16  -- ``(in, out)`` bfloat16 bit patterns: the float32 whose high half they are
+#              (float32 arithmetic on the widened weights);
+#   int8    -- symmetric 8-bit codes ``q`` with one float32 scale per output column ``sc[o]``
+#              (``w = q * sc``), in blocks of row pairs ``(n8/8, kp, 8, 2)``, multiplied in integers with the
+#              input rounded to int16 (see "int8 x int16" below).
 # Every kernel that takes a matrix also takes its scales ``sc (out,)`` (ignored unless int8).
 
 
@@ -318,25 +320,11 @@ def _acc8_impl(v, s0, s1, s2, s3, s4, s5, s6, s7, w0, w1, w2, w3, w4, w5, w6, w7
             return a + b
 
         return acc8_bf16
-    if dtype == types.int8:
-
-        def acc8_int8(v, s0, s1, s2, s3, s4, s5, s6, s7, w0, w1, w2, w3, w4, w5, w6, w7, sc, o):
-            t = s0 * np.float32(w0[o])
-            u = s1 * np.float32(w1[o])
-            t += s2 * np.float32(w2[o])
-            u += s3 * np.float32(w3[o])
-            t += s4 * np.float32(w4[o])
-            u += s5 * np.float32(w5[o])
-            t += s6 * np.float32(w6[o])
-            u += s7 * np.float32(w7[o])
-            return v + (t + u) * sc[o]
-
-        return acc8_int8
     return None
 
 
 def _decode8(w, j, n, out):
-    """``out[m, :n] =`` row ``j + m`` of ``w`` widened to float32, exactly (no int8 scale), m < 8."""
+    """``out[m, :n] =`` row ``j + m`` of ``w`` widened to float32, exactly, m < 8."""
 
 
 def _acc8_wide(v, s0, s1, s2, s3, s4, s5, s6, s7, f0, f1, f2, f3, f4, f5, f6, f7, sc, o, w):
@@ -345,7 +333,7 @@ def _acc8_wide(v, s0, s1, s2, s3, s4, s5, s6, s7, f0, f1, f2, f3, f4, f5, f6, f7
 
 
 def _is_reduced(w):
-    """True (a compile-time constant) for the bf16 and int8 formats, False for float32."""
+    """True (a compile-time constant) for bf16, False for float32 (the formats of the float loops)."""
 
 
 @overload(_is_reduced)
@@ -373,16 +361,6 @@ def _decode8_impl(w, j, n, out):
                     dst[o] = _bf16_to_f32(row[o])
 
         return decode8_bf16
-    if w.dtype == types.int8:
-
-        def decode8_int8(w, j, n, out):
-            for m in range(8):
-                row = w[j + m]
-                dst = out[m]
-                for o in range(n):
-                    dst[o] = np.float32(row[o])
-
-        return decode8_int8
     return None
 
 
@@ -404,20 +382,6 @@ def _acc8_wide_impl(v, s0, s1, s2, s3, s4, s5, s6, s7, f0, f1, f2, f3, f4, f5, f
             return a + b
 
         return acc8_wide_bf16
-    if w.dtype == types.int8:
-
-        def acc8_wide_int8(v, s0, s1, s2, s3, s4, s5, s6, s7, f0, f1, f2, f3, f4, f5, f6, f7, sc, o, w):
-            t = s0 * f0[o]
-            u = s1 * f1[o]
-            t += s2 * f2[o]
-            u += s3 * f3[o]
-            t += s4 * f4[o]
-            u += s5 * f5[o]
-            t += s6 * f6[o]
-            u += s7 * f7[o]
-            return v + (t + u) * sc[o]
-
-        return acc8_wide_int8
     return None
 
 
@@ -428,18 +392,230 @@ def _acc1_impl(v, s0, w0, sc, o):
         return lambda v, s0, w0, sc, o: v + s0 * w0[o]
     if dtype == types.uint16:
         return lambda v, s0, w0, sc, o: v + s0 * _bf16_to_f32(w0[o])
-    if dtype == types.int8:
-        return lambda v, s0, w0, sc, o: v + s0 * (np.float32(w0[o]) * sc[o])
     return None
+
+
+# ----------------------------------------------------------------------------- int8 x int16
+#
+# The int8 mode multiplies in integers: each input vector is rounded to int16 with one scale
+# (``xs = max|x| / qmax``), its products with the int8 weights are summed exactly in int32, and
+# the sum is converted once: ``y[o] += float32(isum[o]) * (sc[o] * xs)``. Integer sums do not
+# depend on their order, so every code path (AVX2 ``pmaddwd``, the plain loop, one row or many)
+# gives the same bits. The weights are stored in blocks of 8 outputs by row pairs
+# (:func:`wavedil.fast.pack.pair_rows`): ``w (n8/8, kp, 8, 2)``, ``w[b, j, c]`` holding
+# ``W[2j, 8b + c], W[2j + 1, 8b + c]`` side by side, input rows padded with zeros
+# to a multiple of 8 (``kp = ceil(k / 8) * 4`` pairs) and outputs to a multiple of 8 (``n8``), so
+# ``pmaddwd`` makes 16 products per instruction out of 16 weight bytes.
+
+_I16_MAX = 32767
+_HAS_AVX2 = _IS_X86 and bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+
+
+def pair_count(k):
+    """Row pairs ``kp`` of a paired int8 matrix with ``k`` input rows (a multiple of 4)."""
+    return -(-k // 8) * 4
+
+
+@overload(pair_count)
+def _pair_count_impl(k):
+    return lambda k: ((k + 7) // 8) * 4
+
+
+def int16_limit(k):
+    """The largest int16 activation magnitude for which ``k`` products with int8 weights
+    (``|w| <= 127``) cannot overflow an int32 sum: 32767, or less for ``k > 516``."""
+    return min(_I16_MAX, (2**31 - 1) // (127 * max(1, pair_count(k) * 2)))
+
+
+@overload(int16_limit)
+def _int16_limit_impl(k):
+    def impl(k):
+        return min(np.int64(_I16_MAX), np.int64(2147483647) // (127 * max(1, ((k + 7) // 8) * 8)))
+
+    return impl
+
+
+@intrinsic
+def _f32_bits(typingctx, v):
+    """The bits of float32 ``v`` as an int32."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(v), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, b):
+    """The float32 whose bits are the low 32 bits of the integer ``b``."""
+    if not isinstance(b, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.trunc(args[0], ir.IntType(32)) if b.bitwidth > 32 else args[0], ir.FloatType())
+
+    return types.float32(b), codegen
+
+
+def _make_dot8(blocks):
+    """An intrinsic ``dot(isum, o, w, w_off, xq, kp)``: ``isum[o : o + 8 * blocks] = sum_j xq[j] *
+    W[j, o : o + 8 * blocks]`` in int32 with AVX2's ``pmaddwd``. Each block of 8 outputs is
+    ``kp * 16`` bytes of ``w`` (int8, flat; the first from ``w_off``, the next following it),
+    one row pair (8 outputs x 2 rows) per 16 bytes; ``xq`` int16, read as int32 pairs. Each
+    pair is broadcast once for all ``blocks``."""
+
+    @intrinsic
+    def dot(typingctx, isum, o, w, w_off, xq, kp):
+        sig = types.void(isum, o, w, w_off, xq, kp)
+
+        def codegen(context, builder, signature, args):
+            i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+            v8i32, v16i16, v16i8 = ir.VectorType(i32, 8), ir.VectorType(i16, 16), ir.VectorType(i8, 16)
+            isum_a = context.make_array(signature.args[0])(context, builder, args[0])
+            w_a = context.make_array(signature.args[2])(context, builder, args[2])
+            xq_a = context.make_array(signature.args[4])(context, builder, args[4])
+            out = builder.gep(builder.bitcast(isum_a.data, i32.as_pointer()), [args[1]])
+            wbase = builder.gep(builder.bitcast(w_a.data, i8.as_pointer()), [args[3]])
+            pairs = builder.bitcast(xq_a.data, i32.as_pointer())
+            kp = args[5]
+            block_bytes = builder.shl(kp, ir.Constant(kp.type, 4))
+            pmadd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd"
+            )
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, [0] * 8)) for _ in range(blocks)]
+            with cgutils.for_range(builder, kp) as loop:
+                jp = loop.index
+                pair = builder.load(builder.gep(pairs, [jp]), align=4)
+                splat = builder.bitcast(
+                    builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(v8i32, None), pair, ir.Constant(i32, 0)),
+                        ir.Constant(v8i32, None),
+                        ir.Constant(v8i32, [0] * 8),
+                    ),
+                    v16i16,
+                )
+                row = builder.shl(jp, ir.Constant(jp.type, 4))
+                for blk in range(blocks):
+                    off = builder.add(row, builder.mul(block_bytes, ir.Constant(kp.type, blk)))
+                    wv = builder.load(builder.bitcast(builder.gep(wbase, [off]), v16i8.as_pointer()), align=1)
+                    prod = builder.call(pmadd, [builder.sext(wv, v16i16), splat])
+                    builder.store(builder.add(builder.load(accs[blk]), prod), accs[blk])
+            for blk in range(blocks):
+                dst = builder.bitcast(builder.gep(out, [ir.Constant(i32, 8 * blk)]), v8i32.as_pointer())
+                builder.store(builder.load(accs[blk]), dst, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dot
+
+
+_dot8x1 = _make_dot8(1)
+_dot8x4 = _make_dot8(4)
+
+
+@nb.njit(**_JIT)
+def _isum_avx2(xq, w, isum, kp, n8):
+    """``isum[:n8] = sum_j xq[j] * W[j, :n8]`` (int32) for ``w (n8/8, kp, 8, 2)`` (C-contiguous),
+    with ``pmaddwd``: four blocks of 8 outputs at a time, then one at a time."""
+    blocks = n8 // 8
+    b4 = blocks - blocks % 4
+    for ob in range(0, b4, 4):
+        _dot8x4(isum, ob * 8, w, ob * kp * 16, xq, kp)
+    for ob in range(b4, blocks):
+        _dot8x1(isum, ob * 8, w, ob * kp * 16, xq, kp)
+
+
+@nb.njit(**_JIT)
+def _isum_plain(xq, w, isum, kp, n8):
+    """:func:`_isum_avx2` without AVX2: the same integer sums."""
+    for ob in range(n8 // 8):
+        wb = w[ob]
+        for c in range(8):
+            s = np.int32(0)
+            for jp in range(kp):
+                s += np.int32(xq[2 * jp]) * np.int32(wb[jp, c, 0]) + np.int32(xq[2 * jp + 1]) * np.int32(wb[jp, c, 1])
+            isum[ob * 8 + c] = s
+
+
+_isum = _isum_avx2 if _HAS_AVX2 else _isum_plain
+
+
+@nb.njit(**_JIT)
+def _matvec_i8(x, w, sc, y, k, n, xq, isum):
+    """``y[:n] += x[:k] @ W`` for int8 ``W`` in blocks of row pairs (``w (n8/8, kp, 8, 2)``, scales ``sc (n,)``)
+    with ``x`` rounded to int16 (see above); ``xq (>= 2 kp,)`` int16, ``isum (>= n8,)`` int32 scratch."""
+    mb = np.int32(0)  # max |x| as bits: integers compare as the floats do, and vectorise
+    for j in range(k):
+        mb = max(mb, _f32_bits(x[j]) & np.int32(0x7FFFFFFF))
+    if mb >= np.int32(0x7F800000):  # infinity or NaN: the products are not numbers, as in float32
+        for o in range(n):
+            y[o] += np.float32(np.nan)
+        return
+    if mb == 0:  # every product is zero
+        return
+    m = _bits_f32(mb)
+    kp = pair_count(k)
+    qmax = np.float32(int16_limit(k))
+    inv = qmax / m
+    magic = np.float32(12582912.0)  # 1.5 * 2**23: adding and subtracting it rounds half to even
+    for j in range(k):
+        xq[j] = np.int16(np.int32((x[j] * inv + magic) - magic))
+    xq[k : 2 * kp] = 0
+    _isum(xq, w, isum, kp, w.shape[0] * 8)
+    xs = m / qmax
+    for o in range(n):
+        y[o] += np.float32(isum[o]) * (sc[o] * xs)
+
+
+def _matvec(x, w, sc, y, k, n, qs):
+    """``y[:n] += x[:k] @ W[:k, :n]`` for one row in ``w``'s format; ``qs = (xq, isum)`` the int8
+    mode's scratch (see :func:`_matvec_i8`; unused by the others)."""
+
+
+@overload(_matvec)
+def _matvec_impl(x, w, sc, y, k, n, qs):
+    if w.ndim == 4:  # int8 in blocks of row pairs
+        return lambda x, w, sc, y, k, n, qs: _matvec_i8(x, w, sc, y, k, n, qs[0], qs[1])
+    return lambda x, w, sc, y, k, n, qs: _matvec_f(x, w, sc, y, k, n)
+
+
+def _axpy_rows(a, w, sc, c, n_rows, k, n, qs):
+    """``c[r, :n] += a[r, :k] @ W[:k, :n]`` for ``r < n_rows`` in ``w``'s format (see :func:`_matvec`)."""
+
+
+@overload(_axpy_rows)
+def _axpy_rows_impl(a, w, sc, c, n_rows, k, n, qs):
+    if w.ndim == 4:
+
+        def rows_i8(a, w, sc, c, n_rows, k, n, qs):
+            for r in range(n_rows):
+                _matvec_i8(a[r], w, sc, c[r], k, n, qs[0], qs[1])
+
+        return rows_i8
+    return lambda a, w, sc, c, n_rows, k, n, qs: _axpy_rows_f(a, w, sc, c, n_rows, k, n)
+
+
+def _tap(w, m, k):
+    """The rows of tap ``m`` onwards of a dilated conv's matrix with ``k`` input rows per tap."""
+
+
+@overload(_tap)
+def _tap_impl(w, m, k):
+    if w.ndim == 5:  # int8: one matrix per tap (see pack.pair_rows)
+        return lambda w, m, k: w[m]
+    return lambda w, m, k: w[m * k :]
 
 
 # ----------------------------------------------------------------------------- small helpers
 
 
 @nb.njit(**_JIT)
-def _axpy_rows(a, w, sc, c, n_rows, k, n):
-    """``c[r, :n] += a[r, :k] @ W[:k, :n]`` for ``r < n_rows``; ``w`` is ``(in, out)`` row-major
-    in one of the weight formats above, ``sc (out,)`` its scales.
+def _axpy_rows_f(a, w, sc, c, n_rows, k, n):
+    """``c[r, :n] += a[r, :k] @ W[:k, :n]`` for ``r < n_rows``; ``w`` is ``(in, out)`` row-major,
+    float32 or bfloat16 bits (the float formats above; ``sc`` is not used).
 
     Eight weight rows at a time (4 KB for 128 outputs, kept in L1 while every row of ``c`` takes
     them): one load and store of each output serves eight multiply-adds, still added in the
@@ -508,9 +684,9 @@ def _axpy_rows(a, w, sc, c, n_rows, k, n):
 
 
 @nb.njit(**_JIT)
-def _matvec(x, w, sc, y, k, n):
+def _matvec_f(x, w, sc, y, k, n):
     """``y[:n] += x[:k] @ W[:k, :n]`` for one row (1-D ``x``, ``y``): the batch-1 form of
-    :func:`_axpy_rows`, with the same order of additions (so the same bits)."""
+    :func:`_axpy_rows_f`, with the same order of additions (so the same bits)."""
     k8 = k - k % 8
     for j in range(0, k8, 8):
         s0 = x[j]
@@ -631,7 +807,7 @@ def cond_bias(cols, wlc, gbias, out, batch, row_block):
         nr = min(row_block, rows - r0)
         for r in range(nr):
             out[r0 + r, :] = gbias[(r0 + r) % batch]
-        _axpy_rows(cols[r0:], wlc, wlc[0], out[r0:], nr, lc, ng)  # float32: no scales
+        _axpy_rows_f(cols[r0:], wlc, wlc[0], out[r0:], nr, lc, ng)  # float32: no scales
 
 
 # ----------------------------------------------------------------------------- row kernel
@@ -678,11 +854,13 @@ def run_rows(
     n_par = params.shape[1]
     r_ch = emb.shape[1]
     nl = wc.shape[0]
-    g = wc.shape[2]
+    g = gbias.shape[3]
     g2 = g // 2
-    s_ch = wskip.shape[2]
-    h_ch = h1.shape[1]
+    s_ch = bskip.shape[0]
+    h_ch = b1.shape[0]
     rb = min(row_block, bs)
+    width = max(r_ch, g, s_ch, h_ch, n_par) + 16
+    qs = (np.zeros(width, np.int16), np.zeros(width, np.int32))
     x = np.empty((bs, r_ch), np.float32)
     acc = np.empty((bs, s_ch), np.float32)
     hh = np.empty((rb, g), np.float32)
@@ -716,8 +894,8 @@ def run_rows(
                     hh[r, :] = gb[r0 + r, i]
                 for m in range(kernel - 1):
                     slot = off[i] + (pos - (kernel - 1 - m) * d) % L
-                    _axpy_rows(ring[slot, r0:], w[m * r_ch :], wc_s[i], hh, nr, r_ch, g)
-                _axpy_rows(x[r0:], w[(kernel - 1) * r_ch :], wc_s[i], hh, nr, r_ch, g)
+                    _axpy_rows(ring[slot, r0:], _tap(w, m, r_ch), wc_s[i], hh, nr, r_ch, g, qs)
+                _axpy_rows(x[r0:], _tap(w, kernel - 1, r_ch), wc_s[i], hh, nr, r_ch, g, qs)
                 # x[t] replaces x[t - L] (read above as the oldest tap)
                 ring[off[i] + pos % L, r0 : r0 + nr, :] = x[r0 : r0 + nr]
                 for r in range(nr):
@@ -725,8 +903,8 @@ def run_rows(
                 if i + 1 < nl:  # the last layer's residual output is never used
                     for r in range(nr):
                         x[r0 + r, :] += bres[i]
-                    _axpy_rows(zz, wres[i], wres_s[i], x[r0:], nr, g2, r_ch)
-                _axpy_rows(zz, wskip[i], wskip_s[i], acc[r0:], nr, g2, s_ch)
+                    _axpy_rows(zz, wres[i], wres_s[i], x[r0:], nr, g2, r_ch, qs)
+                _axpy_rows(zz, wskip[i], wskip_s[i], acc[r0:], nr, g2, s_ch, qs)
         pos += 1
         for r0 in range(0, bs, rb):
             nr = min(rb, bs - r0)
@@ -734,12 +912,12 @@ def run_rows(
                 for c in range(s_ch):
                     acc[r0 + r, c] = max(acc[r0 + r, c], np.float32(0.0))
                 hid[r, :] = b1
-            _axpy_rows(acc[r0:], h1, h1_s, hid, nr, s_ch, h_ch)
+            _axpy_rows(acc[r0:], h1, h1_s, hid, nr, s_ch, h_ch, qs)
             for r in range(nr):
                 for c in range(h_ch):
                     hid[r, c] = max(hid[r, c], np.float32(0.0))
                 params[r0 + r, :] = b2
-            _axpy_rows(hid, h2, h2_s, params[r0:], nr, h_ch, n_par)
+            _axpy_rows(hid, h2, h2_s, params[r0:], nr, h_ch, n_par, qs)
         if record.shape[1] > 0:
             for b in range(bs):
                 record[b, t, :] = params[b]
@@ -784,14 +962,16 @@ def run_split(
     q = params.shape[0]
     r_ch = emb.shape[1]
     nl = wc.shape[1]
-    gp = wc.shape[3]
+    gp = gbias.shape[3]
     cp = gp // 2
-    g2 = wres.shape[1]
-    sp = wskip.shape[3]
-    s_ch = h1.shape[1]
-    hp = h1.shape[2]
-    h_ch = h2.shape[1]
-    qp = h2.shape[2]
+    g2 = z_sh.shape[1]
+    sp = bskip.shape[1]
+    s_ch = acc_sh.shape[0]
+    hp = b1.shape[1]
+    h_ch = hid_sh.shape[0]
+    qp = b2.shape[1]
+    width = max(r_ch, gp, g2, sp, s_ch, hp, h_ch, qp) + 16
+    qs = (np.zeros(width, np.int16), np.zeros(width, np.int32))
     lo = ch_lo[part]
     nch = ch_hi[part] - lo
     s_lo = part * sp
@@ -834,8 +1014,8 @@ def run_split(
             hh[:] = gbt[i]
             for m in range(kernel - 1):
                 slot = off[i] + (pos - (kernel - 1 - m) * d) % L
-                _matvec(ring[slot], w[m * r_ch :], wc_sp[i], hh, r_ch, gp)
-            _matvec(x, w[(kernel - 1) * r_ch :], wc_sp[i], hh, r_ch, gp)
+                _matvec(ring[slot], _tap(w, m, r_ch), wc_sp[i], hh, r_ch, gp, qs)
+            _matvec(x, _tap(w, kernel - 1, r_ch), wc_sp[i], hh, r_ch, gp, qs)
             gate_inplace(hh, zz, cp)
             for c in range(nch):
                 z_sh[i, lo + c] = zz[c]
@@ -847,21 +1027,21 @@ def run_split(
             zf[:] = z_sh[i]
             if i + 1 < nl:
                 x[:] += bres[i]
-                _matvec(zf, wres[i], wres_s[i], x, g2, r_ch)
-            _matvec(zf, w_s[i], ws_sp[i], acc, g2, sp)
+                _matvec(zf, wres[i], wres_s[i], x, g2, r_ch, qs)
+            _matvec(zf, w_s[i], ws_sp[i], acc, g2, sp, qs)
         pos += 1
         for c in range(s_n):
             acc_sh[s_lo + c] = max(acc[c], np.float32(0.0))
         target, y = _barrier(sync, parts, target)
         long_waits += y
         tmp[:hp] = b1[part]
-        _matvec(acc_sh, h1[part], h1_s[part], tmp, s_ch, hp)
+        _matvec(acc_sh, h1[part], h1_s[part], tmp, s_ch, hp, qs)
         for c in range(h_n):
             hid_sh[h_lo + c] = max(tmp[c], np.float32(0.0))
         target, y = _barrier(sync, parts, target)
         long_waits += y
         tmp[:qp] = b2[part]
-        _matvec(hid_sh, h2[part], h2_s[part], tmp, h_ch, qp)
+        _matvec(hid_sh, h2[part], h2_s[part], tmp, h_ch, qp, qs)
         for c in range(q_n):
             params[q_lo + c] = tmp[c]
         if long_waits > max_long_waits:

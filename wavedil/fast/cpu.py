@@ -20,7 +20,8 @@ How the work is cut, by batch size ``B``:
 * Weights: the five matrices of the loop are stored in the request's weight mode (float32,
   bfloat16 or int8, :func:`wavedil.fast.pack.quantize`); numba compiles one specialisation of
   each kernel per format. Batch 1 streams every weight once per sample, so 16-bit weights halve
-  the bytes it moves and 8-bit weights quarter them.
+  the bytes it moves and 8-bit weights quarter them. int8 matrices go to the kernels in row
+  pairs (:attr:`PackedWaveNet.kernel_matrices`, :func:`pair_rows`) for integer products.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .pack import (
     pack_cond_bias,
     pack_global_bias,
     pack_model,
+    pair_rows,
     ring_from_state,
     split_columns,
     state_from_ring,
@@ -267,12 +269,13 @@ def cpu_teacher_forced_logits(
     out = np.empty((batch, n + 1), np.int64)
     u = np.zeros((n, batch, 1))
     p, pos = packed, 0
+    wc, wres, wskip, h1, h2 = p.kernel_matrices
     step = n if local is None else TEACHER_FORCED_CHUNK
     for t0 in range(0, n, step):
         t1 = min(n, t0 + step)
         pos = kern.run_rows(
             t0, t1, n + 1, u, 1.0, False, params, out, *p.head_args,
-            p.emb, p.wc, bias_for(t0, t1), p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2, p.scales,
+            p.emb, wc, bias_for(t0, t1), wres, p.bres, wskip, p.bskip, h1, p.b1, h2, p.b2, p.scales,
             p.dil, p.off, p.kernel, ring, pos, row_block, forced, record,
         )  # fmt: skip
     return torch.from_numpy(record).permute(0, 2, 1).to(model.embed.weight.device)
@@ -341,6 +344,7 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     outs = [np.empty((s.stop - s.start, n), dtype=np.int64) for s in slices]
     pos = [state.pos] * len(slices)
     p = packed
+    wc, wres, wskip, h1, h2 = p.kernel_matrices
     # per-step biases (local conditioning) come in chunks of about options.chunk samples
     per_step = bias_for.per_step
     step = n if progress is None and not per_step else max(1, options.chunk // batch)
@@ -348,7 +352,7 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     def job(j: int, t0: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], int]:
         return lambda: kern.run_rows(
             t0, t1, n_total, us[j], temp, greedy, logits[j], outs[j], *p.head_args,
-            p.emb, p.wc, gb, p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2, p.scales,
+            p.emb, wc, gb, wres, p.bres, wskip, p.bskip, h1, p.b1, h2, p.b2, p.scales,
             p.dil, p.off, p.kernel, rings[j], pos, options.row_block, _NO_CODES, _NO_LOGITS,
         )  # fmt: skip
 
@@ -383,6 +387,7 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     the stream position after the run.
     """
     p = packed
+    wc, wres, wskip, h1, h2 = p.kernel_matrices
     n = out.shape[0]
     parts = max(1, min(threads, p.wres.shape[1]))
     ring = np.ascontiguousarray(ring_from_state(packed, state)[:, 0, :])  # (sum L, R)
@@ -399,10 +404,10 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     ring_rows = ring.reshape(ring.shape[0], 1, -1)
 
     def split_job(part: int, sync: np.ndarray, t: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], tuple]:
-        wc, *rest = split_weights
+        wcs, *rest = split_weights
         return lambda: kern.run_split(
             part, parts, sync, t, t1, n_total, u, temp, greedy, lg, out, *p.head_args,
-            p.emb, wc, gb, *rest, split_scales, p.dil, p.off, p.kernel, ring, pos, z_sh, acc_sh, hid_sh,
+            p.emb, wcs, gb, *rest, split_scales, p.dil, p.off, p.kernel, ring, pos, z_sh, acc_sh, hid_sh,
             ch_lo, ch_hi,
             MAX_LONG_WAITS_PER_CHUNK,
         )  # fmt: skip
@@ -410,7 +415,7 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     def one_thread(t: int, t1: int, pos: int, gb: np.ndarray) -> int:
         return kern.run_rows(
             t, t1, n_total, u_rows, temp, greedy, lg_rows, out_rows, *p.head_args,
-            p.emb, p.wc, gb, p.wres, p.bres, p.wskip, p.bskip, p.h1, p.b1, p.h2, p.b2, p.scales,
+            p.emb, wc, gb, wres, p.bres, wskip, p.bskip, h1, p.b1, h2, p.b2, p.scales,
             p.dil, p.off, p.kernel, ring_rows, pos, 1, _NO_CODES, _NO_LOGITS,
         )  # fmt: skip
 
@@ -466,15 +471,15 @@ def _split_arrays(
     s_bounds, sp = _block_bounds(p.wskip.shape[2], parts)
     h_bounds, hp = _block_bounds(p.h1.shape[1], parts)
     q_bounds, qp = _block_bounds(p.h2.shape[1], parts)
-    weights = (
-        gate_split(p.wc),  # (P, NL, kR, 2cp)
-        p.wres,
+    weights = (  # the matrices in the kernels' layout (int8: pair_rows)
+        pair_rows(gate_split(p.wc), taps=p.kernel),  # (P, NL, kR, 2cp)
+        p.kernel_matrices[1],
         p.bres,
-        split_columns(p.wskip, s_bounds, sp),  # (P, NL, G/2, Sp)
+        pair_rows(split_columns(p.wskip, s_bounds, sp)),  # (P, NL, G/2, Sp)
         split_columns(p.bskip, s_bounds, sp),  # (P, Sp)
-        split_columns(p.h1, h_bounds, hp),  # (P, S, Hp)
+        pair_rows(split_columns(p.h1, h_bounds, hp)),  # (P, S, Hp)
         split_columns(p.b1, h_bounds, hp),  # (P, Hp)
-        split_columns(p.h2, q_bounds, qp),  # (P, H, Qp)
+        pair_rows(split_columns(p.h2, q_bounds, qp)),  # (P, H, Qp)
         split_columns(p.b2, q_bounds, qp),  # (P, Qp)
     )
     scales = (

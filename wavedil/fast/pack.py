@@ -22,6 +22,7 @@ torch; the CPU kernels compute the same with :func:`wavedil.fast._kernels.cond_b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "pack_cond_bias",
     "pack_global_bias",
     "pack_model",
+    "pair_rows",
     "quantize",
     "ring_from_state",
     "split_columns",
@@ -90,6 +92,33 @@ def quantize(w: np.ndarray, weights: str) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
     q = np.clip(np.rint(w / scale[..., None, :]), -127, 127).astype(np.int8)
     return np.ascontiguousarray(q), np.ascontiguousarray(scale)
+
+
+def pair_rows(q: np.ndarray, taps: int | None = None) -> np.ndarray:
+    """int8 codes ``(..., in, out)`` in the int8 kernels' layout ``(..., out8 / 8, kp, 8, 2)``.
+
+    Outputs in blocks of 8, each block's rows in pairs: element ``[.., b, j, c, e]`` is
+    ``q[.., 2 j + e, 8 b + c]`` (one block is ``kp`` runs of 16 bytes, read in order by the
+    products). Rows are padded with zeros to ``2 kp`` (``kp = ceil(in / 8) * 4``) and outputs to
+    ``out8``, a multiple of 8. ``taps``: a dilated conv's matrix ``(..., taps * k, out)`` becomes
+    ``(..., taps, out8 / 8, kp, 8, 2)``, one such matrix per tap. Other formats are returned as
+    they are.
+    """
+    if q.dtype != np.int8:
+        return q
+    *lead, rows, n = q.shape
+    t = 1 if taps is None else taps
+    if rows % t:
+        raise ValueError(f"{rows} rows do not split into {t} taps")
+    k = rows // t
+    k8, n8 = -(-k // 8) * 8, -(-n // 8) * 8
+    out = np.zeros((*lead, t, k8, n8), np.int8)
+    out[..., :k, :n] = q.reshape(*lead, t, k, n)
+    nl = len(lead)
+    out = out.reshape(*lead, t, k8 // 2, 2, n8 // 8, 8)  # (.., t, pair j, e, block b, c)
+    out = out.transpose(*range(nl), nl, nl + 3, nl + 1, nl + 4, nl + 2)  # (.., t, b, j, c, e)
+    out = np.ascontiguousarray(out)
+    return out if taps is not None else out.reshape(*lead, n8 // 8, k8 // 2, 8, 2)
 
 
 def dequantize(stored: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -166,6 +195,18 @@ class PackedWaveNet:
         one = np.float32(1.0)
         v = np.arange(self.classes, dtype=np.float32) * np.float32(self.in_scale) - one  # (Q,) bin centres
         return np.ascontiguousarray(v[:, None] * self.emb[0] + self.emb[1])
+
+    @cached_property
+    def kernel_matrices(self) -> tuple[np.ndarray, ...]:
+        """``(wc, wres, wskip, h1, h2)`` as the kernels take them: as stored, or int8 in blocks of
+        row pairs (:func:`pair_rows`; ``wc`` one matrix per tap)."""
+        return (
+            pair_rows(self.wc, taps=self.kernel),
+            pair_rows(self.wres),
+            pair_rows(self.wskip),
+            pair_rows(self.h1),
+            pair_rows(self.h2),
+        )
 
     @property
     def ring_rows(self) -> int:
@@ -377,7 +418,8 @@ def split_columns(a: np.ndarray, bounds: list[tuple[int, int]], width: int) -> n
 
 def dequantized_model(model: WaveNet, weights: str) -> WaveNet:
     """A float32 copy of ``model`` whose weights are those the kernels compute with in mode
-    ``weights``: ``model(codes)`` of the copy is what ``fast`` computes, up to float32 rounding.
+    ``weights``: ``model(codes)`` of the copy is what ``fast`` computes, up to float32 rounding
+    (and, for int8, the kernels' rounding of each product's input vector to 16 bits).
 
     For checking a reduced mode (its teacher-forced outputs equal the copy's forward) and for
     running its exact arithmetic through torch. Models with weight norm are not supported.
