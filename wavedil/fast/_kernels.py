@@ -411,28 +411,17 @@ _I16_MAX = 32767
 _HAS_AVX2 = _IS_X86 and bool(llvm_binding.get_host_cpu_features().get("avx2", False))
 
 
+@nb.njit(**_JIT)
 def pair_count(k):
     """Row pairs ``kp`` of a paired int8 matrix with ``k`` input rows (a multiple of 4)."""
-    return -(-k // 8) * 4
+    return ((k + 7) // 8) * 4
 
 
-@overload(pair_count)
-def _pair_count_impl(k):
-    return lambda k: ((k + 7) // 8) * 4
-
-
+@nb.njit(**_JIT)
 def int16_limit(k):
-    """The largest int16 activation magnitude for which ``k`` products with int8 weights
+    """The largest int16 input magnitude for which ``k`` products with int8 weights
     (``|w| <= 127``) cannot overflow an int32 sum: 32767, or less for ``k > 516``."""
-    return min(_I16_MAX, (2**31 - 1) // (127 * max(1, pair_count(k) * 2)))
-
-
-@overload(int16_limit)
-def _int16_limit_impl(k):
-    def impl(k):
-        return min(np.int64(_I16_MAX), np.int64(2147483647) // (127 * max(1, ((k + 7) // 8) * 8)))
-
-    return impl
+    return min(np.int64(_I16_MAX), np.int64(2**31 - 1) // (127 * 2 * pair_count(k)))
 
 
 @intrinsic
