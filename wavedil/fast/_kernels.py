@@ -421,7 +421,9 @@ def pair_count(k):
 def int16_limit(k):
     """The largest int16 input magnitude for which ``k`` products with int8 weights
     (``|w| <= 127``) cannot overflow an int32 sum: 32767, or less for ``k > 516``."""
-    return min(np.int64(_I16_MAX), np.int64(2**31 - 1) // (127 * 2 * pair_count(k)))
+    if k <= 516:  # 516 products of 32767 x 127 fit (the usual case: no division)
+        return np.int64(_I16_MAX)
+    return np.int64(2**31 - 1) // (127 * 2 * pair_count(k))
 
 
 @intrinsic
@@ -533,30 +535,49 @@ _isum = _isum_avx2 if _HAS_AVX2 else _isum_plain
 
 
 @nb.njit(**_JIT)
-def _matvec_i8(x, w, sc, y, k, n, xq, isum):
-    """``y[:n] += x[:k] @ W`` for int8 ``W`` in blocks of row pairs (``w (n8/8, kp, 8, 2)``, scales ``sc (n,)``)
-    with ``x`` rounded to int16 (see above); ``xq (>= 2 kp,)`` int16, ``isum (>= n8,)`` int32 scratch."""
+def _quant16(x, k, xq):
+    """``xq[:2 kp] =`` ``x[:k]`` rounded to int16 with one scale (zeros after ``k``); returns the
+    scale ``xs = max|x| / qmax`` (``xq * xs ~ x``), 0 when ``x`` is all zero and NaN when it holds
+    an infinity or NaN."""
     mb = np.int32(0)  # max |x| as bits: integers compare as the floats do, and vectorise
     for j in range(k):
         mb = max(mb, _f32_bits(x[j]) & np.int32(0x7FFFFFFF))
-    if mb >= np.int32(0x7F800000):  # infinity or NaN: the products are not numbers, as in float32
-        for o in range(n):
-            y[o] += np.float32(np.nan)
-        return
-    if mb == 0:  # every product is zero
-        return
+    if mb >= np.int32(0x7F800000):
+        return np.float32(np.nan)
+    if mb == 0:
+        return np.float32(0.0)
     m = _bits_f32(mb)
-    kp = pair_count(k)
     qmax = np.float32(int16_limit(k))
     inv = qmax / m
     magic = np.float32(12582912.0)  # 1.5 * 2**23: adding and subtracting it rounds half to even
     for j in range(k):
         xq[j] = np.int16(np.int32((x[j] * inv + magic) - magic))
-    xq[k : 2 * kp] = 0
-    _isum(xq, w, isum, kp, w.shape[0] * 8)
-    xs = m / qmax
+    for j in range(k, 2 * pair_count(k)):
+        xq[j] = 0
+    return m / qmax
+
+
+@nb.njit(**_JIT)
+def _qmatvec(xq, xs, w, sc, y, k, n, isum):
+    """``y[:n] += x @ W`` for int8 ``W`` in blocks of row pairs (``w (n8/8, kp, 8, 2)``, scales
+    ``sc (n,)``) and an input ``x`` that :func:`_quant16` rounded to ``(xq, xs)``; ``isum (>= n8,)``
+    int32 scratch. A NaN scale (a non-finite input) makes every output NaN, as float32 would."""
+    if xs == 0:  # every product is zero
+        return
+    if xs != xs:
+        for o in range(n):
+            y[o] += xs
+        return
+    _isum(xq, w, isum, pair_count(k), w.shape[0] * 8)
     for o in range(n):
         y[o] += np.float32(isum[o]) * (sc[o] * xs)
+
+
+@nb.njit(**_JIT)
+def _matvec_i8(x, w, sc, y, k, n, xq, isum):
+    """``y[:n] += x[:k] @ W`` for int8 ``W`` (see :func:`_qmatvec`) with ``x`` rounded to int16
+    (:func:`_quant16`); ``xq (>= 2 kp,)`` int16 scratch."""
+    _qmatvec(xq, _quant16(x, k, xq), w, sc, y, k, n, isum)
 
 
 def _matvec(x, w, sc, y, k, n, qs):
@@ -585,6 +606,52 @@ def _axpy_rows_impl(a, w, sc, c, n_rows, k, n, qs):
 
         return rows_i8
     return lambda a, w, sc, c, n_rows, k, n, qs: _axpy_rows_f(a, w, sc, c, n_rows, k, n)
+
+
+def _matvec2(x, w1, sc1, y1, n1, w2, sc2, y2, n2, k, qs):
+    """:func:`_matvec` of one input ``x[:k]`` by two matrices: ``y1[:n1] += x @ W1``,
+    ``y2[:n2] += x @ W2`` (int8 rounds ``x`` once for both)."""
+
+
+@overload(_matvec2)
+def _matvec2_impl(x, w1, sc1, y1, n1, w2, sc2, y2, n2, k, qs):
+    if w1.ndim == 4:
+
+        def matvec2_i8(x, w1, sc1, y1, n1, w2, sc2, y2, n2, k, qs):
+            xs = _quant16(x, k, qs[0])
+            _qmatvec(qs[0], xs, w1, sc1, y1, k, n1, qs[1])
+            _qmatvec(qs[0], xs, w2, sc2, y2, k, n2, qs[1])
+
+        return matvec2_i8
+
+    def matvec2_f(x, w1, sc1, y1, n1, w2, sc2, y2, n2, k, qs):
+        _matvec_f(x, w1, sc1, y1, k, n1)
+        _matvec_f(x, w2, sc2, y2, k, n2)
+
+    return matvec2_f
+
+
+def _axpy_rows2(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
+    """:func:`_axpy_rows` of the rows ``a[:n_rows, :k]`` by two matrices into ``c1`` and ``c2``."""
+
+
+@overload(_axpy_rows2)
+def _axpy_rows2_impl(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
+    if w1.ndim == 4:
+
+        def rows2_i8(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
+            for r in range(n_rows):
+                xs = _quant16(a[r], k, qs[0])
+                _qmatvec(qs[0], xs, w1, sc1, c1[r], k, n1, qs[1])
+                _qmatvec(qs[0], xs, w2, sc2, c2[r], k, n2, qs[1])
+
+        return rows2_i8
+
+    def rows2_f(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
+        _axpy_rows_f(a, w1, sc1, c1, n_rows, k, n1)
+        _axpy_rows_f(a, w2, sc2, c2, n_rows, k, n2)
+
+    return rows2_f
 
 
 def _tap(w, m, k):
@@ -889,11 +956,12 @@ def run_rows(
                 ring[off[i] + pos % L, r0 : r0 + nr, :] = x[r0 : r0 + nr]
                 for r in range(nr):
                     gate_inplace(hh[r], zz[r], g2)
-                if i + 1 < nl:  # the last layer's residual output is never used
+                if i + 1 < nl:
                     for r in range(nr):
                         x[r0 + r, :] += bres[i]
-                    _axpy_rows(zz, wres[i], wres_s[i], x[r0:], nr, g2, r_ch, qs)
-                _axpy_rows(zz, wskip[i], wskip_s[i], acc[r0:], nr, g2, s_ch, qs)
+                    _axpy_rows2(zz, wres[i], wres_s[i], x[r0:], r_ch, wskip[i], wskip_s[i], acc[r0:], s_ch, nr, g2, qs)
+                else:  # the last layer's residual output is never used
+                    _axpy_rows(zz, wskip[i], wskip_s[i], acc[r0:], nr, g2, s_ch, qs)
         pos += 1
         for r0 in range(0, bs, rb):
             nr = min(rb, bs - r0)
@@ -1016,8 +1084,9 @@ def run_split(
             zf[:] = z_sh[i]
             if i + 1 < nl:
                 x[:] += bres[i]
-                _matvec(zf, wres[i], wres_s[i], x, g2, r_ch, qs)
-            _matvec(zf, w_s[i], ws_sp[i], acc, g2, sp, qs)
+                _matvec2(zf, wres[i], wres_s[i], x, r_ch, w_s[i], ws_sp[i], acc, sp, g2, qs)
+            else:
+                _matvec(zf, w_s[i], ws_sp[i], acc, g2, sp, qs)
         pos += 1
         for c in range(s_n):
             acc_sh[s_lo + c] = max(acc[c], np.float32(0.0))
