@@ -83,7 +83,7 @@ def test_train_resume_generate_on_generated_audio(synth_corpus, tmp_path):
     wav = tmp_path / "gen" / "out.wav"
     out = run("generate", str(_ckpts(run_dir)[-1]), "-o", str(wav), "--seconds", "0.1", "--batch", "2",
               "--seed", "3", "--quiet")
-    assert re.search(r"samples/s with the \w+ backend \(fp32 weights\), real-time factor \d+\.\d\d \(seed 3\)", out.stdout)
+    assert re.search(r"samples/s with the \w+ backend \(fp32 weights\), real-time factor \d+\.\d\d \(seed 3, temperature 1\)", out.stdout)
     for name in ("out_000.wav", "out_001.wav"):
         data, sr = sf.read(wav.parent / name)
         assert sr == 8000 and data.shape == (800,)

@@ -27,6 +27,7 @@ from wavedil.pretrained import (
     CARD_JSON,
     CARD_MD,
     MODEL_FILE,
+    PretrainedInfo,
     export_pretrained,
     file_sha256,
     heldout_from_eval,
@@ -163,6 +164,17 @@ def test_re_export_gives_the_same_file(tmp_path, data_dir) -> None:
     assert second.sha256 == first and second.heldout == {"bits_per_sample": 4.0}
 
 
+def test_re_exporting_a_shipped_file_keeps_its_bytes_and_provenance(tmp_path, data_dir) -> None:
+    """Its training checkpoint gone, a shipped model.pt is the source of a card update."""
+    _training_checkpoint(tmp_path / "run", mel=True)
+    first = export_pretrained(tmp_path / "run", "m")
+    copy = tmp_path / "elsewhere" / "pretrained"
+    again = export_pretrained(first.model_file, "m", out_dir=copy, temperature=0.5)
+    assert again.sha256 == first.sha256 and again.temperature == 0.5
+    assert again.card["source_checkpoint"] == first.card["source_checkpoint"] != str(first.model_file)
+    assert again.card["weights"] == "ema"
+
+
 def test_bfloat16_export_round_trips_to_float32(shipped, data_dir) -> None:
     model = load_pretrained("voc")
     state = model.state_dict()
@@ -255,7 +267,9 @@ def test_export_script_fills_the_card_from_eval_output(tmp_path, data_dir, capsy
     assert "wavedil train experiment=pretrained_vocoder8k" in card["train_command"]
     assert card["train_command"].endswith("trainer.resume=true trainer.max_steps=5000 optim.lr=4e-3")
     assert card["eval_commands"] == [f"wavedil eval {tmp_path / 'run'} /usr/share/asterisk/sounds/en_US_f_Allison "
-                                     "--split valid --vocode-seconds 2 --json"]  # fmt: skip
+                                     "--split valid --vocode-seconds 2 --temperature 0.5 --json"]  # fmt: skip
+    assert card["temperature"] == 0.5 and "0.518 at 0.5" in card["temperature_note"]
+    assert "temperature 0.5 unless given `--temperature`" in (data_dir / "speech8k-vocoder" / "MODEL_CARD.md").read_text()
     assert card["export_command"].startswith("python recipes/pretrained/export.py ")
     assert card["corpus"]["licence"] == card["licence"] == "CC-BY-SA-3.0"
     with pytest.raises(ValueError, match="not the output of wavedil eval --json"):
@@ -285,6 +299,31 @@ def test_synthesis_takes_pretrained_names(shipped, tmp_path) -> None:
     res = vocode_file("pretrained:voc", tmp_path / "in.wav", tmp_path / "out.wav", seed=0)
     out, sr = read_audio(res.paths[0])
     assert sr == 8000 and out.shape[-1] == 800 and torch.isfinite(out).all() and out.abs().max() <= 1.0
+
+
+def test_a_card_temperature_is_the_default_of_every_command_and_an_explicit_one_wins(tmp_path, data_dir) -> None:
+    _training_checkpoint(tmp_path / "run_voc", mel=True)
+    info = export_pretrained(tmp_path / "run_voc", "voc", temperature=0.5, temperature_note="by log-mel distance")
+    assert info.temperature == 0.5 and json.loads((info.folder / CARD_JSON).read_text())["temperature"] == 0.5
+    wav, _ = read_audio(sorted(SPEECH8K.glob("*.wav"))[0], frames=800)
+    sf.write(tmp_path / "in.wav", wav.numpy(), 8000)
+    res = {t: vocode_file("pretrained:voc", tmp_path / "in.wav", tmp_path / f"out{t}.wav", seed=3, temperature=t)
+           for t in (None, 0.5, 1.0)}  # fmt: skip
+    assert res[None].temperature == 0.5 and res[1.0].temperature == 1.0
+    assert torch.equal(res[None].codes, res[0.5].codes) and not torch.equal(res[None].codes, res[1.0].codes)
+    # a checkpoint has no card: 1.0 as before
+    assert vocode_file(tmp_path / "run_voc", tmp_path / "in.wav", tmp_path / "ck.wav", seed=3).temperature == 1.0
+    evaluated = evaluate_files("pretrained:voc", [tmp_path / "in.wav"], vocode_seconds=0.05)
+    assert evaluated.temperature == 0.5 and evaluated.to_dict()["temperature"] == 0.5
+    assert "temperature 0.5" in evaluated.table()
+    plain = export_pretrained(tmp_path / "run_voc", "plain")
+    assert plain.temperature == 1.0 and "temperature" not in plain.card
+    with pytest.raises(ValueError, match="temperature must be a number >= 0, got -1"):
+        export_pretrained(tmp_path / "run_voc", "bad", temperature=-1.0)
+    card = json.loads((info.folder / CARD_JSON).read_text())
+    (info.folder / CARD_JSON).write_text(json.dumps(dict(card, temperature="warm")))
+    with pytest.raises(ValueError, match=r"has temperature 'warm'; it must be a number >= 0"):
+        PretrainedInfo.from_folder(info.folder)
 
 
 def test_describe_and_evaluate_take_pretrained_names(shipped) -> None:

@@ -140,7 +140,7 @@ def _generate(args: argparse.Namespace) -> None:
         f"wrote {len(paths)} file(s) ({args.seconds:g} s at {res.sample_rate} Hz each): {paths[0]}"
         + (f" .. {paths[-1].name}" if len(paths) > 1 else "")
         + f"\n{res.samples_per_second:,.0f} samples/s with the {res.backend} backend ({res.weights} weights), "
-        f"real-time factor {res.real_time_factor:.2f} (seed {res.seed})"
+        f"real-time factor {res.real_time_factor:.2f} (seed {res.seed}, temperature {res.temperature:g})"
     )
 
 
@@ -177,7 +177,7 @@ def _vocode(args: argparse.Namespace) -> None:
     _print_notes(res.notes)
     print(
         f"wrote {res.paths[0]} ({res.seconds:.2f} s at {res.sample_rate} Hz from {res.mel_frames} mel frames); "
-        f"{res.samples_per_second:,.0f} samples/s ({res.weights} weights, seed {res.seed})"
+        f"{res.samples_per_second:,.0f} samples/s ({res.weights} weights, seed {res.seed}, temperature {res.temperature:g})"
     )
 
 
@@ -229,6 +229,7 @@ def _models(args: argparse.Namespace) -> None:
 _BACKEND_HELP = "generation back-end: auto (fast when it can run the model, else torch), torch, fast"
 _WEIGHTS_HELP = "weight mode of the back-end (default fp32; bf16 and int8 need the fast back-end)"
 _MODEL_HELP = "a bundled pretrained model by name, instead of a checkpoint (wavedil models lists them)"
+_TEMPERATURE_HELP = "sampling temperature, 0 greedy (default: a bundled model's card value, else 1.0)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -245,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", required=True, help="output .wav (batch > 1 writes name_000.wav, ...)")
     g.add_argument("--seconds", type=float, default=2.0)
     g.add_argument("--batch", type=int, default=1)
-    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=None, help=_TEMPERATURE_HELP)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--prompt", help="an audio file whose codes prime the model before sampling")
     g.add_argument("--speaker", default=None, help="speaker (name from the training corpus) of a speaker-conditioned model")
@@ -270,7 +271,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--vocode-seconds", type=float, default=1.0,
                    help="vocoders: re-synthesise this much of each file for the log-mel distance (0: skip)")
     e.add_argument("--seed", type=int, default=0, help="vocoders: seed of the re-synthesis")
-    e.add_argument("--temperature", type=float, default=1.0, help="vocoders: sampling temperature of the re-synthesis")
+    e.add_argument("--temperature", type=float, default=None,
+                   help="vocoders: sampling temperature of the re-synthesis (" + _TEMPERATURE_HELP + ")")
     e.add_argument("--weights", default="fp32", choices=WEIGHT_MODES,
                    help="evaluate the fast back-end with its weights in this mode (default fp32: the model's forward)")
 
@@ -279,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
     v.add_argument("input", help="an audio file (analysed to log-mel), or a log-mel .npy (n_mels, frames) / .npz")
     v.add_argument("-o", "--output", required=True, help="output .wav")
-    v.add_argument("--temperature", type=float, default=1.0)
+    v.add_argument("--temperature", type=float, default=None, help=_TEMPERATURE_HELP)
     v.add_argument("--seed", type=int, default=None)
     v.add_argument("--speaker", default=None, help="speaker, for a speaker-conditioned vocoder")
     v.add_argument("--save-mel", default=None, help="also write the input's log-mel (n_mels, frames) to this .npy")

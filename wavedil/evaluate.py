@@ -316,7 +316,8 @@ class FileEvaluation:
         weights: the weight mode evaluated.
         log_mel_distance: vocoders: mean log-mel L1 distance of re-synthesised audio to its input.
         log_mel_baselines: vocoders: ``codec`` (the floor) and ``other_file`` (:func:`vocode_baselines`).
-        vocoded_files: how many files the distance is over; ``vocode_seconds``: of each.
+        vocoded_files: how many files the distance is over; ``vocode_seconds``: of each;
+            ``temperature``: the sampling temperature of the re-synthesis.
         notes: things the user should know that are not errors (files resampled to the model's rate).
     """
 
@@ -327,6 +328,7 @@ class FileEvaluation:
     vocoded_files: int = 0
     vocode_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    temperature: float = 1.0
 
     def table(self) -> str:
         """The report as ``wavedil eval`` prints it."""
@@ -336,7 +338,8 @@ class FileEvaluation:
         if self.log_mel_distance is not None:
             refs = self.log_mel_baselines or {}
             lines.append(
-                f"  log-mel L1 distance to the input ({self.vocoded_files} files, first {self.vocode_seconds:g} s of each):"
+                f"  log-mel L1 distance to the input ({self.vocoded_files} files, first {self.vocode_seconds:g} s of each, "
+                f"temperature {self.temperature:g}):"
             )
             lines.append(f"    re-synthesised            {self.log_mel_distance:.3f}")
             lines.append(f"    input through the codec   {refs['codec']:.3f}   (the floor)")
@@ -351,6 +354,7 @@ class FileEvaluation:
         if self.log_mel_distance is not None:
             out["log_mel_distance"] = self.log_mel_distance
             out["log_mel_distance_baselines"] = self.log_mel_baselines
+            out["temperature"] = self.temperature
         if self.notes:
             out["notes"] = list(self.notes)
         return out
@@ -420,7 +424,7 @@ def evaluate_files(
     seed: int = 0,
     weights: str = "fp32",
     chunk: int = 16000,
-    temperature: float = 1.0,
+    temperature: float | None = None,
 ) -> FileEvaluation:
     """Bits per sample of a checkpoint on audio files and corpus folders, beside bz2 and unigram.
 
@@ -454,15 +458,17 @@ def evaluate_files(
     from .audio import encode
     from .checkpoint import model_from_checkpoint
     from .data import file_mel, iter_file_audio, split_items
-    from .pretrained import open_model
+    from .pretrained import open_model, sampling_temperature
 
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
     if not vocode_seconds >= 0:
         raise ValueError(f"vocode_seconds must be >= 0, got {vocode_seconds}")
+    src = open_model(checkpoint)
+    temperature = sampling_temperature(src, temperature)
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
-    ckpt = open_model(checkpoint).checkpoint
+    ckpt = src.checkpoint
     sr = int(ckpt.get("sample_rate", 16000))
     items = gather_items(audio, layout, mic)
     if split != "all":
@@ -500,4 +506,5 @@ def evaluate_files(
         )
         result.log_mel_baselines = vocode_baselines(model, waves, seconds=vocode_seconds)
         result.vocoded_files, result.vocode_seconds = len(per_file), vocode_seconds
+        result.temperature = temperature
     return result

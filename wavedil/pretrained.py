@@ -64,6 +64,7 @@ __all__ = [
     "open_pretrained",
     "pretrained_dir",
     "pretrained_name",
+    "sampling_temperature",
     "pretrained_info",
 ]
 
@@ -155,6 +156,12 @@ class PretrainedInfo:
     def model_file(self) -> Path:
         return self.folder / MODEL_FILE
 
+    @property
+    def temperature(self) -> float:
+        """The sampling temperature ``generate``, ``vocode`` and ``eval`` use with this model when
+        none is given: the card's ``temperature`` (chosen by measurement, see the card), else 1.0."""
+        return float(self.card.get("temperature", 1.0))
+
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> "PretrainedInfo":
         """Read ``folder/card.json``.
@@ -176,6 +183,9 @@ class PretrainedInfo:
         bad = [f"{k} ({t.__name__})" for k, t in need.items() if not isinstance(card.get(k), t) or isinstance(card.get(k), bool)]
         if bad:
             raise ValueError(f"the model card '{path}' lacks or mistypes {', '.join(bad)}")
+        t = card.get("temperature", 1.0)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < float("inf"):
+            raise ValueError(f"the model card '{path}' has temperature {t!r}; it must be a number >= 0")
         if card["name"] != folder.name:
             raise ValueError(f"the model card '{path}' names the model {card['name']!r}, but its folder is {folder.name!r}")
         return cls(
@@ -349,6 +359,14 @@ class ModelSource:
         return int(self.checkpoint.get("sample_rate", 16000))
 
 
+def sampling_temperature(source: ModelSource, temperature: float | None) -> float:
+    """``temperature`` when given; else the bundled model's card value
+    (:attr:`PretrainedInfo.temperature`), or 1.0 for a checkpoint."""
+    if temperature is not None:
+        return float(temperature)
+    return source.pretrained.temperature if source.pretrained is not None else 1.0
+
+
 def pretrained_name(target: str | os.PathLike) -> str | None:
     """The NAME of ``pretrained:NAME``, or None when ``target`` is a path (an existing path always is)."""
     text = str(target)
@@ -412,8 +430,8 @@ def heldout_from_eval(figures: Mapping[str, Any]) -> dict[str, Any]:
     """Card figures from ``wavedil eval --json`` output (:meth:`wavedil.evaluate.FileEvaluation.to_dict`).
 
     Keys: ``bits_per_sample``, ``bz2_bits_per_sample``, ``unigram_bits_per_sample``, ``files``,
-    ``samples`` and, for a vocoder, ``log_mel_distance``, ``log_mel_codec_floor`` and
-    ``log_mel_other_file``.
+    ``samples`` and, for a vocoder, ``log_mel_distance``, ``log_mel_codec_floor``,
+    ``log_mel_other_file`` and ``log_mel_temperature`` (the re-synthesis's sampling temperature).
 
     Raises:
         ValueError: ``figures`` lacks ``model_bits_per_sample`` (not eval output).
@@ -436,6 +454,8 @@ def heldout_from_eval(figures: Mapping[str, Any]) -> dict[str, Any]:
             out["log_mel_codec_floor"] = float(refs["codec"])
         if "other_file" in refs:
             out["log_mel_other_file"] = float(refs["other_file"])
+        if figures.get("temperature") is not None:
+            out["log_mel_temperature"] = float(figures["temperature"])
     return out
 
 
@@ -504,6 +524,14 @@ def _card_markdown(card: Mapping[str, Any]) -> str:
         lines.append("Not measured yet.")
     for cmd in card.get("eval_commands") or ():
         lines.append(f"\n    {cmd}")
+    if "temperature" in card:
+        lines += [
+            "",
+            "## Sampling",
+            "",
+            f"`generate`, `vocode` and `eval` sample this model at temperature {card['temperature']:g} unless given "
+            f"`--temperature`. {card.get('temperature_note', '')}".rstrip(),
+        ]
     lines += [
         "",
         "## File",
@@ -533,6 +561,8 @@ def export_pretrained(
     eval_commands: Sequence[str] = (),
     heldout: Mapping[str, Any] | None = None,
     machine: Mapping[str, Any] | None = None,
+    temperature: float | None = None,
+    temperature_note: str = "",
     extra: Mapping[str, Any] | None = None,
 ) -> PretrainedInfo:
     """Write ``out_dir/<name>/`` (model.pt, card.json, MODEL_CARD.md) from a training checkpoint.
@@ -541,10 +571,13 @@ def export_pretrained(
     the checkpoint's ``model``, its ``model_config``, ``sample_rate``, training ``config``,
     ``step`` and ``elapsed_seconds``; no optimizer or RNG state. Each file is written atomically.
     The bytes depend only on the weights and these fields, so exporting the same checkpoint
-    again gives the same sha256 (held-out figures can be added by a second export).
+    again gives the same sha256 (held-out figures can be added by a second export). An exported
+    ``model.pt`` is itself a valid source: re-exporting it (its training checkpoint gone) writes
+    the same bytes and keeps the ``source_checkpoint`` its card recorded.
 
     Args:
-        checkpoint_or_run_dir: a ``step_*.pt`` file or a run folder (its newest good checkpoint).
+        checkpoint_or_run_dir: a ``step_*.pt`` file, a run folder (its newest good checkpoint) or
+            an exported ``model.pt``.
         name: the name to load it by (``[a-z0-9][a-z0-9._-]*``).
         out_dir: the ``pretrained/`` folder to write into; None: the first of
             :func:`pretrained_dir` (``data/pretrained`` of the checkout).
@@ -561,6 +594,9 @@ def export_pretrained(
         heldout: held-out figures, e.g. ``{"bits_per_sample": 3.7, "bz2_bits_per_sample": 5.1}``.
         machine: the training machine; default :func:`machine_description` of this one (with the
             run's ``trainer.threads``).
+        temperature: the sampling temperature the commands use with this model by default
+            (:attr:`PretrainedInfo.temperature`); None: 1.0, not written to the card.
+        temperature_note: how ``temperature`` was chosen, for the card.
         extra: more card fields (they may not replace the ones above).
 
     Returns:
@@ -571,10 +607,21 @@ def export_pretrained(
             config mismatch), no ``out_dir`` found, or ``extra`` replacing a computed field.
     """
     _checked_name(name)
+    if temperature is not None and not 0 <= temperature < float("inf"):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     src_path, ckpt = open_checkpoint(checkpoint_or_run_dir)
-    has_ema = bool(ckpt.get("ema"))
+    shipped = ckpt.get("pretrained") if isinstance(ckpt.get("pretrained"), dict) else None
+    source_checkpoint = str(src_path)
+    if shipped is not None:  # an exported model.pt: its weights are already the chosen ones
+        has_ema = shipped.get("weights") == "ema"
+        try:  # keep the provenance its card recorded
+            source_checkpoint = json.loads((src_path.parent / CARD_JSON).read_text(encoding="utf-8"))["source_checkpoint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    else:
+        has_ema = bool(ckpt.get("ema"))
     if not has_ema:
         log.warning("'%s' holds no EMA weights (trainer.ema_decay=0?): exporting the raw weights", src_path)
     model = model_from_checkpoint(ckpt, use_ema=True)  # checks finiteness and config
@@ -631,7 +678,8 @@ def export_pretrained(
         "wall_time_seconds": obj["elapsed_seconds"],
         "machine": dict(machine) if machine is not None else machine_description(threads),
         "heldout": dict(heldout or {}),
-        "source_checkpoint": str(src_path),
+        **({"temperature": float(temperature), "temperature_note": temperature_note} if temperature is not None else {}),
+        "source_checkpoint": source_checkpoint,
         "exported": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     clash = sorted(set(extra or {}) & set(card))

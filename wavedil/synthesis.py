@@ -34,7 +34,7 @@ from .data import file_mel
 from .generate import MAX_SAMPLES, MAX_TOTAL_SAMPLES, generate
 from .model import WaveNet
 from .vocoder_stream import StreamStats, vocode_stream
-from .pretrained import ModelSource, open_model
+from .pretrained import ModelSource, open_model, sampling_temperature
 
 __all__ = [
     "MAX_BATCH",
@@ -69,6 +69,7 @@ class SynthesisResult:
         weights: its weight mode (``fp32``, ``bf16``, ``int8``).
         seed: the seed (drawn when none was given), to reproduce the files.
         mel_frames: vocoding only: the log-mel frames the audio came from.
+        temperature: the sampling temperature used.
         notes: things the user should know that are not errors (an input resampled to the
             model's rate), one sentence each.
     """
@@ -82,6 +83,7 @@ class SynthesisResult:
     seed: int
     mel_frames: int | None = None
     notes: list[str] = field(default_factory=list)
+    temperature: float = 1.0
 
     @property
     def seconds(self) -> float:
@@ -155,7 +157,7 @@ def generate_to_files(
     seconds: float = 2.0,
     *,
     batch: int = 1,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     seed: int | None = None,
     prompt: str | os.PathLike | None = None,
     speaker: str | int | None = None,
@@ -177,7 +179,8 @@ def generate_to_files(
             ``name_000.wav``, ``name_001.wav``, ...
         seconds: length of each sequence; ``seconds * sample_rate <= MAX_SAMPLES``.
         batch: sequences ``B`` (``1 .. 4096``; ``B * samples <= MAX_TOTAL_SAMPLES``).
-        temperature: ``> 0`` divides the logits; ``0`` is greedy.
+        temperature: ``> 0`` divides the logits; ``0`` is greedy; None: the bundled model's
+            card value (:func:`wavedil.pretrained.sampling_temperature`), 1.0 for a checkpoint.
         seed: makes the files reproducible; None draws one (returned).
         prompt: an audio file whose codes prime the model; the files continue it (the prompt
             itself is not written). At another rate it is resampled, with a note.
@@ -203,6 +206,7 @@ def generate_to_files(
         raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
     src = open_model(checkpoint)
     ckpt, sr = src.checkpoint, src.sample_rate
+    temperature = sampling_temperature(src, temperature)
     n = int(round(seconds * sr))
     if n > MAX_SAMPLES:
         raise ValueError(f"--seconds {seconds} is {n:,} samples at {sr} Hz; the limit is {MAX_SAMPLES:,}")
@@ -231,7 +235,9 @@ def generate_to_files(
         write_audio(numbered_path(out, i, batch), decode(codes[i], model.encoding, model.quantization_channels), sr)
         for i in range(batch)
     ]
-    return SynthesisResult(paths, codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, notes=notes)
+    return SynthesisResult(
+        paths, codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, notes=notes, temperature=temperature
+    )
 
 
 def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
@@ -270,9 +276,11 @@ def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
 
 
-def _open_vocoder(checkpoint: str | os.PathLike, device: str | torch.device | None, use_ema: bool) -> WaveNet:
-    """The vocoder of ``checkpoint`` (file, run folder or ``pretrained:NAME``) on ``device``; a clear
-    error for a model without mel conditioning."""
+def _open_vocoder(
+    checkpoint: str | os.PathLike, device: str | torch.device | None, use_ema: bool
+) -> tuple[WaveNet, ModelSource]:
+    """The vocoder of ``checkpoint`` (file, run folder or ``pretrained:NAME``) on ``device`` and
+    where it came from; a clear error for a model without mel conditioning."""
     src = open_model(checkpoint)
     model = model_from_checkpoint(src.checkpoint, use_ema=use_ema, device=_device(device))
     if model.upsampler is None:
@@ -281,7 +289,7 @@ def _open_vocoder(checkpoint: str | os.PathLike, device: str | torch.device | No
             + (f" {_command_target(src)}" if src.pretrained is not None else "")
             + ", or train one with experiment=vocoder_speech8k"
         )
-    return model
+    return model, src
 
 
 def vocode_stream_file(
@@ -289,7 +297,7 @@ def vocode_stream_file(
     source: str | os.PathLike,
     output: str | os.PathLike,
     *,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     seed: int | None = None,
     speaker: str | int | None = None,
     backend: str = "auto",
@@ -312,7 +320,8 @@ def vocode_stream_file(
     Raises:
         ValueError: not a vocoder, a chunk that is not ``(n_mels, F)`` float ``.npy``, no frames.
     """
-    model = _open_vocoder(checkpoint, device, use_ema)
+    model, src = _open_vocoder(checkpoint, device, use_ema)
+    temperature = sampling_temperature(src, temperature)
     spec = model.mel_spec
     if note is not None:
         where = "standard input" if str(source) == "-" else str(source)
@@ -332,7 +341,7 @@ def vocode_file(
     source: str | os.PathLike,
     output: str | os.PathLike,
     *,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     seed: int | None = None,
     speaker: str | int | None = None,
     save_mel: str | os.PathLike | None = None,
@@ -364,7 +373,8 @@ def vocode_file(
             not fit the vocoder, an input longer than ``max_seconds``, or a bad argument.
     """
     out = check_output_path(output)
-    model = _open_vocoder(checkpoint, device, use_ema)
+    model, src = _open_vocoder(checkpoint, device, use_ema)
+    temperature = sampling_temperature(src, temperature)
     dev = model.embed.weight.device
     spec, ctx = model.mel_spec, model.mel_context
     sr, hop = spec.sample_rate, spec.hop_length
@@ -400,5 +410,6 @@ def vocode_file(
     codes = res.codes[:, :n_samples].cpu() if n_samples else res.codes.cpu()
     path = write_audio(out, decode(codes[0], model.encoding, model.quantization_channels), sr)
     return SynthesisResult(
-        [path], codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, mel_frames=frames, notes=notes
+        [path], codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, mel_frames=frames, notes=notes,
+        temperature=temperature,
     )
