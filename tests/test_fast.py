@@ -496,20 +496,16 @@ def test_quantize_rounds_each_weight_within_its_format_bound():
 def test_pair_rows_lays_out_blocks_of_eight_outputs_by_row_pairs_with_zero_padding():
     from wavedil.fast.pack import pair_rows
 
-    q = np.random.default_rng(0).integers(-127, 128, (2, 2 * 5, 11)).astype(np.int8)  # 2 layers, 2 taps of 5 rows
-    p = pair_rows(q, taps=2)
-    assert p.shape == (2, 2, 2, 4, 8, 2) and p.dtype == np.int8  # 11 outputs -> 2 blocks; 5 rows -> 4 pairs
+    q = np.random.default_rng(0).integers(-127, 128, (2, 11, 11)).astype(np.int8)  # 2 layers, 11 rows, 11 outputs
+    p = pair_rows(q)
+    assert p.shape == (2, 2, 8, 8, 2) and p.dtype == np.int8  # 11 outputs -> 2 blocks; 11 rows -> 8 pairs
     for layer in range(2):
-        for tap in range(2):
-            for row in range(8):
-                for out in range(16):
-                    want = q[layer, tap * 5 + row, out] if row < 5 and out < 11 else 0
-                    assert p[layer, tap, out // 8, row // 2, out % 8, row % 2] == want
-    assert pair_rows(q[0]).shape == (2, 8, 8, 2)  # no taps: (out8 / 8, kp, 8, 2)
+        for row in range(16):
+            for out in range(16):
+                want = q[layer, row, out] if row < 11 and out < 11 else 0
+                assert p[layer, out // 8, row // 2, out % 8, row % 2] == want
     f = np.ones((4, 3), np.float32)
     assert pair_rows(f) is f  # other formats pass through
-    with pytest.raises(ValueError, match="10 rows do not split into 3 taps"):
-        pair_rows(q, taps=3)
 
 
 @pytest.mark.parametrize("k, n", [(64, 128), (5, 3), (37, 20), (1030, 16)])

@@ -654,15 +654,68 @@ def _axpy_rows2_impl(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
     return rows2_f
 
 
-def _tap(w, m, k):
-    """The rows of tap ``m`` onwards of a dilated conv's matrix with ``k`` input rows per tap."""
+def _conv_rows(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+    """The dilated conv of rows ``r0 : r0 + nr``: ``hh[r, :g] += sum_m in_m[r0 + r] @ W_m`` over the
+    taps; ``where = (off, pos, d, L)`` of the layer, tap ``m < kernel - 1`` reading ring slot
+    ``off + (pos - (kernel - 1 - m) * d) % L`` and the last tap ``x``. ``ring (sum L, B, R)``,
+    ``x (B, R)``. Float formats multiply tap by tap (rows in order); int8 rounds the taps'
+    inputs together (one scale) and makes one product of ``kernel * R`` rows (the matrix is
+    paired whole, :func:`wavedil.fast.pack.pair_rows`); ``qs[2]`` is its ``(kernel * R,)`` scratch."""
 
 
-@overload(_tap)
-def _tap_impl(w, m, k):
-    if w.ndim == 5:  # int8: one matrix per tap (see pack.pair_rows)
-        return lambda w, m, k: w[m]
-    return lambda w, m, k: w[m * k :]
+@overload(_conv_rows)
+def _conv_rows_impl(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+    if w.ndim == 4:
+
+        def conv_i8(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+            off, pos, d, L = where
+            xcat = qs[2]
+            for r in range(nr):
+                for m in range(kernel - 1):
+                    slot = off + (pos - (kernel - 1 - m) * d) % L
+                    xcat[m * r_ch : (m + 1) * r_ch] = ring[slot, r0 + r]
+                xcat[(kernel - 1) * r_ch : kernel * r_ch] = x[r0 + r]
+                _matvec_i8(xcat, w, sc, hh[r], kernel * r_ch, g, qs[0], qs[1])
+
+        return conv_i8
+
+    def conv_f(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+        off, pos, d, L = where
+        for m in range(kernel - 1):
+            slot = off + (pos - (kernel - 1 - m) * d) % L
+            _axpy_rows_f(ring[slot, r0:], w[m * r_ch :], sc, hh, nr, r_ch, g)
+        _axpy_rows_f(x[r0:], w[(kernel - 1) * r_ch :], sc, hh, nr, r_ch, g)
+
+    return conv_f
+
+
+def _conv_one(ring, where, kernel, x, w, sc, hh, r_ch, g, qs):
+    """:func:`_conv_rows` of one sequence: ``ring (sum L, R)``, ``x (R,)``, ``hh (>= g,)``."""
+
+
+@overload(_conv_one)
+def _conv_one_impl(ring, where, kernel, x, w, sc, hh, r_ch, g, qs):
+    if w.ndim == 4:
+
+        def conv1_i8(ring, where, kernel, x, w, sc, hh, r_ch, g, qs):
+            off, pos, d, L = where
+            xcat = qs[2]
+            for m in range(kernel - 1):
+                slot = off + (pos - (kernel - 1 - m) * d) % L
+                xcat[m * r_ch : (m + 1) * r_ch] = ring[slot]
+            xcat[(kernel - 1) * r_ch : kernel * r_ch] = x
+            _matvec_i8(xcat, w, sc, hh, kernel * r_ch, g, qs[0], qs[1])
+
+        return conv1_i8
+
+    def conv1_f(ring, where, kernel, x, w, sc, hh, r_ch, g, qs):
+        off, pos, d, L = where
+        for m in range(kernel - 1):
+            slot = off + (pos - (kernel - 1 - m) * d) % L
+            _matvec_f(ring[slot], w[m * r_ch :], sc, hh, r_ch, g)
+        _matvec_f(x, w[(kernel - 1) * r_ch :], sc, hh, r_ch, g)
+
+    return conv1_f
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -915,8 +968,8 @@ def run_rows(
     s_ch = bskip.shape[0]
     h_ch = b1.shape[0]
     rb = min(row_block, bs)
-    width = max(r_ch, g, s_ch, h_ch, n_par) + 16
-    qs = (np.zeros(width, np.int16), np.zeros(width, np.int32))
+    width = max(kernel * r_ch, g, s_ch, h_ch, n_par) + 16
+    qs = (np.zeros(width, np.int16), np.zeros(width, np.int32), np.zeros(kernel * r_ch, np.float32))
     x = np.empty((bs, r_ch), np.float32)
     acc = np.empty((bs, s_ch), np.float32)
     hh = np.empty((rb, g), np.float32)
@@ -948,10 +1001,7 @@ def run_rows(
                 nr = min(rb, bs - r0)
                 for r in range(nr):
                     hh[r, :] = gb[r0 + r, i]
-                for m in range(kernel - 1):
-                    slot = off[i] + (pos - (kernel - 1 - m) * d) % L
-                    _axpy_rows(ring[slot, r0:], _tap(w, m, r_ch), wc_s[i], hh, nr, r_ch, g, qs)
-                _axpy_rows(x[r0:], _tap(w, kernel - 1, r_ch), wc_s[i], hh, nr, r_ch, g, qs)
+                _conv_rows(ring, (off[i], pos, d, L), kernel, x, r0, nr, w, wc_s[i], hh, r_ch, g, qs)
                 # x[t] replaces x[t - L] (read above as the oldest tap)
                 ring[off[i] + pos % L, r0 : r0 + nr, :] = x[r0 : r0 + nr]
                 for r in range(nr):
@@ -1027,8 +1077,8 @@ def run_split(
     hp = b1.shape[1]
     h_ch = hid_sh.shape[0]
     qp = b2.shape[1]
-    width = max(r_ch, gp, g2, sp, s_ch, hp, h_ch, qp) + 16
-    qs = (np.zeros(width, np.int16), np.zeros(width, np.int32))
+    width = max(kernel * r_ch, gp, g2, sp, s_ch, hp, h_ch, qp) + 16
+    qs = (np.zeros(width, np.int16), np.zeros(width, np.int32), np.zeros(kernel * r_ch, np.float32))
     lo = ch_lo[part]
     nch = ch_hi[part] - lo
     s_lo = part * sp
@@ -1069,10 +1119,7 @@ def run_split(
             L = (kernel - 1) * d
             w = w_c[i]
             hh[:] = gbt[i]
-            for m in range(kernel - 1):
-                slot = off[i] + (pos - (kernel - 1 - m) * d) % L
-                _matvec(ring[slot], _tap(w, m, r_ch), wc_sp[i], hh, r_ch, gp, qs)
-            _matvec(x, _tap(w, kernel - 1, r_ch), wc_sp[i], hh, r_ch, gp, qs)
+            _conv_one(ring, (off[i], pos, d, L), kernel, x, w, wc_sp[i], hh, r_ch, gp, qs)
             gate_inplace(hh, zz, cp)
             for c in range(nch):
                 z_sh[i, lo + c] = zz[c]

@@ -472,7 +472,7 @@ def _split_arrays(
     h_bounds, hp = _block_bounds(p.h1.shape[1], parts)
     q_bounds, qp = _block_bounds(p.h2.shape[1], parts)
     weights = (  # the matrices in the kernels' layout (int8: pair_rows)
-        pair_rows(gate_split(p.wc), taps=p.kernel),  # (P, NL, kR, 2cp)
+        pair_rows(gate_split(p.wc)),  # (P, NL, kR, 2cp)
         p.kernel_matrices[1],
         p.bres,
         pair_rows(split_columns(p.wskip, s_bounds, sp)),  # (P, NL, G/2, Sp)

@@ -94,31 +94,24 @@ def quantize(w: np.ndarray, weights: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(q), np.ascontiguousarray(scale)
 
 
-def pair_rows(q: np.ndarray, taps: int | None = None) -> np.ndarray:
+def pair_rows(q: np.ndarray) -> np.ndarray:
     """int8 codes ``(..., in, out)`` in the int8 kernels' layout ``(..., out8 / 8, kp, 8, 2)``.
 
     Outputs in blocks of 8, each block's rows in pairs: element ``[.., b, j, c, e]`` is
     ``q[.., 2 j + e, 8 b + c]`` (one block is ``kp`` runs of 16 bytes, read in order by the
     products). Rows are padded with zeros to ``2 kp`` (``kp = ceil(in / 8) * 4``) and outputs to
-    ``out8``, a multiple of 8. ``taps``: a dilated conv's matrix ``(..., taps * k, out)`` becomes
-    ``(..., taps, out8 / 8, kp, 8, 2)``, one such matrix per tap. Other formats are returned as
-    they are.
+    ``out8``, a multiple of 8. A dilated conv's matrix ``(k * R, G)`` is paired whole: the
+    kernels multiply its taps' inputs side by side. Other formats are returned as they are.
     """
     if q.dtype != np.int8:
         return q
-    *lead, rows, n = q.shape
-    t = 1 if taps is None else taps
-    if rows % t:
-        raise ValueError(f"{rows} rows do not split into {t} taps")
-    k = rows // t
+    *lead, k, n = q.shape
     k8, n8 = -(-k // 8) * 8, -(-n // 8) * 8
-    out = np.zeros((*lead, t, k8, n8), np.int8)
-    out[..., :k, :n] = q.reshape(*lead, t, k, n)
+    out = np.zeros((*lead, k8, n8), np.int8)
+    out[..., :k, :n] = q
     nl = len(lead)
-    out = out.reshape(*lead, t, k8 // 2, 2, n8 // 8, 8)  # (.., t, pair j, e, block b, c)
-    out = out.transpose(*range(nl), nl, nl + 3, nl + 1, nl + 4, nl + 2)  # (.., t, b, j, c, e)
-    out = np.ascontiguousarray(out)
-    return out if taps is not None else out.reshape(*lead, n8 // 8, k8 // 2, 8, 2)
+    out = out.reshape(*lead, k8 // 2, 2, n8 // 8, 8)  # (.., pair j, e, block b, c)
+    return np.ascontiguousarray(out.transpose(*range(nl), nl + 2, nl, nl + 3, nl + 1))  # (.., b, j, c, e)
 
 
 def dequantize(stored: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -199,9 +192,9 @@ class PackedWaveNet:
     @cached_property
     def kernel_matrices(self) -> tuple[np.ndarray, ...]:
         """``(wc, wres, wskip, h1, h2)`` as the kernels take them: as stored, or int8 in blocks of
-        row pairs (:func:`pair_rows`; ``wc`` one matrix per tap)."""
+        row pairs (:func:`pair_rows`)."""
         return (
-            pair_rows(self.wc, taps=self.kernel),
+            pair_rows(self.wc),
             pair_rows(self.wres),
             pair_rows(self.wskip),
             pair_rows(self.h1),
