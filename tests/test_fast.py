@@ -386,8 +386,8 @@ def test_same_samples_at_other_temperatures(head, temperature):
     assert torch.equal(got, ref)
 
 
-def test_split_and_one_thread_agree_bit_for_bit_on_a_wider_model():
-    """Uneven column blocks (gate 2*13, skip 30, head 20, Q 37) and many mode switches."""
+def test_two_threads_and_one_agree_bit_for_bit_on_a_wider_model():
+    """Odd sizes (gate 2*13, skip 30, head 20 and Q 37 in two column blocks) and many switches."""
     model = make_model(residual_channels=16, gate_channels=26, skip_channels=30, head_channels=20,
                        quantization_channels=37, dilations=(1, 2, 4, 8, 16, 1, 2, 4))  # fmt: skip
     results = []
@@ -398,6 +398,20 @@ def test_split_and_one_thread_agree_bit_for_bit_on_a_wider_model():
         finally:
             unregister_backend("_test_fast")
     assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_two_threads_that_give_up_every_step_lose_nothing(monkeypatch, weights):
+    """A partner that keeps being descheduled makes both threads stop at the end of the step
+    (here: after every step) and one thread go on; the samples are those of one thread."""
+    import wavedil.fast.cpu as cpu
+
+    model = make_head_model("mol", speaker=False, mel=True)
+    mel = random_mel(model, 1, 400, seed=3)
+    ref = _fast_codes(make_fast_backend(threads=1), model, 400, seed=4, mel=mel, weights=weights)
+    monkeypatch.setattr(cpu, "MAX_LONG_WAITS_PER_CHUNK", -1)  # every step counts as "too many"
+    got = _fast_codes(make_fast_backend(threads=2, split=True, chunk=40), model, 400, seed=4, mel=mel, weights=weights)
+    assert torch.equal(got, ref)
 
 
 def test_progress_reaches_the_end():

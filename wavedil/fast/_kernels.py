@@ -13,10 +13,10 @@ Two kernels:
 * :func:`run_rows` -- a slice of batch rows advanced by one thread, layer by layer (the weights
   of one layer are reused by every row while they sit in cache). Several threads run it on
   disjoint slices with no synchronisation at all.
-* :func:`run_split` -- one sequence (batch 1) whose every layer is split by output columns
-  across ``P`` threads that meet at a spin barrier after each gate. Batch 1 is limited by how
-  fast the ~5 MB of float32 weights stream from the last-level cache; the split gives each core
-  half of them.
+* :func:`run_pipe` -- one sequence (batch 1) on two threads: one runs the chain of dilated
+  convs, gates and residual products, the other follows it with the skip products; they
+  share the head. Batch 1 is limited by how fast the weights (~5 MB in float32) stream from
+  the caches; the pipeline gives each core about half of them and no barrier per layer.
 
 The output head gives ``P`` parameters per sample; :func:`draw` samples from them as
 ``model.dist.sample`` does, in float64:
@@ -56,8 +56,8 @@ __all__ = [
     "exp_neg",
     "exp_reduced",
     "gate_inplace",
+    "run_pipe",
     "run_rows",
-    "run_split",
 ]
 
 _HAS_SCHED_YIELD = os.name == "posix"
@@ -173,10 +173,18 @@ def _barrier(sync, parties, target):
     """
     target += parties
     _atomic_add(sync, 0, 1)
+    return target, _wait_until(sync, 0, target)
+
+
+@nb.njit(**_JIT)
+def _wait_until(sync, idx, target):
+    """Spin until ``sync[idx] >= target`` (a counter other threads raise with :func:`_atomic_add`;
+    what they wrote before raising it is visible after). Returns 1 if the wait was long (the
+    writer was descheduled; this thread then yields its core between checks), else 0."""
     spins = 0
     long_wait = 0
     start = _cycles()
-    while _atomic_load(sync, 0) < target:
+    while _atomic_load(sync, idx) < target:
         _cpu_relax()
         spins += 1
         if spins % 64 == 0 and (
@@ -184,7 +192,7 @@ def _barrier(sync, parties, target):
         ):
             long_wait = 1
             _yield_cpu()
-    return target, long_wait
+    return long_wait
 
 
 # ----------------------------------------------------------------------------- math
@@ -1031,128 +1039,122 @@ def run_rows(
     return pos
 
 
-# ----------------------------------------------------------------------------- split kernel
+# ----------------------------------------------------------------------------- pipeline kernel
 
 
 @nb.njit(**_JIT)
-def run_split(
-    part, parts, sync, t0, t1, n_total, uniforms, temp, greedy, params, out,
+def run_pipe(
+    role, sync, t0, t1, n_total, uniforms, temp, greedy, params, out,
     head, classes, nmix, ls_min, in_scale, emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2, scales,
-    dil, off, kernel, ring, pos, z_sh, acc_sh, hid_sh, ch_lo, ch_hi, max_long_waits,
+    dil, off, kernel, ring, pos, z_sh, acc_sh, hid_sh, max_long_waits,
 ):  # fmt: skip
-    """Thread ``part`` of ``parts`` advancing one sequence from step ``t0`` towards ``t1``.
+    """One of two threads advancing one sequence (batch 1) from step ``t0`` towards ``t1``.
+
+    The two threads split each step by *what* they compute: role 0 runs the chain every next
+    layer depends on (draw, embedding, each layer's dilated conv, gate and residual product),
+    role 1 the skip products, which nothing waits for until the head. Role 0 publishes each
+    layer's gate output (``z_sh[i]``, then the counter ``sync[2]``) and goes straight on; role 1
+    follows about a layer behind. They meet only around the head (three barriers), whose
+    columns they share. So the chain pays no barrier per layer, no product is cut into narrow
+    column blocks, and each core streams about half the weights (batch 1 is bound by how fast
+    the weights stream from the caches).
+
+    Every number is computed as in :func:`run_rows` (the same products in the same order), so
+    the samples do not depend on the kernel.
 
     Returns ``(t, pos)``: the next step to run (``t1``, or earlier after a bail-out) and the
-    stream time then. When some thread waited long (see :data:`_LONG_WAIT_CYCLES`) at more
-    than ``max_long_waits`` barriers -- a partner keeps being descheduled because another
-    process wants its core -- all threads stop together at the end of the current step, so
-    the caller can go on with one thread from there.
-
-    All ``parts`` threads call this with the same arguments but ``part`` and must run at the
-    same time. Thread ``p`` owns gate channels ``ch_lo[p]:ch_hi[p]`` and the ``p``-th column
-    block of the skip and head matrices; the residual path is computed by every thread.
+    stream time then. When a thread waited long (see :data:`_LONG_WAIT_CYCLES`) more than
+    ``max_long_waits`` times -- its partner keeps being descheduled because another process
+    wants its core -- both stop together at the end of the current step, so the caller can go
+    on with one thread from there. Both threads must run at the same time, with the same
+    arguments but ``role``.
 
     Args (beyond those of :func:`run_rows`, for one sequence):
-        sync: ``(8,)`` int64 zeros: ``[0]`` the barrier counter, ``[1]`` the bail-out flag.
+        role: 0 or 1.
+        sync: ``(8,)`` int64 zeros: ``[0]`` the barrier counter, ``[1]`` the bail-out flag,
+            ``[2]`` gate outputs published by role 0.
         uniforms: ``(n_total, U)`` float64.
-        params: ``(Npar,)`` float32 head parameters, shared (written by the threads, read by all).
-        out: ``(n_total,)`` int64.
-        wc ``(P, NL, k*R, 2*Cp)`` thread ``p``'s gate columns ``[a_p | b_p]``, zero padded;
-        gbias ``(P, Tc, NL, 2*Cp)`` (``Tc`` as in :func:`run_rows`); wres ``(NL, G/2, R)``;
-        bres ``(NL, R)``; wskip ``(P, NL, G/2, Sp)``; bskip ``(P, Sp)``; h1 ``(P, S, Hp)``;
-        b1 ``(P, Hp)``; h2 ``(P, H, Qp)``; b2 ``(P, Qp)`` (column blocks, zero padded; ``Qp``
-        of the ``Npar`` head outputs).
-        scales: ``(wc_s (P, NL, 2*Cp), wres_s (NL, R), wskip_s (P, NL, Sp), h1_s (P, Hp),
-            h2_s (P, Qp))``, split as the matrices (int8 only; see :func:`run_rows`).
-        ring: ``(sum L, R)`` shared; z_sh ``(NL, G/2)``, acc_sh ``(S,)``, hid_sh ``(H,)``: shared.
+        params: ``(Npar,)`` float32 head parameters, shared (written by both, drawn by role 0).
+        out: ``(n_total,)`` int64 (written by role 0).
+        wc ``(NL, k*R, G)``, gbias ``(Tc, NL, G)``, wres, bres, wskip ``(NL, G/2, S)``, bskip
+            ``(S,)``: as in :func:`run_rows`; h1 ``(2, S, Hp)``, b1 ``(2, Hp)``, h2 ``(2, H, Qp)``,
+            b2 ``(2, Qp)``: the head's two column blocks, zero padded (``Qp`` of the ``Npar``
+            outputs; :attr:`wavedil.fast.pack.PackedWaveNet.head_halves`).
+        scales: ``(wc_s (NL, G), wres_s (NL, R), wskip_s (NL, S), h1_s (2, Hp), h2_s (2, Qp))``.
+        ring: ``(sum L, R)`` (role 0's); z_sh ``(NL, G/2)``, acc_sh ``(S,)``, hid_sh ``(H,)``: shared.
     """
     q = params.shape[0]
     r_ch = emb.shape[1]
-    nl = wc.shape[1]
-    gp = gbias.shape[3]
-    cp = gp // 2
-    g2 = z_sh.shape[1]
-    sp = bskip.shape[1]
-    s_ch = acc_sh.shape[0]
+    nl = wc.shape[0]
+    g = gbias.shape[2]
+    g2 = g // 2
+    s_ch = bskip.shape[0]
     hp = b1.shape[1]
     h_ch = hid_sh.shape[0]
     qp = b2.shape[1]
-    width = max(kernel * r_ch, gp, g2, sp, s_ch, hp, h_ch, qp) + 16
+    width = max(kernel * r_ch, g, s_ch, hp, h_ch, qp) + 16
     qs = (np.zeros(width, np.int16), np.zeros(width, np.int32), np.zeros(kernel * r_ch, np.float32))
-    lo = ch_lo[part]
-    nch = ch_hi[part] - lo
-    s_lo = part * sp
-    s_n = min(sp, s_ch - s_lo)
-    h_lo = part * hp
+    h_lo = role * hp
     h_n = min(hp, h_ch - h_lo)
-    q_lo = part * qp
+    q_lo = role * qp
     q_n = min(qp, q - q_lo)
-    r_lo = (r_ch * part) // parts
-    r_hi = (r_ch * (part + 1)) // parts
-    w_c = wc[part]
-    gb = gbias[part]
-    w_s = wskip[part]
     wc_s, wres_s, wskip_s, h1_s, h2_s = scales
-    wc_sp = wc_s[part]
-    ws_sp = wskip_s[part]
     x = np.empty(r_ch, np.float32)
-    hh = np.empty(gp, np.float32)
-    zz = np.empty(cp, np.float32)
-    zf = np.empty(g2, np.float32)
-    acc = np.empty(sp, np.float32)
+    hh = np.empty(g, np.float32)
+    acc = np.empty(s_ch, np.float32)
     tmp = np.empty(max(hp, qp), np.float32)
     p = np.empty(max(q, classes if head == HEAD_MULAW else nmix), np.float64)
-    per_step = gb.shape[0] > 1
+    per_step = gbias.shape[0] > 1
     target = np.int64(0)
+    published = np.int64(0)
     long_waits = 0
     for t in range(t0, t1):
-        code = draw(params, head, classes, nmix, ls_min, uniforms[t], temp, greedy, p)
-        if part == 0:
+        if role == 0:
+            code = draw(params, head, classes, nmix, ls_min, uniforms[t], temp, greedy, p)
             out[t] = code
         if t + 1 >= n_total:
             return t + 1, pos
-        gbt = gb[t - t0] if per_step else gb[0]
-        _embed(emb, in_scale, code, x, r_ch)
-        acc[:] = bskip[part]
-        for i in range(nl):
-            d = dil[i]
-            L = (kernel - 1) * d
-            w = w_c[i]
-            hh[:] = gbt[i]
-            _conv_one(ring, (off[i], pos, d, L), kernel, x, w, wc_sp[i], hh, r_ch, gp, qs)
-            gate_inplace(hh, zz, cp)
-            for c in range(nch):
-                z_sh[i, lo + c] = zz[c]
-            target, y = _barrier(sync, parts, target)
-            long_waits += y
-            # every thread has read this layer's taps: the slot may take x[t] now (x is still
-            # this layer's input; each thread writes its share of the channels)
-            ring[off[i] + pos % L, r_lo:r_hi] = x[r_lo:r_hi]
-            zf[:] = z_sh[i]
-            if i + 1 < nl:
-                x[:] += bres[i]
-                _matvec2(zf, wres[i], wres_s[i], x, r_ch, w_s[i], ws_sp[i], acc, sp, g2, qs)
-            else:
-                _matvec(zf, w_s[i], ws_sp[i], acc, g2, sp, qs)
+        if role == 0:
+            gbt = gbias[t - t0] if per_step else gbias[0]
+            _embed(emb, in_scale, code, x, r_ch)
+            for i in range(nl):
+                d = dil[i]
+                L = (kernel - 1) * d
+                hh[:] = gbt[i]
+                _conv_one(ring, (off[i], pos, d, L), kernel, x, wc[i], wc_s[i], hh, r_ch, g, qs)
+                ring[off[i] + pos % L] = x  # x[t] replaces x[t - L] (read above as the oldest tap)
+                gate_inplace(hh, z_sh[i], g2)
+                _atomic_add(sync, 2, 1)  # z_sh[i] is complete: role 1 may read it
+                if i + 1 < nl:
+                    x[:] += bres[i]
+                    _matvec(z_sh[i], wres[i], wres_s[i], x, g2, r_ch, qs)
+        else:
+            acc[:] = bskip
+            for i in range(nl):
+                published += 1
+                long_waits += _wait_until(sync, 2, published)
+                _matvec(z_sh[i], wskip[i], wskip_s[i], acc, g2, s_ch, qs)
+            for c in range(s_ch):
+                acc_sh[c] = max(acc[c], np.float32(0.0))
         pos += 1
-        for c in range(s_n):
-            acc_sh[s_lo + c] = max(acc[c], np.float32(0.0))
-        target, y = _barrier(sync, parts, target)
+        # the head: role 1 wrote acc_sh; each role computes its column blocks
+        target, y = _barrier(sync, 2, target)
         long_waits += y
-        tmp[:hp] = b1[part]
-        _matvec(acc_sh, h1[part], h1_s[part], tmp, s_ch, hp, qs)
+        tmp[:hp] = b1[role]
+        _matvec(acc_sh, h1[role], h1_s[role], tmp, s_ch, hp, qs)
         for c in range(h_n):
             hid_sh[h_lo + c] = max(tmp[c], np.float32(0.0))
-        target, y = _barrier(sync, parts, target)
+        target, y = _barrier(sync, 2, target)
         long_waits += y
-        tmp[:qp] = b2[part]
-        _matvec(hid_sh, h2[part], h2_s[part], tmp, h_ch, qp, qs)
+        tmp[:qp] = b2[role]
+        _matvec(hid_sh, h2[role], h2_s[role], tmp, h_ch, qp, qs)
         for c in range(q_n):
             params[q_lo + c] = tmp[c]
         if long_waits > max_long_waits:
             _atomic_add(sync, 1, 1)
-        target, y = _barrier(sync, parts, target)
+        # params complete (role 0 draws from them next); role 1 is done reading z_sh
+        target, y = _barrier(sync, 2, target)
         long_waits += y
-        if _atomic_load(sync, 1) > 0:  # set before this barrier: every thread sees it here
+        if _atomic_load(sync, 1) > 0:
             return t + 1, pos
     return t1, pos

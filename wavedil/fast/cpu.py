@@ -5,11 +5,13 @@ numba; this module imports them lazily, so importing it costs nothing when numba
 
 How the work is cut, by batch size ``B``:
 
-* ``B == 1``: memory bound (a ref30 model's ~5 MB of float32 weights stream from the last-level
-  cache for every sample). With two or more threads each layer is split by columns across
-  threads that meet at a spin barrier after every gate, so each core streams its share. A
-  split that loses (a busy machine keeps descheduling a partner) gives way to one thread,
-  chunk by chunk (:func:`_generate_one`).
+* ``B == 1``: memory bound (a ref30 model's ~5 MB of float32 weights stream from the caches
+  for every sample). With two or more threads, two run a pipeline
+  (:func:`~wavedil.fast._kernels.run_pipe`): one thread the chain of dilated convs, gates and
+  residual products, the other the skip products a layer behind it; they share the head. Each
+  core streams about half the weights and the chain never waits inside a step. Two threads
+  that lose (a busy machine keeps descheduling a partner) give way to one, chunk by chunk
+  (:func:`_generate_one`).
 * ``B > 1``: one slice of rows per thread, each advanced on its own by the fused kernel (no
   synchronisation); each layer's weights serve all the rows of a slice while in cache.
 * Local (mel) conditioning: the gate biases of every layer for each step (conv bias plus
@@ -44,9 +46,7 @@ from .pack import (
     pack_cond_bias,
     pack_global_bias,
     pack_model,
-    pair_rows,
     ring_from_state,
-    split_columns,
     state_from_ring,
 )
 
@@ -60,10 +60,10 @@ __all__ = [
     "usable_cpus",
 ]
 
-#: The split of one sequence across threads pays a barrier per layer; below this many bytes of
+#: Two threads on one sequence meet at three barriers per step; below this many bytes of
 #: weights per step the weights stay in one core's cache and one thread is faster.
 SPLIT_MIN_WEIGHT_BYTES = 1 << 20
-#: A split chunk stops (and one thread takes over) once a thread waited long (~0.1 ms: its
+#: A two-thread chunk stops (and one thread takes over) once a thread waited long (~0.1 ms: its
 #: partner was descheduled) at this many barriers.
 MAX_LONG_WAITS_PER_CHUNK = 8
 #: A sequence re-measures the way it is not using every this many chunks.
@@ -112,11 +112,11 @@ class CpuOptions:
     Args:
         threads: worker threads; None takes ``torch.get_num_threads()`` (capped at the usable
             CPUs), so ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` steer both back-ends.
-        split: split one sequence (batch 1) across threads: True, False, or None to decide by
-            the size of the weights (:data:`SPLIT_MIN_WEIGHT_BYTES`).
+        split: run one sequence (batch 1) on two threads when ``threads >= 2``: True, False,
+            or None to decide by the size of the weights (:data:`SPLIT_MIN_WEIGHT_BYTES`).
         row_block: batch rows computed together per layer by one thread.
         chunk: samples per kernel call for a batch of one (the unit of ``progress`` reports and
-            of the split/one-thread choice); a batch of ``B`` reports every
+            of the two-thread/one-thread choice); a batch of ``B`` reports every
             ``max(1, chunk // B)`` steps.
     """
 
@@ -287,7 +287,7 @@ def cpu_teacher_forced_logits(
 def _run_threads(targets: list[Callable[[], object]]) -> list[object]:
     """Run each callable in its own thread (the first in this one) and return their results.
 
-    All of them run at the same time, which the split kernel's barrier requires.
+    All of them run at the same time, which the pipeline kernel's barriers require.
     """
     results: list[object] = [None] * len(targets)
     errors: list[BaseException] = []
@@ -314,16 +314,6 @@ def _row_slices(batch: int, parts: int) -> list[slice]:
     parts = max(1, min(parts, batch))
     bounds = [batch * p // parts for p in range(parts + 1)]
     return [slice(bounds[p], bounds[p + 1]) for p in range(parts)]
-
-
-def _even_bounds(n: int, parts: int) -> list[tuple[int, int]]:
-    return [(n * p // parts, n * (p + 1) // parts) for p in range(parts)]
-
-
-def _block_bounds(n: int, parts: int) -> tuple[list[tuple[int, int]], int]:
-    """Column blocks of equal width ``ceil(n / parts)`` (the last may be short or empty)."""
-    width = -(-n // parts)
-    return [(min(n, p * width), min(n, (p + 1) * width)) for p in range(parts)], width
 
 
 # ----------------------------------------------------------------------------- batch > 1
@@ -375,12 +365,14 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
 
 def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, n_total: int,
                   bias_for: _Biases, threads: int, options: CpuOptions, progress) -> tuple[np.ndarray, int]:  # fmt: skip
-    """One sequence: split across ``threads`` or on one thread, chunk by chunk, whichever is faster.
+    """One sequence: on two threads (:func:`~wavedil.fast._kernels.run_pipe`) or on one, chunk by
+    chunk, whichever is faster.
 
     Both ways compute every number in the same order, so switching between chunks does not
-    change the result. The first chunk runs split, the second on one thread; after that the
-    faster way runs, and the other is re-measured every :data:`REPROBE_CHUNKS` chunks. A split
-    chunk stops early when a partner thread keeps being descheduled (a busy machine).
+    change the result. The first chunk runs on two threads, the second on one; after that the
+    faster way runs, and the other is re-measured every :data:`REPROBE_CHUNKS` chunks. A
+    two-thread chunk stops early when a partner thread keeps being descheduled (a busy machine).
+    More than two threads are not used: the pipeline has two roles.
 
     ``lg (P,)`` (ends as the head parameters after the last forward pass), ``u (N, U)``,
     ``out (N,)``; ``bias_for`` gives ``(Tc, 1, NL, G)``. Returns the ring ``(sum L, R)`` and
@@ -389,13 +381,13 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     p = packed
     wc, wres, wskip, h1, h2 = p.kernel_matrices
     n = out.shape[0]
-    parts = max(1, min(threads, p.wres.shape[1]))
+    two = threads >= 2
     ring = np.ascontiguousarray(ring_from_state(packed, state)[:, 0, :])  # (sum L, R)
     per_step = bias_for.per_step
     static = bias_for.static  # (1, 1, NL, G): the biases without local conditioning
-    if parts > 1:
-        split_weights, split_scales, ch_lo, ch_hi, ch_w = _split_arrays(packed, parts)
-        static_split = _split_bias(static[:, 0], ch_lo, ch_hi, ch_w)
+    if two:
+        head, head_scales = packed.head_halves
+        pipe_scales = (*p.scales[:3], *head_scales)
         z_sh = np.zeros((p.wres.shape[0], p.wres.shape[1]), np.float32)
         acc_sh = np.zeros(p.h1.shape[0], np.float32)
         hid_sh = np.zeros(p.h2.shape[0], np.float32)
@@ -403,13 +395,11 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     lg_rows, out_rows, u_rows = lg.reshape(1, -1), out.reshape(1, n), u.reshape(n, 1, -1)
     ring_rows = ring.reshape(ring.shape[0], 1, -1)
 
-    def split_job(part: int, sync: np.ndarray, t: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], tuple]:
-        wcs, *rest = split_weights
-        return lambda: kern.run_split(
-            part, parts, sync, t, t1, n_total, u, temp, greedy, lg, out, *p.head_args,
-            p.emb, wcs, gb, *rest, split_scales, p.dil, p.off, p.kernel, ring, pos, z_sh, acc_sh, hid_sh,
-            ch_lo, ch_hi,
-            MAX_LONG_WAITS_PER_CHUNK,
+    def pipe_job(role: int, sync: np.ndarray, t: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], tuple]:
+        return lambda: kern.run_pipe(
+            role, sync, t, t1, n_total, u, temp, greedy, lg, out, *p.head_args,
+            p.emb, wc, gb, wres, p.bres, wskip, p.bskip, *head, pipe_scales,
+            p.dil, p.off, p.kernel, ring, pos, z_sh, acc_sh, hid_sh, MAX_LONG_WAITS_PER_CHUNK,
         )  # fmt: skip
 
     def one_thread(t: int, t1: int, pos: int, gb: np.ndarray) -> int:
@@ -421,83 +411,29 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
 
     # compile, or load from numba's cache, before anything is timed (zero steps: no barrier)
     one_thread(0, 0, state.pos, static)
-    if parts > 1:
-        split_job(0, np.zeros(8, np.int64), 0, 0, state.pos, static_split)()
+    if two:
+        pipe_job(0, np.zeros(8, np.int64), 0, 0, state.pos, np.ascontiguousarray(static[:, 0]))()
     rate: dict[bool, float] = {}
-    pos, t, chunks, use_split = state.pos, 0, 0, parts > 1
+    pos, t, chunks, use_two = state.pos, 0, 0, two
     while t < n:
         t1 = min(n, t + options.chunk)
         table = bias_for(t, t1) if per_step else static  # outside the timing: the same for both ways
         start = time.perf_counter()
-        if use_split:
+        if use_two:
             sync = np.zeros(8, np.int64)
-            gb = _split_bias(table[:, 0], ch_lo, ch_hi, ch_w) if per_step else static_split
-            t_next, pos = _run_threads([split_job(part, sync, t, t1, pos, gb) for part in range(parts)])[0]
+            gb = np.ascontiguousarray(table[:, 0])  # (Tc, NL, G)
+            t_next, pos = _run_threads([pipe_job(role, sync, t, t1, pos, gb) for role in range(2)])[0]
         else:
             pos, t_next = one_thread(t, t1, pos, table), t1
-        rate[use_split] = (t_next - t) / max(time.perf_counter() - start, 1e-9)
+        rate[use_two] = (t_next - t) / max(time.perf_counter() - start, 1e-9)
         pos, t, chunks = int(pos), int(t_next), chunks + 1
-        if parts > 1:
+        if two:
             best = max(rate, key=rate.get)
             if chunks == 1 or chunks % REPROBE_CHUNKS == 0:
-                use_split = not use_split if len(rate) == 1 else not best
+                use_two = not use_two if len(rate) == 1 else not best
             else:
-                use_split = best
+                use_two = best
         if progress is not None:
             progress(t)
     return ring, pos
 
-
-def _split_arrays(
-    packed: PackedWaveNet, parts: int
-) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], np.ndarray, np.ndarray, int]:
-    """Weights of :func:`run_split` for ``parts`` threads, in its argument order (less ``gbias``).
-
-    Returns ``((wc, wres, bres, wskip, bskip, h1, b1, h2, b2), scales, ch_lo, ch_hi, cp)``:
-    thread ``p`` owns gate channels ``ch_lo[p]:ch_hi[p]`` (``cp`` columns each, padded) and the
-    ``p``-th column block of the rest; ``scales`` are the int8 scales split the same way.
-    """
-    p = packed
-    wc_s, wres_s, wskip_s, h1_s, h2_s = p.scales
-    g2 = p.wres.shape[1]
-    ch = _even_bounds(g2, parts)
-    cp = max(hi - lo for lo, hi in ch)
-
-    def gate_split(a: np.ndarray) -> np.ndarray:  # thread p's gate columns: [a lo:hi | pad | b lo:hi | pad]
-        return np.ascontiguousarray(
-            np.concatenate([split_columns(a[..., :g2], ch, cp), split_columns(a[..., g2:], ch, cp)], axis=-1)
-        )
-
-    s_bounds, sp = _block_bounds(p.wskip.shape[2], parts)
-    h_bounds, hp = _block_bounds(p.h1.shape[1], parts)
-    q_bounds, qp = _block_bounds(p.h2.shape[1], parts)
-    weights = (  # the matrices in the kernels' layout (int8: pair_rows)
-        pair_rows(gate_split(p.wc)),  # (P, NL, kR, 2cp)
-        p.kernel_matrices[1],
-        p.bres,
-        pair_rows(split_columns(p.wskip, s_bounds, sp)),  # (P, NL, G/2, Sp)
-        split_columns(p.bskip, s_bounds, sp),  # (P, Sp)
-        pair_rows(split_columns(p.h1, h_bounds, hp)),  # (P, S, Hp)
-        split_columns(p.b1, h_bounds, hp),  # (P, Hp)
-        pair_rows(split_columns(p.h2, q_bounds, qp)),  # (P, H, Qp)
-        split_columns(p.b2, q_bounds, qp),  # (P, Qp)
-    )
-    scales = (
-        gate_split(wc_s),  # (P, NL, 2cp)
-        wres_s,
-        split_columns(wskip_s, s_bounds, sp),  # (P, NL, Sp)
-        split_columns(h1_s, h_bounds, hp),  # (P, Hp)
-        split_columns(h2_s, q_bounds, qp),  # (P, Qp)
-    )
-    ch_lo = np.array([lo for lo, _ in ch], np.int64)
-    ch_hi = np.array([hi for _, hi in ch], np.int64)
-    return weights, scales, ch_lo, ch_hi, cp
-
-
-def _split_bias(gbias: np.ndarray, ch_lo: np.ndarray, ch_hi: np.ndarray, cp: int) -> np.ndarray:
-    """Gate biases ``(Tc, NL, G)`` as :func:`run_split` takes them: ``(P, Tc, NL, 2*cp)``."""
-    g2 = gbias.shape[-1] // 2
-    ch = list(zip(ch_lo.tolist(), ch_hi.tolist()))
-    a = split_columns(gbias[..., :g2], ch, cp)
-    b = split_columns(gbias[..., g2:], ch, cp)
-    return np.ascontiguousarray(np.concatenate([a, b], axis=-1))

@@ -201,6 +201,24 @@ class PackedWaveNet:
             pair_rows(self.h2),
         )
 
+    @cached_property
+    def head_halves(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, np.ndarray]]:
+        """The head in two column blocks, one per thread of a batch-1 pipeline
+        (:func:`wavedil.fast._kernels.run_pipe`): ``((h1 (2, S, Hp), b1 (2, Hp), h2 (2, H, Qp),
+        b2 (2, Qp)), (h1_s (2, Hp), h2_s (2, Qp)))``, blocks of width ``ceil(n / 2)``, zero padded,
+        the matrices as the kernels take them and the int8 scales split the same way."""
+        h_n, q_n = self.h1.shape[1], self.h2.shape[1]
+        hp, qp = -(-h_n // 2), -(-q_n // 2)
+        h_bounds = [(0, hp), (hp, h_n)]
+        q_bounds = [(0, qp), (qp, q_n)]
+        weights = (
+            pair_rows(split_columns(self.h1, h_bounds, hp)),
+            split_columns(self.b1, h_bounds, hp),
+            pair_rows(split_columns(self.h2, q_bounds, qp)),
+            split_columns(self.b2, q_bounds, qp),
+        )
+        return weights, (split_columns(self.scales[3], h_bounds, hp), split_columns(self.scales[4], q_bounds, qp))
+
     @property
     def ring_rows(self) -> int:
         """Rows of the concatenated ring buffers: ``(k - 1) * sum(dilations)``."""
