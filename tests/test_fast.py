@@ -522,6 +522,31 @@ def test_pair_rows_lays_out_blocks_of_eight_outputs_by_row_pairs_with_zero_paddi
     assert pair_rows(f) is f  # other formats pass through
 
 
+def test_pair_rows_split_pairs_a_convs_past_taps_apart_and_products_take_either_part():
+    """A conv of kernel 3 with R = 5: the 10 past rows and the 5 rows of the last tap are paired
+    and padded apart (8 + 4 pairs per block), and a product from pair ``p0`` sums only its part."""
+    from wavedil.fast import _kernels as kern
+    from wavedil.fast.pack import pair_rows
+
+    rng = np.random.default_rng(1)
+    q = rng.integers(-127, 128, (15, 11)).astype(np.int8)
+    p = pair_rows(q, split=10)
+    assert p.shape == (2, 12, 8, 2)
+    assert np.array_equal(p[:, :8], pair_rows(q[:10])) and np.array_equal(p[:, 8:], pair_rows(q[10:]))
+    xq = rng.integers(-300, 300, 16).astype(np.int16)
+    isum = np.zeros(16, np.int32)
+    fns = (kern._isum_plain, kern._isum_avx2) if kern._HAS_AVX2 else (kern._isum_plain,)
+    for p0, rows in ((0, slice(0, 10)), (8, slice(10, 15))):
+        k = rows.stop - rows.start
+        x = np.zeros(16, np.int16)
+        x[:k] = xq[:k]
+        want = (x[:k].astype(np.int64) @ q[rows].astype(np.int64)).astype(np.int32)
+        for fn in fns:
+            isum[:] = -1
+            fn(x, p, isum, p0, kern.pair_count(k), 16)
+            assert np.array_equal(isum[:11], want), (fn, p0)
+
+
 @pytest.mark.parametrize("k, n", [(64, 128), (5, 3), (37, 20), (1030, 16)])
 def test_int8_products_are_exact_integer_sums_of_int16_inputs(k, n):
     """The int8 mode's product: the input rounded to int16 with one scale, summed exactly in
@@ -551,7 +576,7 @@ def test_int8_products_are_exact_integer_sums_of_int16_inputs(k, n):
     np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-6)
     for isum_fn in (kern._isum_plain, kern._isum_avx2) if kern._HAS_AVX2 else (kern._isum_plain,):
         isum[:] = -1
-        isum_fn(xq, paired, isum, paired.shape[1], paired.shape[0] * 8)
+        isum_fn(xq, paired, isum, 0, paired.shape[1], paired.shape[0] * 8)
         assert np.array_equal(isum[:n], exact.astype(np.int32)), isum_fn
     # against float32 on the dequantised weights: the activations' rounding is about 2**-16
     ref = x.astype(np.float64) @ (q.astype(np.float64) * sc)

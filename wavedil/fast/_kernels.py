@@ -459,15 +459,15 @@ def _bits_f32(typingctx, b):
 
 
 def _make_dot8(blocks):
-    """An intrinsic ``dot(isum, o, w, w_off, xq, kp)``: ``isum[o : o + 8 * blocks] = sum_j xq[j] *
-    W[j, o : o + 8 * blocks]`` in int32 with AVX2's ``pmaddwd``. Each block of 8 outputs is
-    ``kp * 16`` bytes of ``w`` (int8, flat; the first from ``w_off``, the next following it),
-    one row pair (8 outputs x 2 rows) per 16 bytes; ``xq`` int16, read as int32 pairs. Each
-    pair is broadcast once for all ``blocks``."""
+    """An intrinsic ``dot(isum, o, w, w_off, xq, kp, stride)``: ``isum[o : o + 8 * blocks] =
+    sum_j xq[j] * W[j, o : o + 8 * blocks]`` in int32 with AVX2's ``pmaddwd``, over ``kp`` row
+    pairs. Each block of 8 outputs is ``kp * 16`` bytes of ``w`` (int8, flat; the first from
+    ``w_off``, the next ``stride * 16`` bytes after it), one row pair (8 outputs x 2 rows) per
+    16 bytes; ``xq`` int16, read as int32 pairs. Each pair is broadcast once for all ``blocks``."""
 
     @intrinsic
-    def dot(typingctx, isum, o, w, w_off, xq, kp):
-        sig = types.void(isum, o, w, w_off, xq, kp)
+    def dot(typingctx, isum, o, w, w_off, xq, kp, stride):
+        sig = types.void(isum, o, w, w_off, xq, kp, stride)
 
         def codegen(context, builder, signature, args):
             i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
@@ -479,7 +479,8 @@ def _make_dot8(blocks):
             wbase = builder.gep(builder.bitcast(w_a.data, i8.as_pointer()), [args[3]])
             pairs = builder.bitcast(xq_a.data, i32.as_pointer())
             kp = args[5]
-            block_bytes = builder.shl(kp, ir.Constant(kp.type, 4))
+            stride = context.cast(builder, args[6], signature.args[6], signature.args[5])
+            block_bytes = builder.shl(stride, ir.Constant(kp.type, 4))
             pmadd = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd"
             )
@@ -516,26 +517,30 @@ _dot8x4 = _make_dot8(4)
 
 
 @nb.njit(**_JIT)
-def _isum_avx2(xq, w, isum, kp, n8):
-    """``isum[:n8] = sum_j xq[j] * W[j, :n8]`` (int32) for ``w (n8/8, kp, 8, 2)`` (C-contiguous),
-    with ``pmaddwd``: four blocks of 8 outputs at a time, then one at a time."""
+def _isum_avx2(xq, w, isum, p0, kp, n8):
+    """``isum[:n8] = sum_j xq[j] * W[2 p0 + j, :n8]`` (int32) over the ``kp`` row pairs from
+    ``p0`` of ``w (n8/8, KP, 8, 2)`` (C-contiguous), with ``pmaddwd``: four blocks of 8
+    outputs at a time, then one at a time."""
     blocks = n8 // 8
     b4 = blocks - blocks % 4
+    stride = w.shape[1]
     for ob in range(0, b4, 4):
-        _dot8x4(isum, ob * 8, w, ob * kp * 16, xq, kp)
+        _dot8x4(isum, ob * 8, w, (ob * stride + p0) * 16, xq, kp, stride)
     for ob in range(b4, blocks):
-        _dot8x1(isum, ob * 8, w, ob * kp * 16, xq, kp)
+        _dot8x1(isum, ob * 8, w, (ob * stride + p0) * 16, xq, kp, stride)
 
 
 @nb.njit(**_JIT)
-def _isum_plain(xq, w, isum, kp, n8):
+def _isum_plain(xq, w, isum, p0, kp, n8):
     """:func:`_isum_avx2` without AVX2: the same integer sums."""
     for ob in range(n8 // 8):
         wb = w[ob]
         for c in range(8):
             s = np.int32(0)
             for jp in range(kp):
-                s += np.int32(xq[2 * jp]) * np.int32(wb[jp, c, 0]) + np.int32(xq[2 * jp + 1]) * np.int32(wb[jp, c, 1])
+                s += np.int32(xq[2 * jp]) * np.int32(wb[p0 + jp, c, 0]) + np.int32(xq[2 * jp + 1]) * np.int32(
+                    wb[p0 + jp, c, 1]
+                )
             isum[ob * 8 + c] = s
 
 
@@ -566,17 +571,18 @@ def _quant16(x, k, xq):
 
 
 @nb.njit(**_JIT)
-def _qmatvec(xq, xs, w, sc, y, k, n, isum):
-    """``y[:n] += x @ W`` for int8 ``W`` in blocks of row pairs (``w (n8/8, kp, 8, 2)``, scales
-    ``sc (n,)``) and an input ``x`` that :func:`_quant16` rounded to ``(xq, xs)``; ``isum (>= n8,)``
-    int32 scratch. A NaN scale (a non-finite input) makes every output NaN, as float32 would."""
+def _qmatvec(xq, xs, w, p0, sc, y, k, n, isum):
+    """``y[:n] += x @ W`` for int8 ``W`` in blocks of row pairs (``w (n8/8, KP, 8, 2)``, its ``k``
+    rows from pair ``p0``; scales ``sc (n,)``) and an input ``x`` that :func:`_quant16` rounded
+    to ``(xq, xs)``; ``isum (>= n8,)`` int32 scratch. A NaN scale (a non-finite input) makes
+    every output NaN, as float32 would."""
     if xs == 0:  # every product is zero
         return
     if xs != xs:
         for o in range(n):
             y[o] += xs
         return
-    _isum(xq, w, isum, pair_count(k), w.shape[0] * 8)
+    _isum(xq, w, isum, p0, pair_count(k), w.shape[0] * 8)
     for o in range(n):
         y[o] += np.float32(isum[o]) * (sc[o] * xs)
 
@@ -585,7 +591,7 @@ def _qmatvec(xq, xs, w, sc, y, k, n, isum):
 def _matvec_i8(x, w, sc, y, k, n, xq, isum):
     """``y[:n] += x[:k] @ W`` for int8 ``W`` (see :func:`_qmatvec`) with ``x`` rounded to int16
     (:func:`_quant16`); ``xq (>= 2 kp,)`` int16 scratch."""
-    _qmatvec(xq, _quant16(x, k, xq), w, sc, y, k, n, isum)
+    _qmatvec(xq, _quant16(x, k, xq), w, 0, sc, y, k, n, isum)
 
 
 def _matvec(x, w, sc, y, k, n, qs):
@@ -627,8 +633,8 @@ def _matvec2_impl(x, w1, sc1, y1, n1, w2, sc2, y2, n2, k, qs):
 
         def matvec2_i8(x, w1, sc1, y1, n1, w2, sc2, y2, n2, k, qs):
             xs = _quant16(x, k, qs[0])
-            _qmatvec(qs[0], xs, w1, sc1, y1, k, n1, qs[1])
-            _qmatvec(qs[0], xs, w2, sc2, y2, k, n2, qs[1])
+            _qmatvec(qs[0], xs, w1, 0, sc1, y1, k, n1, qs[1])
+            _qmatvec(qs[0], xs, w2, 0, sc2, y2, k, n2, qs[1])
 
         return matvec2_i8
 
@@ -650,8 +656,8 @@ def _axpy_rows2_impl(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
         def rows2_i8(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
             for r in range(n_rows):
                 xs = _quant16(a[r], k, qs[0])
-                _qmatvec(qs[0], xs, w1, sc1, c1[r], k, n1, qs[1])
-                _qmatvec(qs[0], xs, w2, sc2, c2[r], k, n2, qs[1])
+                _qmatvec(qs[0], xs, w1, 0, sc1, c1[r], k, n1, qs[1])
+                _qmatvec(qs[0], xs, w2, 0, sc2, c2[r], k, n2, qs[1])
 
         return rows2_i8
 
@@ -662,13 +668,58 @@ def _axpy_rows2_impl(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
     return rows2_f
 
 
+def _conv_past(ring, where, kernel, row, w, sc, h, r_ch, g, qs):
+    """``h[:g] += sum_{m < kernel - 1} in_m @ W_m``: the dilated conv's taps on the past, of ring
+    row ``row``. ``where = (off, pos, d, L)`` of the layer at stream time ``pos``: tap ``m`` reads
+    ring slot ``off + (pos - (kernel - 1 - m) * d) % L``; ``ring (sum L, B, R)``; ``w`` the layer's
+    ``(k * R, G)`` matrix in its format. Float formats multiply tap by tap; int8 rounds the past
+    taps' inputs together (one scale, ``qs[2]`` their ``((k - 1) * R,)`` scratch) for one product
+    of the first ``(k - 1) * R`` rows (paired apart from the last tap's,
+    :func:`wavedil.fast.pack.pair_rows`)."""
+
+
+@overload(_conv_past)
+def _conv_past_impl(ring, where, kernel, row, w, sc, h, r_ch, g, qs):
+    if w.ndim == 4:
+
+        def past_i8(ring, where, kernel, row, w, sc, h, r_ch, g, qs):
+            off, pos, d, L = where
+            xcat = qs[2]
+            for m in range(kernel - 1):
+                xcat[m * r_ch : (m + 1) * r_ch] = ring[off + (pos - (kernel - 1 - m) * d) % L, row]
+            k = (kernel - 1) * r_ch
+            _qmatvec(qs[0], _quant16(xcat, k, qs[0]), w, 0, sc, h, k, g, qs[1])
+
+        return past_i8
+
+    def past_f(ring, where, kernel, row, w, sc, h, r_ch, g, qs):
+        off, pos, d, L = where
+        for m in range(kernel - 1):
+            _matvec_f(ring[off + (pos - (kernel - 1 - m) * d) % L, row], w[m * r_ch :], sc, h, r_ch, g)
+
+    return past_f
+
+
+def _conv_cur(x, kernel, w, sc, h, r_ch, g, qs):
+    """``h[:g] += x @ W_{k-1}``: the dilated conv's last tap (the layer input ``x (R,)`` now)."""
+
+
+@overload(_conv_cur)
+def _conv_cur_impl(x, kernel, w, sc, h, r_ch, g, qs):
+    if w.ndim == 4:
+
+        def cur_i8(x, kernel, w, sc, h, r_ch, g, qs):
+            _qmatvec(qs[0], _quant16(x, r_ch, qs[0]), w, pair_count((kernel - 1) * r_ch), sc, h, r_ch, g, qs[1])
+
+        return cur_i8
+    return lambda x, kernel, w, sc, h, r_ch, g, qs: _matvec_f(x, w[(kernel - 1) * r_ch :], sc, h, r_ch, g)
+
+
 def _conv_rows(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
-    """The dilated conv of rows ``r0 : r0 + nr``: ``hh[r, :g] += sum_m in_m[r0 + r] @ W_m`` over the
-    taps; ``where = (off, pos, d, L)`` of the layer, tap ``m < kernel - 1`` reading ring slot
-    ``off + (pos - (kernel - 1 - m) * d) % L`` and the last tap ``x``. ``ring (sum L, B, R)``,
-    ``x (B, R)``. Float formats multiply tap by tap (rows in order); int8 rounds the taps'
-    inputs together (one scale) and makes one product of ``kernel * R`` rows (the matrix is
-    paired whole, :func:`wavedil.fast.pack.pair_rows`); ``qs[2]`` is its ``(kernel * R,)`` scratch."""
+    """The dilated conv of rows ``r0 : r0 + nr``: ``hh[r, :g] +=`` :func:`_conv_past` of ring row
+    ``r0 + r`` ``+`` :func:`_conv_cur` of ``x[r0 + r]`` (``x (B, R)``). Float formats go tap by
+    tap over all the rows (each weight row serves every row while in cache), which adds in the
+    same order."""
 
 
 @overload(_conv_rows)
@@ -676,14 +727,9 @@ def _conv_rows_impl(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
     if w.ndim == 4:
 
         def conv_i8(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
-            off, pos, d, L = where
-            xcat = qs[2]
             for r in range(nr):
-                for m in range(kernel - 1):
-                    slot = off + (pos - (kernel - 1 - m) * d) % L
-                    xcat[m * r_ch : (m + 1) * r_ch] = ring[slot, r0 + r]
-                xcat[(kernel - 1) * r_ch : kernel * r_ch] = x[r0 + r]
-                _matvec_i8(xcat, w, sc, hh[r], kernel * r_ch, g, qs[0], qs[1])
+                _conv_past(ring, where, kernel, r0 + r, w, sc, hh[r], r_ch, g, qs)
+                _conv_cur(x[r0 + r], kernel, w, sc, hh[r], r_ch, g, qs)
 
         return conv_i8
 
@@ -695,35 +741,6 @@ def _conv_rows_impl(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
         _axpy_rows_f(x[r0:], w[(kernel - 1) * r_ch :], sc, hh, nr, r_ch, g)
 
     return conv_f
-
-
-def _conv_one(ring, where, kernel, x, w, sc, hh, r_ch, g, qs):
-    """:func:`_conv_rows` of one sequence: ``ring (sum L, R)``, ``x (R,)``, ``hh (>= g,)``."""
-
-
-@overload(_conv_one)
-def _conv_one_impl(ring, where, kernel, x, w, sc, hh, r_ch, g, qs):
-    if w.ndim == 4:
-
-        def conv1_i8(ring, where, kernel, x, w, sc, hh, r_ch, g, qs):
-            off, pos, d, L = where
-            xcat = qs[2]
-            for m in range(kernel - 1):
-                slot = off + (pos - (kernel - 1 - m) * d) % L
-                xcat[m * r_ch : (m + 1) * r_ch] = ring[slot]
-            xcat[(kernel - 1) * r_ch : kernel * r_ch] = x
-            _matvec_i8(xcat, w, sc, hh, kernel * r_ch, g, qs[0], qs[1])
-
-        return conv1_i8
-
-    def conv1_f(ring, where, kernel, x, w, sc, hh, r_ch, g, qs):
-        off, pos, d, L = where
-        for m in range(kernel - 1):
-            slot = off + (pos - (kernel - 1 - m) * d) % L
-            _matvec_f(ring[slot], w[m * r_ch :], sc, hh, r_ch, g)
-        _matvec_f(x, w[(kernel - 1) * r_ch :], sc, hh, r_ch, g)
-
-    return conv1_f
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -1046,18 +1063,22 @@ def run_rows(
 def run_pipe(
     role, sync, t0, t1, n_total, uniforms, temp, greedy, params, out,
     head, classes, nmix, ls_min, in_scale, emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2, scales,
-    dil, off, kernel, ring, pos, z_sh, acc_sh, hid_sh, max_long_waits,
+    dil, off, kernel, ring, pos, z_sh, p_sh, acc_sh, hid_sh, max_long_waits,
 ):  # fmt: skip
     """One of two threads advancing one sequence (batch 1) from step ``t0`` towards ``t1``.
 
-    The two threads split each step by *what* they compute: role 0 runs the chain every next
-    layer depends on (draw, embedding, each layer's dilated conv, gate and residual product),
-    role 1 the skip products, which nothing waits for until the head. Role 0 publishes each
-    layer's gate output (``z_sh[i]``, then the counter ``sync[2]``) and goes straight on; role 1
-    follows about a layer behind. They meet only around the head (three barriers), whose
-    columns they share. So the chain pays no barrier per layer, no product is cut into narrow
-    column blocks, and each core streams about half the weights (batch 1 is bound by how fast
-    the weights stream from the caches).
+    The two threads split each step by *what* they compute. Role 0 runs the chain that every
+    next layer depends on: draw, embedding, and per layer the conv's last tap (the layer's
+    input now), the gate and the residual product. Role 1 does what the chain does not wait
+    for: the skip products, and the conv's taps on the past for the *next* step (bias
+    included, into ``p_sh``; by the time role 1 has seen layer ``i``'s gate output, every input
+    they read is in the ring). Role 0 publishes each layer's gate output (``z_sh[i]``, then the
+    counter ``sync[2]``) and goes straight on; role 1 follows. They meet only around the head
+    (three barriers), whose columns they share, and once at the start of a call (role 1 makes
+    the first step's past taps). So the chain pays no barrier per layer, no product is cut
+    into narrow column blocks, and the chain's weights (a third of them: the last taps and
+    the residual matrices) can stay in its core's L2 cache (batch 1 is bound by how fast the
+    weights stream from the caches).
 
     Every number is computed as in :func:`run_rows` (the same products in the same order), so
     the samples do not depend on the kernel.
@@ -1081,7 +1102,8 @@ def run_pipe(
             b2 ``(2, Qp)``: the head's two column blocks, zero padded (``Qp`` of the ``Npar``
             outputs; :attr:`wavedil.fast.pack.PackedWaveNet.head_halves`).
         scales: ``(wc_s (NL, G), wres_s (NL, R), wskip_s (NL, S), h1_s (2, Hp), h2_s (2, Qp))``.
-        ring: ``(sum L, R)`` (role 0's); z_sh ``(NL, G/2)``, acc_sh ``(S,)``, hid_sh ``(H,)``: shared.
+        ring: ``(sum L, 1, R)``; z_sh ``(NL, G/2)``, p_sh ``(NL, G)``, acc_sh ``(S,)``, hid_sh
+            ``(H,)``: shared.
     """
     q = params.shape[0]
     r_ch = emb.shape[1]
@@ -1108,6 +1130,16 @@ def run_pipe(
     target = np.int64(0)
     published = np.int64(0)
     long_waits = 0
+    if t0 >= t1:  # nothing to do (a call that only compiles: no partner, no barrier)
+        return t1, pos
+    if role == 1:  # the first step's past taps (later ones are made a step ahead)
+        gbt = gbias[0]
+        for i in range(nl):
+            d = dil[i]
+            p_sh[i] = gbt[i]
+            _conv_past(ring, (off[i], pos, d, (kernel - 1) * d), kernel, 0, wc[i], wc_s[i], p_sh[i], r_ch, g, qs)
+    target, y = _barrier(sync, 2, target)
+    long_waits += y
     for t in range(t0, t1):
         if role == 0:
             code = draw(params, head, classes, nmix, ls_min, uniforms[t], temp, greedy, p)
@@ -1115,25 +1147,30 @@ def run_pipe(
         if t + 1 >= n_total:
             return t + 1, pos
         if role == 0:
-            gbt = gbias[t - t0] if per_step else gbias[0]
             _embed(emb, in_scale, code, x, r_ch)
             for i in range(nl):
-                d = dil[i]
-                L = (kernel - 1) * d
-                hh[:] = gbt[i]
-                _conv_one(ring, (off[i], pos, d, L), kernel, x, wc[i], wc_s[i], hh, r_ch, g, qs)
-                ring[off[i] + pos % L] = x  # x[t] replaces x[t - L] (read above as the oldest tap)
+                L = (kernel - 1) * dil[i]
+                hh[:] = p_sh[i]  # bias + past taps, from role 1
+                _conv_cur(x, kernel, wc[i], wc_s[i], hh, r_ch, g, qs)
+                ring[off[i] + pos % L, 0] = x  # x[t] replaces x[t - L], the oldest tap
                 gate_inplace(hh, z_sh[i], g2)
-                _atomic_add(sync, 2, 1)  # z_sh[i] is complete: role 1 may read it
+                _atomic_add(sync, 2, 1)  # z_sh[i] is complete (and p_sh[i] read): role 1 may go on
                 if i + 1 < nl:
                     x[:] += bres[i]
                     _matvec(z_sh[i], wres[i], wres_s[i], x, g2, r_ch, qs)
         else:
             acc[:] = bskip
+            nxt = t + 1 < t1  # the next step is this call's: make its past taps now
+            gbn = gbias[t + 1 - t0] if per_step and nxt else gbias[0]
             for i in range(nl):
                 published += 1
                 long_waits += _wait_until(sync, 2, published)
                 _matvec(z_sh[i], wskip[i], wskip_s[i], acc, g2, s_ch, qs)
+                if nxt:  # every past tap of time pos + 1 is in the ring by now (x[pos] included)
+                    d = dil[i]
+                    p_sh[i] = gbn[i]
+                    _conv_past(ring, (off[i], pos + 1, d, (kernel - 1) * d), kernel, 0, wc[i], wc_s[i], p_sh[i], r_ch,
+                               g, qs)  # fmt: skip
             for c in range(s_ch):
                 acc_sh[c] = max(acc[c], np.float32(0.0))
         pos += 1

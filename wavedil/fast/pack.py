@@ -94,17 +94,21 @@ def quantize(w: np.ndarray, weights: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(q), np.ascontiguousarray(scale)
 
 
-def pair_rows(q: np.ndarray) -> np.ndarray:
+def pair_rows(q: np.ndarray, split: int | None = None) -> np.ndarray:
     """int8 codes ``(..., in, out)`` in the int8 kernels' layout ``(..., out8 / 8, kp, 8, 2)``.
 
     Outputs in blocks of 8, each block's rows in pairs: element ``[.., b, j, c, e]`` is
     ``q[.., 2 j + e, 8 b + c]`` (one block is ``kp`` runs of 16 bytes, read in order by the
     products). Rows are padded with zeros to ``2 kp`` (``kp = ceil(in / 8) * 4``) and outputs to
-    ``out8``, a multiple of 8. A dilated conv's matrix ``(k * R, G)`` is paired whole: the
-    kernels multiply its taps' inputs side by side. Other formats are returned as they are.
+    ``out8``, a multiple of 8. ``split``: rows ``[:split]`` and ``[split:]`` are paired (and
+    padded) apart, their pairs one after the other in each block, so the kernels can multiply
+    either part on its own (a dilated conv's past taps and its last tap). Other formats are
+    returned as they are.
     """
     if q.dtype != np.int8:
         return q
+    if split is not None:
+        return np.ascontiguousarray(np.concatenate([pair_rows(q[..., :split, :]), pair_rows(q[..., split:, :])], axis=-3))
     *lead, k, n = q.shape
     k8, n8 = -(-k // 8) * 8, -(-n // 8) * 8
     out = np.zeros((*lead, k8, n8), np.int8)
@@ -192,9 +196,9 @@ class PackedWaveNet:
     @cached_property
     def kernel_matrices(self) -> tuple[np.ndarray, ...]:
         """``(wc, wres, wskip, h1, h2)`` as the kernels take them: as stored, or int8 in blocks of
-        row pairs (:func:`pair_rows`)."""
+        row pairs (:func:`pair_rows`; the conv's past taps paired apart from its last tap)."""
         return (
-            pair_rows(self.wc),
+            pair_rows(self.wc, split=self.wc.shape[1] - self.wres.shape[2]),
             pair_rows(self.wres),
             pair_rows(self.wskip),
             pair_rows(self.h1),
@@ -223,6 +227,11 @@ class PackedWaveNet:
     def ring_rows(self) -> int:
         """Rows of the concatenated ring buffers: ``(k - 1) * sum(dilations)``."""
         return int(self.off[-1] + (self.kernel - 1) * self.dil[-1])
+
+    @property
+    def n_weights(self) -> int:
+        """Weights one forward step multiplies by (its multiply-adds per sequence)."""
+        return int(sum(a.size for a in (self.wc, self.wres, self.wskip, self.h1, self.h2)))
 
     @property
     def nbytes(self) -> int:
