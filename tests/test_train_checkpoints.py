@@ -17,6 +17,7 @@ from wavedil.checkpoint import (
     open_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
+    step_from_name,
 )
 from wavedil.config import compose
 from wavedil.data import CorpusError
@@ -104,6 +105,16 @@ def test_disk_full_while_checkpointing_is_a_clear_error(tmp_path, monkeypatch, e
     assert list_checkpoints(run_dir / "checkpoints") == [good]  # kept, and no temporary file left
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [good.name]
     assert load_checkpoint(good)["step"] == 3
+
+
+def test_keep_every_keeps_milestones_besides_the_newest(tmp_path):
+    """ckpt_every=1, keep_last=2, keep_every=3 over 8 steps: the newest two and steps 3 and 6."""
+    run_dir = tmp_path / "run"
+    train(compose(BASE + ["trainer.max_steps=8", "trainer.ckpt_every=1", "trainer.keep_last=2",
+                          "trainer.keep_every=3"]), run_dir)  # fmt: skip
+    steps = [step_from_name(p) for p in list_checkpoints(run_dir / "checkpoints")]
+    assert steps == [8, 7, 6, 3]
+    assert step_from_name(tmp_path / "other.pt") is None
 
 
 def test_other_save_errors_pass_through(tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ def test_unknown_keys_are_named_with_the_valid_ones():
     [
         (TrainerConfig, {"precision": "fp8"}, r"trainer.precision must be one of 32\|bf16\|bf16-emulated\|16\|auto, got 'fp8'"),
         (TrainerConfig, {"max_steps": 0}, "trainer.max_steps must be an integer >= 1, got 0"),
+        (TrainerConfig, {"keep_every": -500}, "trainer.keep_every must be an integer >= 0, got -500"),
         (TrainerConfig, {"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\)"),
         (TrainerConfig, {"max_time": "1h"}, "trainer.max_time='1h' is not a duration; use null, seconds"),
         (TrainerConfig, {"max_time": "00:61:00"}, "minutes and seconds must be < 60"),

@@ -34,6 +34,7 @@ __all__ = [
     "resolve_checkpoint",
     "open_checkpoint",
     "load_checkpoint",
+    "step_from_name",
     "list_checkpoints",
     "newest_good_checkpoint",
     "model_from_checkpoint",
@@ -153,6 +154,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{', '.join(map(str, SUPPORTED_FORMATS))}): it was written by another wavedil version; load it with that one"
         )
     return ckpt
+
+
+def step_from_name(path: str | os.PathLike) -> int | None:
+    """The step in a checkpoint's file name (``step_00001500.pt`` -> 1500), None for other names."""
+    m = _STEP_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:

@@ -50,6 +50,7 @@ from .checkpoint import (
     newest_good_checkpoint,
     open_checkpoint,
     save_checkpoint,
+    step_from_name,
 )
 from .config import model_config, to_plain
 from .data import CorpusError, SegmentDataset, load_corpus, speakers_of, split_items
@@ -575,8 +576,10 @@ def save_training_checkpoint(run: Run, elapsed: float) -> Path:
             f"{exc}. Training stopped at step {run.step}; {last}. After freeing space, resume with the same "
             f"command plus trainer.resume=true (or trainer.resume={run.run_dir})"
         ) from None
+    every = run.tcfg.keep_every
     for old in list_checkpoints(run.ckpt_dir)[run.tcfg.keep_last :]:
-        old.unlink(missing_ok=True)
+        if not (every and step_from_name(old) % every == 0):  # milestones stay
+            old.unlink(missing_ok=True)
     run.last_ckpt, run.last_ckpt_step = path, run.step
     return path
 

@@ -100,6 +100,7 @@ class TrainerConfig:
     valid_every: int = 500  # steps between validations (bits per sample on held-out segments)
     ckpt_every: int = 500  # steps between checkpoints
     keep_last: int = 3  # checkpoints kept (the newest N)
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
     sample_every: int = 0  # steps between audio clips in TensorBoard (0: off)
     sample_seconds: float = 1.0  # length of those clips
     resume: bool | str = False  # true: newest checkpoint of outputs/<name>/; or a checkpoint / run folder path
@@ -114,7 +115,7 @@ class TrainerConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         set_("max_time", parse_duration(self.max_time))
         _check_int("trainer", "max_steps", self.max_steps, 1)
-        for name in ("threads", "keep_last", "sample_every", "activation_checkpointing"):
+        for name in ("threads", "keep_last", "keep_every", "sample_every", "activation_checkpointing"):
             _check_int("trainer", name, getattr(self, name), 1 if name == "keep_last" else 0)
         for name in ("log_every", "valid_every", "ckpt_every"):
             _check_int("trainer", name, getattr(self, name), 1)
