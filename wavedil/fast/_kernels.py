@@ -14,8 +14,8 @@ Two kernels:
   of one layer are reused by every row while they sit in cache). Several threads run it on
   disjoint slices with no synchronisation at all.
 * :func:`run_pipe` -- one sequence (batch 1) on two threads: one runs the chain of dilated
-  convs, gates and residual products, the other follows it with the skip products; they
-  share the head. Batch 1 is limited by how fast the weights (~5 MB in float32) stream from
+  convs, gates and residual products, the other follows it with the skip products and the
+  next sample's taps on the past; they share the head. Batch 1 is limited by how fast the weights (~5 MB in float32) stream from
   the caches; the pipeline gives each core about half of them and no barrier per layer.
 
 The output head gives ``P`` parameters per sample; :func:`draw` samples from them as
@@ -1060,10 +1060,17 @@ def run_rows(
 
 
 @nb.njit(**_JIT)
+def _owns_past(i, own, nl):
+    """Whether :func:`run_pipe`'s role 0 makes layer ``i``'s past taps itself: ``own`` of the
+    ``nl`` layers, spread evenly."""
+    return ((i + 1) * own) // nl > (i * own) // nl
+
+
+@nb.njit(**_JIT)
 def run_pipe(
     role, sync, t0, t1, n_total, uniforms, temp, greedy, params, out,
     head, classes, nmix, ls_min, in_scale, emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2, scales,
-    dil, off, kernel, ring, pos, z_sh, p_sh, acc_sh, hid_sh, max_long_waits,
+    dil, off, kernel, ring, pos, z_sh, p_sh, acc_sh, hid_sh, max_long_waits, own,
 ):  # fmt: skip
     """One of two threads advancing one sequence (batch 1) from step ``t0`` towards ``t1``.
 
@@ -1072,7 +1079,9 @@ def run_pipe(
     input now), the gate and the residual product. Role 1 does what the chain does not wait
     for: the skip products, and the conv's taps on the past for the *next* step (bias
     included, into ``p_sh``; by the time role 1 has seen layer ``i``'s gate output, every input
-    they read is in the ring). Role 0 publishes each layer's gate output (``z_sh[i]``, then the
+    they read is in the ring) -- except for ``own`` of the layers (spread evenly), whose past
+    taps role 0 makes itself, so the two can be balanced (which role makes them changes no
+    number). Role 0 publishes each layer's gate output (``z_sh[i]``, then the
     counter ``sync[2]``) and goes straight on; role 1 follows. They meet only around the head
     (three barriers), whose columns they share, and once at the start of a call (role 1 makes
     the first step's past taps). So the chain pays no barrier per layer, no product is cut
@@ -1093,7 +1102,8 @@ def run_pipe(
     Args (beyond those of :func:`run_rows`, for one sequence):
         role: 0 or 1.
         sync: ``(8,)`` int64 zeros: ``[0]`` the barrier counter, ``[1]`` the bail-out flag,
-            ``[2]`` gate outputs published by role 0.
+            ``[2]`` gate outputs published by role 0; on return ``[3]`` role 0's and ``[4]``
+            role 1's waits for each other (time-stamp cycles; 0 without a counter).
         uniforms: ``(n_total, U)`` float64.
         params: ``(Npar,)`` float32 head parameters, shared (written by both, drawn by role 0).
         out: ``(n_total,)`` int64 (written by role 0).
@@ -1104,6 +1114,7 @@ def run_pipe(
         scales: ``(wc_s (NL, G), wres_s (NL, R), wskip_s (NL, S), h1_s (2, Hp), h2_s (2, Qp))``.
         ring: ``(sum L, 1, R)``; z_sh ``(NL, G/2)``, p_sh ``(NL, G)``, acc_sh ``(S,)``, hid_sh
             ``(H,)``: shared.
+        own: layers whose past taps role 0 makes (0 to NL).
     """
     q = params.shape[0]
     r_ch = emb.shape[1]
@@ -1129,12 +1140,16 @@ def run_pipe(
     per_step = gbias.shape[0] > 1
     target = np.int64(0)
     published = np.int64(0)
+    idle0 = np.int64(0)  # role 0's wait for role 1 at the head, in time-stamp cycles
+    idle1 = np.int64(0)  # role 1's waits for role 0's gate outputs
     long_waits = 0
     if t0 >= t1:  # nothing to do (a call that only compiles: no partner, no barrier)
         return t1, pos
     if role == 1:  # the first step's past taps (later ones are made a step ahead)
         gbt = gbias[0]
         for i in range(nl):
+            if _owns_past(i, own, nl):
+                continue
             d = dil[i]
             p_sh[i] = gbt[i]
             _conv_past(ring, (off[i], pos, d, (kernel - 1) * d), kernel, 0, wc[i], wc_s[i], p_sh[i], r_ch, g, qs)
@@ -1148,9 +1163,15 @@ def run_pipe(
             return t + 1, pos
         if role == 0:
             _embed(emb, in_scale, code, x, r_ch)
+            gbt = gbias[t - t0] if per_step else gbias[0]
             for i in range(nl):
-                L = (kernel - 1) * dil[i]
-                hh[:] = p_sh[i]  # bias + past taps, from role 1
+                d = dil[i]
+                L = (kernel - 1) * d
+                if _owns_past(i, own, nl):  # this layer's past taps are role 0's
+                    hh[:] = gbt[i]
+                    _conv_past(ring, (off[i], pos, d, L), kernel, 0, wc[i], wc_s[i], hh, r_ch, g, qs)
+                else:
+                    hh[:] = p_sh[i]  # bias + past taps, from role 1
                 _conv_cur(x, kernel, wc[i], wc_s[i], hh, r_ch, g, qs)
                 ring[off[i] + pos % L, 0] = x  # x[t] replaces x[t - L], the oldest tap
                 gate_inplace(hh, z_sh[i], g2)
@@ -1164,9 +1185,11 @@ def run_pipe(
             gbn = gbias[t + 1 - t0] if per_step and nxt else gbias[0]
             for i in range(nl):
                 published += 1
+                w0 = _cycles()
                 long_waits += _wait_until(sync, 2, published)
+                idle1 += _cycles() - w0
                 _matvec(z_sh[i], wskip[i], wskip_s[i], acc, g2, s_ch, qs)
-                if nxt:  # every past tap of time pos + 1 is in the ring by now (x[pos] included)
+                if nxt and not _owns_past(i, own, nl):  # every past tap of time pos + 1 is in the ring by now (x[pos] included)
                     d = dil[i]
                     p_sh[i] = gbn[i]
                     _conv_past(ring, (off[i], pos + 1, d, (kernel - 1) * d), kernel, 0, wc[i], wc_s[i], p_sh[i], r_ch,
@@ -1175,7 +1198,10 @@ def run_pipe(
                 acc_sh[c] = max(acc[c], np.float32(0.0))
         pos += 1
         # the head: role 1 wrote acc_sh; each role computes its column blocks
+        w0 = _cycles()
         target, y = _barrier(sync, 2, target)
+        if role == 0:
+            idle0 += _cycles() - w0
         long_waits += y
         tmp[:hp] = b1[role]
         _matvec(acc_sh, h1[role], h1_s[role], tmp, s_ch, hp, qs)
@@ -1193,5 +1219,9 @@ def run_pipe(
         target, y = _barrier(sync, 2, target)
         long_waits += y
         if _atomic_load(sync, 1) > 0:
-            return t + 1, pos
-    return t1, pos
+            break
+    if role == 0:
+        sync[3] = idle0
+    else:
+        sync[4] = idle1
+    return min(t + 1, t1), pos

@@ -400,10 +400,11 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     ring_rows = ring.reshape(ring.shape[0], 1, -1)
 
     def pipe_job(role: int, sync: np.ndarray, t: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], tuple]:
+        own = p.tuning.get("pipe_own", len(p.dil) // 4)
         return lambda: kern.run_pipe(
             role, sync, t, t1, n_total, u, temp, greedy, lg, out, *p.head_args,
             p.emb, wc, gb, wres, p.bres, wskip, p.bskip, *head, pipe_scales,
-            p.dil, p.off, p.kernel, ring_rows, pos, z_sh, p_sh, acc_sh, hid_sh, MAX_LONG_WAITS_PER_CHUNK,
+            p.dil, p.off, p.kernel, ring_rows, pos, z_sh, p_sh, acc_sh, hid_sh, MAX_LONG_WAITS_PER_CHUNK, own,
         )  # fmt: skip
 
     def one_thread(t: int, t1: int, pos: int, gb: np.ndarray) -> int:
@@ -427,6 +428,7 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
             sync = np.zeros(8, np.int64)
             gb = np.ascontiguousarray(table[:, 0])  # (Tc, NL, G)
             t_next, pos = _run_threads([pipe_job(role, sync, t, t1, pos, gb) for role in range(2)])[0]
+            _balance(p, int(sync[3]), int(sync[4]))
         else:
             pos, t_next = one_thread(t, t1, pos, table), t1
         rate[use_two] = (t_next - t) / max(time.perf_counter() - start, 1e-9)
@@ -441,3 +443,19 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
             progress(t)
     return ring, pos
 
+
+def _balance(packed: PackedWaveNet, idle0: int, idle1: int) -> None:
+    """Move one layer's past taps between the pipeline's threads, towards the one that waited
+    less in the last chunk (``idle0``: thread 0 waiting for thread 1 at the head; ``idle1``:
+    thread 1 waiting for thread 0's gate outputs; time-stamp cycles, 0 where there is no counter).
+
+    Which thread multiplies a layer's past taps changes no number (the same product, added in
+    the same order), so this only moves work: to the thread that waits.
+    """
+    nl = len(packed.dil)
+    own = packed.tuning.get("pipe_own", nl // 4)
+    if idle0 > idle1:
+        own = min(nl, own + 1)
+    elif idle1 > idle0:
+        own = max(0, own - 1)
+    packed.tuning["pipe_own"] = own

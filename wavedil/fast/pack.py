@@ -223,6 +223,12 @@ class PackedWaveNet:
         )
         return weights, (split_columns(self.scales[3], h_bounds, hp), split_columns(self.scales[4], q_bounds, qp))
 
+    @cached_property
+    def tuning(self) -> dict:
+        """Settings the kernels' drivers learn while running these weights (e.g. how
+        :func:`wavedil.fast.cpu` balances its batch-1 threads); never changes results."""
+        return {}
+
     @property
     def ring_rows(self) -> int:
         """Rows of the concatenated ring buffers: ``(k - 1) * sum(dilations)``."""
