@@ -6,8 +6,8 @@ S=256, H=256, Q=256) in float32 with random weights:
 * ``samples_per_second``: all sequences together, of each generation back-end at B = 1, 16,
   64, 256 (``torch``, the plain eager cached step, at B = 1 and 16 only); of ``fast`` in each
   reduced weight mode (``fast-bf16``, ``fast-int8``: 16- and 8-bit weights); and of
-  ``fast-1thread`` and ``fast-int8-1thread`` (batch 1 on one core), which show what the split
-  of batch 1 across cores buys in each;
+  ``fast-1thread`` and ``fast-int8-1thread`` (batch 1 on one core), which show what running
+  batch 1 as a two-thread pipeline buys in each;
 * ``eager``: the ``torch`` back-end with torch's default threads and with one thread; the
   faster is the baseline of the ratios (the conservative choice);
 * ``naive``: full recompute, ``model.forward`` over the last receptive-field window for every
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = WaveNet(cfg).eval()
     flops = flops_per_sample(cfg)
     names = available_backends()  # fast (numba, a required dependency) and torch
-    register_backend("fast-1thread", make_fast_backend(threads=1))  # why batch 1 splits
+    register_backend("fast-1thread", make_fast_backend(threads=1))  # what batch 1's two threads buy
     # name -> (back-end, weight mode, batch sizes)
     runs = {"fast": ("fast", "fp32", BATCHES), "fast-bf16": ("fast", "bf16", BATCHES),
             "fast-int8": ("fast", "int8", BATCHES), "fast-1thread": ("fast-1thread", "fp32", (1,)),
