@@ -168,19 +168,24 @@ def _barrier(sync, parties, target):
     """Wait until all ``parties`` threads arrived; ``target`` is this thread's running goal.
 
     ``sync[0]`` only grows (one arrival each), so no reset is needed between rounds. Returns
-    ``(next goal, 1 if the wait was long else 0)``: a partner that keeps being descheduled
-    (another process on its core) shows up as long waits.
+    ``(next goal, long, cycles)`` with ``long, cycles`` as :func:`_wait_until`'s: a partner that
+    keeps being descheduled (another process on its core) shows up as long waits.
     """
     target += parties
     _atomic_add(sync, 0, 1)
-    return target, _wait_until(sync, 0, target)
+    long_wait, waited = _wait_until(sync, 0, target)
+    return target, long_wait, waited
 
 
 @nb.njit(**_JIT)
 def _wait_until(sync, idx, target):
     """Spin until ``sync[idx] >= target`` (a counter other threads raise with :func:`_atomic_add`;
-    what they wrote before raising it is visible after). Returns 1 if the wait was long (the
-    writer was descheduled; this thread then yields its core between checks), else 0."""
+    what they wrote before raising it is visible after). Returns ``(long, cycles)``: 1 if the
+    wait was long (the writer was descheduled; this thread then yields its core between checks)
+    else 0, and the time-stamp cycles waited (0 without a wait, or without a counter). A target
+    already reached costs one load: no clock is read."""
+    if _atomic_load(sync, idx) >= target:
+        return 0, np.int64(0)
     spins = 0
     long_wait = 0
     start = _cycles()
@@ -192,7 +197,7 @@ def _wait_until(sync, idx, target):
         ):
             long_wait = 1
             _yield_cpu()
-    return long_wait
+    return long_wait, _cycles() - start
 
 
 # ----------------------------------------------------------------------------- math
@@ -1060,6 +1065,15 @@ def run_rows(
 
 
 @nb.njit(**_JIT)
+def _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gb, h, r_ch, g, qs):
+    """``h[:] = gb[i] +`` layer ``i``'s conv taps on the past at stream time ``pos``
+    (:func:`_conv_past` of ring row 0): everything of the conv but its last tap."""
+    d = dil[i]
+    h[:] = gb[i]
+    _conv_past(ring, (off[i], pos, d, (kernel - 1) * d), kernel, 0, wc[i], wc_s[i], h, r_ch, g, qs)
+
+
+@nb.njit(**_JIT)
 def _owns_past(i, own, nl):
     """Whether :func:`run_pipe`'s role 0 makes layer ``i``'s past taps itself: ``own`` of the
     ``nl`` layers, spread evenly."""
@@ -1148,12 +1162,9 @@ def run_pipe(
     if role == 1:  # the first step's past taps (later ones are made a step ahead)
         gbt = gbias[0]
         for i in range(nl):
-            if _owns_past(i, own, nl):
-                continue
-            d = dil[i]
-            p_sh[i] = gbt[i]
-            _conv_past(ring, (off[i], pos, d, (kernel - 1) * d), kernel, 0, wc[i], wc_s[i], p_sh[i], r_ch, g, qs)
-    target, y = _barrier(sync, 2, target)
+            if not _owns_past(i, own, nl):
+                _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gbt, p_sh[i], r_ch, g, qs)
+    target, y, _ = _barrier(sync, 2, target)
     long_waits += y
     for t in range(t0, t1):
         if role == 0:
@@ -1165,11 +1176,9 @@ def run_pipe(
             _embed(emb, in_scale, code, x, r_ch)
             gbt = gbias[t - t0] if per_step else gbias[0]
             for i in range(nl):
-                d = dil[i]
-                L = (kernel - 1) * d
+                L = (kernel - 1) * dil[i]
                 if _owns_past(i, own, nl):  # this layer's past taps are role 0's
-                    hh[:] = gbt[i]
-                    _conv_past(ring, (off[i], pos, d, L), kernel, 0, wc[i], wc_s[i], hh, r_ch, g, qs)
+                    _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gbt, hh, r_ch, g, qs)
                 else:
                     hh[:] = p_sh[i]  # bias + past taps, from role 1
                 _conv_cur(x, kernel, wc[i], wc_s[i], hh, r_ch, g, qs)
@@ -1185,29 +1194,26 @@ def run_pipe(
             gbn = gbias[t + 1 - t0] if per_step and nxt else gbias[0]
             for i in range(nl):
                 published += 1
-                w0 = _cycles()
-                long_waits += _wait_until(sync, 2, published)
-                idle1 += _cycles() - w0
+                y, waited = _wait_until(sync, 2, published)
+                long_waits += y
+                idle1 += waited
                 _matvec(z_sh[i], wskip[i], wskip_s[i], acc, g2, s_ch, qs)
-                if nxt and not _owns_past(i, own, nl):  # every past tap of time pos + 1 is in the ring by now (x[pos] included)
-                    d = dil[i]
-                    p_sh[i] = gbn[i]
-                    _conv_past(ring, (off[i], pos + 1, d, (kernel - 1) * d), kernel, 0, wc[i], wc_s[i], p_sh[i], r_ch,
-                               g, qs)  # fmt: skip
+                # every past tap of time pos + 1 is in the ring by now (x[pos] included)
+                if nxt and not _owns_past(i, own, nl):
+                    _bias_and_past(ring, off, dil, i, pos + 1, kernel, wc, wc_s, gbn, p_sh[i], r_ch, g, qs)
             for c in range(s_ch):
                 acc_sh[c] = max(acc[c], np.float32(0.0))
         pos += 1
         # the head: role 1 wrote acc_sh; each role computes its column blocks
-        w0 = _cycles()
-        target, y = _barrier(sync, 2, target)
+        target, y, waited = _barrier(sync, 2, target)
         if role == 0:
-            idle0 += _cycles() - w0
+            idle0 += waited
         long_waits += y
         tmp[:hp] = b1[role]
         _matvec(acc_sh, h1[role], h1_s[role], tmp, s_ch, hp, qs)
         for c in range(h_n):
             hid_sh[h_lo + c] = max(tmp[c], np.float32(0.0))
-        target, y = _barrier(sync, 2, target)
+        target, y, _ = _barrier(sync, 2, target)
         long_waits += y
         tmp[:qp] = b2[role]
         _matvec(hid_sh, h2[role], h2_s[role], tmp, h_ch, qp, qs)
@@ -1216,7 +1222,7 @@ def run_pipe(
         if long_waits > max_long_waits:
             _atomic_add(sync, 1, 1)
         # params complete (role 0 draws from them next); role 1 is done reading z_sh
-        target, y = _barrier(sync, 2, target)
+        target, y, _ = _barrier(sync, 2, target)
         long_waits += y
         if _atomic_load(sync, 1) > 0:
             break

@@ -400,7 +400,7 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     ring_rows = ring.reshape(ring.shape[0], 1, -1)
 
     def pipe_job(role: int, sync: np.ndarray, t: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], tuple]:
-        own = p.tuning.get("pipe_own", len(p.dil) // 4)
+        own = _pipe_own(p)
         return lambda: kern.run_pipe(
             role, sync, t, t1, n_total, u, temp, greedy, lg, out, *p.head_args,
             p.emb, wc, gb, wres, p.bres, wskip, p.bskip, *head, pipe_scales,
@@ -452,10 +452,15 @@ def _balance(packed: PackedWaveNet, idle0: int, idle1: int) -> None:
     Which thread multiplies a layer's past taps changes no number (the same product, added in
     the same order), so this only moves work: to the thread that waits.
     """
-    nl = len(packed.dil)
-    own = packed.tuning.get("pipe_own", nl // 4)
+    own = _pipe_own(packed)
     if idle0 > idle1:
-        own = min(nl, own + 1)
+        own = min(len(packed.dil), own + 1)
     elif idle1 > idle0:
         own = max(0, own - 1)
     packed.tuning["pipe_own"] = own
+
+
+def _pipe_own(packed: PackedWaveNet) -> int:
+    """Layers whose past taps the pipeline's thread 0 makes itself: as :func:`_balance` left
+    it for these weights, at first a quarter of them."""
+    return packed.tuning.get("pipe_own", len(packed.dil) // 4)

@@ -239,12 +239,6 @@ class PackedWaveNet:
         """Weights one forward step multiplies by (its multiply-adds per sequence)."""
         return int(sum(a.size for a in (self.wc, self.wres, self.wskip, self.h1, self.h2)))
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of weights one forward step reads (everything but the embedding table)."""
-        arrays = (self.wc, self.wres, self.wskip, self.h1, self.h2)
-        return int(sum(a.nbytes for a in arrays))
-
 
 def unsupported_reason(model: WaveNet) -> str | None:
     """None when the kernels can run ``model``'s layers, else what they lack.
