@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from wavedil import DilatedStack, ResidualBlock
+from wavedil.emulation import Bf16MatmulEmulation
 from wavedil.gated import NOT_TAKEN, GatedLayerFunction, gated_fast_path
 
 U = 2.0**-8  # bf16 unit roundoff
@@ -109,7 +110,10 @@ def _no_fallback(monkeypatch):
     monkeypatch.setattr(ResidualBlock, "_forward_btc_autograd", fail)
 
 
-def test_autocast_bf16_takes_the_fast_path(monkeypatch):
+@pytest.mark.parametrize("ctx", [lambda: torch.autocast("cpu", dtype=torch.bfloat16), Bf16MatmulEmulation])
+def test_autocast_bf16_takes_the_fast_path(monkeypatch, ctx):
+    """On the CPU the stack runs its gated layers through wavedil.gated_lowp (native bf16 or
+    its emulation): close to float32, float32 gradients, and no per-layer path."""
     torch.manual_seed(0)
     stack = DilatedStack(8, 16, 12, kernel_size=2, dilations=(1, 2, 4), global_cond_channels=3, local_cond_channels=2)
     x = torch.randn(2, 8, 30, requires_grad=True)
@@ -117,7 +121,8 @@ def test_autocast_bf16_takes_the_fast_path(monkeypatch):
     _, ref = stack(x, gc, lc)
     g_ref = torch.autograd.grad(ref.square().sum(), [x, *stack.parameters()])
     _no_fallback(monkeypatch)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    monkeypatch.setattr(GatedLayerFunction, "apply", ResidualBlock._forward_btc_autograd)  # fails too
+    with ctx():
         _, skip = stack(x, gc, lc)
     assert skip.dtype == torch.float32
     assert rel_err(skip, ref) < len(stack.layers) * tol(2)

@@ -14,9 +14,10 @@ incoming and outgoing gradients the same way (:func:`round_bf16`). The product o
 numbers is exact in float32, so a float32 GEMM on rounded operands equals a bf16 GEMM with
 float32 accumulation up to the order of the summation. What is not emulated: elementwise ops
 that autocast would run on bf16 tensors (a bias add or activation after a product) run on the
-rounded values in float32 here; the gated layers' fast path
-(:class:`wavedil.gated.GatedLayerFunction`) keeps those in float32 under native bf16 too, so
-for it the two agree up to summation order.
+rounded values in float32 here. The gated layers' fast paths compute the same numbers in both:
+on the CPU :func:`wavedil.gated_lowp.run_layers_lowp` runs the same kernels on bf16 bits (native)
+or on float32 holding bf16 values (here), and elsewhere :class:`wavedil.gated.GatedLayerFunction`
+keeps its elementwise work in float32 under both, so they agree up to summation order.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from .causal import (
     receptive_field_coverage,
     warn_if_gridded,
 )
-from .gated import NOT_TAKEN, GatedLayerFunction, gated_fast_path
+from .gated import EMULATED_BF16, NOT_TAKEN, GatedLayerFunction, gated_fast_path
 from .streaming import (
     StackState,
     StepWeights,
@@ -282,7 +282,9 @@ class ResidualBlock(nn.Module):
         The gated block without dropout runs as one autograd function
         (:class:`~wavedil.gated.GatedLayerFunction`) that saves only ``x``, ``tanh`` and
         ``sigmoid`` of the gate; under bf16 autocast its matmuls run in bf16 on the fp32
-        weights. Other blocks, fp16 autocast and ``torch.compile`` take the plain autograd form.
+        weights (a :class:`DilatedStack` on the CPU runs its gated layers through
+        :func:`~wavedil.gated_lowp.run_layers_lowp` instead). Other blocks, fp16 autocast and
+        ``torch.compile`` take the plain autograd form.
         ``inplace_skip``: accumulate into ``skip_acc`` itself (the stack does so for the sums it owns).
         """
         mode = NOT_TAKEN
@@ -492,11 +494,28 @@ class DilatedStack(nn.Module):
         global_cond: torch.Tensor | None,
         local_cond: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mode = self._lowp_mode(lo, hi, x, skip)
+        if mode is not None:
+            from .gated_lowp import run_layers_lowp
+
+            return run_layers_lowp(self.layers[lo:hi], x, skip, global_cond, local_cond, mode)
         for i, layer in enumerate(self.layers[lo:hi]):
             # the first layer leaves the incoming sum alone (a checkpointed group may be rerun
             # from it); the later ones add into the sum this call created
             x, skip = layer.forward_btc(x, skip, global_cond, local_cond, inplace_skip=i > 0)
         return x, skip
+
+    def _lowp_mode(self, lo: int, hi: int, x: torch.Tensor, skip: torch.Tensor | None):
+        """The precision of :func:`~wavedil.gated_lowp.run_layers_lowp` for layers ``lo:hi`` on
+        ``x``, or ``None`` for the per-layer path: bf16 (or its emulation) on the CPU, every layer
+        gated with a skip output and no dropout in training."""
+        if x.device.type != "cpu" or not all(
+            layer.activation == "gated" and layer.skip_channels and (layer.dropout is None or not layer.training)
+            for layer in self.layers[lo:hi]
+        ):
+            return None
+        mode = gated_fast_path(x, self.layers[lo].conv.weight)
+        return mode if mode in (torch.bfloat16, EMULATED_BF16) else None
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> StackState:
         """A fresh streaming state for ``batch_size`` sequences (all pasts are silence/zeros)."""
