@@ -28,15 +28,17 @@ computes the same numbers up to the products' summation order.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from .distributions import LN2
 from .emulation import round_bf16
 from .gated import EMULATED_BF16
 
-__all__ = ["LowpGatedFunction", "run_layers_lowp"]
+__all__ = ["LowpCategoricalBits", "LowpGatedFunction", "run_layers_lowp"]
 
 
 def _kernels():
@@ -46,10 +48,12 @@ def _kernels():
         # numba's OpenMP layer spin-waits between kernels and starves torch's own OpenMP threads
         # (a training step 6x slower on 2 cores, measured); its workqueue threads sleep instead
         numba.config.THREADING_LAYER = "workqueue"
-    from .fast import _train_kernels  # numba: imported on first use
+    # numba: imported on first use. The module, not the `fast` package (whose back-end
+    # registration imports this module's importers): no import cycle
+    from .fast._train_kernels import gate_forward  # noqa: F401
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    return _train_kernels
+    return sys.modules[f"{__package__}.fast._train_kernels"]
 
 
 def _storage(mode) -> torch.dtype:
@@ -221,3 +225,59 @@ def run_layers_lowp(
     zcat = torch.cat(zs, dim=-1)
     s = torch.mm(zcat.view(B * T, zcat.shape[-1]), torch.cat(w_skip, dim=1).t()).view(B, T, -1)
     return x, (s if skip is None else skip + s)
+
+
+class LowpCategoricalBits(torch.autograd.Function):
+    """The output head and its loss in bf16: ``relu -> 1x1 -> relu -> 1x1 -> softmax``
+    cross-entropy, mean bits per sample, as one function.
+
+    ``forward(skip (N, S) (without its bias; bf16, or float32), skip_bias (S,), w1 (H, S),
+    b1 (H,), w2 (Q, H), b2 (Q,), target (N,) int64, mode) -> mean bits`` (float32 scalar).
+    The two products take bf16 operands; each ReLU (with the bias before it) and the softmax
+    cross-entropy are one kernel, and the latter writes the gradient of the logits in the same
+    pass. Saved: both ReLU outputs and that gradient, in bf16 (``3 N x 256`` for ref30,
+    where the autocast head keeps float32 and bf16 copies of each).
+    """
+
+    @staticmethod
+    def forward(ctx, skip, skip_bias, w1, b1, w2, b2, target, mode):
+        kern = _kernels()
+        with torch.autocast("cpu", enabled=False), torch._C.DisableTorchFunction():
+            N, S = skip.shape
+            low = _storage(mode)
+            s = skip.detach()
+            s = s if s.dtype in (torch.bfloat16, torch.float32) else s.float()
+            a1 = torch.empty(N, S, dtype=low)
+            kern.relu_bias(_np(s.contiguous()), _np(skip_bias.detach().float().contiguous()), _np(a1))
+            w1l, w2l = _low(w1, mode), _low(w2, mode)
+            a2 = _mm(a1, w1l.t(), mode)  # (N, H): relu applied in place below
+            kern.relu_bias(_np(a2), _np(b1.detach().float().contiguous()), _np(a2))
+            g = _mm(a2, w2l.t(), mode)  # (N, Q) logits; their gradient is written over them
+            gsum = torch.empty(_CHUNKS, g.shape[1])
+            nll = torch.empty(_CHUNKS, dtype=torch.float64)
+            kern.softmax_xent(_np(g), _np(b2.detach().float().contiguous()), target.detach().long().contiguous().numpy(),
+                              _np(g), _np(gsum), nll.numpy())
+        ctx.save_for_backward(a1, a2, g, w1l, w2l, gsum)
+        ctx.mode, ctx.skip_dtype = mode, skip.dtype
+        return (nll.sum() / (N * LN2)).float()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_loss):
+        kern = _kernels()
+        a1, a2, g, w1l, w2l, gsum = ctx.saved_tensors
+        mode = ctx.mode
+        N = a1.shape[0]
+        with torch.autocast("cpu", enabled=False), torch._C.DisableTorchFunction():
+            scale = float(g_loss) / (N * LN2)
+            g_b2 = gsum.sum(0) * scale
+            g_w2 = _mm(g.t(), a2, mode).float() * scale  # (Q, H)
+            g_a2 = _mm(g, w2l, mode)  # (N, H), not yet scaled
+            gsum1 = torch.empty(_CHUNKS, a2.shape[1])
+            kern.relu_grad(_np(g_a2), _np(a2), np.float32(scale), _np(g_a2), _np(gsum1))
+            g_w1 = _mm(g_a2.t(), a1, mode).float()  # (H, S)
+            g_a1 = _mm(g_a2, w1l, mode)  # (N, S)
+            gsum0 = torch.empty(_CHUNKS, a1.shape[1])
+            kern.relu_grad(_np(g_a1), _np(a1), np.float32(1.0), _np(g_a1), _np(gsum0))
+            g_skip = g_a1 if g_a1.dtype == ctx.skip_dtype else g_a1.to(ctx.skip_dtype)
+        return g_skip, gsum0.sum(0), g_w1, gsum1.sum(0), g_w2, g_b2, None, None

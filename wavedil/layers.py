@@ -463,13 +463,20 @@ class DilatedStack(nn.Module):
         return xt.transpose(1, 2), (skip.transpose(1, 2) if skip is not None else None)
 
     def forward_btc(
-        self, xt: torch.Tensor, global_cond: torch.Tensor | None = None, local_cond: torch.Tensor | None = None
+        self,
+        xt: torch.Tensor,
+        global_cond: torch.Tensor | None = None,
+        local_cond: torch.Tensor | None = None,
+        *,
+        skip_bias: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`forward` on channels-last tensors, whatever ``layout``, without shape checks.
 
         ``xt (B, T, R)``, ``global_cond (B, G)``, ``local_cond (B, T, L)`` ->
         ``(residual (B, T, R), skip_sum (B, T, S) or None)``: what a model that keeps its
         activations channels last (every product one matmul over ``B*T`` rows) calls directly.
+        ``skip_bias=False`` leaves the skip biases out of the sum (:meth:`skip_bias` is their sum;
+        a head that adds it in its own kernel wants the sum without it).
         """
         xt, lt = xt.contiguous(), local_cond
         n = len(self.layers)
@@ -481,9 +488,18 @@ class DilatedStack(nn.Module):
                 xt, skip = checkpoint(self._run_layers, lo, hi, xt, skip, global_cond, lt, use_reentrant=False)
         else:
             xt, skip = self._run_layers(0, n, xt, None, global_cond, lt)
-        if skip is not None:
-            skip = skip + sum(layer.out.bias[layer.residual_channels :] for layer in self.layers)
+        if skip is not None and skip_bias:
+            skip = skip + self.skip_bias()
         return xt, skip
+
+    def skip_bias(self) -> torch.Tensor:
+        """``(S,)``: the sum of the layers' skip biases, which :meth:`forward_btc` adds once."""
+        return sum(layer.out.bias[layer.residual_channels :] for layer in self.layers)
+
+    def lowp_mode(self, x: torch.Tensor):
+        """How the whole stack's training forward runs on ``x (B, T, R)``: ``torch.bfloat16`` or
+        ``"bf16-emulated"`` (the bf16 kernels of :mod:`wavedil.gated_lowp`), or ``None``."""
+        return self._lowp_mode(0, len(self.layers), x)
 
     def _run_layers(
         self,
@@ -494,7 +510,7 @@ class DilatedStack(nn.Module):
         global_cond: torch.Tensor | None,
         local_cond: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        mode = self._lowp_mode(lo, hi, x, skip)
+        mode = self._lowp_mode(lo, hi, x)
         if mode is not None:
             from .gated_lowp import run_layers_lowp
 
@@ -505,7 +521,7 @@ class DilatedStack(nn.Module):
             x, skip = layer.forward_btc(x, skip, global_cond, local_cond, inplace_skip=i > 0)
         return x, skip
 
-    def _lowp_mode(self, lo: int, hi: int, x: torch.Tensor, skip: torch.Tensor | None):
+    def _lowp_mode(self, lo: int, hi: int, x: torch.Tensor):
         """The precision of :func:`~wavedil.gated_lowp.run_layers_lowp` for layers ``lo:hi`` on
         ``x``, or ``None`` for the per-layer path: bf16 (or its emulation) on the CPU, every layer
         gated with a skip output and no dropout in training."""

@@ -284,21 +284,47 @@ class WaveNet(nn.Module):
         self, codes: torch.Tensor, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``codes (B, T)`` -> parameters ``(B, T, P)``, contiguous (what the loss consumes)."""
+        _, skip = self.stack.forward_btc(*self._stack_inputs(codes, speaker, mel))
+        return self._head_btc(skip)
+
+    def _head_btc(self, skip: torch.Tensor) -> torch.Tensor:
+        """The output head on channels-last ``skip (B, T, S)`` -> parameters ``(B, T, P)``."""
+        h1, h2 = self.head[1], self.head[3]
+        h = F.linear(torch.relu(skip), h1.weight[:, :, 0], h1.bias)
+        return F.linear(torch.relu(h), h2.weight[:, :, 0], h2.bias)
+
+    def _stack_inputs(
+        self, codes: torch.Tensor, speaker: torch.Tensor | None, mel: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``codes (B, T)`` -> the stack's inputs: ``x (B, T, R)``, global and local conditioning."""
         self.check_codes(codes)
         x = self.embed(codes.long())  # (B, T, R)
         local = self.upsample(mel, codes.shape[1]) if (mel is not None or self.upsampler is not None) else None
         local = None if local is None else local.transpose(1, 2)  # (B, T, n_mels)
-        _, skip = self.stack.forward_btc(x, self.speaker_condition(speaker, codes.shape[0]), local)  # (B, T, S)
-        h1, h2 = self.head[1], self.head[3]
-        h = F.linear(torch.relu(skip), h1.weight[:, :, 0], h1.bias)
-        return F.linear(torch.relu(h), h2.weight[:, :, 0], h2.bias)  # (B, T, P)
+        return x, self.speaker_condition(speaker, codes.shape[0]), local
 
     def loss(
         self, segment: torch.Tensor, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Mean NLL in bits per sample of ``segment[:, 1:]`` given its past; ``segment (B, T+1)``."""
-        params = self.forward_btc(segment[:, :-1], speaker, mel)  # (B, T, P)
-        return self.dist.bits(params.flatten(0, 1), segment[:, 1:].reshape(-1).long())
+        """Mean NLL in bits per sample of ``segment[:, 1:]`` given its past; ``segment (B, T+1)``.
+
+        Under bf16 on the CPU (autocast or its emulation) a ``mulaw`` model runs the stack, the
+        head and the loss through the bf16 kernels of :mod:`wavedil.gated_lowp`."""
+        target = segment[:, 1:].reshape(-1).long()
+        x, gc, lc = self._stack_inputs(segment[:, :-1], speaker, mel)
+        mode = self.stack.lowp_mode(x) if self.dist.name == "mulaw" else None
+        if mode is not None:
+            from .gated_lowp import LowpCategoricalBits
+
+            _, skip = self.stack.forward_btc(x, gc, lc, skip_bias=False)
+            h1, h2 = self.head[1], self.head[3]
+            return LowpCategoricalBits.apply(
+                skip.flatten(0, 1), self.stack.skip_bias(), h1.weight[:, :, 0], h1.bias,
+                h2.weight[:, :, 0], h2.bias, target, mode,
+            )  # fmt: skip
+        _, skip = self.stack.forward_btc(x, gc, lc)
+        params = self._head_btc(skip)  # (B, T, P)
+        return self.dist.bits(params.flatten(0, 1), target)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> StackState:
         """A fresh incremental-generation state (silence before the first step)."""

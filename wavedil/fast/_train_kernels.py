@@ -24,7 +24,9 @@ from numba.extending import overload
 
 from ._kernels import _bits_f32, _f32_bits, exp_neg
 
-__all__ = ["conv_input_grad", "gate_backward", "gate_forward", "residual_forward"]
+__all__ = [
+    "conv_input_grad", "gate_backward", "gate_forward", "relu_bias", "relu_grad", "residual_forward", "softmax_xent",
+]
 
 _JIT = dict(nogil=True, cache=True, parallel=True, fastmath={"contract"}, boundscheck=False, error_model="numpy")
 
@@ -197,10 +199,86 @@ def conv_input_grad(g_res, has_res, gx, steps, k, dilation, out):
     rows, R = out.shape
     for m in prange(rows):
         t = m % steps
-        for c in range(R):
-            acc = g_res[m, c] if has_res else np.float32(0.0)
-            for j in range(k):
-                sh = (k - 1 - j) * dilation
-                if t + sh < steps:
-                    acc += ld(gx, m + sh, j * R + c)
-            out[m, c] = acc
+        orow = out[m]
+        if has_res:
+            orow[:] = g_res[m]
+        else:
+            orow[:] = 0
+        for j in range(k):
+            sh = (k - 1 - j) * dilation
+            if t + sh < steps:
+                src = gx[m + sh]
+                for c in range(R):
+                    orow[c] += ld1(src, j * R + c)
+
+
+# ----------------------------------------------------------------------------- the output head
+
+
+@nb.njit(**_JIT)
+def relu_bias(x, bias, out):
+    """``out = relu(x + bias)`` rounded to bf16: ``x (rows, C)`` either kind, ``bias (C,)``
+    float32, ``out (rows, C)`` low precision."""
+    rows, C = x.shape
+    zero = np.float32(0.0)
+    for m in prange(rows):
+        for c in range(C):
+            st_low(out, m, c, max(ld(x, m, c) + bias[c], zero))
+
+
+@nb.njit(**_JIT)
+def relu_grad(g, a, scale, out, gsum):
+    """The gradient through ``a = relu(.)``: ``out = scale * g`` where ``a > 0``, else 0, rounded
+    to bf16, with its column sums (before rounding) per chunk of rows in ``gsum (chunks, C)``.
+    ``g``, ``a``, ``out``: ``(rows, C)`` low precision, C-contiguous; ``scale`` float32."""
+    rows, C = g.shape
+    chunks = gsum.shape[0]
+    zero = np.float32(0.0)
+    for ch in prange(chunks):
+        acc = np.zeros(C, np.float32)
+        for m in range(ch * rows // chunks, (ch + 1) * rows // chunks):
+            gr, ar, orow = g[m], a[m], out[m]
+            for c in range(C):
+                v = ld1(gr, c) * scale if ld1(ar, c) > zero else zero
+                acc[c] += v
+                st1_low(orow, c, v)
+        gsum[ch] = acc
+
+
+@nb.njit(**_JIT)
+def softmax_xent(logits, bias, target, g, gsum, nll):
+    """Softmax cross-entropy of ``rows`` rows: with ``v = logits + bias``, ``nll[ch]`` = the sum
+    over chunk ``ch``'s rows of ``logsumexp(v) - v[target]`` (float64), and ``g = softmax(v) -
+    onehot(target)`` (the gradient of the summed loss with respect to ``v``), rounded to bf16,
+    with its column sums per chunk in ``gsum (chunks, Q)``.
+
+    ``logits (rows, Q)`` low precision, ``bias (Q,)`` float32, ``target (rows,)`` int64 in
+    ``[0, Q)``, ``g (rows, Q)`` low precision (may be ``logits`` itself).
+    """
+    rows, Q = logits.shape
+    chunks = gsum.shape[0]
+    lo = np.float32(-40.0)
+    for ch in prange(chunks):
+        acc = np.zeros(Q, np.float32)
+        v = np.empty(Q, np.float32)
+        e = np.empty(Q, np.float32)
+        total = 0.0
+        for m in range(ch * rows // chunks, (ch + 1) * rows // chunks):
+            lr, gr = logits[m], g[m]
+            mx = np.float32(-np.inf)
+            for c in range(Q):
+                v[c] = ld1(lr, c) + bias[c]
+                mx = max(mx, v[c])
+            se = np.float32(0.0)
+            for c in range(Q):
+                e[c] = exp_neg(max(v[c] - mx, lo))
+                se += e[c]
+            inv = np.float32(1.0) / se
+            tg = target[m]
+            total += np.float64(mx) + np.log(np.float64(se)) - np.float64(v[tg])
+            for c in range(Q):
+                p = e[c] * inv - (np.float32(1.0) if c == tg else np.float32(0.0))
+                acc[c] += p
+                st1_low(gr, c, p)
+        gsum[ch] = acc
+        nll[ch] = total
