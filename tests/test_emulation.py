@@ -99,13 +99,16 @@ BASE = ["model=tiny", "trainer=debug", "trainer.sample_every=0", "data.segment_l
         "trainer.ckpt_every=2", "trainer.keep_last=5", "trainer.precision=bf16-emulated"]
 
 
-def test_training_in_emulated_bf16_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("precision", ["bf16-emulated", "bf16"])
+def test_training_in_bf16_resumes_exactly(tmp_path, precision):
+    """Native bf16 too: on the CPU both run the bf16 kernels of wavedil.gated_lowp."""
     assert autocast_for(torch.device("cpu"), "bf16-emulated")[0] is Bf16MatmulEmulation
     run_dir = tmp_path / "run"
-    whole = train(compose(BASE), run_dir)
-    assert whole["precision"] == "bf16-emulated" and whole["step"] == 4
+    cfg = BASE + [f"trainer.precision={precision}"]
+    whole = train(compose(cfg), run_dir)
+    assert whole["precision"] == precision and whole["step"] == 4
     newest = list_checkpoints(run_dir / "checkpoints")[0]
     assert load_checkpoint(newest)["step"] == 4
     newest.unlink()  # back to the step-2 checkpoint: resume from there
-    resumed = train(compose(BASE + ["trainer.resume=true"]), run_dir)
+    resumed = train(compose(cfg + ["trainer.resume=true"]), run_dir)
     assert resumed["step"] == 4 and resumed["params_sha256"] == whole["params_sha256"]
