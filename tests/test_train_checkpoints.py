@@ -21,7 +21,7 @@ from wavedil.checkpoint import (
 )
 from wavedil.config import compose
 from wavedil.data import CorpusError
-from wavedil.train import TrainingError, train
+from wavedil.train import TrainingError, setup, train
 from wavedil.training_utils import rng_state, set_rng_state
 
 BASE = ["model=tiny", "trainer=debug", "trainer.sample_every=0", "data.segment_length=200", "data.batch_size=2",
@@ -145,3 +145,43 @@ def test_fatal_data_error_mid_run_saves_the_current_step_then_reports(tmp_path, 
     assert f"Saved '{saved}' (step 4)" in msg and "trainer.resume=true" in msg
     assert isinstance(err.value.__cause__, CorpusError)
     assert load_checkpoint(saved)["step"] == 4
+
+
+def test_init_from_starts_from_the_sources_ema_weights_with_a_fresh_optimiser(tmp_path):
+    source = tmp_path / "source"
+    train(compose(BASE + ["trainer.ema_decay=0.5"]), source)
+    newest = list_checkpoints(source / "checkpoints")[0]
+    saved = load_checkpoint(newest)
+    ema = saved["ema"]
+    ema = ema.get("shadow", ema) if isinstance(ema, dict) else ema
+    run = setup(compose(BASE + [f"trainer.init_from={source}"]), tmp_path / "tuned")
+    assert run.step == 0 and not run.optimizer.state  # a new run: step 0, no optimiser moments
+    state = run.model.state_dict()
+    assert not all(torch.equal(state[k], saved["model"][k]) for k in state)  # the EMA, not the raw weights
+    assert all(torch.equal(state[k], ema[k]) for k in state)
+    tuned = train(compose(BASE + [f"trainer.init_from={newest}", "trainer.max_steps=2"]), tmp_path / "tuned2")
+    assert tuned["step"] == 2
+
+
+def test_init_from_errors_name_the_option_and_what_differs(tmp_path):
+    source = tmp_path / "source"
+    train(compose(BASE), source)
+    with pytest.raises(CheckpointError, match=r"residual_channels: checkpoint \d+ vs config 12.*trainer.init_from"):
+        setup(compose(BASE + [f"trainer.init_from={source}", "model.residual_channels=12"]), tmp_path / "a")
+    with pytest.raises(CheckpointError, match=r"trainer.init_from=.*nowhere"):
+        setup(compose(BASE + [f"trainer.init_from={tmp_path / 'nowhere'}"]), tmp_path / "b")
+    with pytest.raises(CheckpointError, match=r"trainer.init_from=pretrained:nope.*speech8k"):
+        setup(compose(BASE + ["trainer.init_from=pretrained:nope"]), tmp_path / "c")
+    with pytest.raises(CheckpointError, match=r"trained at 8000 Hz but data.sample_rate is 16000: set data.sample_rate=8000"):
+        setup(compose(BASE + [f"trainer.init_from={source}", "data.sample_rate=16000"]), tmp_path / "e")
+    with pytest.raises(ValueError, match="trainer.init_from must be"):
+        setup(compose(BASE + ["trainer.init_from=''"]), tmp_path / "d")
+
+
+def test_resume_wins_over_init_from(tmp_path, capsys):
+    source, run_dir = tmp_path / "source", tmp_path / "run"
+    train(compose(BASE), source)
+    whole = train(compose(BASE), run_dir)
+    run = setup(compose(BASE + ["trainer.resume=true", f"trainer.init_from={source}"]), run_dir)
+    assert run.step == whole["step"]
+    assert "init_from" in capsys.readouterr().out

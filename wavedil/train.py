@@ -288,16 +288,34 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _check_resume_matches(ckpt: dict, mcfg: WaveNetConfig, path: Path) -> None:
+def _check_resume_matches(
+    ckpt: dict, mcfg: WaveNetConfig, path: Path,
+    advice: str = "resume with the same model options, or start a new run (trainer.resume=false)",
+) -> None:  # fmt: skip
     saved = ckpt.get("model_config", {})
     current = mcfg.to_dict()
     diff = {k: (saved.get(k), current[k]) for k in current if saved.get(k) != current[k]}
     if diff:
         details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise CheckpointError(f"checkpoint '{path}' does not match the model config ({details}): {advice}")
+
+
+def _open_init(target: str, dcfg: dict):
+    """``trainer.init_from``: the checkpoint, run folder or ``pretrained:NAME`` to start from,
+    checked against the data's sample rate (the architecture is checked once the data is built)."""
+    from .pretrained import open_model  # the shipped models' resolver (sha256 and card checked)
+
+    try:
+        source = open_model(target)
+    except ValueError as exc:  # CheckpointError included
+        raise CheckpointError(f"trainer.init_from={target}: {exc}") from None
+    rate = int(dcfg.get("sample_rate", source.sample_rate))
+    if "sample_rate" in source.checkpoint and rate != source.sample_rate:
         raise CheckpointError(
-            f"checkpoint '{path}' does not match the model config ({details}): resume with the same model "
-            "options, or start a new run (trainer.resume=false)"
+            f"trainer.init_from={target}: {source.label} was trained at {source.sample_rate} Hz but "
+            f"data.sample_rate is {rate}: set data.sample_rate={source.sample_rate}"
         )
+    return source
 
 
 @dataclass
@@ -399,11 +417,14 @@ def _resolve_precision(
 
 
 def _build_model(mcfg: WaveNetConfig, tcfg: TrainerConfig, data: DataBundle, device: torch.device, seed: int,
-                 fresh: bool) -> tuple[WaveNet, EMA | None]:
-    """The model (seeded), its training options and its EMA; a fresh vocoder fits its mel normalisation."""
+                 fresh: bool, init_state: dict | None = None) -> tuple[WaveNet, EMA | None]:
+    """The model (seeded, or with ``init_state``'s weights), its training options and its EMA; a
+    fresh vocoder fits its mel normalisation (one started from other weights keeps theirs)."""
     torch.manual_seed(seed)
     model = WaveNet(mcfg).to(device)
-    if model.upsampler is not None and fresh:
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    elif model.upsampler is not None and fresh:
         fit_mel_normalisation(model, data.train)
     model.stack.checkpoint_segments = tcfg.activation_checkpointing
     ema = EMA(model, tcfg.ema_decay) if tcfg.ema_decay > 0 else None
@@ -451,14 +472,25 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     resume = find_resume_checkpoint(tcfg.resume, run_dir)
     if resume is not None and mcfg.speakers is None and resume[1].get("model_config", {}).get("speakers"):
         mcfg = replace(mcfg, speakers=tuple(resume[1]["model_config"]["speakers"]))  # checked against the corpus
+    init = _open_init(tcfg.init_from, dcfg) if resume is None and tcfg.init_from else None
     data = build_data(dcfg, mcfg, seed, tcfg.max_steps)
     mcfg = data.model_config
     if resume is not None:
         _check_resume_matches(resume[1], mcfg, resume[0])
+        if tcfg.init_from and dist.is_main:
+            print(f"trainer.init_from={tcfg.init_from} ignored: resuming this run's own checkpoint")
+    if init is not None:
+        _check_resume_matches(init.checkpoint, mcfg, init.path, "start from it with the same model options "
+                              "(trainer.init_from needs the source's architecture)")
     init_distributed(dist, device, tcfg.dist_backend)
     run_dir = Path(broadcast_object(str(run_dir), dist))  # rank 0's folder for everyone
 
-    model, ema = _build_model(mcfg, tcfg, data, device, seed, fresh=resume is None)
+    init_state = None if init is None else init.checkpoint.get("ema") or init.checkpoint["model"]
+    model, ema = _build_model(mcfg, tcfg, data, device, seed, fresh=resume is None, init_state=init_state)
+    if init is not None and dist.is_main:
+        log.info("initialised from %s (step %s)", init.label, init.checkpoint.get("step"))
+        print(f"initialised the weights from {init.label} (its step {init.checkpoint.get('step')}); "
+              "optimiser and schedule start fresh")
     make_opt = _make_optimizer_factory(ocfg)
     optimizer = make_opt(model.parameters())
     step, elapsed_before, resume_rng = 0, 0.0, None

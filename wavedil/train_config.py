@@ -104,6 +104,7 @@ class TrainerConfig:
     sample_every: int = 0  # steps between audio clips in TensorBoard (0: off)
     sample_seconds: float = 1.0  # length of those clips
     resume: bool | str = False  # true: newest checkpoint of outputs/<name>/; or a checkpoint / run folder path
+    init_from: str | None = None  # start from these weights (checkpoint, run folder, pretrained:NAME); fresh optimiser
     progress: bool = True  # progress bar on a terminal, a line every progress_interval seconds elsewhere
     progress_interval: float = 10.0  # seconds between progress lines when stderr is not a terminal
     precision: str = "32"  # 32 | bf16 (autocast) | bf16-emulated | 16 (float16 + scaler, GPU) | auto (measured)
@@ -133,6 +134,10 @@ class TrainerConfig:
             raise ValueError(f"trainer.dist_backend must be auto, nccl or gloo, got {self.dist_backend!r}")
         if self.resume is None or (isinstance(self.resume, str) and self.resume.lower() in ("", "false", "none")):
             set_("resume", False)
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise ValueError(
+                f"trainer.init_from must be a checkpoint file, a run folder or pretrained:NAME, got {self.init_from!r}"
+            )
         elif isinstance(self.resume, str) and self.resume.lower() == "true":
             set_("resume", True)
 
