@@ -109,6 +109,19 @@ def gather_objects(obj, info: DistInfo) -> list:
     return out
 
 
+#: How long a gloo rank waits at shutdown for the others before tearing its process group down.
+SHUTDOWN_WAIT = datetime.timedelta(seconds=30)
+
+
 def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+    """Tear the process group down. On gloo the ranks first meet (for at most
+    :data:`SHUTDOWN_WAIT`): a rank that destroyed its group while another still used the
+    connection was seen to abort ("terminate called without an active exception", SIGABRT)."""
+    if not (info.enabled and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=SHUTDOWN_WAIT)
+        except RuntimeError:  # a rank is gone or stuck elsewhere: tear down anyway
+            pass
+    dist.destroy_process_group()
