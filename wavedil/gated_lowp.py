@@ -212,8 +212,7 @@ def run_layers_lowp(
     """
     zs, w_skip = [], []
     for layer in layers:
-        terms = layer.cond_terms(global_cond, local_cond, dim=-1)
-        cond = terms[0] if len(terms) == 1 else (terms[0] + terms[1] if terms else None)
+        cond = layer.cond_sum_btc(global_cond, local_cond)
         R = layer.residual_channels
         w_out = layer.out.weight[:, :, 0]
         x, z = LowpGatedFunction.apply(

@@ -251,6 +251,17 @@ class ResidualBlock(nn.Module):
             terms.append(self.lc(local_cond) if dim == 1 else F.linear(local_cond, self.lc.weight[:, :, 0]))
         return terms
 
+    @property
+    def fused_training_ok(self) -> bool:
+        """Whether the fused training kernels apply: a gated block with a skip output and no
+        dropout in training (:class:`~wavedil.gated.GatedLayerFunction`, ``wavedil.gated_lowp``)."""
+        return self.activation == "gated" and bool(self.skip_channels) and (self.dropout is None or not self.training)
+
+    def cond_sum_btc(self, global_cond: torch.Tensor | None, local_cond: torch.Tensor | None) -> torch.Tensor | None:
+        """The conditioning terms added together, channels last (broadcastable to ``(B, T, G)``), or None."""
+        terms = self.cond_terms(global_cond, local_cond, dim=-1)
+        return terms[0] if len(terms) == 1 else (terms[0] + terms[1] if terms else None)
+
     def residual_and_skip(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(x + W_res z + b_res, W_skip z + b_skip or None)`` for ``x (B, R, T)`` and the gate output ``z (B, Z, T)``."""
         rs = self.out(z)
@@ -288,12 +299,11 @@ class ResidualBlock(nn.Module):
         ``inplace_skip``: accumulate into ``skip_acc`` itself (the stack does so for the sums it owns).
         """
         mode = NOT_TAKEN
-        if self.activation == "gated" and self.skip_channels and (self.dropout is None or not self.training):
+        if self.fused_training_ok:
             mode = gated_fast_path(x, self.conv.weight, skip_acc)
         if mode == NOT_TAKEN:
             return self._forward_btc_autograd(x, skip_acc, global_cond, local_cond)
-        terms = self.cond_terms(global_cond, local_cond, dim=-1)
-        cond = terms[0] if len(terms) == 1 else (terms[0] + terms[1] if terms else None)
+        cond = self.cond_sum_btc(global_cond, local_cond)
         R = self.residual_channels
         return GatedLayerFunction.apply(
             x, skip_acc, cond, self.conv.weight, self.conv.bias, self.out.weight[:, :, 0], self.out.bias[:R],
@@ -525,10 +535,7 @@ class DilatedStack(nn.Module):
         """The precision of :func:`~wavedil.gated_lowp.run_layers_lowp` for layers ``lo:hi`` on
         ``x``, or ``None`` for the per-layer path: bf16 (or its emulation) on the CPU, every layer
         gated with a skip output and no dropout in training."""
-        if x.device.type != "cpu" or not all(
-            layer.activation == "gated" and layer.skip_channels and (layer.dropout is None or not layer.training)
-            for layer in self.layers[lo:hi]
-        ):
+        if x.device.type != "cpu" or not all(layer.fused_training_ok for layer in self.layers[lo:hi]):
             return None
         mode = gated_fast_path(x, self.layers[lo].conv.weight)
         return mode if mode in (torch.bfloat16, EMULATED_BF16) else None
