@@ -32,14 +32,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# wavedil before torch, as in the `wavedil` command: it shortens torch's OpenMP spin-waits
+# (wavedil/_openmp.py) unless GOMP_SPINCOUNT or OMP_WAIT_POLICY is set
+from wavedil import WaveNet, WaveNetConfig  # noqa: E402  # isort: skip
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
 from _machine import cpu_model  # noqa: E402
-from wavedil import WaveNet, WaveNetConfig  # noqa: E402
 from wavedil.distributions import categorical_bits  # noqa: E402
 from wavedil.training_utils import NATIVE_BF16_FLAGS, autocast_for, cpu_flags  # noqa: E402
 
@@ -189,6 +192,9 @@ def machine() -> dict:
         "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu_flags": {f: f in flags for f in PRECISION_FLAGS},
         "native_bf16": any(f in flags for f in NATIVE_BF16_FLAGS),
+        # what torch's OpenMP threads ran with (unset: libgomp's default, 300,000)
+        "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
     }
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)

@@ -4,6 +4,7 @@ The public API, re-exported explicitly. Tensors are ``(B, C, T)`` unless a docst
 otherwise.
 """
 
+from . import _openmp  # noqa: F401  (first: shortens OpenMP spin-waits before torch loads)
 from .audio import decode, encode, linear_decode, linear_encode, mu_law_decode, mu_law_encode, read_audio, write_audio
 from .conditioning import MelSpec, Upsampler, log_mel
 from .describe import ModelDescription, describe_model
