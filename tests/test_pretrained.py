@@ -29,6 +29,7 @@ from wavedil.pretrained import (
     MODEL_FILE,
     PretrainedInfo,
     export_pretrained,
+    training_lineage,
     file_sha256,
     heldout_from_eval,
     list_pretrained,
@@ -56,8 +57,11 @@ def _tiny(mel: bool) -> WaveNetConfig:
     )
 
 
-def _training_checkpoint(run: Path, mel: bool, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Save ``run/checkpoints/step_00000002.pt`` as the trainer does; return its EMA weights."""
+def _training_checkpoint(
+    run: Path, mel: bool, seed: int = 0, lineage: dict | None = None, **trainer: object
+) -> dict[str, torch.Tensor]:
+    """Save ``run/checkpoints/step_00000002.pt`` as the trainer does (``trainer``: more of its
+    ``trainer`` config; ``lineage``: its ``initialised_from``); return its EMA weights."""
     torch.manual_seed(seed)
     cfg = _tiny(mel)
     model = WaveNet(cfg)
@@ -71,8 +75,8 @@ def _training_checkpoint(run: Path, mel: bool, seed: int = 0) -> dict[str, torch
         {
             "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
             "step": 2, "elapsed_seconds": 12.5, "precision": "fp32", "rng": {"torch": torch.get_rng_state()},
-            "config": {"data": {"valid_fraction": 0.05}, "trainer": {"threads": 1}},
-            "model_config": cfg.to_dict(), "sample_rate": 8000,
+            "config": {"data": {"valid_fraction": 0.05}, "trainer": {"threads": 1, **trainer}},
+            "model_config": cfg.to_dict(), "sample_rate": 8000, **({"initialised_from": lineage} if lineage else {}),
         },
         run / "checkpoints" / "step_00000002.pt",
     )  # fmt: skip
@@ -173,6 +177,49 @@ def test_re_exporting_a_shipped_file_keeps_its_bytes_and_provenance(tmp_path, da
     assert again.sha256 == first.sha256 and again.temperature == 0.5
     assert again.card["source_checkpoint"] == first.card["source_checkpoint"] != str(first.model_file)
     assert again.card["weights"] == "ema"
+
+
+def test_a_continued_run_records_what_it_went_on_from(tmp_path, data_dir) -> None:
+    """A run started with ``trainer.init_from=pretrained:m`` and exported as ``m`` again: the card
+    keeps the first model's steps, wall time and sha256 and adds them up; a third run from the
+    second's folder chains through both, though ``m`` is no longer the model run2 started from
+    (the trainer stored that in run2's checkpoints)."""
+    _training_checkpoint(tmp_path / "run1", mel=True)  # step 2, 12.5 s
+    first = export_pretrained(tmp_path / "run1", "m")
+    # as the trainer records it at the start of the run
+    lineage = training_lineage("pretrained:m")
+    assert lineage["sha256"] == first.sha256 and (lineage["steps"], lineage["wall_time_seconds"]) == (2, 12.5)
+    _training_checkpoint(tmp_path / "run2", mel=True, seed=3, lineage=lineage, init_from="pretrained:m", precision="bf16")
+    # a checkpoint from before the trainer stored it: resolved at export, before `m` is overwritten
+    _training_checkpoint(tmp_path / "run2_old", mel=True, seed=3, init_from="pretrained:m", precision="bf16")
+    old = export_pretrained(tmp_path / "run2_old", "m_old").card
+    assert old["initialised_from"] == lineage and old["total_steps"] == 4
+    second = export_pretrained(tmp_path / "run2", "m")
+    card = second.card
+    assert second.sha256 != first.sha256
+    assert card["initialised_from"]["source"] == "pretrained:m"
+    assert card["initialised_from"]["sha256"] == first.sha256 and card["initialised_from"]["steps"] == 2
+    assert (card["total_steps"], card["total_wall_time_seconds"], card["precision"]) == (4, 25.0, "bf16")
+    text = (second.folder / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "These steps went on from `pretrained:m`" in text and "In all: 4 steps" in text
+    assert "precision bf16" in text
+
+    _training_checkpoint(tmp_path / "run3", mel=True, seed=4, init_from=str(tmp_path / "run2"))
+    third = export_pretrained(tmp_path / "run3", "m3").card
+    assert third["initialised_from"]["steps"] == 4  # run2's 2 steps on top of m's first 2
+    assert third["initialised_from"]["initialised_from"]["sha256"] == first.sha256
+    assert third["total_steps"] == 6
+
+    # a shipped model.pt re-exported keeps what its run went on from
+    again = export_pretrained(second.model_file, "m", out_dir=tmp_path / "copy")
+    assert again.card["initialised_from"] == card["initialised_from"] and again.card["total_steps"] == 4
+
+
+def test_a_source_gone_at_export_is_recorded_as_such(tmp_path, data_dir) -> None:
+    _training_checkpoint(tmp_path / "run", mel=False, init_from=str(tmp_path / "gone"))
+    card = export_pretrained(tmp_path / "run", "m").card
+    assert card["initialised_from"]["source"] == str(tmp_path / "gone")
+    assert "not readable at export" in card["initialised_from"]["note"] and "total_steps" not in card
 
 
 def test_bfloat16_export_round_trips_to_float32(shipped, data_dir) -> None:

@@ -161,6 +161,13 @@ def test_init_from_starts_from_the_sources_ema_weights_with_a_fresh_optimiser(tm
     assert all(torch.equal(state[k], ema[k]) for k in state)
     tuned = train(compose(BASE + [f"trainer.init_from={newest}", "trainer.max_steps=2"]), tmp_path / "tuned2")
     assert tuned["step"] == 2
+    # every checkpoint records what the run went on from (model cards add it up), resumes too
+    lineage = load_checkpoint(tuned["checkpoint"])["initialised_from"]
+    assert lineage["source"] == str(newest) and lineage["steps"] == saved["step"]
+    assert lineage["wall_time_seconds"] == saved["elapsed_seconds"]
+    resumed = train(compose(BASE + [f"trainer.init_from={newest}", "trainer.max_steps=3", "trainer.resume=true"]),
+                    tmp_path / "tuned2")  # fmt: skip
+    assert resumed["step"] == 3 and load_checkpoint(resumed["checkpoint"])["initialised_from"] == lineage
 
 
 def test_init_from_errors_name_the_option_and_what_differs(tmp_path):

@@ -479,6 +479,30 @@ def _code(text: Any) -> str:
     return f"`{text}`" if text else "not recorded"
 
 
+def _hours(seconds: Any) -> str:
+    return f"{seconds / 3600:.2f} h" if isinstance(seconds, (int, float)) else "wall time not recorded"
+
+
+def _earlier_lines(card: Mapping[str, Any]) -> list[str]:
+    """MODEL_CARD.md lines on what the run went on from (``initialised_from``), oldest last."""
+    lines, entry, depth = [], card.get("initialised_from"), 0
+    while isinstance(entry, Mapping) and depth < 8:
+        machine = entry.get("machine") or {}
+        what = (f"{entry['steps']:,} steps, {_hours(entry.get('wall_time_seconds'))}" if isinstance(entry.get("steps"), int)
+                else str(entry.get("note", "steps not recorded")))  # fmt: skip
+        if machine.get("cpu"):
+            what += f", {machine['cpu']}" + (f" ({machine['threads']} thread(s))" if machine.get("threads") else "")
+        if entry.get("precision"):
+            what += f", precision {entry['precision']}"
+        lead = "- These steps went on from" if depth == 0 else "  - which went on from"
+        lines.append(f"{lead} {_code(entry.get('source'))} (`trainer.init_from`; its weights, a fresh optimiser and "
+                     f"schedule): {what}" + (f"; trained with {_code(entry['train_command'])}" if entry.get("train_command") else ""))
+        entry, depth = entry.get("initialised_from"), depth + 1
+    if "total_steps" in card:
+        lines.append(f"- In all: {card['total_steps']:,} steps, {_hours(card.get('total_wall_time_seconds'))}")
+    return lines
+
+
 def _card_markdown(card: Mapping[str, Any]) -> str:
     """MODEL_CARD.md from card.json: the same facts, for people."""
     corpus = card.get("corpus") or {}
@@ -508,7 +532,9 @@ def _card_markdown(card: Mapping[str, Any]) -> str:
         f"- Recipe: {_code(card.get('recipe'))}",
         f"- Training: {_code(card.get('train_command'))}",
         f"- Export (regenerates `{MODEL_FILE}` from the run): {_code(card.get('export_command'))}",
-        f"- Steps: {card.get('steps', 'not recorded')}; wall time: {wall_text}",
+        f"- Steps: {card.get('steps', 'not recorded')}; wall time: {wall_text}"
+        + (f"; precision {card['precision']}" if card.get("precision") else ""),
+        *_earlier_lines(card),
         f"- Machine: {machine.get('cpu', 'not recorded')}, {machine.get('cores', '?')} cores"
         + (f", {machine['threads']} training thread(s)" if machine.get("threads") else "")
         + (f", CPU flags {' '.join(machine['cpu_flags'])}" if machine.get("cpu_flags") else "")
@@ -543,6 +569,68 @@ def _card_markdown(card: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def training_lineage(init_from: str | os.PathLike, source: ModelSource | None = None, _depth: int = 0) -> dict[str, Any]:
+    """What a run started with ``trainer.init_from=init_from`` went on from, for checkpoints and cards.
+
+    Returns ``{"source": init_from, "steps", "wall_time_seconds", ...}``: for ``pretrained:NAME``
+    the shipped model's card (its totals when it was itself continued, its machine, precision,
+    training command and sha256); for a checkpoint or run folder its step and elapsed time, plus
+    what *that* run went on from (``initialised_from``, with the totals). The trainer stores this
+    in every checkpoint of the run, so it holds even after ``NAME`` is replaced by a newer export.
+    ``source``: ``init_from`` already opened (:func:`open_model`); else it is opened here, and a
+    source that cannot be read any more gets a ``note`` instead of figures (and a warning).
+    """
+    entry: dict[str, Any] = {"source": str(init_from)}
+    try:
+        source = source if source is not None else open_model(init_from)
+    except ValueError as exc:  # CheckpointError included
+        log.warning("trainer.init_from=%s cannot be read any more (%s): the card records the source only", init_from, exc)
+        entry["note"] = f"not readable at export: {exc}"
+        return entry
+    if source.pretrained is not None:
+        card = source.pretrained.card
+        entry.update(
+            steps=card.get("total_steps", card.get("steps")),
+            wall_time_seconds=card.get("total_wall_time_seconds", card.get("wall_time_seconds")),
+            machine=card.get("machine"), precision=card.get("precision"),
+            train_command=card.get("train_command"), sha256=source.pretrained.sha256,
+        )  # fmt: skip
+        if isinstance(card.get("initialised_from"), Mapping):
+            entry["initialised_from"] = dict(card["initialised_from"])
+        return {k: v for k, v in entry.items() if v is not None}
+    ckpt = source.checkpoint
+    entry.update(checkpoint=str(source.path), steps=int(ckpt.get("step", 0)),
+                 wall_time_seconds=float(ckpt.get("elapsed_seconds", 0.0)))  # fmt: skip
+    if ckpt.get("precision"):
+        entry["precision"] = str(ckpt["precision"])
+    before = ckpt.get("initialised_from")
+    if not isinstance(before, Mapping):  # a checkpoint from before the trainer stored it
+        inner = _trainer_setting(ckpt.get("config"), "init_from")
+        before = training_lineage(inner, _depth=_depth + 1) if inner and _depth < 8 else None
+    entry.update(_continued(before, entry["steps"], entry["wall_time_seconds"]))
+    if "total_steps" in entry:  # what this source's training came to, in all
+        entry["steps"], entry["wall_time_seconds"] = entry.pop("total_steps"), entry.pop("total_wall_time_seconds")
+    return entry
+
+
+def _continued(earlier: Mapping[str, Any] | None, steps: int, seconds: float) -> dict[str, Any]:
+    """The card fields of a model whose run went on from ``earlier`` (:func:`training_lineage`):
+    it, and the totals of steps and wall time when both are known."""
+    if not earlier:
+        return {}
+    out: dict[str, Any] = {"initialised_from": dict(earlier)}
+    if isinstance(earlier.get("steps"), int) and isinstance(earlier.get("wall_time_seconds"), (int, float)):
+        out["total_steps"] = earlier["steps"] + steps
+        out["total_wall_time_seconds"] = earlier["wall_time_seconds"] + seconds
+    return out
+
+
+def _trainer_setting(config: Any, key: str) -> Any:
+    """``config["trainer"][key]`` of a checkpoint's saved config, or None."""
+    trainer = config.get("trainer") if isinstance(config, Mapping) else None
+    return trainer.get(key) if isinstance(trainer, Mapping) else None
 
 
 def export_pretrained(
@@ -614,10 +702,19 @@ def export_pretrained(
     src_path, ckpt = open_checkpoint(checkpoint_or_run_dir)
     shipped = ckpt.get("pretrained") if isinstance(ckpt.get("pretrained"), dict) else None
     source_checkpoint = str(src_path)
+    config = ckpt.get("config") or {}
+    # what the run went on from (trainer.init_from): as its checkpoints recorded it, else resolved now,
+    # before anything is written (a run continued from `pretrained:NAME` may be exported as NAME)
+    earlier = ckpt.get("initialised_from") if isinstance(ckpt.get("initialised_from"), Mapping) else None
+    init_from = _trainer_setting(config, "init_from")
+    if earlier is None and init_from and shipped is None:
+        earlier = training_lineage(init_from)
     if shipped is not None:  # an exported model.pt: its weights are already the chosen ones
         has_ema = shipped.get("weights") == "ema"
         try:  # keep the provenance its card recorded
-            source_checkpoint = json.loads((src_path.parent / CARD_JSON).read_text(encoding="utf-8"))["source_checkpoint"]
+            old_card = json.loads((src_path.parent / CARD_JSON).read_text(encoding="utf-8"))
+            source_checkpoint = old_card["source_checkpoint"]
+            earlier = old_card.get("initialised_from") or None
         except (OSError, ValueError, KeyError, TypeError):
             pass
     else:
@@ -631,7 +728,6 @@ def export_pretrained(
             raise ValueError("no pretrained/ folder found to export into: pass out_dir (e.g. data/pretrained)")
     folder = Path(out_dir) / name
     mcfg = model.config.to_dict()
-    config = ckpt.get("config") or {}
     obj = {
         "format": CHECKPOINT_FORMAT,
         "model": _weights_for_export(model, dtype),
@@ -676,6 +772,8 @@ def export_pretrained(
         "eval_commands": list(eval_commands),
         "steps": obj["step"],
         "wall_time_seconds": obj["elapsed_seconds"],
+        **({"precision": str(_trainer_setting(config, "precision"))} if _trainer_setting(config, "precision") else {}),
+        **_continued(earlier, obj["step"], obj["elapsed_seconds"]),
         "machine": dict(machine) if machine is not None else machine_description(threads),
         "heldout": dict(heldout or {}),
         **({"temperature": float(temperature), "temperature_note": temperature_note} if temperature is not None else {}),

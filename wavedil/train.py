@@ -343,6 +343,7 @@ class Run:
     elapsed_before: float = 0.0  # training seconds of the runs this one continues (from the checkpoint)
     loop_start: float = 0.0  # time.monotonic() when this process's loop began
     resume_rng: dict | None = None  # random states to restore just before the first step
+    initialised_from: dict | None = None  # trainer.init_from's training (pretrained.training_lineage)
     writer: Any = None
     progress: Progress | None = None
     last_loss: float = float("nan")
@@ -486,6 +487,12 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     run_dir = Path(broadcast_object(str(run_dir), dist))  # rank 0's folder for everyone
 
     init_state = None if init is None else init.checkpoint.get("ema") or init.checkpoint["model"]
+    if init is not None:  # kept in every checkpoint: the source may be replaced later (a newer export)
+        from .pretrained import training_lineage
+
+        lineage = training_lineage(tcfg.init_from, init)
+    else:
+        lineage = resume[1].get("initialised_from") if resume is not None else None
     model, ema = _build_model(mcfg, tcfg, data, device, seed, fresh=resume is None, init_state=init_state)
     if init is not None and dist.is_main:
         log.info("initialised from %s (step %s)", init.label, init.checkpoint.get("step"))
@@ -513,7 +520,7 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
         plain=plain, tcfg=tcfg, ocfg=ocfg, seed=seed, dist=dist, device=device, precision=precision,
         autocast=autocast, scaler=scaler, data=data, mcfg=mcfg, model=model,
         net=_for_training(model, dist, device, tcfg.compile), ema=ema, optimizer=optimizer, run_dir=run_dir,
-        loader=loader, step=step, elapsed_before=elapsed_before, resume_rng=resume_rng,
+        loader=loader, step=step, elapsed_before=elapsed_before, resume_rng=resume_rng, initialised_from=lineage,
         last_ckpt=resume[0] if resume is not None else None, last_ckpt_step=step if resume is not None else -1,
     )
 
@@ -594,6 +601,7 @@ def save_training_checkpoint(run: Run, elapsed: float) -> Path:
         "config": run.plain,
         "model_config": run.mcfg.to_dict(),
         "sample_rate": run.data.sample_rate,
+        **({"initialised_from": run.initialised_from} if run.initialised_from else {}),
     }
     path = run.ckpt_dir / f"step_{run.step:08d}.pt"
     try:
