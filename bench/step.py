@@ -1,12 +1,14 @@
 """Single-sample ``DilatedStack.step`` speed: the lean step against the old per-layer step.
 
 Prints one JSON object: steps/s and samples/s (``B`` x steps/s) of the current
-``DilatedStack.step`` and of the old implementation (copied below as the baseline), at B=1 and
-B=16 for the ref30 stack (dilations 1..512 x3, kernel 2, residual 64, gate 128, skip 256), the
+``DilatedStack.step`` and of the old implementation (copied below as the baseline), at B = 1, 16
+and 256 for the ref30 stack (dilations 1..512 x3, kernel 2, residual 64, gate 128, skip 256), the
 speed-up, the largest difference between their outputs, and the machine (CPU model and flags,
-torch version, threads). Old and new run in alternating rounds in one process and the median
-round counts, so background load shifts both alike: compare the ratio, not absolute figures
-across runs.
+torch version, threads). A third variant, ``new_plain_rings``, runs the current step on rings
+stored as plain contiguous ``(B, R, L)`` tensors (how ``init_state`` stored them before it kept
+them time-major, :func:`wavedil.streaming.new_ring`). The variants run in alternating rounds in
+one process and the median round counts, so background load shifts them alike: compare the
+ratios, not absolute figures across runs.
 
     python bench/step.py            # ref30, a minute or two on an idle 2-core machine
     python bench/step.py --quick    # a tiny stack, a few seconds
@@ -79,8 +81,14 @@ def old_step(stack: DilatedStack, x: torch.Tensor, state: StackState):
 # ----------------------------------------------------------------------------- timing
 
 
-def _run(fn, stack: DilatedStack, x: torch.Tensor, steps: int) -> tuple[float, torch.Tensor]:
+def _plain(state: StackState) -> StackState:
+    """``state`` with its rings stored as plain contiguous ``(B, R, L)`` tensors."""
+    return StackState([b.contiguous() for b in state.buffers], state.pos)
+
+
+def _run(fn, stack: DilatedStack, x: torch.Tensor, steps: int, plain: bool = False) -> tuple[float, torch.Tensor]:
     state = stack.init_state(x.shape[0])
+    state = _plain(state) if plain else state
     skip = None
     t0 = time.perf_counter()
     for i in range(steps):
@@ -93,7 +101,7 @@ def measure(stack: DilatedStack, batch: int, steps: int, rounds: int) -> dict:
     R = stack.residual_channels
     x = torch.randn(batch, R, steps, generator=torch.Generator().manual_seed(0))
     new = lambda s, xi, st: s.step(xi, st)  # noqa: E731
-    times = {"old": [], "new": []}
+    times = {"old": [], "new": [], "new_plain_rings": []}
     diff = 0.0
     with torch.no_grad():
         _run(new, stack, x, min(steps, 20))  # warm-up (packs the weights once)
@@ -101,14 +109,18 @@ def measure(stack: DilatedStack, batch: int, steps: int, rounds: int) -> dict:
         for _ in range(rounds):
             t_old, s_old = _run(old_step, stack, x, steps)
             t_new, s_new = _run(new, stack, x, steps)
+            t_plain, s_plain = _run(new, stack, x, steps, plain=True)
+            assert torch.equal(s_new, s_plain)  # the memory order of the rings changes no number
             times["old"].append(t_old)
             times["new"].append(t_new)
+            times["new_plain_rings"].append(t_plain)
             diff = max(diff, float((s_old - s_new).abs().max()))
     out = {}
     for name, ts in times.items():
         sps = steps / statistics.median(ts)
         out[name] = {"steps_per_s": round(sps, 1), "samples_per_s": round(sps * batch, 1)}
     out["speedup"] = round(out["new"]["steps_per_s"] / out["old"]["steps_per_s"], 2)
+    out["time_major_rings_speedup"] = round(out["new"]["steps_per_s"] / out["new_plain_rings"]["steps_per_s"], 2)
     out["max_abs_diff_last_skip"] = diff
     return out
 
@@ -141,8 +153,8 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    for batch in (1, 16):
-        result[f"B={batch}"] = measure(stack, batch, steps, rounds)
+    for batch in (1, 16, 256):
+        result[f"B={batch}"] = measure(stack, batch, steps if batch < 256 else max(10, steps // 4), rounds)
     print(json.dumps(result, indent=2))
 
 

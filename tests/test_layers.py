@@ -345,3 +345,24 @@ def test_conditioning_checkpoint_keys_are_stable():
     keys = set(block.state_dict())
     assert {"gc.weight", "lc.weight"} <= keys  # checkpoints written before the split load as they are
     assert block.global_cond_proj is block.gc and block.local_cond_proj is block.lc
+
+
+def test_rings_are_time_major_and_their_memory_order_changes_no_number():
+    """init_state and a chunk step keep each ring slot one contiguous (B, R) block
+    (streaming.new_ring); a state whose rings are plain (B, R, L) tensors steps to the same bits."""
+    torch.manual_seed(0)
+    stack = DilatedStack(8, layers_per_stack=3, stacks=2).eval()
+    x = torch.randn(3, 8, 12)
+    state = stack.init_state(3)
+    assert all(b.select(2, 0).is_contiguous() for b in state.buffers)
+    with torch.no_grad():
+        _, state = stack.step(x[:, :, :5], state)  # a chunk: the per-layer path
+        assert all(b.select(2, b.shape[2] - 1).is_contiguous() for b in state.buffers)
+        plain = StackState([b.contiguous() for b in state.buffers], state.pos)
+        assert not all(b.select(2, 0).is_contiguous() for b in plain.buffers[1:])  # L > 1
+        a, b = state.clone(), plain
+        for t in range(5, 12):
+            (ra, sa), a = stack.step(x[:, :, t : t + 1], a)
+            (rb, sb), b = stack.step(x[:, :, t : t + 1], b)
+            assert torch.equal(ra, rb) and torch.equal(sa, sb)
+    assert all(torch.equal(p, q) for p, q in zip(a.buffers, b.buffers))

@@ -43,9 +43,11 @@ from .streaming import (
     StackState,
     StepWeights,
     StepWorkspace,
+    new_ring,
     ring_conv_step,
     single_step,
     tap_slots,
+    time_major,
 )
 
 __all__ = [
@@ -125,7 +127,7 @@ class CausalConv1d(nn.Module):
         check_positive_int("batch_size", batch_size)
         device = self.weight.device if device is None else device
         dtype = self.weight.dtype if dtype is None else dtype
-        return torch.zeros(batch_size, self.in_channels, self.padding, device=device, dtype=dtype)
+        return new_ring(batch_size, self.in_channels, self.padding, device=device, dtype=dtype)
 
     def step(self, x: torch.Tensor, buf: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Process the chunk ``x`` ``(B, C_in, T)`` that starts at stream time ``pos``.
@@ -140,7 +142,8 @@ class CausalConv1d(nn.Module):
             y = F.linear(window.flatten(1), self.weight.flatten(1), self.bias).unsqueeze(-1)
             buf[:, :, write] = x[:, :, 0]  # after the read: with k = 2 the tap shares the slot
             return y, buf
-        return ring_conv_step(x, buf, pos, self.weight, self.bias, self.dilation)
+        y, buf = ring_conv_step(x, buf, pos, self.weight, self.bias, self.dilation)
+        return y, time_major(buf)  # as new_ring: the single steps that follow read a slot in one piece
 
 
 class ResidualBlock(nn.Module):

@@ -30,6 +30,8 @@ __all__ = [
     "ring_history",
     "ring_from_history",
     "ring_conv_step",
+    "new_ring",
+    "time_major",
     "tap_slots",
     "state_to_tensors",
     "state_from_tensors",
@@ -47,6 +49,9 @@ class StackState:
         buffers: one ring buffer per layer, ``(B, C_in, (k - 1) * d)``. Slot ``s`` of a buffer
             holds the input of time ``t`` with ``t % L == s`` (``L`` the buffer length), for the
             last ``L`` time steps; times before the start of the stream read as zeros.
+            :meth:`~wavedil.layers.DilatedStack.init_state` stores them time-major
+            (:func:`new_ring`: each slot one contiguous block, fast single steps at large
+            batches); rings in any other memory order give the same results.
         pos: number of time steps consumed so far (the write position of every ring).
 
     The state is plain tensors: a caller can hold it, ``clone`` it, move it, save it with
@@ -104,6 +109,33 @@ class StackState:
 
 
 # ----------------------------------------------------------------------------- ring arithmetic
+
+
+def new_ring(batch_size: int, channels: int, length: int, device=None, dtype=None) -> torch.Tensor:
+    """An all-zero ring ``(B, C, L)`` stored time-major (its memory is ``(L, B, C)``).
+
+    The shape, and so every index, is that of a plain ``(B, C, L)`` tensor; only the memory
+    order differs: slot ``buf[:, :, s]`` is one contiguous ``(B, C)`` block, so a single step
+    reads and writes a slot in one piece instead of ``B * C`` elements ``L`` apart (at B = 256
+    that made the eager step's slot copies most of its time).
+    """
+    return torch.zeros(length, batch_size, channels, device=device, dtype=dtype).permute(1, 2, 0)
+
+
+def time_major(buf: torch.Tensor) -> torch.Tensor:
+    """``buf (B, C, L)`` stored as :func:`new_ring` stores it (``buf`` itself when it already is).
+
+    Under a TorchScript trace or script ``buf`` itself: an exported graph keeps the plain layout
+    (a layout is not part of its inputs' meaning, and the copies would cost every call).
+    torch.compile does convert, so that a compiled step's output rings have the layout of the
+    fresh ones it started from (its guards would otherwise compile a second graph).
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return buf
+    B, C, L = buf.shape
+    if buf.stride() != (C, 1, B * C):  # exactly new_ring's strides (size-1 dims included: guards compare them)
+        buf = buf.permute(2, 0, 1).clone(memory_format=torch.contiguous_format).permute(1, 2, 0)
+    return buf
 
 
 def _slots(L: int, device: torch.device) -> torch.Tensor:

@@ -419,9 +419,9 @@ def state_from_ring(packed: PackedWaveNet, ring: np.ndarray, pos: int) -> StackS
     the inverse of :func:`ring_from_state`."""
     k = packed.kernel
     buffers = [
-        torch.from_numpy(np.ascontiguousarray(ring[off : off + (k - 1) * d].transpose(1, 2, 0)))
+        torch.from_numpy(ring[off : off + (k - 1) * d].copy()).permute(1, 2, 0)
         for off, d in zip(packed.off.tolist(), packed.dil.tolist())
-    ]  # (B, R, L) each
+    ]  # (B, R, L) each, time-major in memory as new_ring's
     return StackState(buffers, int(pos))
 
 
