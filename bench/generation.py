@@ -4,7 +4,7 @@ Measured in one process, on ref30 (``WaveNetConfig()``: 30 layers, kernel 2, R=6
 S=256, H=256, Q=256) in float32 with random weights:
 
 * ``samples_per_second``: all sequences together, of each generation back-end at B = 1, 16,
-  64, 256 (``torch``, the plain eager cached step, at B = 1 and 16 only); of ``fast`` in each
+  64, 256 (``torch`` is the eager cached step, ``DilatedStack.step``'s lean path); of ``fast`` in each
   reduced weight mode (``fast-bf16``, ``fast-int8``: 16- and 8-bit weights); and of
   ``fast-1thread`` and ``fast-int8-1thread`` (batch 1 on one core), which show what running
   batch 1 as a two-thread pipeline buys in each;
@@ -12,8 +12,9 @@ S=256, H=256, Q=256) in float32 with random weights:
   faster is the baseline of the ratios (the conservative choice);
 * ``naive``: full recompute, ``model.forward`` over the last receptive-field window for every
   new sample (B = 1 and 16, a few steps);
-* ``matmul``: GFLOP/s of a plain large ``torch.matmul`` in this run, and what ``fast``
-  reaches at each batch size (FLOP per sample from the config) and its fraction of it;
+* ``matmul``: GFLOP/s of a plain large ``torch.matmul`` in this run, and what ``fast`` (each
+  mode) and ``torch`` reach at each batch size (FLOP per sample from the config), with
+  ``fast``'s fraction of it;
 * ``ratios``: fast / eager, fast / naive, cached (eager) / naive, and each reduced mode / fp32
   ``fast`` at every batch size;
 * ``machine``: CPU model and the instruction-set flags that matter (AVX2, AVX-512, VNNI, bf16,
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     # name -> (back-end, weight mode, batch sizes)
     runs = {"fast": ("fast", "fp32", BATCHES), "fast-bf16": ("fast", "bf16", BATCHES),
             "fast-int8": ("fast", "int8", BATCHES), "fast-1thread": ("fast-1thread", "fp32", (1,)),
-            "fast-int8-1thread": ("fast-1thread", "int8", (1,)), "torch": ("torch", "fp32", (1, 16))}  # fmt: skip
+            "fast-int8-1thread": ("fast-1thread", "int8", (1,)), "torch": ("torch", "fp32", BATCHES)}  # fmt: skip
     for weights in WEIGHT_MODES:
         generate(model, 20, batch_size=1, backend="fast", weights=weights)  # compile (or load) the kernels
         generate(model, 4, batch_size=4, backend="fast", weights=weights)
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
         for b in batches:
             rate, n = gen_rate(model, backend, b, max_steps(b), budget, repeat, weights)
             backends[name][str(b)], run_steps[name][str(b)] = round(rate, 1), n
-    eager = {"default_threads": backends["torch"]}
+    eager = {"default_threads": {b: backends["torch"][b] for b in ("1", "16")}}
     with torch_threads(1):
         eager["one_thread"] = {
             str(b): round(gen_rate(model, "torch", b, max_steps(b), budget, repeat)[0], 1) for b in (1, 16)
@@ -405,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
             for b in map(str, BATCHES):
                 ratios[f"{mode}_over_fp32_b{b}"] = round(reduced[b] / fast[b], 2)
             result["matmul"][f"fast_{mode}_gflops"] = {b: round(r * flops / 1e9, 1) for b, r in reduced.items()}
+        result["matmul"]["torch_gflops"] = {b: round(r * flops / 1e9, 1) for b, r in backends["torch"].items()}
         best = max(("fast", "fast-bf16", "fast-int8"), key=lambda n: backends[n]["1"])
         result["realtime_16khz_b1_best"] = {"mode": best, "factor": round(backends[best]["1"] / 16000, 3)}
     unregister_backend("fast-1thread")
