@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .layers import DilatedStack
-from .streaming import StackState, ring_conv_step, state_from_tensors, state_to_tensors, time_major
+from .streaming import StackState, ring_conv_step, state_from_tensors, state_to_tensors
 
 __all__ = [
     "MissingDependencyError",
@@ -132,7 +132,6 @@ class StreamingStep(nn.Module):
         for layer, buf in zip(self.stack.layers, buffers):
             conv = layer.conv
             h, buf = ring_conv_step(x, buf, pos, conv.weight, conv.bias, conv.dilation)
-            buf = time_major(buf)  # the layout of init_state's rings (a no-op in TorchScript and ONNX)
             # The gate and the 1x1 outputs are the block's own code, so the two paths cannot drift.
             x, skip = layer.residual_and_skip(x, layer.gate(h, global_cond, local_cond))
             new_buffers.append(buf)

@@ -47,7 +47,6 @@ from .streaming import (
     ring_conv_step,
     single_step,
     tap_slots,
-    time_major,
 )
 
 __all__ = [
@@ -142,8 +141,7 @@ class CausalConv1d(nn.Module):
             y = F.linear(window.flatten(1), self.weight.flatten(1), self.bias).unsqueeze(-1)
             buf[:, :, write] = x[:, :, 0]  # after the read: with k = 2 the tap shares the slot
             return y, buf
-        y, buf = ring_conv_step(x, buf, pos, self.weight, self.bias, self.dilation)
-        return y, time_major(buf)  # as new_ring: the single steps that follow read a slot in one piece
+        return ring_conv_step(x, buf, pos, self.weight, self.bias, self.dilation)
 
 
 class ResidualBlock(nn.Module):

@@ -748,7 +748,8 @@ def export_pretrained(
             if corpus.get("licence")
             else "The licence of the training audio was not recorded: check it before sharing these weights."
         )
-    threads = (config.get("trainer") or {}).get("threads") if isinstance(config, dict) else None
+    threads = _trainer_setting(config, "threads")
+    precision = _trainer_setting(config, "precision")
     card: dict[str, Any] = {
         "card_format": CARD_FORMAT,
         "name": name,
@@ -772,7 +773,7 @@ def export_pretrained(
         "eval_commands": list(eval_commands),
         "steps": obj["step"],
         "wall_time_seconds": obj["elapsed_seconds"],
-        **({"precision": str(_trainer_setting(config, "precision"))} if _trainer_setting(config, "precision") else {}),
+        **({"precision": str(precision)} if precision else {}),
         **_continued(earlier, obj["step"], obj["elapsed_seconds"]),
         "machine": dict(machine) if machine is not None else machine_description(threads),
         "heldout": dict(heldout or {}),

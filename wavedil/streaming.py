@@ -31,7 +31,6 @@ __all__ = [
     "ring_from_history",
     "ring_conv_step",
     "new_ring",
-    "time_major",
     "tap_slots",
     "state_to_tensors",
     "state_from_tensors",
@@ -122,22 +121,6 @@ def new_ring(batch_size: int, channels: int, length: int, device=None, dtype=Non
     return torch.zeros(length, batch_size, channels, device=device, dtype=dtype).permute(1, 2, 0)
 
 
-def time_major(buf: torch.Tensor) -> torch.Tensor:
-    """``buf (B, C, L)`` stored as :func:`new_ring` stores it (``buf`` itself when it already is).
-
-    Under a TorchScript trace or script ``buf`` itself: an exported graph keeps the plain layout
-    (a layout is not part of its inputs' meaning, and the copies would cost every call).
-    torch.compile does convert, so that a compiled step's output rings have the layout of the
-    fresh ones it started from (its guards would otherwise compile a second graph).
-    """
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return buf
-    B, C, L = buf.shape
-    if buf.stride() != (C, 1, B * C):  # exactly new_ring's strides (size-1 dims included: guards compare them)
-        buf = buf.permute(2, 0, 1).clone(memory_format=torch.contiguous_format).permute(1, 2, 0)
-    return buf
-
-
 def _slots(L: int, device: torch.device) -> torch.Tensor:
     return torch.arange(L, device=device)
 
@@ -164,7 +147,15 @@ def ring_from_history(hist: torch.Tensor, end: int | torch.Tensor, length: int) 
     assert W >= L, f"window of {W} samples cannot fill a ring of {L}"
     # + L keeps the dividend positive, so any remainder convention (ONNX Mod too) agrees.
     newest = (W - 1) - torch.remainder(end + (L - 1) - _slots(L, hist.device), L)
-    return hist.index_select(-1, newest)
+    ring = hist.index_select(-1, newest)
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return ring  # TorchScript keeps the plain layout
+    # new_ring's layout, its strides exactly (size-1 dims included: a compiled step's guards compare
+    # them): the single steps that follow read a slot in one piece
+    B, C = ring.shape[:2]
+    if ring.stride() != (C, 1, B * C):
+        ring = ring.permute(2, 0, 1).clone(memory_format=torch.contiguous_format).permute(1, 2, 0)
+    return ring
 
 
 def ring_conv_step(

@@ -486,13 +486,13 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     init_distributed(dist, device, tcfg.dist_backend)
     run_dir = Path(broadcast_object(str(run_dir), dist))  # rank 0's folder for everyone
 
-    init_state = None if init is None else init.checkpoint.get("ema") or init.checkpoint["model"]
-    if init is not None:  # kept in every checkpoint: the source may be replaced later (a newer export)
+    if init is not None:
         from .pretrained import training_lineage
 
-        lineage = training_lineage(tcfg.init_from, init)
+        init_state = init.checkpoint.get("ema") or init.checkpoint["model"]
+        lineage = training_lineage(tcfg.init_from, init)  # kept in every checkpoint: the source may be replaced
     else:
-        lineage = resume[1].get("initialised_from") if resume is not None else None
+        init_state, lineage = None, resume[1].get("initialised_from") if resume is not None else None
     model, ema = _build_model(mcfg, tcfg, data, device, seed, fresh=resume is None, init_state=init_state)
     if init is not None and dist.is_main:
         log.info("initialised from %s (step %s)", init.label, init.checkpoint.get("step"))

@@ -134,12 +134,12 @@ class TrainerConfig:
             raise ValueError(f"trainer.dist_backend must be auto, nccl or gloo, got {self.dist_backend!r}")
         if self.resume is None or (isinstance(self.resume, str) and self.resume.lower() in ("", "false", "none")):
             set_("resume", False)
+        elif isinstance(self.resume, str) and self.resume.lower() == "true":
+            set_("resume", True)
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
             raise ValueError(
                 f"trainer.init_from must be a checkpoint file, a run folder or pretrained:NAME, got {self.init_from!r}"
             )
-        elif isinstance(self.resume, str) and self.resume.lower() == "true":
-            set_("resume", True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainerConfig":
