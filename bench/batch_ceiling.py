@@ -1,12 +1,14 @@
-"""Why `fast` stops near a quarter of the matmul rate at large batches: its product kernel, alone.
+"""Where `fast` stops at large batches: its product routine alone, plain loops against tiles.
 
 For B > 1 the fused back-end computes every product of a step with one routine,
-``_axpy_rows_f`` (``c[r] += a[r] @ W`` for a block of rows, eight weight rows at a time; see
-``wavedil/fast/_kernels.py``), one slice of rows per thread. This script times that routine on
-one thread, hot in cache, at ref30's shapes (B = 256 on two threads: 128 rows each), next to
-torch's ``addmm`` of the same shapes on one thread and the machine's float32 matmul rate on all
-threads (2048^3), all in the same run. The routine's rate on one thread times the threads bounds
-what ``fast`` can reach at any batch, whatever the rest of the step costs. Prints JSON.
+``_axpy_rows_f`` (``c[r] += a[r] @ W`` for a block of rows, one slice of rows per thread). It
+used plain loops over the output columns (``_axpy_rows_plain``, eight weight rows at a time);
+it now goes by register tiles (``wavedil/fast/_tiles.py``) with the same bits. This script times
+both on one thread, hot in cache, at ref30's shapes (B = 256 on two threads: 128 rows each, in
+blocks of ``ROW_BLOCK``), next to torch's ``addmm`` of the same shapes on one thread and the
+machine's float32 matmul rate on all threads (2048^3), all in the same run. The routine's rate on
+one thread times the threads bounds what ``fast`` can reach at any batch, whatever the rest of
+the step costs. Prints JSON.
 
     python bench/batch_ceiling.py [--quick]
 """
@@ -29,7 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _machine import cpu_flags, cpu_model  # noqa: E402
-from wavedil.fast._kernels import _axpy_rows_f  # noqa: E402
+from wavedil.fast._kernels import _axpy_rows_f, _axpy_rows_plain  # noqa: E402
+from wavedil.fast.cpu import ROW_BLOCK  # noqa: E402
 
 #: ref30's products per step (in, out): the dilated conv (2 taps of R = 64 -> gate 128), the
 #: residual (64 -> 64), a layer's skip (64 -> 256), the head (256 -> 256)
@@ -37,12 +40,16 @@ SHAPES = {"conv": (128, 128), "residual": (64, 64), "skip": (64, 256), "head": (
 
 
 @nb.njit(nogil=True, cache=True)
-def _rows(a, w, c, k, n, row_block, reps):
-    """``reps`` times ``c += a @ w`` the way the generation kernel does it (blocks of rows)."""
+def _rows(a, w, c, k, n, row_block, reps, tiles):
+    """``reps`` times ``c += a @ w`` the way the generation kernel does it (blocks of rows), by
+    tiles or (``tiles`` False) by the plain loops."""
     sc = np.zeros(1, np.float32)
     for _ in range(reps):
         for r0 in range(0, a.shape[0], row_block):
-            _axpy_rows_f(a[r0:], w, sc, c[r0:], min(row_block, a.shape[0] - r0), k, n)
+            if tiles:
+                _axpy_rows_f(a[r0:], w, sc, c[r0:], min(row_block, a.shape[0] - r0), k, n)
+            else:
+                _axpy_rows_plain(a[r0:], w, sc, c[r0:], min(row_block, a.shape[0] - r0), k, n)
 
 
 def _rate(fn, flops: float, min_s: float) -> float:
@@ -71,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
         w = rng.standard_normal((k, n), dtype=np.float32)
         c = np.zeros((args.rows, n), np.float32)
         flops = 2.0 * args.rows * k * n
-        kernel = _rate(lambda r: _rows(a, w, c, k, n, 16, r), flops, min_s)
+        kernel = _rate(lambda r: _rows(a, w, c, k, n, ROW_BLOCK, r, True), flops, min_s)
+        plain = _rate(lambda r: _rows(a, w, c, k, n, 16, r, False), flops, min_s)
         ta, tw, tc = torch.from_numpy(a), torch.from_numpy(w), torch.from_numpy(c)
         torch.set_num_threads(1)
         try:
@@ -83,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             torch.set_num_threads(threads)
         out["shapes"][name] = {"k": k, "n": n, "kernel_gflops_1thread": round(kernel, 1),
+                               "plain_loops_gflops_1thread": round(plain, 1),
                                "torch_addmm_gflops_1thread": round(sgemm, 1)}  # fmt: skip
     big = torch.randn(2048, 2048)
     out["matmul_gflops_all_threads"] = round(_rate(lambda r: [big @ big for _ in range(r)], 2.0 * 2048**3, min_s), 1)

@@ -14,6 +14,8 @@ rounding difference (:func:`test_16_bit_generation_parts_only_by_one_bin`).
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 
@@ -167,6 +169,50 @@ def test_a_broken_fast_backend_warns_with_the_cause_and_auto_falls_back():
     assert out.stdout.strip() == "checked"
 
 
+_TILE_CHECK = """
+import numba as nb, numpy as np
+from wavedil.fast._kernels import _axpy_rows_f, _axpy_rows_plain
+
+@nb.njit
+def both(a, w, c, rows, k, n):
+    sc = np.zeros(1, np.float32)
+    tiled, plain = c.copy(), c.copy()
+    _axpy_rows_f(a, w, sc, tiled, rows, k, n)
+    _axpy_rows_plain(a, w, sc, plain, rows, k, n)
+    return tiled, plain
+
+rng = np.random.default_rng(0)
+checked = 0
+for fmt in ("f32", "bf16"):
+    for rows in (2, 3, 5, 6, 7, 13):
+        for k in (3, 8, 13, 64):
+            for n in (8, 16, 30, 64, 72, 136):
+                a = rng.standard_normal((rows + 1, k + 3), dtype=np.float32)
+                w = rng.standard_normal((k + 1, n + 5), dtype=np.float32)
+                if fmt == "bf16":
+                    w = (w.view(np.uint32) >> 16).astype(np.uint16)
+                tiled, plain = both(a, w, rng.standard_normal((rows + 2, n + 2), dtype=np.float32), rows, k, n)
+                assert np.array_equal(tiled, plain), (fmt, rows, k, n, float(np.abs(tiled - plain).max()))
+                checked += 1
+print(checked)
+"""
+
+
+@pytest.mark.parametrize("target", ["host", "haswell"])
+def test_register_tiles_add_in_the_plain_loops_order(target):
+    """The batched products' register tiles (``wavedil/fast/_tiles.py``) give the plain loops'
+    bits, float32 and bfloat16, for every leftover of rows and columns: with this CPU's tiles, and
+    compiled for an AVX2-only CPU (``NUMBA_CPU_NAME=haswell``: the AMD machine's smaller tiles)."""
+    env = dict(os.environ)
+    if target == "haswell":
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            pytest.skip("an x86 target")
+        env["NUMBA_CPU_NAME"] = "haswell"
+    out = subprocess.run([sys.executable, "-c", _TILE_CHECK], env=env, timeout=300, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(2 * 6 * 4 * 6)
+
+
 def test_unknown_backend_lists_the_known_ones():
     with pytest.raises(ValueError, match="available.*fast.*torch|available.*torch"):
         generate(make_model(), 5, seed=0, backend="nope")
@@ -213,21 +259,24 @@ def _variants(batch: int) -> dict[str, object]:
             # split across two threads, switching to one thread and back between short chunks
             "split": make_fast_backend(threads=2, split=True, chunk=150),
         }
-    return {
+    variants = {
         "rows-one-thread": make_fast_backend(threads=1, row_block=2),
         # with mel conditioning, chunks of 150 // 3 steps (the per-step gate biases are chunked)
         "rows-two-threads": make_fast_backend(threads=2, chunk=150),
     }
+    if batch >= 7:  # the products' full register tiles (6 rows) and a row left over
+        variants["rows-tiles"] = make_fast_backend(threads=1, row_block=7)
+    return variants
 
 
 @pytest.mark.parametrize("kernel_size", [2, 3])
 @pytest.mark.parametrize("speaker", [False, True])
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 8])
 def test_same_samples_as_torch_for_the_same_seed(kernel_size, speaker, batch):
     model = make_model(kernel_size, speaker)
     torch.manual_seed(2)
     prompt = torch.randint(0, Q, (batch, 25))
-    spk = torch.tensor([1, 2, 0][:batch]) if speaker else None
+    spk = torch.tensor([1, 2, 0, 1, 1, 2, 0, 2][:batch]) if speaker else None
     ref = generate(model, STEPS, batch_size=batch, seed=11, prompt=prompt, speaker=spk, backend="torch").codes
     for name, backend in _variants(batch).items():
         register_backend("_test_fast", backend)
@@ -477,6 +526,29 @@ def test_exp_neg_is_exp_to_float32_accuracy_over_its_whole_range():
     assert rel.max() < 2e-7, (x[rel.argmax()], rel.max())
 
 
+def test_exp_neg64_is_within_one_ulp_of_exp_over_its_whole_range():
+    """The draw's float64 exponential: every step of its range reduction (m = 0 .. 1010) within
+    one unit in the last place of libm's value, and the clamp at -700 (no underflow to 0)."""
+    import numba as nb
+
+    from wavedil.fast._kernels import exp_neg64
+
+    @nb.njit
+    def run(x, y):
+        for i in range(x.size):
+            y[i] = exp_neg64(x[i])
+
+    x = -np.linspace(0, 700, 2_000_001)
+    y = np.empty_like(x)
+    run(x, y)
+    ref = np.exp(x)
+    ulps = np.abs(y - ref) / np.spacing(ref)
+    assert ulps.max() <= 1.0, (x[ulps.argmax()], ulps.max())
+    far = np.array([-700.0, -750.0, -1e6])
+    run(far, y[:3])
+    assert y[0] == y[1] == y[2] and abs(y[0] / np.exp(-700.0) - 1.0) < 1e-15
+
+
 def test_make_fast_backend_rejects_bad_options():
     with pytest.raises(ValueError, match="threads"):
         make_fast_backend(threads=0)
@@ -640,11 +712,13 @@ def test_reduced_modes_compute_with_exactly_their_rounded_weights(weights, head,
 
 
 @pytest.mark.parametrize("weights", ["bf16", "int8"])
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 8])
 def test_reduced_modes_draw_reproducible_samples_on_every_code_path(weights, batch):
-    """The same seed gives the same samples in a mode, whichever threads and splits run it."""
+    """The same seed gives the same samples in a mode, whichever threads, splits and row blocks
+    run it."""
     model = make_head_model("mulaw", speaker=True, mel=True)
-    kwargs = dict(batch_size=batch, seed=9, speaker=torch.tensor([1, 2, 0][:batch]), mel=random_mel(model, batch, 600),
+    kwargs = dict(batch_size=batch, seed=9, speaker=torch.tensor([1, 2, 0, 1, 1, 2, 0, 2][:batch]),
+                  mel=random_mel(model, batch, 600),
                   weights=weights)  # fmt: skip
     runs = [_fast_codes(backend, model, 600, **kwargs) for backend in _variants(batch).values()]
     runs.append(generate(model, 600, backend="fast", **kwargs).codes)

@@ -40,7 +40,7 @@ from ..backends import (
     get_backend,
 )
 from ..model import WaveNet
-from .cpu import CpuOptions, cpu_generate, cpu_teacher_forced_logits, load_kernels
+from .cpu import ROW_BLOCK, CpuOptions, cpu_generate, cpu_teacher_forced_logits, load_kernels
 from .cuda import cuda_generate, cuda_teacher_forced_logits
 from .pack import unsupported_reason as _layers_unsupported
 
@@ -112,7 +112,7 @@ class FastBackend(Backend):
 
 
 def make_fast_backend(
-    threads: int | None = None, split: bool | None = None, row_block: int = 16, chunk: int = 1024
+    threads: int | None = None, split: bool | None = None, row_block: int = ROW_BLOCK, chunk: int = 1024
 ) -> FastBackend:
     """A ``fast`` back-end with its own thread and blocking settings (see :class:`CpuOptions`).
 

@@ -1,0 +1,224 @@
+"""Register-tiled products for the batched kernels: ``C[r0:r0+m, c0:c0+n] += A @ W``, exactly.
+
+The fused CPU kernels add every product ``a[r, j] * W[j, o]`` into its output one ``j`` at a time
+(float32: one chain of fused multiply-adds ``j = 0, 1, ..., k-1``; bfloat16 weights: two chains
+per block of eight rows, see :func:`wavedil.fast._kernels._acc8`). Written as numba loops over
+output columns, each output is loaded and stored once per eight ``j`` and each weight row is
+re-read for every batch row: 58-74 GFLOP/s on one AVX-512 core against 129-182 for torch's
+``addmm`` (``bench/batch_ceiling.py``).
+
+A tile keeps ``m x n`` outputs (``m`` batch rows, ``n`` columns: ``m * n / lanes`` vector
+registers) in registers for the whole ``j`` loop: each weight vector loaded serves ``m`` rows,
+each ``a[r, j]`` is broadcast once for ``n / lanes`` multiply-adds, and the outputs are read and
+written once. The loop is emitted directly as LLVM IR on ``<n x float>`` vectors (numba has no
+vector type, and LLVM does not keep a numba-level tile in registers), with the *same* sequence
+of operations per output as the plain loops: the results are the same bits, whatever the tile.
+
+Tile shapes follow the vector registers of the CPU the code is compiled for: AVX-512 (32 x 512
+bits) takes 6 rows x 64 float32 columns (24 accumulators); AVX2 and others (16 x 256 bits)
+6 x 16. bfloat16's two chains need twice the accumulators: 6 x 32 and 3 x 16.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import numba as nb
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+__all__ = ["axpy_tiles", "tile_shape"]
+
+_IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+# a target forced with NUMBA_CPU_NAME (e.g. "haswell" to try the AVX2 code) gets the small tiles
+_WIDE = (
+    _IS_X86
+    and not os.environ.get("NUMBA_CPU_NAME")
+    and bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
+)
+
+#: (rows, columns) of a tile by weight format, for the compile target
+_SHAPES = {"f32": (6, 64), "bf16": (6, 32)} if _WIDE else {"f32": (6, 16), "bf16": (3, 16)}
+#: columns of the narrow tiles that take what the wide ones leave (then plain loops, < 16 columns)
+_NARROW = 16
+
+
+def tile_shape(bf16: bool) -> tuple[int, int]:
+    """``(rows, columns)`` of the main tile for float32 (``bf16=False``) or bfloat16 weights."""
+    return _SHAPES["bf16" if bf16 else "f32"]
+
+
+def _make_tile(rows: int, narrow: bool):
+    """An intrinsic ``tile(a, w, c, r0, c0, k8, k)``: ``c[r0 + i, c0 : c0 + n] += a[r0 + i, :k] @
+    w[:k, c0 : c0 + n]`` for ``i < rows`` (``n``: the format's tile width, or 16 if ``narrow``).
+
+    ``a``, ``c`` float32 ``(>= r0 + rows, .)``, ``w`` float32 or bfloat16 bits (uint16) ``(>= k, .)``,
+    each with unit stride along its last axis. float32: ``c += a[:, j] * w[j]`` one ``j`` at a
+    time; bfloat16: per block of eight ``j < k8`` two chains (``p = c + s0 w0``, ``q = s1 w1 +
+    s3 w3``, ``p += s2 w2``, ``p += s4 w4``, ``q += s5 w5`` ... ``c = p + q``), then one ``j`` at a
+    time from ``k8``: the operations of :func:`wavedil.fast._kernels._acc8` and ``_acc1`` as LLVM
+    fuses them (``q``'s first sum is ``fma(s1, w1, s3 * w3)``; the tests compare the bits).
+    """
+
+    @intrinsic
+    def tile(typingctx, a, w, c, r0, c0, k8, k):
+        if not all(isinstance(x, types.Array) and x.ndim == 2 for x in (a, w, c)):
+            return None
+        if a.dtype != types.float32 or c.dtype != types.float32 or w.dtype not in (types.float32, types.uint16):
+            return None
+        bf16 = w.dtype == types.uint16
+        n = _NARROW if narrow else tile_shape(bf16)[1]
+        sig = types.void(a, w, c, types.intp, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            arrs = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3])]
+            r0v, c0v, k8v, kv = args[3:]
+            intp = context.get_value_type(types.intp)
+            f32 = ir.FloatType()
+            vt = ir.VectorType(f32, n)
+            i8p = ir.IntType(8).as_pointer()
+            elem = 2 if bf16 else 4
+
+            def ptr(which, i, j, ty, size=4):
+                arr = arrs[which]
+                row_stride = cgutils.unpack_tuple(builder, arr.strides, 2)[0]
+                off = builder.add(builder.mul(i, row_stride), builder.mul(j, ir.Constant(intp, size)))
+                return builder.bitcast(builder.gep(builder.bitcast(arr.data, i8p), [off]), ty.as_pointer())
+
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{n}f32")
+            undef = ir.Constant(vt, ir.Undefined)
+            splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n)
+            zero32 = ir.Constant(ir.IntType(32), 0)
+            rows_v = [builder.add(r0v, ir.Constant(intp, i)) for i in range(rows)]
+
+            def weights(j):
+                if not bf16:
+                    return builder.load(ptr(1, j, c0v, vt), align=4)
+                bits = builder.load(ptr(1, j, c0v, ir.VectorType(ir.IntType(16), n), elem), align=2)
+                wide = builder.zext(bits, ir.VectorType(ir.IntType(32), n))
+                wide = builder.shl(wide, ir.Constant(ir.VectorType(ir.IntType(32), n), [16] * n))
+                return builder.bitcast(wide, vt)
+
+            def scalar(i, j):
+                s = builder.load(ptr(0, rows_v[i], j, f32), align=4)
+                return builder.shuffle_vector(builder.insert_element(undef, s, zero32), undef, splat_mask)
+
+            # accumulators in stack slots of the entry block: LLVM promotes them to registers
+            acc = [cgutils.alloca_once(builder, vt) for _ in range(rows)]
+            for i in range(rows):
+                builder.store(builder.load(ptr(2, rows_v[i], c0v, vt), align=4), acc[i])
+
+            def one_at_a_time(start, stop):
+                with cgutils.for_range_slice(builder, start, stop, ir.Constant(intp, 1)) as (j, _):
+                    wv = weights(j)
+                    for i in range(rows):
+                        builder.store(builder.call(fma, [scalar(i, j), wv, builder.load(acc[i])]), acc[i])
+
+            if not bf16:
+                one_at_a_time(ir.Constant(intp, 0), kv)
+            else:
+                other = [cgutils.alloca_once(builder, vt) for _ in range(rows)]
+                with cgutils.for_range_slice(builder, ir.Constant(intp, 0), k8v, ir.Constant(intp, 8)) as (j0, _):
+                    for m in range(8):
+                        j = builder.add(j0, ir.Constant(intp, m))
+                        wv = weights(j)
+                        if m == 1:
+                            continue  # taken with row 3 (below)
+                        for i in range(rows):
+                            s = scalar(i, j)
+                            if m == 3:  # q = s1 w1 + s3 w3, fused as LLVM fuses _acc8: fma(s1, w1, s3 * w3)
+                                j1 = builder.add(j0, ir.Constant(intp, 1))
+                                first = builder.call(fma, [scalar(i, j1), weights(j1), builder.fmul(s, wv)])
+                                builder.store(first, other[i])
+                            else:
+                                slot = acc[i] if m % 2 == 0 else other[i]
+                                builder.store(builder.call(fma, [s, wv, builder.load(slot)]), slot)
+                    for i in range(rows):
+                        builder.store(builder.fadd(builder.load(acc[i]), builder.load(other[i])), acc[i])
+                one_at_a_time(k8v, kv)
+            for i in range(rows):
+                builder.store(builder.load(acc[i]), ptr(2, rows_v[i], c0v, vt), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile_main = _make_tile(_SHAPES["f32"][0], False)
+_tile_main_bf16 = _make_tile(_SHAPES["bf16"][0], False)
+_tile_one = _make_tile(1, False)
+_tile_narrow = _make_tile(_SHAPES["f32"][0], True)
+_tile_narrow_bf16 = _make_tile(_SHAPES["bf16"][0], True)
+_tile_narrow_one = _make_tile(1, True)
+
+
+def _rows_of(w):
+    """Rows of the main tile for ``w``'s format (a compile-time constant)."""
+
+
+@overload(_rows_of)
+def _rows_of_impl(w):
+    rows = tile_shape(w.dtype == types.uint16)[0]
+    return lambda w: rows
+
+
+def _width_of(w):
+    """Columns of the main tile for ``w``'s format (a compile-time constant)."""
+
+
+@overload(_width_of)
+def _width_of_impl(w):
+    width = tile_shape(w.dtype == types.uint16)[1]
+    return lambda w: width
+
+
+def _tile(a, w, c, r0, c0, k8, k, narrow):
+    """The main tile (rows of :func:`_rows_of`) of ``w``'s format, wide or ``narrow`` (16 columns)."""
+
+
+@overload(_tile)
+def _tile_impl(a, w, c, r0, c0, k8, k, narrow):
+    if w.dtype == types.uint16:
+        return lambda a, w, c, r0, c0, k8, k, narrow: (
+            _tile_narrow_bf16(a, w, c, r0, c0, k8, k) if narrow else _tile_main_bf16(a, w, c, r0, c0, k8, k)
+        )
+    return lambda a, w, c, r0, c0, k8, k, narrow: (
+        _tile_narrow(a, w, c, r0, c0, k8, k) if narrow else _tile_main(a, w, c, r0, c0, k8, k)
+    )
+
+
+@nb.njit(nogil=True, cache=True, boundscheck=False)
+def axpy_tiles(a, w, c, n_rows, k, n):
+    """``c[r, :m] += a[r, :k] @ W[:k, :m]`` for ``r < n_rows``, by tiles; returns ``m``, the
+    columns done (a multiple of 16: the caller adds the last ``n - m`` its own way).
+
+    ``a (>= n_rows, >= k)``, ``c (>= n_rows, >= n)`` float32, ``w (>= k, >= n)`` float32 or
+    bfloat16 bits, all with unit stride along the last axis (asserted); the same bits as the plain
+    loops of ``wavedil.fast._kernels._axpy_rows_f``.
+    """
+    assert a.strides[1] == 4 and c.strides[1] == 4 and w.strides[1] == w.itemsize
+    rows = _rows_of(w)
+    width = _width_of(w)
+    k8 = k - k % 8
+    wide_end = n - n % width
+    narrow_end = n - n % 16
+    c0 = 0
+    while c0 < narrow_end:
+        narrow = c0 >= wide_end
+        r = 0
+        while r + rows <= n_rows:
+            _tile(a, w, c, r, c0, k8, k, narrow)
+            r += rows
+        while r < n_rows:
+            if narrow:
+                _tile_narrow_one(a, w, c, r, c0, k8, k)
+            else:
+                _tile_one(a, w, c, r, c0, k8, k)
+            r += 1
+        c0 += 16 if narrow else width
+    return narrow_end
