@@ -34,12 +34,20 @@ from numba.extending import intrinsic, overload
 __all__ = ["axpy_tiles", "tile_shape"]
 
 _IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-# a target forced with NUMBA_CPU_NAME (e.g. "haswell" to try the AVX2 code) gets the small tiles
-_WIDE = (
-    _IS_X86
-    and not os.environ.get("NUMBA_CPU_NAME")
-    and bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
-)
+
+
+def _targets_avx512() -> bool:
+    """Whether numba compiles for AVX-512: the host's features, or those forced with
+    ``NUMBA_CPU_FEATURES`` (a target forced by ``NUMBA_CPU_NAME`` alone gets the small tiles)."""
+    forced = os.environ.get("NUMBA_CPU_FEATURES")
+    if forced:
+        return "+avx512f" in forced.split(",")
+    if os.environ.get("NUMBA_CPU_NAME"):
+        return False
+    return _IS_X86 and bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
+
+
+_WIDE = _targets_avx512()
 
 #: (rows, columns) of a tile by weight format, for the compile target
 _SHAPES = {"f32": (6, 64), "bf16": (6, 32)} if _WIDE else {"f32": (6, 16), "bf16": (3, 16)}
