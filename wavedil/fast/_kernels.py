@@ -6,7 +6,13 @@ residual layers, the skip sum and the output head -- in compiled code over the a
 
 Matrix products are written as ``C[r, :] += A[r, j] * W[j, :]`` (weights stored ``(in, out)``):
 the innermost loop runs over contiguous output columns, so LLVM vectorises it without
-reassociating any sum, and every output is accumulated in the same order on every call.
+reassociating any sum, and every output is accumulated in the same order on every call. Blocks
+of two rows or more go by register tiles (:mod:`wavedil.fast._tiles`) that make the same
+operations in the same order, so one row gives the same bits alone or in any batch.
+
+The kernels slice their arrays through views without an owner (:func:`_unowned`): a slice of
+an owned array costs an atomic reference count, and two threads slicing the same weights
+contend for its cache line at every layer.
 
 Two kernels:
 
