@@ -159,6 +159,8 @@ def _make_tile(rows: int, narrow: bool):
 
 _tile_main = _make_tile(_SHAPES["f32"][0], False)
 _tile_main_bf16 = _make_tile(_SHAPES["bf16"][0], False)
+_tile_four = _make_tile(4, False)  # the rows that a main tile leaves: 4, 2 and 1 at a time
+_tile_two = _make_tile(2, False)
 _tile_one = _make_tile(1, False)
 _tile_narrow = _make_tile(_SHAPES["f32"][0], True)
 _tile_narrow_bf16 = _make_tile(_SHAPES["bf16"][0], True)
@@ -222,11 +224,20 @@ def axpy_tiles(a, w, c, n_rows, k, n):
         while r + rows <= n_rows:
             _tile(a, w, c, r, c0, k8, k, narrow)
             r += rows
-        while r < n_rows:
-            if narrow:
+        if narrow:
+            while r < n_rows:
                 _tile_narrow_one(a, w, c, r, c0, k8, k)
-            else:
+                r += 1
+        else:
+            # a one-row tile has too few accumulators to hide the multiply-add latency
+            if rows > 4 and r + 4 <= n_rows:
+                _tile_four(a, w, c, r, c0, k8, k)
+                r += 4
+            if r + 2 <= n_rows:
+                _tile_two(a, w, c, r, c0, k8, k)
+                r += 2
+            if r < n_rows:
                 _tile_one(a, w, c, r, c0, k8, k)
-            r += 1
+                r += 1
         c0 += 16 if narrow else width
     return narrow_end
