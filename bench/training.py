@@ -38,6 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # wavedil before torch, as in the `wavedil` command: it shortens torch's OpenMP spin-waits
 # (wavedil/_openmp.py) unless GOMP_SPINCOUNT or OMP_WAIT_POLICY is set
 from wavedil import WaveNet, WaveNetConfig  # noqa: E402  # isort: skip
+from wavedil._malloc import keep_freed_memory  # noqa: E402  # isort: skip
+
+# as `wavedil train` does: glibc keeps freed memory between steps (wavedil/_malloc.py) unless a
+# MALLOC_* variable, GLIBC_TUNABLES or LD_PRELOAD is set; WAVEDIL_MALLOC=glibc measures glibc's
+# own behaviour
+KEEP_FREED_MEMORY = keep_freed_memory()
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -195,6 +201,7 @@ def machine() -> dict:
         # what torch's OpenMP threads ran with (unset: libgomp's default, 300,000)
         "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "malloc_keeps_freed_memory": KEEP_FREED_MEMORY,
     }
     if torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)

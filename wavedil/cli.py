@@ -65,7 +65,13 @@ def _train(overrides: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
+    from ._malloc import keep_freed_memory
     from .config import CONF_DIR
+
+    try:
+        keep_freed_memory()  # a training step's large blocks stay in malloc's heap (wavedil/_malloc.py)
+    except ValueError as exc:  # a bad WAVEDIL_MALLOC
+        raise _fail(exc) from None
 
     debug = "debug=true" in overrides or os.environ.get("HYDRA_FULL_ERROR") == "1"
 

@@ -1092,9 +1092,10 @@ def run_rows(
             an empty ``(0, 0, 0)`` array.
     """
     # views without owners: slicing them in the loops below costs no atomic reference counts
-    uniforms, params, out, emb, wc, gbias = _unowned(uniforms), _unowned(params), _unowned(out), _unowned(emb), _unowned(wc), _unowned(gbias)
-    wres, bres, wskip, bskip, h1, b1 = _unowned(wres), _unowned(bres), _unowned(wskip), _unowned(bskip), _unowned(h1), _unowned(b1)
-    h2, b2, dil, off, ring, forced, record = _unowned(h2), _unowned(b2), _unowned(dil), _unowned(off), _unowned(ring), _unowned(forced), _unowned(record)
+    uniforms, params, out, forced, record = _unowned(uniforms), _unowned(params), _unowned(out), _unowned(forced), _unowned(record)
+    emb, wc, gbias, wres, bres = _unowned(emb), _unowned(wc), _unowned(gbias), _unowned(wres), _unowned(bres)
+    wskip, bskip, h1, b1, h2, b2 = _unowned(wskip), _unowned(bskip), _unowned(h1), _unowned(b1), _unowned(h2), _unowned(b2)
+    dil, off, ring = _unowned(dil), _unowned(off), _unowned(ring)
     scales = _unowned_scales(scales)
     bs = params.shape[0]
     n_par = params.shape[1]
@@ -1113,7 +1114,8 @@ def run_rows(
     hh_own = np.empty((rb, g), np.float32)
     zz_own = np.empty((rb, g2), np.float32)
     hid_own = np.empty((rb, h_ch), np.float32)
-    x, acc, hh, zz, hid = _unowned(x_own), _unowned(acc_own), _unowned(hh_own), _unowned(zz_own), _unowned(hid_own)
+    x, acc, hh = _unowned(x_own), _unowned(acc_own), _unowned(hh_own)
+    zz, hid = _unowned(zz_own), _unowned(hid_own)
     p = np.empty(max(n_par, classes if head == HEAD_MULAW else nmix), np.float64)
     codes = np.empty(bs, np.int64)
     per_step = gbias.shape[0] > 1
@@ -1241,9 +1243,10 @@ def run_pipe(
         own: layers whose past taps role 0 makes (0 to NL).
     """
     # views without owners (see run_rows): the two threads slice the same arrays at every layer
-    sync, uniforms, params, out, emb, wc, gbias = _unowned(sync), _unowned(uniforms), _unowned(params), _unowned(out), _unowned(emb), _unowned(wc), _unowned(gbias)
-    wres, bres, wskip, bskip, h1, b1 = _unowned(wres), _unowned(bres), _unowned(wskip), _unowned(bskip), _unowned(h1), _unowned(b1)
-    h2, b2, dil, off, ring = _unowned(h2), _unowned(b2), _unowned(dil), _unowned(off), _unowned(ring)
+    sync, uniforms, params, out = _unowned(sync), _unowned(uniforms), _unowned(params), _unowned(out)
+    emb, wc, gbias, wres, bres = _unowned(emb), _unowned(wc), _unowned(gbias), _unowned(wres), _unowned(bres)
+    wskip, bskip, h1, b1, h2, b2 = _unowned(wskip), _unowned(bskip), _unowned(h1), _unowned(b1), _unowned(h2), _unowned(b2)
+    dil, off, ring = _unowned(dil), _unowned(off), _unowned(ring)
     z_sh, p_sh, acc_sh, hid_sh = _unowned(z_sh), _unowned(p_sh), _unowned(acc_sh), _unowned(hid_sh)
     scales = _unowned_scales(scales)
     q = params.shape[0]
