@@ -215,6 +215,20 @@ def test_a_continued_run_records_what_it_went_on_from(tmp_path, data_dir) -> Non
     assert again.card["initialised_from"] == card["initialised_from"] and again.card["total_steps"] == 4
 
 
+def test_re_exporting_an_old_continued_checkpoint_does_not_count_it_twice(tmp_path, data_dir) -> None:
+    """A checkpoint without a stored lineage, started from ``pretrained:m`` and exported as ``m``:
+    exported again, ``m`` now resolves to its own export, whose card (not itself) says what it
+    went on from."""
+    _training_checkpoint(tmp_path / "run1", mel=True)  # step 2, 12.5 s
+    first = export_pretrained(tmp_path / "run1", "m")
+    _training_checkpoint(tmp_path / "run2", mel=True, seed=3, init_from="pretrained:m")
+    once = export_pretrained(tmp_path / "run2", "m").card
+    twice = export_pretrained(tmp_path / "run2", "m").card
+    for card in (once, twice):
+        assert card["initialised_from"]["sha256"] == first.sha256
+        assert (card["initialised_from"]["steps"], card["total_steps"]) == (2, 4)
+
+
 def test_a_source_gone_at_export_is_recorded_as_such(tmp_path, data_dir) -> None:
     _training_checkpoint(tmp_path / "run", mel=False, init_from=str(tmp_path / "gone"))
     card = export_pretrained(tmp_path / "run", "m").card

@@ -609,10 +609,33 @@ def training_lineage(init_from: str | os.PathLike, source: ModelSource | None = 
     if not isinstance(before, Mapping):  # a checkpoint from before the trainer stored it
         inner = _trainer_setting(ckpt.get("config"), "init_from")
         before = training_lineage(inner, _depth=_depth + 1) if inner and _depth < 8 else None
+        if before is not None and _exported_from(inner, source.path, entry["steps"]):
+            # NAME resolves now to this very checkpoint's export (exported, then exported again):
+            # its card holds what the checkpoint went on from
+            before = before.get("initialised_from")
     entry.update(_continued(before, entry["steps"], entry["wall_time_seconds"]))
     if "total_steps" in entry:  # what this source's training came to, in all
         entry["steps"], entry["wall_time_seconds"] = entry.pop("total_steps"), entry.pop("total_wall_time_seconds")
     return entry
+
+
+def _exported_from(name: Any, checkpoint: str | os.PathLike, steps: int) -> bool:
+    """Whether ``name`` (a ``trainer.init_from`` value) is a shipped model exported from
+    ``checkpoint`` (at ``steps``): its card names that file (the same file once resolved, relative
+    paths from here) and its step."""
+    if not str(name).startswith(PRETRAINED_PREFIX):
+        return False
+    try:
+        card = open_model(name).pretrained.card
+    except (ValueError, AttributeError):
+        return False
+    exported = card.get("source_checkpoint")
+    if not exported or card.get("steps") != steps:
+        return False
+    try:
+        return Path(exported).resolve() == Path(checkpoint).resolve()
+    except OSError:
+        return False
 
 
 def _continued(earlier: Mapping[str, Any] | None, steps: int, seconds: float) -> dict[str, Any]:
@@ -709,6 +732,8 @@ def export_pretrained(
     init_from = _trainer_setting(config, "init_from")
     if earlier is None and init_from and shipped is None:
         earlier = training_lineage(init_from)
+        if _exported_from(init_from, src_path, int(ckpt.get("step", 0))):  # exported before: its card knows
+            earlier = earlier.get("initialised_from")
     if shipped is not None:  # an exported model.pt: its weights are already the chosen ones
         has_ema = shipped.get("weights") == "ema"
         try:  # keep the provenance its card recorded
