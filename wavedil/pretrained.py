@@ -608,15 +608,26 @@ def training_lineage(init_from: str | os.PathLike, source: ModelSource | None = 
     before = ckpt.get("initialised_from")
     if not isinstance(before, Mapping):  # a checkpoint from before the trainer stored it
         inner = _trainer_setting(ckpt.get("config"), "init_from")
-        before = training_lineage(inner, _depth=_depth + 1) if inner and _depth < 8 else None
-        if before is not None and _exported_from(inner, source.path, entry["steps"]):
-            # NAME resolves now to this very checkpoint's export (exported, then exported again):
-            # its card holds what the checkpoint went on from
-            before = before.get("initialised_from")
+        before = _lineage_from_config(inner, source.path, entry["steps"], _depth + 1) if _depth < 8 else None
     entry.update(_continued(before, entry["steps"], entry["wall_time_seconds"]))
     if "total_steps" in entry:  # what this source's training came to, in all
         entry["steps"], entry["wall_time_seconds"] = entry.pop("total_steps"), entry.pop("total_wall_time_seconds")
     return entry
+
+
+def _lineage_from_config(
+    init_from: Any, checkpoint: str | os.PathLike, steps: int, depth: int = 0
+) -> dict[str, Any] | None:
+    """What ``checkpoint`` (at ``steps``) went on from when it did not store it: its config's
+    ``trainer.init_from`` resolved now (:func:`training_lineage`), or None without one. When that
+    name resolves to this very checkpoint's export (exported as ``pretrained:NAME``, then exported
+    again), the export's card says what the checkpoint went on from, not the export itself."""
+    if not init_from:
+        return None
+    lineage = training_lineage(init_from, _depth=depth)
+    if _exported_from(init_from, checkpoint, steps):
+        return lineage.get("initialised_from")
+    return lineage
 
 
 def _exported_from(name: Any, checkpoint: str | os.PathLike, steps: int) -> bool:
@@ -730,10 +741,8 @@ def export_pretrained(
     # before anything is written (a run continued from `pretrained:NAME` may be exported as NAME)
     earlier = ckpt.get("initialised_from") if isinstance(ckpt.get("initialised_from"), Mapping) else None
     init_from = _trainer_setting(config, "init_from")
-    if earlier is None and init_from and shipped is None:
-        earlier = training_lineage(init_from)
-        if _exported_from(init_from, src_path, int(ckpt.get("step", 0))):  # exported before: its card knows
-            earlier = earlier.get("initialised_from")
+    if earlier is None and shipped is None:
+        earlier = _lineage_from_config(init_from, src_path, int(ckpt.get("step", 0)))
     if shipped is not None:  # an exported model.pt: its weights are already the chosen ones
         has_ema = shipped.get("weights") == "ema"
         try:  # keep the provenance its card recorded

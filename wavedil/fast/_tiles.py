@@ -132,10 +132,10 @@ def _make_tile(rows: int, narrow: bool):
                 other = [cgutils.alloca_once(builder, vt) for _ in range(rows)]
                 with cgutils.for_range_slice(builder, ir.Constant(intp, 0), k8v, ir.Constant(intp, 8)) as (j0, _):
                     for m in range(8):
-                        j = builder.add(j0, ir.Constant(intp, m))
-                        wv = weights(j)
                         if m == 1:
                             continue  # taken with row 3 (below)
+                        j = builder.add(j0, ir.Constant(intp, m))
+                        wv = weights(j)
                         for i in range(rows):
                             s = scalar(i, j)
                             if m == 3:  # q = s1 w1 + s3 w3, fused as LLVM fuses _acc8: fma(s1, w1, s3 * w3)
