@@ -205,6 +205,21 @@ for fmt in ("f32", "bf16"):
                 tiled, plain = both(a, w, rng.standard_normal((rows + 2, n + 2), dtype=np.float32), rows, k, n)
                 assert np.array_equal(tiled, plain), (fmt, rows, k, n, float(np.abs(tiled - plain).max()))
                 checked += 1
+# int8: the tiles' int32 sums are the exact integer products, from any first pair p0
+from wavedil.fast._tiles import isum_tiles
+for rows in (1, 2, 3, 5, 6, 7, 13):
+    for kp in (4, 12, 32):
+        for blocks in (1, 2, 3, 8, 9, 17):
+            w = rng.integers(-127, 128, (blocks, kp + 5, 8, 2)).astype(np.int8)
+            xq = rng.integers(-32767, 32768, (rows + 1, 2 * kp + 6)).astype(np.int16)
+            p0 = (kp * rows) % 6
+            isum = np.full((rows + 2, 8 * blocks + 3), 7, np.int32)
+            isum_tiles(xq, w, isum, rows, p0, kp)
+            pairs = xq[:rows, : 2 * kp].reshape(rows, kp, 2).astype(np.int64)
+            want = np.einsum("rqe,bqce->rbc", pairs, w[:, p0 : p0 + kp].astype(np.int64)).reshape(rows, -1)
+            assert np.array_equal(isum[:rows, : 8 * blocks], want.astype(np.int32)), (rows, kp, blocks)
+            assert (isum[rows:] == 7).all() and (isum[:, 8 * blocks :] == 7).all()
+            checked += 1
 print(checked)
 """
 
@@ -212,9 +227,9 @@ print(checked)
 @pytest.mark.parametrize("target", ["host", "haswell"])
 def test_register_tiles_add_in_the_plain_loops_order(target):
     """The batched products' register tiles (``wavedil/fast/_tiles.py``) give the plain loops'
-    bits, float32 and bfloat16, for every leftover of rows and columns: with this CPU's tiles, and
-    compiled for an AVX2-only CPU (haswell without this host's AVX-512 or AMX features: the AMD
-    machine's smaller tiles and instructions)."""
+    bits, float32 and bfloat16, and the exact integer sums for int8, for every leftover of rows
+    and columns: with this CPU's tiles, and compiled for an AVX2-only CPU (haswell without this
+    host's AVX-512, VNNI or AMX features: the AMD machine's smaller tiles and instructions)."""
     env = dict(os.environ)
     if target == "haswell":
         if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -222,7 +237,7 @@ def test_register_tiles_add_in_the_plain_loops_order(target):
         env.update(avx2_only_target())
     out = subprocess.run([sys.executable, "-c", _TILE_CHECK], env=env, timeout=300, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == str(2 * 6 * 4 * 6)
+    assert out.stdout.strip() == str(2 * 6 * 4 * 6 + 7 * 3 * 6)
 
 
 def test_unknown_backend_lists_the_known_ones():
@@ -721,6 +736,24 @@ def test_reduced_modes_compute_with_exactly_their_rounded_weights(weights, head,
     # rounding; 8 x that of the outputs' scale bounds it for these small random models
     drift = (got - exact).abs().max().item()
     assert 0 < drift <= 8 * WEIGHT_EPS[weights] * exact.abs().max().item()
+
+
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_a_row_computes_the_same_bits_alone_and_in_a_batch(weights, kernel_size):
+    """Teacher forcing: every row of a batch of 13 (the batched kernel's register tiles, with
+    rows and columns left over) equals that row alone (the batch-1 pipeline, one row at a
+    time), bit for bit, in every weight mode. Speaker-conditioned: mel conditioning comes from
+    torch's upsampler, whose rounding depends on the batch."""
+    model = make_model(kernel_size, speaker=True, residual_channels=24, gate_channels=136, skip_channels=72,
+                       head_channels=40)  # fmt: skip
+    torch.manual_seed(2)
+    codes = torch.randint(0, Q, (13, 200))
+    spk = torch.randint(0, 3, (13,))
+    together = teacher_forced_logits(model, codes, spk, weights=weights)
+    for b in range(13):
+        alone = teacher_forced_logits(model, codes[b : b + 1], spk[b : b + 1], weights=weights)
+        assert torch.equal(together[b : b + 1], alone), (weights, b)
 
 
 @pytest.mark.parametrize("weights", ["bf16", "int8"])

@@ -53,7 +53,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._tiles import axpy_tiles
+from ._tiles import axpy_tiles, isum_tiles
 
 __all__ = [
     "HEAD_GAUSSIAN",
@@ -497,8 +497,8 @@ def _acc1_impl(v, s0, w0, sc, o):
 # The int8 mode multiplies in integers: each input vector is rounded to int16 with one scale
 # (``xs = max|x| / qmax``), its products with the int8 weights are summed exactly in int32, and
 # the sum is converted once: ``y[o] += float32(isum[o]) * (sc[o] * xs)``. Integer sums do not
-# depend on their order, so every code path (AVX2 ``pmaddwd``, the plain loop, one row or many)
-# gives the same bits. The weights are stored in blocks of 8 outputs by row pairs
+# depend on their order, so every code path (AVX2 ``pmaddwd``, the plain loop, one row or a
+# block of rows by register tiles, :func:`wavedil.fast._tiles.isum_tiles`) gives the same bits. The weights are stored in blocks of 8 outputs by row pairs
 # (:func:`wavedil.fast.pack.pair_rows`): ``w (n8/8, kp, 8, 2)``, ``w[b, j, c]`` holding
 # ``W[2j, 8b + c], W[2j + 1, 8b + c]`` side by side, input rows padded with zeros
 # to a multiple of 8 (``kp = ceil(k / 8) * 4`` pairs) and outputs to a multiple of 8 (``n8``), so
@@ -634,6 +634,7 @@ def _isum_plain(xq, w, isum, p0, kp, n8):
 
 
 _isum = _isum_avx2 if _HAS_AVX2 else _isum_plain
+_I8_TILES = _HAS_AVX2  # isum_tiles uses pmaddwd (AVX2 or AVX-512)
 
 
 @nb.njit(**_JIT)
@@ -665,15 +666,47 @@ def _qmatvec(xq, xs, w, p0, sc, y, k, n, isum):
     rows from pair ``p0``; scales ``sc (n,)``) and an input ``x`` that :func:`_quant16` rounded
     to ``(xq, xs)``; ``isum (>= n8,)`` int32 scratch. A NaN scale (a non-finite input) makes
     every output NaN, as float32 would."""
-    if xs == 0:  # every product is zero
+    if xs == xs and xs != 0:  # else nothing to sum (see _dequant)
+        _isum(xq, w, isum, p0, pair_count(k), w.shape[0] * 8)
+    _dequant(isum, xs, sc, y, n)
+
+
+@nb.njit(**_JIT)
+def _dequant(isum, xs, sc, y, n):
+    """``y[:n] += float32(isum) * (sc * xs)``: the int32 sums of one input rounded with scale
+    ``xs`` (nothing when ``xs == 0``: every product is zero; a NaN ``xs``, a non-finite input,
+    makes every output NaN, as float32 would)."""
+    if xs == 0:
         return
     if xs != xs:
         for o in range(n):
             y[o] += xs
         return
-    _isum(xq, w, isum, p0, pair_count(k), w.shape[0] * 8)
     for o in range(n):
         y[o] += np.float32(isum[o]) * (sc[o] * xs)
+
+
+@nb.njit(**_JIT)
+def _quant_rows(a, n_rows, k, xq, xs):
+    """``xs[r] = _quant16(a[r], k, xq[r])`` for ``r < n_rows``: rows rounded to int16 one by one."""
+    for r in range(n_rows):
+        xs[r] = _quant16(a[r], k, xq[r])
+
+
+@nb.njit(**_JIT)
+def _qrows(xq, xs, w, p0, sc, c, n_rows, k, n, isum):
+    """``c[r, :n] += x_r @ W`` for ``r < n_rows``: :func:`_qmatvec` of many rows, each rounded to
+    ``(xq[r], xs[r])`` by :func:`_quant_rows`; ``isum (>= n_rows, >= n8)`` int32 scratch. The
+    integer sums go by register tiles (:func:`wavedil.fast._tiles.isum_tiles`) where AVX2 is
+    there: the same sums, so the same bits, as one row at a time."""
+    kp = pair_count(k)
+    if _I8_TILES and n_rows > 1:
+        isum_tiles(xq, w, isum, n_rows, p0, kp)
+    else:
+        for r in range(n_rows):
+            _isum(xq[r], w, isum[r], p0, kp, w.shape[0] * 8)
+    for r in range(n_rows):
+        _dequant(isum[r], xs[r], sc, c[r], n)
 
 
 @nb.njit(**_JIT)
@@ -696,7 +729,9 @@ def _matvec_impl(x, w, sc, y, k, n, qs):
 
 
 def _axpy_rows(a, w, sc, c, n_rows, k, n, qs):
-    """``c[r, :n] += a[r, :k] @ W[:k, :n]`` for ``r < n_rows`` in ``w``'s format (see :func:`_matvec`)."""
+    """``c[r, :n] += a[r, :k] @ W[:k, :n]`` for ``r < n_rows`` in ``w``'s format (see :func:`_matvec`);
+    int8 takes the block scratch ``qs = (xq (rows, >= 2 kp) int16, xs (rows,) float32,
+    isum (rows, >= n8) int32, ...)`` of :func:`run_rows`."""
 
 
 @overload(_axpy_rows)
@@ -704,8 +739,8 @@ def _axpy_rows_impl(a, w, sc, c, n_rows, k, n, qs):
     if w.ndim == 4:
 
         def rows_i8(a, w, sc, c, n_rows, k, n, qs):
-            for r in range(n_rows):
-                _matvec_i8(a[r], w, sc, c[r], k, n, qs[0], qs[1])
+            _quant_rows(a, n_rows, k, qs[0], qs[1])
+            _qrows(qs[0], qs[1], w, 0, sc, c, n_rows, k, n, qs[2])
 
         return rows_i8
     return lambda a, w, sc, c, n_rows, k, n, qs: _axpy_rows_f(a, w, sc, c, n_rows, k, n)
@@ -743,10 +778,9 @@ def _axpy_rows2_impl(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
     if w1.ndim == 4:
 
         def rows2_i8(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
-            for r in range(n_rows):
-                xs = _quant16(a[r], k, qs[0])
-                _qmatvec(qs[0], xs, w1, 0, sc1, c1[r], k, n1, qs[1])
-                _qmatvec(qs[0], xs, w2, 0, sc2, c2[r], k, n2, qs[1])
+            _quant_rows(a, n_rows, k, qs[0], qs[1])
+            _qrows(qs[0], qs[1], w1, 0, sc1, c1, n_rows, k, n1, qs[2])
+            _qrows(qs[0], qs[1], w2, 0, sc2, c2, n_rows, k, n2, qs[2])
 
         return rows2_i8
 
@@ -808,7 +842,8 @@ def _conv_rows(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
     """The dilated conv of rows ``r0 : r0 + nr``: ``hh[r, :g] +=`` :func:`_conv_past` of ring row
     ``r0 + r`` ``+`` :func:`_conv_cur` of ``x[r0 + r]`` (``x (B, R)``). Float formats go tap by
     tap over all the rows (each weight row serves every row while in cache), which adds in the
-    same order."""
+    same order; int8 rounds every row's past taps (then its input) as the one-row kernels do and
+    multiplies the block of rows at once (:func:`_qrows`): the same sums."""
 
 
 @overload(_conv_rows)
@@ -816,9 +851,16 @@ def _conv_rows_impl(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
     if w.ndim == 4:
 
         def conv_i8(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+            off, pos, d, L = where
+            xq, xs, isum, xcat = qs
+            k_past = (kernel - 1) * r_ch
             for r in range(nr):
-                _conv_past(ring, where, kernel, r0 + r, w, sc, hh[r], r_ch, g, qs)
-                _conv_cur(x[r0 + r], kernel, w, sc, hh[r], r_ch, g, qs)
+                for m in range(kernel - 1):
+                    xcat[r, m * r_ch : (m + 1) * r_ch] = ring[off + (pos - (kernel - 1 - m) * d) % L, r0 + r]
+            _quant_rows(xcat, nr, k_past, xq, xs)
+            _qrows(xq, xs, w, 0, sc, hh, nr, k_past, g, isum)
+            _quant_rows(x[r0:], nr, r_ch, xq, xs)
+            _qrows(xq, xs, w, pair_count(k_past), sc, hh, nr, r_ch, g, isum)
 
         return conv_i8
 
@@ -1107,7 +1149,11 @@ def run_rows(
     h_ch = b1.shape[0]
     rb = min(row_block, bs)
     width = max(kernel * r_ch, g, s_ch, h_ch, n_par) + 16
-    qs = (np.zeros(width, np.int16), np.zeros(width, np.int32), np.zeros(kernel * r_ch, np.float32))
+    # the int8 products' scratch for a block of rows: inputs rounded, their scales, int32 sums,
+    # a conv's past taps side by side
+    xq_own, xs_own, isum_own = np.zeros((rb, width), np.int16), np.zeros(rb, np.float32), np.zeros((rb, width), np.int32)
+    xcat_own = np.zeros((rb, kernel * r_ch), np.float32)
+    qs = (_unowned(xq_own), _unowned(xs_own), _unowned(isum_own), _unowned(xcat_own))
     # the scratch, owned by these arrays (kept alive to the end by _keep_alive) and used unowned
     x_own = np.empty((bs, r_ch), np.float32)
     acc_own = np.empty((bs, s_ch), np.float32)
@@ -1170,6 +1216,7 @@ def run_rows(
             for b in range(bs):
                 record[b, t, :] = params[b]
     _keep_alive(x_own, acc_own, hh_own, zz_own, hid_own)
+    _keep_alive(xq_own, xs_own, isum_own, xcat_own, x_own)
     return pos
 
 

@@ -241,3 +241,146 @@ def axpy_tiles(a, w, c, n_rows, k, n):
                 r += 1
         c0 += 16 if narrow else width
     return narrow_end
+
+
+# ----------------------------------------------------------------------------- int8 x int16 tiles
+#
+# The int8 products sum ``xq[r, j] * W[j, o]`` exactly in int32 (inputs rounded to int16 by the
+# caller, see ``wavedil.fast._kernels._quant16``), so any order gives the same sums. The weights
+# are in blocks of 8 outputs by row pairs, ``w (n8/8, KP, 8, 2)`` int8: pair ``p`` of block
+# ``b`` is 16 bytes, ``W[2p, 8b + c], W[2p + 1, 8b + c]`` side by side. A tile keeps ``rows``
+# batch rows x ``vecs`` vectors of int32 sums in registers over all the pairs: each step
+# broadcasts a row's int16 pair to every lane and adds ``pmaddwd(weights, pair)`` (on a CPU with
+# AVX512-VNNI or AVX-VNNI LLVM fuses the multiply and the add into one ``vpdpwssd``). On AVX-512
+# a vector is 16 outputs (two blocks, joined after the loads), on AVX2 8 outputs (one block).
+
+#: (rows, vectors, outputs per vector) of the int8 tile for the compile target
+_I8_SHAPE = (6, 4, 16) if _WIDE else (4, 2, 8)
+
+
+def i8_tile_outputs() -> int:
+    """Outputs (a multiple of 8) that one int8 tile covers on the compile target."""
+    return _I8_SHAPE[1] * _I8_SHAPE[2]
+
+
+def _make_itile(rows: int, vecs: int, lanes: int):
+    """An intrinsic ``itile(xq, w, isum, r0, b0, p0, kp)``: ``isum[r0 + i, 8 b0 : 8 b0 + vecs *
+    lanes] = sum_{q < kp} xq[r0 + i, 2q : 2q + 2] . W[pair p0 + q]`` for ``i < rows``, in int32.
+
+    ``xq (>= r0 + rows, >= 2 kp)`` int16 and ``isum (>= r0 + rows, .)`` int32 with unit stride along
+    their last axis, ``w (n8/8, KP, 8, 2)`` int8 with 16-byte pairs (asserted by the caller).
+    ``lanes``: int32 outputs per vector, 16 (AVX-512, two blocks per vector) or 8 (one block).
+    """
+
+    @intrinsic
+    def itile(typingctx, xq, w, isum, r0, b0, p0, kp):
+        if not (isinstance(xq, types.Array) and isinstance(w, types.Array) and isinstance(isum, types.Array)):
+            return None
+        if (xq.ndim, xq.dtype, w.ndim, w.dtype, isum.ndim, isum.dtype) != (
+            2, types.int16, 4, types.int8, 2, types.int32,
+        ):  # fmt: skip
+            return None
+        sig = types.void(xq, w, isum, types.intp, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            xa, wa, sa = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3]))
+            r0v, b0v, p0v, kpv = args[3:]
+            intp = context.get_value_type(types.intp)
+            i8, i32 = ir.IntType(8), ir.IntType(32)
+            i8p = i8.as_pointer()
+            v_acc = ir.VectorType(i32, lanes)
+            v_w16 = ir.VectorType(ir.IntType(16), 2 * lanes)
+            v_b16 = ir.VectorType(i8, 16)
+            name = "llvm.x86.avx512.pmaddw.d.512" if lanes == 16 else "llvm.x86.avx2.pmadd.wd"
+            pmadd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_acc, [v_w16, v_w16]), name)
+            x_stride = cgutils.unpack_tuple(builder, xa.strides, 2)[0]
+            s_stride = cgutils.unpack_tuple(builder, sa.strides, 2)[0]
+            b_stride = cgutils.unpack_tuple(builder, wa.strides, 4)[0]
+            rows_v = [builder.add(r0v, ir.Constant(intp, i)) for i in range(rows)]
+            wbase = builder.gep(builder.bitcast(wa.data, i8p), [builder.mul(b0v, b_stride)])
+            per_vec = lanes // 8  # blocks per vector
+
+            def at(base, off, ty):
+                return builder.bitcast(builder.gep(base, [off]), ty.as_pointer())
+
+            acc = [[cgutils.alloca_once_value(builder, ir.Constant(v_acc, [0] * lanes)) for _ in range(vecs)] for _ in range(rows)]
+            xrow = [builder.gep(builder.bitcast(xa.data, i8p), [builder.mul(rows_v[i], x_stride)]) for i in range(rows)]
+            with cgutils.for_range(builder, kpv) as loop:
+                q = loop.index
+                pair_off = builder.shl(builder.add(p0v, q), ir.Constant(intp, 4))
+                wv = []
+                for v in range(vecs):
+                    parts = []
+                    for blk in range(per_vec):
+                        off = builder.add(pair_off, builder.mul(b_stride, ir.Constant(intp, v * per_vec + blk)))
+                        parts.append(builder.load(at(wbase, off, v_b16), align=1))
+                    joined = parts[0] if per_vec == 1 else builder.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+                    wv.append(builder.sext(joined, v_w16))
+                x_off = builder.shl(q, ir.Constant(intp, 2))
+                for i in range(rows):
+                    pair = builder.load(at(xrow[i], x_off, i32), align=2)
+                    splat = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(v_acc, None), pair, ir.Constant(i32, 0)),
+                        ir.Constant(v_acc, None),
+                        ir.Constant(v_acc, [0] * lanes),
+                    )
+                    splat = builder.bitcast(splat, v_w16)
+                    for v in range(vecs):
+                        builder.store(builder.add(builder.load(acc[i][v]), builder.call(pmadd, [wv[v], splat])), acc[i][v])
+            out_base = builder.bitcast(sa.data, i8p)
+            for i in range(rows):
+                row = builder.gep(out_base, [builder.add(builder.mul(rows_v[i], s_stride), builder.shl(b0v, ir.Constant(intp, 5)))])
+                for v in range(vecs):
+                    builder.store(builder.load(acc[i][v]), at(row, ir.Constant(intp, 4 * lanes * v), v_acc), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return itile
+
+
+_ROWS8, _VECS8, _LANES8 = _I8_SHAPE
+_itile_main = _make_itile(_ROWS8, _VECS8, _LANES8)
+_itile_four = _make_itile(4, _VECS8, _LANES8)
+_itile_two = _make_itile(2, _VECS8, _LANES8)
+_itile_one = _make_itile(1, _VECS8, _LANES8)
+_itile_block = _make_itile(4, 1, 8)  # one block (8 outputs) of 4 rows, then of one row
+_itile_block_one = _make_itile(1, 1, 8)
+
+
+@nb.njit(nogil=True, cache=True, boundscheck=False)
+def isum_tiles(xq, w, isum, n_rows, p0, kp):
+    """``isum[r, :n8] = sum_{q < kp} xq[r, 2q : 2q + 2] . W[pair p0 + q]`` in int32 for
+    ``r < n_rows``, by tiles (``n8 = 8 * w.shape[0]``; layout above).
+
+    ``xq (>= n_rows, >= 2 kp)`` int16, ``isum (>= n_rows, >= n8)`` int32, both with unit stride
+    along their last axis; ``w (n8/8, KP, 8, 2)`` int8, each block's pairs contiguous (asserted).
+    The exact integer sums, so the same values as any other order of the products.
+    """
+    assert xq.strides[1] == 2 and isum.strides[1] == 4 and w.strides[1] == 16 and w.strides[2] == 2 and w.strides[3] == 1
+    blocks = w.shape[0]
+    per_tile = _VECS8 * _LANES8 // 8
+    b = 0
+    while b + per_tile <= blocks:
+        r = 0
+        while r + _ROWS8 <= n_rows:
+            _itile_main(xq, w, isum, r, b, p0, kp)
+            r += _ROWS8
+        if _ROWS8 > 4 and r + 4 <= n_rows:
+            _itile_four(xq, w, isum, r, b, p0, kp)
+            r += 4
+        if r + 2 <= n_rows:
+            _itile_two(xq, w, isum, r, b, p0, kp)
+            r += 2
+        if r < n_rows:
+            _itile_one(xq, w, isum, r, b, p0, kp)
+        b += per_tile
+    while b < blocks:
+        r = 0
+        while r + 4 <= n_rows:
+            _itile_block(xq, w, isum, r, b, p0, kp)
+            r += 4
+        while r < n_rows:
+            _itile_block_one(xq, w, isum, r, b, p0, kp)
+            r += 1
+        b += 1
