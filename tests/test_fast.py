@@ -205,20 +205,35 @@ for fmt in ("f32", "bf16"):
                 tiled, plain = both(a, w, rng.standard_normal((rows + 2, n + 2), dtype=np.float32), rows, k, n)
                 assert np.array_equal(tiled, plain), (fmt, rows, k, n, float(np.abs(tiled - plain).max()))
                 checked += 1
-# int8: the tiles' int32 sums are the exact integer products, from any first pair p0
-from wavedil.fast._tiles import isum_tiles
+# int8: the tiles' int32 sums are the exact integer products, from any first pair p0, and the
+# tiles that convert them in registers give _dequant's bits
+from wavedil.fast._kernels import _dequant
+from wavedil.fast._tiles import int8_tiles
+
+@nb.njit
+def dequant_rows(isum, xs, sc, c, rows, n):
+    for r in range(rows):
+        _dequant(isum[r], xs[r], sc, c[r], n)
+
 for rows in (1, 2, 3, 5, 6, 7, 13):
     for kp in (4, 12, 32):
         for blocks in (1, 2, 3, 8, 9, 17):
-            w = rng.integers(-127, 128, (blocks, kp + 5, 8, 2)).astype(np.int8)
+            w = rng.integers(-127, 128, (blocks + 1, kp + 5, 8, 2)).astype(np.int8)
             xq = rng.integers(-32767, 32768, (rows + 1, 2 * kp + 6)).astype(np.int16)
+            xs = rng.uniform(1e-6, 1e-4, rows + 1).astype(np.float32)
+            sc = rng.uniform(1e-3, 1e-2, 8 * blocks + 8).astype(np.float32)
             p0 = (kp * rows) % 6
             isum = np.full((rows + 2, 8 * blocks + 3), 7, np.int32)
-            isum_tiles(xq, w, isum, rows, p0, kp)
+            int8_tiles(xq, w, isum, rows, p0, kp, blocks, xs, sc)
             pairs = xq[:rows, : 2 * kp].reshape(rows, kp, 2).astype(np.int64)
-            want = np.einsum("rqe,bqce->rbc", pairs, w[:, p0 : p0 + kp].astype(np.int64)).reshape(rows, -1)
+            want = np.einsum("rqe,bqce->rbc", pairs, w[:blocks, p0 : p0 + kp].astype(np.int64)).reshape(rows, -1)
             assert np.array_equal(isum[:rows, : 8 * blocks], want.astype(np.int32)), (rows, kp, blocks)
             assert (isum[rows:] == 7).all() and (isum[:, 8 * blocks :] == 7).all()
+            c = rng.standard_normal((rows + 2, 8 * blocks + 3), dtype=np.float32)
+            fused, stored = c.copy(), c.copy()
+            int8_tiles(xq, w, fused, rows, p0, kp, blocks, xs, sc)
+            dequant_rows(isum, xs, sc, stored, rows, 8 * blocks)
+            assert np.array_equal(fused, stored), (rows, kp, blocks, float(np.abs(fused - stored).max()))
             checked += 1
 print(checked)
 """

@@ -53,7 +53,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._tiles import axpy_tiles, isum_tiles
+from ._tiles import axpy_tiles, int8_tiles
 
 __all__ = [
     "HEAD_GAUSSIAN",
@@ -498,8 +498,8 @@ def _acc1_impl(v, s0, w0, sc, o):
 # (``xs = max|x| / qmax``), its products with the int8 weights are summed exactly in int32, and
 # the sum is converted once: ``y[o] += float32(isum[o]) * (sc[o] * xs)``. Integer sums do not
 # depend on their order, so every code path (AVX2 ``pmaddwd``, the plain loop, one row or a
-# block of rows by register tiles, :func:`wavedil.fast._tiles.isum_tiles`) gives the same bits. The weights are stored in blocks of 8 outputs by row pairs
-# (:func:`wavedil.fast.pack.pair_rows`): ``w (n8/8, kp, 8, 2)``, ``w[b, j, c]`` holding
+# block of rows by register tiles, :func:`wavedil.fast._tiles.int8_tiles`) gives the same bits.
+# The weights are stored in blocks of 8 outputs by row pairs (:func:`wavedil.fast.pack.pair_rows`): ``w (n8/8, kp, 8, 2)``, ``w[b, j, c]`` holding
 # ``W[2j, 8b + c], W[2j + 1, 8b + c]`` side by side, input rows padded with zeros
 # to a multiple of 8 (``kp = ceil(k / 8) * 4`` pairs) and outputs to a multiple of 8 (``n8``), so
 # ``pmaddwd`` makes 16 products per instruction out of 16 weight bytes.
@@ -634,7 +634,7 @@ def _isum_plain(xq, w, isum, p0, kp, n8):
 
 
 _isum = _isum_avx2 if _HAS_AVX2 else _isum_plain
-_I8_TILES = _HAS_AVX2  # isum_tiles uses pmaddwd (AVX2 or AVX-512)
+_I8_TILES = _HAS_AVX2  # int8_tiles uses pmaddwd (AVX2 or AVX-512)
 
 
 @nb.njit(**_JIT)
@@ -696,17 +696,29 @@ def _quant_rows(a, n_rows, k, xq, xs):
 @nb.njit(**_JIT)
 def _qrows(xq, xs, w, p0, sc, c, n_rows, k, n, isum):
     """``c[r, :n] += x_r @ W`` for ``r < n_rows``: :func:`_qmatvec` of many rows, each rounded to
-    ``(xq[r], xs[r])`` by :func:`_quant_rows`; ``isum (>= n_rows, >= n8)`` int32 scratch. The
-    integer sums go by register tiles (:func:`wavedil.fast._tiles.isum_tiles`) where AVX2 is
-    there: the same sums, so the same bits, as one row at a time."""
+    ``(xq[r], xs[r])`` by :func:`_quant_rows`; ``isum (>= n_rows, >= n8)`` int32 scratch.
+
+    Where AVX2 is there the rows go by register tiles (:func:`wavedil.fast._tiles.int8_tiles`)
+    that convert their sums in registers as :func:`_dequant` does (the same operations, so the
+    same bits as one row at a time); the outputs of a last block of fewer than 8, and blocks with
+    a row of zero or non-finite inputs (:func:`_dequant`'s special cases), go by stored sums."""
     kp = pair_count(k)
+    done = 0
     if _I8_TILES and n_rows > 1:
-        isum_tiles(xq, w, isum, n_rows, p0, kp)
+        regular = True
+        for r in range(n_rows):
+            regular = regular and xs[r] == xs[r] and xs[r] != 0
+        if regular:
+            done = n - n % 8
+            int8_tiles(xq, w, c, n_rows, p0, kp, done // 8, xs, sc)
+        if done < n:
+            int8_tiles(xq, w[done // 8 :], isum, n_rows, p0, kp, w.shape[0] - done // 8, xs, sc)
     else:
         for r in range(n_rows):
             _isum(xq[r], w, isum[r], p0, kp, w.shape[0] * 8)
-    for r in range(n_rows):
-        _dequant(isum[r], xs[r], sc, c[r], n)
+    if done < n:
+        for r in range(n_rows):
+            _dequant(isum[r], xs[r], sc[done:], c[r, done:], n - done)
 
 
 @nb.njit(**_JIT)
@@ -854,10 +866,13 @@ def _conv_rows_impl(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
             off, pos, d, L = where
             xq, xs, isum, xcat = qs
             k_past = (kernel - 1) * r_ch
-            for r in range(nr):
-                for m in range(kernel - 1):
-                    xcat[r, m * r_ch : (m + 1) * r_ch] = ring[off + (pos - (kernel - 1 - m) * d) % L, r0 + r]
-            _quant_rows(xcat, nr, k_past, xq, xs)
+            if kernel == 2:  # one past tap: rounded where it lies in the ring
+                _quant_rows(ring[off + (pos - d) % L, r0:], nr, k_past, xq, xs)
+            else:
+                for r in range(nr):
+                    for m in range(kernel - 1):
+                        xcat[r, m * r_ch : (m + 1) * r_ch] = ring[off + (pos - (kernel - 1 - m) * d) % L, r0 + r]
+                _quant_rows(xcat, nr, k_past, xq, xs)
             _qrows(xq, xs, w, 0, sc, hh, nr, k_past, g, isum)
             _quant_rows(x[r0:], nr, r_ch, xq, xs)
             _qrows(xq, xs, w, pair_count(k_past), sc, hh, nr, r_ch, g, isum)
@@ -1118,7 +1133,8 @@ def run_rows(
         emb: see ``in_scale``; wc ``(NL, k*R, G)`` with tap ``m`` (time
             ``t - (k-1-m)*d``) in rows ``m*R:(m+1)*R``; gbias ``(Tc, Bs, NL, G)`` conv bias plus
             conditioning: ``Tc == 1`` the same for every step (global conditioning only), else
-            row ``t - t0`` for the forward pass of step ``t`` (local conditioning);
+            row ``t - t0`` for the forward pass of step ``t`` (local conditioning); its second
+            axis ``Bs``, or 1 when every row has the same;
             wres ``(NL, G/2, R)``; bres ``(NL, R)``; wskip ``(NL, G/2, S)``; bskip ``(S,)`` the
             summed skip biases; h1 ``(S, H)``; b1 ``(H,)``; h2 ``(H, P)``; b2 ``(P,)``. The
             matrices in one weight format (float32, bfloat16 bits or int8; see above).
@@ -1165,6 +1181,7 @@ def run_rows(
     p = np.empty(max(n_par, classes if head == HEAD_MULAW else nmix), np.float64)
     codes = np.empty(bs, np.int64)
     per_step = gbias.shape[0] > 1
+    shared = gbias.shape[1] == 1  # one bias row for every row
     wc_s, wres_s, wskip_s, h1_s, h2_s = scales
     for t in range(t0, t1):
         for b in range(bs):
@@ -1187,7 +1204,7 @@ def run_rows(
             for r0 in range(0, bs, rb):
                 nr = min(rb, bs - r0)
                 for r in range(nr):
-                    hh[r, :] = gb[r0 + r, i]
+                    hh[r, :] = gb[0 if shared else r0 + r, i]
                 _conv_rows(ring, (off[i], pos, d, L), kernel, x, r0, nr, w, wc_s[i], hh, r_ch, g, qs)
                 # x[t] replaces x[t - L] (read above as the oldest tap)
                 ring[off[i] + pos % L, r0 : r0 + nr, :] = x[r0 : r0 + nr]

@@ -31,7 +31,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-__all__ = ["axpy_tiles", "tile_shape"]
+__all__ = ["axpy_tiles", "int8_tiles", "tile_shape"]
 
 _IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
@@ -253,48 +253,53 @@ def axpy_tiles(a, w, c, n_rows, k, n):
 # broadcasts a row's int16 pair to every lane and adds ``pmaddwd(weights, pair)`` (on a CPU with
 # AVX512-VNNI or AVX-VNNI LLVM fuses the multiply and the add into one ``vpdpwssd``). On AVX-512
 # a vector is 16 outputs (two blocks, joined after the loads), on AVX2 8 outputs (one block).
+#
+# A tile either stores its sums (``out`` int32) or converts them in registers (``out`` float32):
+# ``out[r, o] += float32(sum) * (sc[o] * xs[r])``, the int8 kernels' conversion
+# (``wavedil.fast._kernels._dequant``) with the same operations, so the same bits.
 
 #: (rows, vectors, outputs per vector) of the int8 tile for the compile target
 _I8_SHAPE = (6, 4, 16) if _WIDE else (4, 2, 8)
 
 
-def i8_tile_outputs() -> int:
-    """Outputs (a multiple of 8) that one int8 tile covers on the compile target."""
-    return _I8_SHAPE[1] * _I8_SHAPE[2]
-
-
 def _make_itile(rows: int, vecs: int, lanes: int):
-    """An intrinsic ``itile(xq, w, isum, r0, b0, p0, kp)``: ``isum[r0 + i, 8 b0 : 8 b0 + vecs *
-    lanes] = sum_{q < kp} xq[r0 + i, 2q : 2q + 2] . W[pair p0 + q]`` for ``i < rows``, in int32.
+    """An intrinsic ``itile(xq, w, out, r0, b0, p0, kp, xs, sc)`` over the outputs ``o`` in
+    ``8 b0 : 8 b0 + vecs * lanes`` of rows ``r = r0 + i``, ``i < rows``, with ``s[r, o] = sum_{q <
+    kp} xq[r, 2q : 2q + 2] . W[pair p0 + q]`` in int32: ``out[r, o] = s`` (``out`` int32) or
+    ``out[r, o] += float32(s) * (sc[o] * xs[r])`` (``out`` float32, ``xs``, ``sc`` float32 1-D).
 
-    ``xq (>= r0 + rows, >= 2 kp)`` int16 and ``isum (>= r0 + rows, .)`` int32 with unit stride along
-    their last axis, ``w (n8/8, KP, 8, 2)`` int8 with 16-byte pairs (asserted by the caller).
-    ``lanes``: int32 outputs per vector, 16 (AVX-512, two blocks per vector) or 8 (one block).
+    ``xq (>= r0 + rows, >= 2 kp)`` int16 and ``out`` with unit stride along their last axis,
+    ``w (n8/8, KP, 8, 2)`` int8 with 16-byte pairs (asserted by the caller). ``lanes``: outputs
+    per vector, 16 (AVX-512, two blocks per vector) or 8 (one block).
     """
 
     @intrinsic
-    def itile(typingctx, xq, w, isum, r0, b0, p0, kp):
-        if not (isinstance(xq, types.Array) and isinstance(w, types.Array) and isinstance(isum, types.Array)):
+    def itile(typingctx, xq, w, out, r0, b0, p0, kp, xs, sc):
+        if not all(isinstance(t, types.Array) for t in (xq, w, out, xs, sc)):
             return None
-        if (xq.ndim, xq.dtype, w.ndim, w.dtype, isum.ndim, isum.dtype) != (
-            2, types.int16, 4, types.int8, 2, types.int32,
-        ):  # fmt: skip
+        if (xq.ndim, xq.dtype, w.ndim, w.dtype, out.ndim) != (2, types.int16, 4, types.int8, 2):
             return None
-        sig = types.void(xq, w, isum, types.intp, types.intp, types.intp, types.intp)
+        if out.dtype not in (types.int32, types.float32) or xs.dtype != types.float32 or sc.dtype != types.float32:
+            return None
+        convert = out.dtype == types.float32
+        sig = types.void(xq, w, out, types.intp, types.intp, types.intp, types.intp, xs, sc)
 
         def codegen(context, builder, signature, args):
-            xa, wa, sa = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3]))
-            r0v, b0v, p0v, kpv = args[3:]
+            xa, wa, oa, xsa, sca = (
+                context.make_array(signature.args[j])(context, builder, args[j]) for j in (0, 1, 2, 7, 8)
+            )
+            r0v, b0v, p0v, kpv = args[3:7]
             intp = context.get_value_type(types.intp)
-            i8, i32 = ir.IntType(8), ir.IntType(32)
+            i8, i32, f32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
             i8p = i8.as_pointer()
             v_acc = ir.VectorType(i32, lanes)
+            v_f = ir.VectorType(f32, lanes)
             v_w16 = ir.VectorType(ir.IntType(16), 2 * lanes)
             v_b16 = ir.VectorType(i8, 16)
             name = "llvm.x86.avx512.pmaddw.d.512" if lanes == 16 else "llvm.x86.avx2.pmadd.wd"
             pmadd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_acc, [v_w16, v_w16]), name)
             x_stride = cgutils.unpack_tuple(builder, xa.strides, 2)[0]
-            s_stride = cgutils.unpack_tuple(builder, sa.strides, 2)[0]
+            o_stride = cgutils.unpack_tuple(builder, oa.strides, 2)[0]
             b_stride = cgutils.unpack_tuple(builder, wa.strides, 4)[0]
             rows_v = [builder.add(r0v, ir.Constant(intp, i)) for i in range(rows)]
             wbase = builder.gep(builder.bitcast(wa.data, i8p), [builder.mul(b0v, b_stride)])
@@ -302,6 +307,11 @@ def _make_itile(rows: int, vecs: int, lanes: int):
 
             def at(base, off, ty):
                 return builder.bitcast(builder.gep(base, [off]), ty.as_pointer())
+
+            def splat(scalar, vt):
+                undef = ir.Constant(vt, None)
+                one = builder.insert_element(undef, scalar, ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
 
             acc = [[cgutils.alloca_once_value(builder, ir.Constant(v_acc, [0] * lanes)) for _ in range(vecs)] for _ in range(rows)]
             xrow = [builder.gep(builder.bitcast(xa.data, i8p), [builder.mul(rows_v[i], x_stride)]) for i in range(rows)]
@@ -318,20 +328,27 @@ def _make_itile(rows: int, vecs: int, lanes: int):
                     wv.append(builder.sext(joined, v_w16))
                 x_off = builder.shl(q, ir.Constant(intp, 2))
                 for i in range(rows):
-                    pair = builder.load(at(xrow[i], x_off, i32), align=2)
-                    splat = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(v_acc, None), pair, ir.Constant(i32, 0)),
-                        ir.Constant(v_acc, None),
-                        ir.Constant(v_acc, [0] * lanes),
-                    )
-                    splat = builder.bitcast(splat, v_w16)
+                    pair = builder.bitcast(splat(builder.load(at(xrow[i], x_off, i32), align=2), v_acc), v_w16)
                     for v in range(vecs):
-                        builder.store(builder.add(builder.load(acc[i][v]), builder.call(pmadd, [wv[v], splat])), acc[i][v])
-            out_base = builder.bitcast(sa.data, i8p)
+                        builder.store(builder.add(builder.load(acc[i][v]), builder.call(pmadd, [wv[v], pair])), acc[i][v])
+            out_base = builder.bitcast(oa.data, i8p)
+            col0 = builder.shl(b0v, ir.Constant(intp, 3))  # first output 8 b0
+            if convert:
+                fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_f, [v_f, v_f, v_f]), f"llvm.fmuladd.v{lanes}f32")
+                xs_base = builder.bitcast(xsa.data, f32.as_pointer())
+                sc_base = builder.gep(builder.bitcast(sca.data, f32.as_pointer()), [col0])
             for i in range(rows):
-                row = builder.gep(out_base, [builder.add(builder.mul(rows_v[i], s_stride), builder.shl(b0v, ir.Constant(intp, 5)))])
+                row = builder.gep(out_base, [builder.add(builder.mul(rows_v[i], o_stride), builder.shl(col0, ir.Constant(intp, 2)))])
+                if convert:
+                    scale = splat(builder.load(builder.gep(xs_base, [rows_v[i]])), v_f)
                 for v in range(vecs):
-                    builder.store(builder.load(acc[i][v]), at(row, ir.Constant(intp, 4 * lanes * v), v_acc), align=4)
+                    dst = at(row, ir.Constant(intp, 4 * lanes * v), v_f if convert else v_acc)
+                    if not convert:
+                        builder.store(builder.load(acc[i][v]), dst, align=4)
+                        continue
+                    sc_v = builder.load(builder.bitcast(builder.gep(sc_base, [ir.Constant(intp, lanes * v)]), v_f.as_pointer()), align=4)
+                    term = builder.sitofp(builder.load(acc[i][v]), v_f)
+                    builder.store(builder.call(fmuladd, [term, builder.fmul(sc_v, scale), builder.load(dst, align=4)]), dst, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -349,38 +366,41 @@ _itile_block_one = _make_itile(1, 1, 8)
 
 
 @nb.njit(nogil=True, cache=True, boundscheck=False)
-def isum_tiles(xq, w, isum, n_rows, p0, kp):
-    """``isum[r, :n8] = sum_{q < kp} xq[r, 2q : 2q + 2] . W[pair p0 + q]`` in int32 for
-    ``r < n_rows``, by tiles (``n8 = 8 * w.shape[0]``; layout above).
+def int8_tiles(xq, w, out, n_rows, p0, kp, blocks, xs, sc):
+    """The int8 sums ``s[r, o] = sum_{q < kp} xq[r, 2q : 2q + 2] . W[pair p0 + q]`` of the first
+    ``blocks`` blocks of outputs (``o < 8 blocks``) for ``r < n_rows``, by tiles: ``out[r, o] = s``
+    (``out`` int32) or ``out[r, o] += float32(s) * (sc[o] * xs[r])`` (``out`` float32; every
+    ``xs[r]`` finite and non-zero, see ``wavedil.fast._kernels._dequant``).
 
-    ``xq (>= n_rows, >= 2 kp)`` int16, ``isum (>= n_rows, >= n8)`` int32, both with unit stride
-    along their last axis; ``w (n8/8, KP, 8, 2)`` int8, each block's pairs contiguous (asserted).
-    The exact integer sums, so the same values as any other order of the products.
+    ``xq (>= n_rows, >= 2 kp)`` int16 and ``out (>= n_rows, >= 8 blocks)`` with unit stride along
+    their last axis; ``w (>= blocks, KP, 8, 2)`` int8, each block's pairs contiguous (asserted);
+    ``xs (>= n_rows,)``, ``sc (>= 8 blocks,)`` float32 (unused for an int32 ``out``). The exact
+    integer sums: the same values as any other order of the products.
     """
-    assert xq.strides[1] == 2 and isum.strides[1] == 4 and w.strides[1] == 16 and w.strides[2] == 2 and w.strides[3] == 1
-    blocks = w.shape[0]
+    assert xq.strides[1] == 2 and out.strides[1] == out.itemsize and sc.strides[0] == 4
+    assert w.strides[1] == 16 and w.strides[2] == 2 and w.strides[3] == 1
     per_tile = _VECS8 * _LANES8 // 8
     b = 0
     while b + per_tile <= blocks:
         r = 0
         while r + _ROWS8 <= n_rows:
-            _itile_main(xq, w, isum, r, b, p0, kp)
+            _itile_main(xq, w, out, r, b, p0, kp, xs, sc)
             r += _ROWS8
         if _ROWS8 > 4 and r + 4 <= n_rows:
-            _itile_four(xq, w, isum, r, b, p0, kp)
+            _itile_four(xq, w, out, r, b, p0, kp, xs, sc)
             r += 4
         if r + 2 <= n_rows:
-            _itile_two(xq, w, isum, r, b, p0, kp)
+            _itile_two(xq, w, out, r, b, p0, kp, xs, sc)
             r += 2
         if r < n_rows:
-            _itile_one(xq, w, isum, r, b, p0, kp)
+            _itile_one(xq, w, out, r, b, p0, kp, xs, sc)
         b += per_tile
     while b < blocks:
         r = 0
         while r + 4 <= n_rows:
-            _itile_block(xq, w, isum, r, b, p0, kp)
+            _itile_block(xq, w, out, r, b, p0, kp, xs, sc)
             r += 4
         while r < n_rows:
-            _itile_block_one(xq, w, isum, r, b, p0, kp)
+            _itile_block_one(xq, w, out, r, b, p0, kp, xs, sc)
             r += 1
         b += 1

@@ -215,8 +215,8 @@ class _Biases:
     """The gate biases of a generation (``shift=1``) or of teacher forcing (``shift=0``).
 
     ``self(t0, t1)`` gives those of the forward passes of steps ``t0 .. t1-1``:
-    ``(Tc, B, NL, G)`` float32, ``Tc = 1`` (:attr:`static`, the same for every step) without
-    local conditioning, else one row per step, step ``t`` with local column ``t + shift``.
+    ``(Tc, B, NL, G)`` float32 (``(1, 1, NL, G)`` when every row's is the same), ``Tc = 1``
+    (:attr:`static`, the same for every step) without local conditioning, else one row per step, step ``t`` with local column ``t + shift``.
     Past the last column (the last step of a generation, which has no forward pass) the rows
     are the bare conv bias plus global term. With ``kern`` the local projections are computed
     by its :func:`~wavedil.fast._kernels.cond_bias` (one thread), else by a torch matmul.
@@ -226,8 +226,11 @@ class _Biases:
         self, packed: PackedWaveNet, gbias: np.ndarray, local: torch.Tensor | None, shift: int, kern=None
     ) -> None:
         self.packed, self.gbias, self.local, self.shift, self.kern = packed, gbias, local, shift, kern
-        self.static = gbias[None]  # (1, B, NL, G)
         self.per_step = local is not None
+        # (1, B, NL, G); one row for all when every row has the same (no or one speaker): the
+        # kernel then reads 2 KB per layer-step block from L1, not B rows of it from memory
+        same = not self.per_step and bool((gbias == gbias[:1]).all())
+        self.static = gbias[None, :1] if same else gbias[None]
 
     def __call__(self, t0: int, t1: int) -> np.ndarray:
         if self.local is None:
@@ -359,7 +362,7 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
         t1 = min(n, t0 + step)
         if gbs is None or per_step:
             table = bias_for(t0, t1)
-            gbs = [np.ascontiguousarray(table[:, s]) for s in slices]
+            gbs = [table if table.shape[1] == 1 else np.ascontiguousarray(table[:, s]) for s in slices]
         pos = [int(v) for v in _run_threads([job(j, t0, t1, pos[j], gbs[j]) for j in range(len(slices))])]
         if progress is not None:
             progress(t1)
