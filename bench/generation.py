@@ -122,10 +122,15 @@ def gen_rate(
                         weights=weights).samples_per_second  # fmt: skip
 
     probe = min(max_steps, max(4, 64 // batch))
-    # a few steps under-rate a large batch (fixed costs per call): a second probe of about a
-    # tenth of the budget sets the steps
-    second = timed_steps(run(probe), batch, budget_s / 10, probe, max_steps)
-    steps = timed_steps(run(second), batch, budget_s, probe, max_steps)
+    # a few steps under-rate a large batch (fixed costs per call: B = 256's ring is 200 MB of
+    # fresh pages): a second probe of about a tenth of the budget, and the rate of the steps it
+    # adds to the first, set the steps
+    rate1 = run(probe)
+    second = timed_steps(rate1, batch, budget_s / 10, probe, max_steps)
+    rate2 = run(second)
+    added_s = second / rate2 - probe / rate1  # seconds per sequence
+    rate = max(rate2, (second - probe) / added_s) if second > probe and added_s > 0 else rate2
+    steps = timed_steps(rate, batch, budget_s, probe, max_steps)
     return max(run(steps) for _ in range(repeat)), steps
 
 
