@@ -536,6 +536,20 @@ def _f32_bits(typingctx, v):
 
 
 @intrinsic
+def _abs_bits(typingctx, v):
+    """The bits of ``|v|`` (float32 ``v``) as an int32: non-negative, ordered as the magnitudes
+    (NaNs above infinity). Typed int32 throughout, where numba would widen ``bits & mask`` to int64."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        return builder.and_(builder.bitcast(args[0], i32), ir.Constant(i32, 0x7FFFFFFF))
+
+    return types.int32(v), codegen
+
+
+@intrinsic
 def _bits_f32(typingctx, b):
     """The float32 whose bits are the low 32 bits of the integer ``b``."""
     if not isinstance(b, types.Integer):
@@ -644,7 +658,7 @@ def _quant16(x, k, xq):
     an infinity or NaN."""
     mb = np.int32(0)  # max |x| as bits: integers compare as the floats do, and vectorise
     for j in range(k):
-        mb = max(mb, _f32_bits(x[j]) & np.int32(0x7FFFFFFF))
+        mb = max(mb, _abs_bits(x[j]))
     if mb >= np.int32(0x7F800000):
         return np.float32(np.nan)
     if mb == 0:
