@@ -499,10 +499,11 @@ def _acc1_impl(v, s0, w0, sc, o):
 # the sum is converted once: ``y[o] += float32(isum[o]) * (sc[o] * xs)``. Integer sums do not
 # depend on their order, so every code path (AVX2 ``pmaddwd``, the plain loop, one row or a
 # block of rows by register tiles, :func:`wavedil.fast._tiles.int8_tiles`) gives the same bits.
-# The weights are stored in blocks of 8 outputs by row pairs (:func:`wavedil.fast.pack.pair_rows`): ``w (n8/8, kp, 8, 2)``, ``w[b, j, c]`` holding
-# ``W[2j, 8b + c], W[2j + 1, 8b + c]`` side by side, input rows padded with zeros
-# to a multiple of 8 (``kp = ceil(k / 8) * 4`` pairs) and outputs to a multiple of 8 (``n8``), so
-# ``pmaddwd`` makes 16 products per instruction out of 16 weight bytes.
+# The weights are stored in blocks of 8 outputs by row pairs (:func:`wavedil.fast.pack.pair_rows`):
+# ``w (n8/8, kp, 8, 2)``, ``w[b, j, c]`` holding ``W[2j, 8b + c], W[2j + 1, 8b + c]`` side by
+# side, input rows padded with zeros to a multiple of 8 (``kp = ceil(k / 8) * 4`` pairs) and
+# outputs to a multiple of 8 (``n8``), so ``pmaddwd`` makes 16 products per instruction out of 16
+# weight bytes.
 
 _I16_MAX = 32767
 _HAS_AVX2 = _IS_X86 and bool(llvm_binding.get_host_cpu_features().get("avx2", False))
@@ -1181,8 +1182,8 @@ def run_rows(
     width = max(kernel * r_ch, g, s_ch, h_ch, n_par) + 16
     # the int8 products' scratch for a block of rows: inputs rounded, their scales, int32 sums,
     # a conv's past taps side by side
-    xq_own, xs_own, isum_own = np.zeros((rb, width), np.int16), np.zeros(rb, np.float32), np.zeros((rb, width), np.int32)
-    xcat_own = np.zeros((rb, kernel * r_ch), np.float32)
+    xq_own, xs_own = np.zeros((rb, width), np.int16), np.zeros(rb, np.float32)
+    isum_own, xcat_own = np.zeros((rb, width), np.int32), np.zeros((rb, kernel * r_ch), np.float32)
     qs = (_unowned(xq_own), _unowned(xs_own), _unowned(isum_own), _unowned(xcat_own))
     # the scratch, owned by these arrays (kept alive to the end by _keep_alive) and used unowned
     x_own = np.empty((bs, r_ch), np.float32)

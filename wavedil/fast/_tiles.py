@@ -313,7 +313,8 @@ def _make_itile(rows: int, vecs: int, lanes: int):
                 one = builder.insert_element(undef, scalar, ir.Constant(i32, 0))
                 return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
 
-            acc = [[cgutils.alloca_once_value(builder, ir.Constant(v_acc, [0] * lanes)) for _ in range(vecs)] for _ in range(rows)]
+            zero = ir.Constant(v_acc, [0] * lanes)
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(vecs)] for _ in range(rows)]
             xrow = [builder.gep(builder.bitcast(xa.data, i8p), [builder.mul(rows_v[i], x_stride)]) for i in range(rows)]
             with cgutils.for_range(builder, kpv) as loop:
                 q = loop.index
@@ -324,21 +325,29 @@ def _make_itile(rows: int, vecs: int, lanes: int):
                     for blk in range(per_vec):
                         off = builder.add(pair_off, builder.mul(b_stride, ir.Constant(intp, v * per_vec + blk)))
                         parts.append(builder.load(at(wbase, off, v_b16), align=1))
-                    joined = parts[0] if per_vec == 1 else builder.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(i32, 32), list(range(32))))
+                    if per_vec == 1:
+                        joined = parts[0]
+                    else:  # two blocks side by side
+                        both = ir.Constant(ir.VectorType(i32, 32), list(range(32)))
+                        joined = builder.shuffle_vector(parts[0], parts[1], both)
                     wv.append(builder.sext(joined, v_w16))
                 x_off = builder.shl(q, ir.Constant(intp, 2))
                 for i in range(rows):
                     pair = builder.bitcast(splat(builder.load(at(xrow[i], x_off, i32), align=2), v_acc), v_w16)
                     for v in range(vecs):
-                        builder.store(builder.add(builder.load(acc[i][v]), builder.call(pmadd, [wv[v], pair])), acc[i][v])
+                        product = builder.call(pmadd, [wv[v], pair])
+                        builder.store(builder.add(builder.load(acc[i][v]), product), acc[i][v])
             out_base = builder.bitcast(oa.data, i8p)
             col0 = builder.shl(b0v, ir.Constant(intp, 3))  # first output 8 b0
             if convert:
-                fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_f, [v_f, v_f, v_f]), f"llvm.fmuladd.v{lanes}f32")
+                fmuladd = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(v_f, [v_f, v_f, v_f]), f"llvm.fmuladd.v{lanes}f32"
+                )
                 xs_base = builder.bitcast(xsa.data, f32.as_pointer())
                 sc_base = builder.gep(builder.bitcast(sca.data, f32.as_pointer()), [col0])
             for i in range(rows):
-                row = builder.gep(out_base, [builder.add(builder.mul(rows_v[i], o_stride), builder.shl(col0, ir.Constant(intp, 2)))])
+                row_off = builder.add(builder.mul(rows_v[i], o_stride), builder.shl(col0, ir.Constant(intp, 2)))
+                row = builder.gep(out_base, [row_off])
                 if convert:
                     scale = splat(builder.load(builder.gep(xs_base, [rows_v[i]])), v_f)
                 for v in range(vecs):
@@ -346,9 +355,11 @@ def _make_itile(rows: int, vecs: int, lanes: int):
                     if not convert:
                         builder.store(builder.load(acc[i][v]), dst, align=4)
                         continue
-                    sc_v = builder.load(builder.bitcast(builder.gep(sc_base, [ir.Constant(intp, lanes * v)]), v_f.as_pointer()), align=4)
+                    sc_ptr = builder.gep(sc_base, [ir.Constant(intp, lanes * v)])
+                    sc_v = builder.load(builder.bitcast(sc_ptr, v_f.as_pointer()), align=4)
                     term = builder.sitofp(builder.load(acc[i][v]), v_f)
-                    builder.store(builder.call(fmuladd, [term, builder.fmul(sc_v, scale), builder.load(dst, align=4)]), dst, align=4)
+                    total = builder.call(fmuladd, [term, builder.fmul(sc_v, scale), builder.load(dst, align=4)])
+                    builder.store(total, dst, align=4)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -216,7 +216,8 @@ class _Biases:
 
     ``self(t0, t1)`` gives those of the forward passes of steps ``t0 .. t1-1``:
     ``(Tc, B, NL, G)`` float32 (``(1, 1, NL, G)`` when every row's is the same), ``Tc = 1``
-    (:attr:`static`, the same for every step) without local conditioning, else one row per step, step ``t`` with local column ``t + shift``.
+    (:attr:`static`, the same for every step) without local conditioning, else one row per step,
+    step ``t`` with local column ``t + shift``.
     Past the last column (the last step of a generation, which has no forward pass) the rows
     are the bare conv bias plus global term. With ``kern`` the local projections are computed
     by its :func:`~wavedil.fast._kernels.cond_bias` (one thread), else by a torch matmul.
