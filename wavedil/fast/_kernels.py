@@ -1338,17 +1338,18 @@ def run_pipe(
     h_ch = hid_sh.shape[0]
     qp = b2.shape[1]
     width = max(kernel * r_ch, g, s_ch, hp, h_ch, qp) + 16
-    qs = (np.zeros(width, np.int16), np.zeros(width, np.int32), np.zeros(kernel * r_ch, np.float32))
+    # this thread's scratch, owned by these arrays (kept alive to each return) and used unowned
+    xq_own, isum_own, xcat_own = np.zeros(width, np.int16), np.zeros(width, np.int32), np.zeros(kernel * r_ch, np.float32)
+    qs = (_unowned(xq_own), _unowned(isum_own), _unowned(xcat_own))
     h_lo = role * hp
     h_n = min(hp, h_ch - h_lo)
     q_lo = role * qp
     q_n = min(qp, q - q_lo)
     wc_s, wres_s, wskip_s, h1_s, h2_s = scales
-    x = np.empty(r_ch, np.float32)
-    hh = np.empty(g, np.float32)
-    acc = np.empty(s_ch, np.float32)
-    tmp = np.empty(max(hp, qp), np.float32)
-    p = np.empty(max(q, classes if head == HEAD_MULAW else nmix), np.float64)
+    x_own, hh_own, acc_own = np.empty(r_ch, np.float32), np.empty(g, np.float32), np.empty(s_ch, np.float32)
+    tmp_own = np.empty(max(hp, qp), np.float32)
+    p_own = np.empty(max(q, classes if head == HEAD_MULAW else nmix), np.float64)
+    x, hh, acc, tmp, p = _unowned(x_own), _unowned(hh_own), _unowned(acc_own), _unowned(tmp_own), _unowned(p_own)
     per_step = gbias.shape[0] > 1
     target = np.int64(0)
     published = np.int64(0)
@@ -1369,6 +1370,8 @@ def run_pipe(
             code = draw(params, head, classes, nmix, ls_min, uniforms[t], temp, greedy, p)
             out[t] = code
         if t + 1 >= n_total:
+            _keep_alive(x_own, hh_own, acc_own, tmp_own, p_own)
+            _keep_alive(xq_own, isum_own, xcat_own, x_own, x_own)
             return t + 1, pos
         if role == 0:
             _embed(emb, in_scale, code, x, r_ch)
@@ -1428,4 +1431,6 @@ def run_pipe(
         sync[3] = idle0
     else:
         sync[4] = idle1
+    _keep_alive(x_own, hh_own, acc_own, tmp_own, p_own)
+    _keep_alive(xq_own, isum_own, xcat_own, x_own, x_own)
     return min(t + 1, t1), pos
