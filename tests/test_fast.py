@@ -505,6 +505,33 @@ def test_two_threads_that_give_up_every_step_lose_nothing(monkeypatch, weights):
     assert torch.equal(got, ref)
 
 
+def _ways(two_rates: list[float], one_rate: float, n_chunks: int = 20) -> list[bool]:
+    """The ways (True: two threads) one sequence's chunks take when two-thread chunks measure
+    ``two_rates`` one after the other (the last repeating) and one-thread chunks ``one_rate``."""
+    from wavedil.fast.cpu import _next_way
+
+    rate: dict[bool, float] = {}
+    use_two, rechecked, ways, seen = True, False, [], 0
+    for chunks in range(1, n_chunks + 1):
+        ways.append(use_two)
+        if use_two:
+            rate[True], seen = two_rates[min(seen, len(two_rates) - 1)], seen + 1
+        else:
+            rate[False] = one_rate
+        use_two, rechecked = _next_way(chunks, rate, use_two, rechecked)
+    return ways
+
+
+def test_one_sequence_keeps_two_threads_after_a_slow_first_chunk():
+    """Batch 1 chooses two threads or one by measuring chunks: a slow first two-thread chunk (a
+    stall) is measured again before one thread is kept; a machine where two threads stay slow
+    settles on one; an ordinary one probes one thread at the second chunk and every 16th."""
+    one, two = [False], [True]
+    assert _ways([14.0], 6.0) == two + one + two * 14 + one + two * 3  # ordinary: probes only
+    assert _ways([3.0, 14.0], 6.0) == two + one + two * 14 + one + two * 3  # a stall at the start
+    assert _ways([3.0], 6.0) == two + one + two + one * 13 + two + one * 3  # two threads stay slow
+
+
 def test_progress_reaches_the_end():
     seen: list[int] = []
     generate(make_model(), 300, batch_size=2, seed=0, backend="fast", progress=seen.append)

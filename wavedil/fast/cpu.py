@@ -382,8 +382,9 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
 
     Both ways compute every number in the same order, so switching between chunks does not
     change the result. The first chunk runs on two threads, the second on one; after that the
-    faster way runs, and the other is re-measured every :data:`REPROBE_CHUNKS` chunks. A
-    two-thread chunk stops early when a partner thread keeps being descheduled (a busy machine).
+    faster way runs, and the other is re-measured every :data:`REPROBE_CHUNKS` chunks
+    (:func:`_next_way`). A two-thread chunk stops early when a partner thread keeps being
+    descheduled (a busy machine).
     More than two threads are not used: the pipeline has two roles.
 
     ``lg (P,)`` (ends as the head parameters after the last forward pass), ``u (N, U)``,
@@ -428,7 +429,7 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     if two:
         pipe_job(0, np.zeros(8, np.int64), 0, 0, state.pos, np.ascontiguousarray(static[:, 0]))()
     rate: dict[bool, float] = {}
-    pos, t, chunks, use_two = state.pos, 0, 0, two
+    pos, t, chunks, use_two, rechecked = state.pos, 0, 0, two, False
     while t < n:
         t1 = min(n, t + options.chunk)
         table = bias_for(t, t1) if per_step else static  # outside the timing: the same for both ways
@@ -443,14 +444,29 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
         rate[use_two] = (t_next - t) / max(time.perf_counter() - start, 1e-9)
         pos, t, chunks = int(pos), int(t_next), chunks + 1
         if two:
-            best = max(rate, key=rate.get)
-            if chunks == 1 or chunks % REPROBE_CHUNKS == 0:
-                use_two = not use_two if len(rate) == 1 else not best
-            else:
-                use_two = best
+            use_two, rechecked = _next_way(chunks, rate, use_two, rechecked)
         if progress is not None:
             progress(t)
     return ring, pos
+
+
+def _next_way(chunks: int, rate: dict[bool, float], use_two: bool, rechecked: bool) -> tuple[bool, bool]:
+    """Whether the next chunk of one sequence runs on two threads, and the new ``rechecked``.
+
+    ``chunks`` have run; ``rate[two]`` is the last rate measured each way, ``use_two`` the way
+    of the last chunk. The first chunk runs on two threads, the second on one (a probe); then
+    the faster way runs, and the other is re-measured every :data:`REPROBE_CHUNKS` chunks. When
+    one thread newly measures faster, two threads are measured once more before one is kept
+    (``rechecked``, cleared when two threads are the faster again): a slow first chunk (a stall
+    of the machine) would otherwise leave the sequence on one thread, at half the speed, until
+    the next probe.
+    """
+    best = max(rate, key=rate.get)
+    if chunks == 1 or chunks % REPROBE_CHUNKS == 0:
+        return (not use_two if len(rate) == 1 else not best), rechecked
+    if not best and not rechecked:
+        return True, True
+    return best, rechecked and not best
 
 
 def _balance(packed: PackedWaveNet, idle0: int, idle1: int) -> None:
