@@ -588,9 +588,13 @@ def _make_dot8(blocks):
             pmadd = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd"
             )
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(v8i32, [0] * 8)) for _ in range(blocks)]
-            with cgutils.for_range(builder, kp) as loop:
-                jp = loop.index
+            # two sums per block, of the even and the odd pairs: a CPU with VNNI fuses each
+            # multiply-add into one vpdpwssd, whose latency would otherwise bound one long chain
+            # (integer sums: the same result in any order)
+            zero = ir.Constant(v8i32, [0] * 8)
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(blocks)]
+
+            def step(jp, chain):
                 pair = builder.load(builder.gep(pairs, [jp]), align=4)
                 splat = builder.bitcast(
                     builder.shuffle_vector(
@@ -605,10 +609,18 @@ def _make_dot8(blocks):
                     off = builder.add(row, builder.mul(block_bytes, ir.Constant(kp.type, blk)))
                     wv = builder.load(builder.bitcast(builder.gep(wbase, [off]), v16i8.as_pointer()), align=1)
                     prod = builder.call(pmadd, [builder.sext(wv, v16i16), splat])
-                    builder.store(builder.add(builder.load(accs[blk]), prod), accs[blk])
+                    builder.store(builder.add(builder.load(accs[blk][chain]), prod), accs[blk][chain])
+
+            one = ir.Constant(kp.type, 1)
+            with cgutils.for_range(builder, builder.lshr(kp, one)) as loop:
+                jp = builder.shl(loop.index, one)
+                step(jp, 0)
+                step(builder.add(jp, one), 1)
+            with builder.if_then(builder.icmp_unsigned("!=", builder.and_(kp, one), ir.Constant(kp.type, 0))):
+                step(builder.sub(kp, one), 0)  # an odd last pair
             for blk in range(blocks):
                 dst = builder.bitcast(builder.gep(out, [ir.Constant(i32, 8 * blk)]), v8i32.as_pointer())
-                builder.store(builder.load(accs[blk]), dst, align=4)
+                builder.store(builder.add(builder.load(accs[blk][0]), builder.load(accs[blk][1])), dst, align=4)
             return context.get_dummy_value()
 
         return sig, codegen
