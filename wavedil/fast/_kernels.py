@@ -729,21 +729,18 @@ def _qrows(xq, xs, w, p0, sc, c, n_rows, k, n, isum):
     that convert their sums in registers as :func:`_dequant` does (the same operations, so the
     same bits as one row at a time); the outputs of a last block of fewer than 8, and blocks with
     a row of zero or non-finite inputs (:func:`_dequant`'s special cases), go by stored sums."""
+    if not _I8_TILES or n_rows == 1:
+        for r in range(n_rows):
+            _qmatvec(xq[r], xs[r], w, p0, sc, c[r], k, n, isum[r])
+        return
     kp = pair_count(k)
-    done = 0
-    if _I8_TILES and n_rows > 1:
-        regular = True
-        for r in range(n_rows):
-            regular = regular and xs[r] == xs[r] and xs[r] != 0
-        if regular:
-            done = n - n % 8
-            int8_tiles(xq, w, c, n_rows, p0, kp, done // 8, xs, sc)
-        if done < n:
-            int8_tiles(xq, w[done // 8 :], isum, n_rows, p0, kp, w.shape[0] - done // 8, xs, sc)
-    else:
-        for r in range(n_rows):
-            _isum(xq[r], w, isum[r], p0, kp, w.shape[0] * 8)
+    regular = True
+    for r in range(n_rows):
+        regular = regular and xs[r] == xs[r] and xs[r] != 0
+    done = n - n % 8 if regular else 0
+    int8_tiles(xq, w, c, n_rows, p0, kp, done // 8, xs, sc)
     if done < n:
+        int8_tiles(xq, w[done // 8 :], isum, n_rows, p0, kp, w.shape[0] - done // 8, xs, sc)
         for r in range(n_rows):
             _dequant(isum[r], xs[r], sc[done:], c[r, done:], n - done)
 
