@@ -3,11 +3,13 @@
 Measured in one process, on ref30 (``WaveNetConfig()``: 30 layers, kernel 2, R=64, gate 128,
 S=256, H=256, Q=256) in float32 with random weights:
 
-* ``samples_per_second``: all sequences together, of each generation back-end at B = 1, 16,
-  64, 256 (``torch`` is the eager cached step, ``DilatedStack.step``'s lean path); of ``fast`` in each
-  reduced weight mode (``fast-bf16``, ``fast-int8``: 16- and 8-bit weights); and of
+* ``samples_per_second``: all sequences together, of each generation back-end at B = 1, 4,
+  16, 64, 256 (``torch`` is the eager cached step, ``DilatedStack.step``'s lean path); of ``fast`` in each
+  reduced weight mode (``fast-bf16``, ``fast-int8``: 16- and 8-bit weights); of
   ``fast-1thread`` and ``fast-int8-1thread`` (batch 1 on one core), which show what running
-  batch 1 as a two-thread pipeline buys in each;
+  batch 1 as a two-thread pipeline buys in each; and of ``fast-slices`` and
+  ``fast-bf16-slices`` (B = 4 and 16 as one slice of rows per thread), which show what running
+  a small batch as that pipeline buys;
 * ``eager``: the ``torch`` back-end with torch's default threads and with one thread; the
   faster is the baseline of the ratios (the conservative choice);
 * ``naive``: full recompute, ``model.forward`` over the last receptive-field window for every
@@ -67,7 +69,9 @@ from wavedil.backends import WEIGHT_MODES, available_backends, register_backend,
 from wavedil.distributions import sample_categorical
 from wavedil.fast import make_fast_backend
 
-BATCHES = (1, 16, 64, 256)
+BATCHES = (1, 4, 16, 64, 256)
+#: small batches that ``fast`` runs as a two-thread pipeline (fp32; bf16 up to 4)
+SMALL_BATCHES = (4, 16)
 
 #: ``conf/model/small.yaml``, the model of ``--heads``
 SMALL = dict(residual_channels=32, gate_channels=64, skip_channels=64, head_channels=128, kernel_size=2,
@@ -345,10 +349,12 @@ def main(argv: list[str] | None = None) -> dict:
     flops = flops_per_sample(cfg)
     names = available_backends()  # fast (numba, a required dependency) and torch
     register_backend("fast-1thread", make_fast_backend(threads=1))  # what batch 1's two threads buy
+    register_backend("fast-slices", make_fast_backend(pipe_rows=1))  # what the small-batch pipeline buys
     # name -> (back-end, weight mode, batch sizes)
     runs = {"fast": ("fast", "fp32", BATCHES), "fast-bf16": ("fast", "bf16", BATCHES),
             "fast-int8": ("fast", "int8", BATCHES), "fast-1thread": ("fast-1thread", "fp32", (1,)),
-            "fast-int8-1thread": ("fast-1thread", "int8", (1,)), "torch": ("torch", "fp32", BATCHES)}  # fmt: skip
+            "fast-int8-1thread": ("fast-1thread", "int8", (1,)), "fast-slices": ("fast-slices", "fp32", SMALL_BATCHES),
+            "fast-bf16-slices": ("fast-slices", "bf16", SMALL_BATCHES), "torch": ("torch", "fp32", BATCHES)}  # fmt: skip
     for weights in WEIGHT_MODES:
         generate(model, 20, batch_size=1, backend="fast", weights=weights)  # compile (or load) the kernels
         generate(model, 4, batch_size=4, backend="fast", weights=weights)
@@ -419,9 +425,15 @@ def main(argv: list[str] | None = None) -> dict:
                 ratios[f"{mode}_over_fp32_b{b}"] = round(reduced[b] / fast[b], 2)
             result["matmul"][f"fast_{mode}_gflops"] = {b: round(r * flops / 1e9, 1) for b, r in reduced.items()}
         result["matmul"]["torch_gflops"] = {b: round(r * flops / 1e9, 1) for b, r in backends["torch"].items()}
+        for name, slices in (("fast", "fast-slices"), ("fast-bf16", "fast-bf16-slices")):
+            for b in map(str, SMALL_BATCHES):
+                ratios[f"{name.replace('-', '_')}_pipeline_over_slices_b{b}"] = round(
+                    backends[name][b] / backends[slices][b], 2
+                )
         best = max(("fast", "fast-bf16", "fast-int8"), key=lambda n: backends[n]["1"])
         result["realtime_16khz_b1_best"] = {"mode": best, "factor": round(backends[best]["1"] / 16000, 3)}
     unregister_backend("fast-1thread")
+    unregister_backend("fast-slices")
     print(json.dumps(result, indent=2))
     return result
 

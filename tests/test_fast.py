@@ -308,6 +308,9 @@ def _variants(batch: int) -> dict[str, object]:
     }
     if batch >= 7:  # the products' full register tiles (6 rows) and a row left over
         variants["rows-tiles"] = make_fast_backend(threads=1, row_block=7)
+    # every row on two threads (the pipeline's block form; row blocks of 2 leave one over when
+    # the batch is odd), switching to one thread and back between chunks
+    variants["pipe"] = make_fast_backend(threads=2, split=True, chunk=150, pipe_rows=batch, row_block=2)
     return variants
 
 
@@ -477,32 +480,34 @@ def test_same_samples_at_other_temperatures(head, temperature):
     assert torch.equal(got, ref)
 
 
-def test_two_threads_and_one_agree_bit_for_bit_on_a_wider_model():
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_two_threads_and_one_agree_bit_for_bit_on_a_wider_model(weights, batch):
     """Odd sizes (gate 2*13, skip 30, head 20 and Q 37 in two column blocks) and many switches."""
     model = make_model(residual_channels=16, gate_channels=26, skip_channels=30, head_channels=20,
                        quantization_channels=37, dilations=(1, 2, 4, 8, 16, 1, 2, 4))  # fmt: skip
-    results = []
-    for backend in (make_fast_backend(threads=1), make_fast_backend(threads=2, split=True, chunk=64)):
-        register_backend("_test_fast", backend)
-        try:
-            results.append(generate(model, 1000, seed=5, backend="_test_fast").codes)
-        finally:
-            unregister_backend("_test_fast")
+    pipe = make_fast_backend(threads=2, split=True, chunk=64 * batch, pipe_rows=batch)
+    results = [
+        _fast_codes(backend, model, 1000 // batch, seed=5, batch_size=batch, weights=weights)
+        for backend in (make_fast_backend(threads=1), pipe)
+    ]
     assert torch.equal(results[0], results[1])
 
 
 @pytest.mark.parametrize("weights", ["fp32", "int8"])
-def test_two_threads_that_give_up_every_step_lose_nothing(monkeypatch, weights):
+@pytest.mark.parametrize("batch", [1, 3])
+def test_two_threads_that_give_up_every_step_lose_nothing(monkeypatch, weights, batch):
     """A partner that keeps being descheduled makes both threads stop at the end of the step
     (here: after every step) and one thread go on; the samples are those of one thread."""
     import wavedil.fast.cpu as cpu
 
     model = make_head_model("mol", speaker=False, mel=True)
-    mel = random_mel(model, 1, 400, seed=3)
-    ref = _fast_codes(make_fast_backend(threads=1), model, 400, seed=4, mel=mel, weights=weights)
+    mel = random_mel(model, batch, 400, seed=3)
+    kwargs = dict(seed=4, mel=mel, weights=weights, batch_size=batch)
+    ref = _fast_codes(make_fast_backend(threads=1), model, 400, **kwargs)
     monkeypatch.setattr(cpu, "MAX_LONG_WAITS_PER_CHUNK", -1)  # every step counts as "too many"
-    got = _fast_codes(make_fast_backend(threads=2, split=True, chunk=40), model, 400, seed=4, mel=mel, weights=weights)
-    assert torch.equal(got, ref)
+    pipe = make_fast_backend(threads=2, split=True, chunk=40 * batch, pipe_rows=batch)
+    assert torch.equal(_fast_codes(pipe, model, 400, **kwargs), ref)
 
 
 def _ways(two_rates: list[float], one_rate: float, n_chunks: int = 20) -> list[bool]:
@@ -623,6 +628,8 @@ def test_make_fast_backend_rejects_bad_options():
         make_fast_backend(threads=0)
     with pytest.raises(ValueError, match="split"):
         make_fast_backend(split="yes")
+    with pytest.raises(ValueError, match="pipe_rows"):
+        make_fast_backend(pipe_rows=0)
 
 
 # --------------------------------------------------------------------------- reduced-precision weights

@@ -112,7 +112,11 @@ class FastBackend(Backend):
 
 
 def make_fast_backend(
-    threads: int | None = None, split: bool | None = None, row_block: int = ROW_BLOCK, chunk: int = 1024
+    threads: int | None = None,
+    split: bool | None = None,
+    row_block: int = ROW_BLOCK,
+    chunk: int = 1024,
+    pipe_rows: int | None = None,
 ) -> FastBackend:
     """A ``fast`` back-end with its own thread and blocking settings (see :class:`CpuOptions`).
 
@@ -122,7 +126,7 @@ def make_fast_backend(
     Raises:
         ValueError: for an option out of range.
     """
-    return FastBackend(CpuOptions(threads=threads, split=split, row_block=row_block, chunk=chunk))
+    return FastBackend(CpuOptions(threads=threads, split=split, row_block=row_block, chunk=chunk, pipe_rows=pipe_rows))
 
 
 def supports(model: WaveNet, weights: str = "fp32") -> bool:

@@ -19,10 +19,12 @@ Two kernels:
 * :func:`run_rows` -- a slice of batch rows advanced by one thread, layer by layer (the weights
   of one layer are reused by every row while they sit in cache). Several threads run it on
   disjoint slices with no synchronisation at all.
-* :func:`run_pipe` -- one sequence (batch 1) on two threads: one runs the chain of dilated
-  convs, gates and residual products, the other follows it with the skip products and the
-  next sample's taps on the past; they share the head. Batch 1 is limited by how fast the weights (~5 MB in float32) stream from
-  the caches; the pipeline gives each core about half of them and no barrier per layer.
+* :func:`run_pipe` -- one sequence, or every row of a small batch, on two threads: one runs
+  the chain of dilated convs, gates and residual products, the other follows it with the skip
+  products and the next sample's taps on the past; they share the head. Batch 1 and small
+  batches are limited by how fast the weights (~5 MB in float32) stream from the caches; the
+  pipeline gives each core about half of them and no barrier per layer. It is compiled in a
+  one-row form (1-D row arrays, the one-row products) and a block form.
 
 The output head gives ``P`` parameters per sample; :func:`draw` samples from them as
 ``model.dist.sample`` does, in float64:
@@ -782,29 +784,6 @@ def _axpy_rows_impl(a, w, sc, c, n_rows, k, n, qs):
     return lambda a, w, sc, c, n_rows, k, n, qs: _axpy_rows_f(a, w, sc, c, n_rows, k, n)
 
 
-def _matvec2(x, w1, sc1, y1, n1, w2, sc2, y2, n2, k, qs):
-    """:func:`_matvec` of one input ``x[:k]`` by two matrices: ``y1[:n1] += x @ W1``,
-    ``y2[:n2] += x @ W2`` (int8 rounds ``x`` once for both)."""
-
-
-@overload(_matvec2)
-def _matvec2_impl(x, w1, sc1, y1, n1, w2, sc2, y2, n2, k, qs):
-    if w1.ndim == 4:
-
-        def matvec2_i8(x, w1, sc1, y1, n1, w2, sc2, y2, n2, k, qs):
-            xs = _quant16(x, k, qs[0])
-            _qmatvec(qs[0], xs, w1, 0, sc1, y1, k, n1, qs[1])
-            _qmatvec(qs[0], xs, w2, 0, sc2, y2, k, n2, qs[1])
-
-        return matvec2_i8
-
-    def matvec2_f(x, w1, sc1, y1, n1, w2, sc2, y2, n2, k, qs):
-        _matvec_f(x, w1, sc1, y1, k, n1)
-        _matvec_f(x, w2, sc2, y2, k, n2)
-
-    return matvec2_f
-
-
 def _axpy_rows2(a, w1, sc1, c1, n1, w2, sc2, c2, n2, n_rows, k, qs):
     """:func:`_axpy_rows` of the rows ``a[:n_rows, :k]`` by two matrices into ``c1`` and ``c2``."""
 
@@ -874,19 +853,19 @@ def _conv_cur_impl(x, kernel, w, sc, h, r_ch, g, qs):
     return lambda x, kernel, w, sc, h, r_ch, g, qs: _matvec_f(x, w[(kernel - 1) * r_ch :], sc, h, r_ch, g)
 
 
-def _conv_rows(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
-    """The dilated conv of rows ``r0 : r0 + nr``: ``hh[r, :g] +=`` :func:`_conv_past` of ring row
-    ``r0 + r`` ``+`` :func:`_conv_cur` of ``x[r0 + r]`` (``x (B, R)``). Float formats go tap by
-    tap over all the rows (each weight row serves every row while in cache), which adds in the
-    same order; int8 rounds every row's past taps (then its input) as the one-row kernels do and
-    multiplies the block of rows at once (:func:`_qrows`): the same sums."""
+def _conv_past_rows(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs):
+    """``hh[r, :g] +=`` :func:`_conv_past` of ring row ``r0 + r`` for ``r < nr``: the dilated
+    conv's taps on the past of a block of rows. Float formats go tap by tap over all the rows
+    (each weight row serves every row while in cache), which adds in the same order; int8
+    rounds every row's past taps together as the one-row kernel does and multiplies the block
+    of rows at once (:func:`_qrows`): the same sums."""
 
 
-@overload(_conv_rows)
-def _conv_rows_impl(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+@overload(_conv_past_rows)
+def _conv_past_rows_impl(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs):
     if w.ndim == 4:
 
-        def conv_i8(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+        def past_i8(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs):
             off, pos, d, L = where
             xq, xs, isum, xcat = qs
             k_past = (kernel - 1) * r_ch
@@ -898,19 +877,44 @@ def _conv_rows_impl(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
                         xcat[r, m * r_ch : (m + 1) * r_ch] = ring[off + (pos - (kernel - 1 - m) * d) % L, r0 + r]
                 _quant_rows(xcat, nr, k_past, xq, xs)
             _qrows(xq, xs, w, 0, sc, hh, nr, k_past, g, isum)
-            _quant_rows(x[r0:], nr, r_ch, xq, xs)
-            _qrows(xq, xs, w, pair_count(k_past), sc, hh, nr, r_ch, g, isum)
 
-        return conv_i8
+        return past_i8
 
-    def conv_f(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+    def past_f(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs):
         off, pos, d, L = where
         for m in range(kernel - 1):
             slot = off + (pos - (kernel - 1 - m) * d) % L
             _axpy_rows_f(ring[slot, r0:], w[m * r_ch :], sc, hh, nr, r_ch, g)
-        _axpy_rows_f(x[r0:], w[(kernel - 1) * r_ch :], sc, hh, nr, r_ch, g)
 
-    return conv_f
+    return past_f
+
+
+def _conv_cur_rows(x, kernel, nr, w, sc, hh, r_ch, g, qs):
+    """``hh[r, :g] += x[r] @ W_{k-1}`` for ``r < nr``: the dilated conv's last tap (the layer
+    inputs now, ``x (>= nr, R)``) of a block of rows, in ``w``'s format (int8 rounds each row
+    of ``x`` on its own, apart from its past taps)."""
+
+
+@overload(_conv_cur_rows)
+def _conv_cur_rows_impl(x, kernel, nr, w, sc, hh, r_ch, g, qs):
+    if w.ndim == 4:
+
+        def cur_i8(x, kernel, nr, w, sc, hh, r_ch, g, qs):
+            xq, xs, isum, _ = qs
+            _quant_rows(x, nr, r_ch, xq, xs)
+            _qrows(xq, xs, w, pair_count((kernel - 1) * r_ch), sc, hh, nr, r_ch, g, isum)
+
+        return cur_i8
+    return lambda x, kernel, nr, w, sc, hh, r_ch, g, qs: _axpy_rows_f(x, w[(kernel - 1) * r_ch :], sc, hh, nr, r_ch, g)
+
+
+@nb.njit(**_JIT)
+def _conv_rows(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+    """The dilated conv of rows ``r0 : r0 + nr``: ``hh[r, :g] +=`` its taps on the past
+    (:func:`_conv_past_rows`) ``+`` its last tap on ``x[r0 + r]`` (``x (B, R)``,
+    :func:`_conv_cur_rows`), added in that order."""
+    _conv_past_rows(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs)
+    _conv_cur_rows(x[r0:], kernel, nr, w, sc, hh, r_ch, g, qs)
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -1262,15 +1266,127 @@ def run_rows(
 
 
 # ----------------------------------------------------------------------------- pipeline kernel
+#
+# run_pipe is written once for one sequence and for a block of rows: numba compiles it for each.
+# These helpers take the row arrays of either form (one row: 1-D ``(C,)``; rows: 2-D ``(B, C)``)
+# and give the one-row form the one-row products (:func:`_matvec`, :func:`_conv_cur`,
+# :func:`_conv_past`): at batch 1 the block forms of one row measured 10% slower in int8.
+# The int8 scratch ``qs`` is the block form's ``(xq, xs, isum, xcat)``; one row uses its row 0.
 
 
-@nb.njit(**_JIT)
-def _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gb, h, r_ch, g, qs):
-    """``h[:] = gb[i] +`` layer ``i``'s conv taps on the past at stream time ``pos``
-    (:func:`_conv_past` of ring row 0): everything of the conv but its last tap."""
-    d = dil[i]
-    h[:] = gb[i]
-    _conv_past(ring, (off[i], pos, d, (kernel - 1) * d), kernel, 0, wc[i], wc_s[i], h, r_ch, g, qs)
+def _row(a, b):
+    """Row ``b`` of a block ``a (B, C)``; a one-row array ``a (C,)`` itself."""
+
+
+@overload(_row)
+def _row_impl(a, b):
+    if a.ndim == 1:
+        return lambda a, b: a
+    return lambda a, b: a[b]
+
+
+def _rows_from(a, r0):
+    """The rows of ``a`` from ``r0`` on (``a[r0:]``); a one-row array itself."""
+
+
+@overload(_rows_from)
+def _rows_from_impl(a, r0):
+    if a.ndim == 1:
+        return lambda a, r0: a
+    return lambda a, r0: a[r0:]
+
+
+def _put_code(out, b, t, code):
+    """``out[b, t] = code`` (``out[t]`` for one row)."""
+
+
+@overload(_put_code)
+def _put_code_impl(out, b, t, code):
+    if out.ndim == 1:
+
+        def put1(out, b, t, code):
+            out[t] = code
+
+        return put1
+
+    def put(out, b, t, code):
+        out[b, t] = code
+
+    return put
+
+
+def _gate_bias(gb, shared, b, i):
+    """Row ``b``'s gate bias of layer ``i``: ``gb (Bs or 1, NL, G)`` (row 0 when ``shared``), or
+    ``gb (NL, G)`` for one row."""
+
+
+@overload(_gate_bias)
+def _gate_bias_impl(gb, shared, b, i):
+    if gb.ndim == 2:
+        return lambda gb, shared, b, i: gb[i]
+    return lambda gb, shared, b, i: gb[0 if shared else b, i]
+
+
+def _scratch_of(like, qs):
+    """The int8 scratch of the form of ``like``: the block form's ``qs = (xq, xs, isum, xcat)``,
+    or for one row (1-D ``like``) the row-0 views ``(xq[0], isum[0], xcat[0])`` that the one-row
+    products take."""
+
+
+@overload(_scratch_of)
+def _scratch_of_impl(like, qs):
+    if like.ndim == 1:
+        return lambda like, qs: (qs[0][0], qs[2][0], qs[3][0])
+    return lambda like, qs: qs
+
+
+def _new_rows(like, n_rows, cols):
+    """Uninitialised float32 ``(n_rows, cols)``, or ``(cols,)`` when ``like`` is one row."""
+
+
+@overload(_new_rows)
+def _new_rows_impl(like, n_rows, cols):
+    if like.ndim == 1:
+        return lambda like, n_rows, cols: np.empty(cols, np.float32)
+    return lambda like, n_rows, cols: np.empty((n_rows, cols), np.float32)
+
+
+def _product(a, w, sc, c, nr, k, n, qs):
+    """``c[r, :n] += a[r, :k] @ W`` for ``r < nr`` (:func:`_axpy_rows`); one row (1-D ``a``,
+    ``c``) by :func:`_matvec`."""
+
+
+@overload(_product)
+def _product_impl(a, w, sc, c, nr, k, n, qs):
+    if a.ndim == 1:
+        return lambda a, w, sc, c, nr, k, n, qs: _matvec(a, w, sc, c, k, n, (qs[0], qs[1]))
+    return lambda a, w, sc, c, nr, k, n, qs: _axpy_rows(a, w, sc, c, nr, k, n, qs)
+
+
+def _conv_cur_any(x, kernel, nr, w, sc, hh, r_ch, g, qs):
+    """:func:`_conv_cur_rows`; one row (1-D ``x``, ``hh``) by :func:`_conv_cur`."""
+
+
+@overload(_conv_cur_any)
+def _conv_cur_any_impl(x, kernel, nr, w, sc, hh, r_ch, g, qs):
+    if x.ndim == 1:
+        return lambda x, kernel, nr, w, sc, hh, r_ch, g, qs: _conv_cur(x, kernel, w, sc, hh, r_ch, g, qs)
+    return lambda x, kernel, nr, w, sc, hh, r_ch, g, qs: _conv_cur_rows(x, kernel, nr, w, sc, hh, r_ch, g, qs)
+
+
+def _conv_past_any(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs):
+    """:func:`_conv_past_rows`; one row (1-D ``hh``) by :func:`_conv_past` of ring row ``r0``."""
+
+
+@overload(_conv_past_any)
+def _conv_past_any_impl(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs):
+    if hh.ndim == 1:
+        return lambda ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs: _conv_past(
+            ring, where, kernel, r0, w, sc, hh, r_ch, g, qs
+        )
+    return lambda ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs: _conv_past_rows(
+        ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs
+    )
 
 
 @nb.njit(**_JIT)
@@ -1281,27 +1397,58 @@ def _owns_past(i, own, nl):
 
 
 @nb.njit(**_JIT)
+def _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gb, shared, hh, bs, rb, r_ch, g, qs):
+    """``hh[r] =`` row ``r``'s gate bias of layer ``i`` (:func:`_gate_bias`) ``+`` the layer's
+    conv taps on the past at stream time ``pos``, for every row ``r < bs`` (``rb`` at a time):
+    everything of the conv but its last tap."""
+    d = dil[i]
+    where = (off[i], pos, d, (kernel - 1) * d)
+    for r0 in range(0, bs, rb):
+        nr = min(rb, bs - r0)
+        for r in range(nr):
+            _row(hh, r0 + r)[:] = _gate_bias(gb, shared, r0 + r, i)
+        _conv_past_any(ring, where, kernel, r0, nr, wc[i], wc_s[i], _rows_from(hh, r0), r_ch, g, qs)
+
+
+@nb.njit(**_JIT)
+def _head_block(a, w, sc, bias, tmp, dst, lo, n, relu, bs, rb, k, qs):
+    """One of the head's column blocks, for every row ``r < bs`` (``rb`` at a time):
+    ``dst[r, lo : lo + n] = (a[r, :k] @ W + bias)[:n]``, through ``relu`` if set; ``W (k, wp)``
+    one column block of width ``wp`` (zero padded past ``n``), ``tmp (>= bs, >= wp)`` scratch."""
+    wp = bias.shape[0]
+    for r0 in range(0, bs, rb):
+        nr = min(rb, bs - r0)
+        for r in range(r0, r0 + nr):
+            _row(tmp, r)[:wp] = bias
+        _product(_rows_from(a, r0), w, sc, _rows_from(tmp, r0), nr, k, wp, qs)
+    for b in range(bs):
+        t_b, d_b = _row(tmp, b), _row(dst, b)
+        for c in range(n):
+            d_b[lo + c] = max(t_b[c], np.float32(0.0)) if relu else t_b[c]
+
+
+@nb.njit(**_JIT)
 def run_pipe(
     role, sync, t0, t1, n_total, uniforms, temp, greedy, params, out,
     head, classes, nmix, ls_min, in_scale, emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2, scales,
-    dil, off, kernel, ring, pos, z_sh, p_sh, acc_sh, hid_sh, max_long_waits, own,
+    dil, off, kernel, ring, pos, row_block, z_sh, p_sh, acc_sh, hid_sh, max_long_waits, own,
 ):  # fmt: skip
-    """One of two threads advancing one sequence (batch 1) from step ``t0`` towards ``t1``.
+    """One of two threads advancing the same rows (a small batch) from step ``t0`` towards ``t1``.
 
     The two threads split each step by *what* they compute. Role 0 runs the chain that every
-    next layer depends on: draw, embedding, and per layer the conv's last tap (the layer's
+    next layer depends on: draws, embeddings, and per layer the conv's last tap (the layer's
     input now), the gate and the residual product. Role 1 does what the chain does not wait
     for: the skip products, and the conv's taps on the past for the *next* step (bias
-    included, into ``p_sh``; by the time role 1 has seen layer ``i``'s gate output, every input
+    included, into ``p_sh``; by the time role 1 has seen layer ``i``'s gate outputs, every input
     they read is in the ring) -- except for ``own`` of the layers (spread evenly), whose past
     taps role 0 makes itself, so the two can be balanced (which role makes them changes no
-    number). Role 0 publishes each layer's gate output (``z_sh[i]``, then the
+    number). Role 0 publishes each layer's gate outputs (``z_sh[i]``, then the
     counter ``sync[2]``) and goes straight on; role 1 follows. They meet only around the head
     (three barriers), whose columns they share, and once at the start of a call (role 1 makes
     the first step's past taps). So the chain pays no barrier per layer, no product is cut
-    into narrow column blocks, and the chain's weights (a third of them: the last taps and
-    the residual matrices) can stay in its core's L2 cache (batch 1 is bound by how fast the
-    weights stream from the caches).
+    into narrow column blocks, and each core streams about half the weights (a small batch is
+    bound by how fast the weights stream from the caches: in one core's share, the chain's
+    last taps and residual matrices, can stay in its L2 cache).
 
     Every number is computed as in :func:`run_rows` (the same products in the same order), so
     the samples do not depend on the kernel.
@@ -1313,22 +1460,26 @@ def run_pipe(
     on with one thread from there. Both threads must run at the same time, with the same
     arguments but ``role``.
 
-    Args (beyond those of :func:`run_rows`, for one sequence):
+    Args (beyond those of :func:`run_rows`, for ``Bs`` rows):
         role: 0 or 1.
         sync: ``(8,)`` int64 zeros: ``[0]`` the barrier counter, ``[1]`` the bail-out flag,
-            ``[2]`` gate outputs published by role 0; on return ``[3]`` role 0's and ``[4]``
-            role 1's waits for each other (time-stamp cycles; 0 without a counter).
-        uniforms: ``(n_total, U)`` float64.
-        params: ``(Npar,)`` float32 head parameters, shared (written by both, drawn by role 0).
-        out: ``(n_total,)`` int64 (written by role 0).
-        wc ``(NL, k*R, G)``, gbias ``(Tc, NL, G)``, wres, bres, wskip ``(NL, G/2, S)``, bskip
-            ``(S,)``: as in :func:`run_rows`; h1 ``(2, S, Hp)``, b1 ``(2, Hp)``, h2 ``(2, H, Qp)``,
-            b2 ``(2, Qp)``: the head's two column blocks, zero padded (``Qp`` of the ``Npar``
-            outputs; :attr:`wavedil.fast.pack.PackedWaveNet.head_halves`).
+            ``[2]`` layers of gate outputs published by role 0; on return ``[3]`` role 0's and
+            ``[4]`` role 1's waits for each other (time-stamp cycles; 0 without a counter).
+        params: ``(Bs, Npar)`` float32 head parameters, shared (written by both, drawn by role 0).
+        out: ``(Bs, n_total)`` int64 (written by role 0).
+        wc ``(NL, k*R, G)``, gbias ``(Tc, Bs or 1, NL, G)``, wres, bres, wskip ``(NL, G/2, S)``,
+            bskip ``(S,)``: as in :func:`run_rows`; h1 ``(2, S, Hp)``, b1 ``(2, Hp)``, h2
+            ``(2, H, Qp)``, b2 ``(2, Qp)``: the head's two column blocks, zero padded (``Qp`` of
+            the ``Npar`` outputs; :attr:`wavedil.fast.pack.PackedWaveNet.head_halves`).
         scales: ``(wc_s (NL, G), wres_s (NL, R), wskip_s (NL, S), h1_s (2, Hp), h2_s (2, Qp))``.
-        ring: ``(sum L, 1, R)``; z_sh ``(NL, G/2)``, p_sh ``(NL, G)``, acc_sh ``(S,)``, hid_sh
-            ``(H,)``: shared.
+        ring: ``(sum L, Bs, R)``; z_sh ``(NL, Bs, G/2)``, p_sh ``(NL, Bs, G)``, acc_sh
+            ``(Bs, S)``, hid_sh ``(Bs, H)``: shared.
+        row_block: rows computed together per product (see :func:`run_rows`).
         own: layers whose past taps role 0 makes (0 to NL).
+
+    One sequence may pass its arrays without the batch axis (the one-row form): uniforms
+    ``(n_total, U)``, params ``(Npar,)``, out ``(n_total,)``, gbias ``(Tc, NL, G)``, z_sh
+    ``(NL, G/2)``, p_sh ``(NL, G)``, acc_sh ``(S,)``, hid_sh ``(H,)``; ring ``(sum L, 1, R)``.
     """
     # views without owners (see run_rows): the two threads slice the same arrays at every layer
     sync, uniforms, params, out = _unowned(sync), _unowned(uniforms), _unowned(params), _unowned(out)
@@ -1337,29 +1488,34 @@ def run_pipe(
     dil, off, ring = _unowned(dil), _unowned(off), _unowned(ring)
     z_sh, p_sh, acc_sh, hid_sh = _unowned(z_sh), _unowned(p_sh), _unowned(acc_sh), _unowned(hid_sh)
     scales = _unowned_scales(scales)
-    q = params.shape[0]
+    bs = 1 if params.ndim == 1 else ring.shape[1]  # a constant in the one-row form
+    q = params.shape[-1]
     r_ch = emb.shape[1]
     nl = wc.shape[0]
-    g = gbias.shape[2]
+    g = gbias.shape[-1]
     g2 = g // 2
     s_ch = bskip.shape[0]
     hp = b1.shape[1]
-    h_ch = hid_sh.shape[0]
+    h_ch = hid_sh.shape[-1]
     qp = b2.shape[1]
+    rb = 1 if params.ndim == 1 else min(row_block, bs)
     width = max(kernel * r_ch, g, s_ch, hp, h_ch, qp) + 16
     # this thread's scratch, owned by these arrays (kept alive to each return) and used unowned
-    xq_own, isum_own, xcat_own = np.zeros(width, np.int16), np.zeros(width, np.int32), np.zeros(kernel * r_ch, np.float32)
-    qs = (_unowned(xq_own), _unowned(isum_own), _unowned(xcat_own))
+    xq_own, xs_own = np.zeros((rb, width), np.int16), np.zeros(rb, np.float32)
+    isum_own, xcat_own = np.zeros((rb, width), np.int32), np.zeros((rb, kernel * r_ch), np.float32)
+    qs = _scratch_of(params, (_unowned(xq_own), _unowned(xs_own), _unowned(isum_own), _unowned(xcat_own)))
     h_lo = role * hp
     h_n = min(hp, h_ch - h_lo)
     q_lo = role * qp
     q_n = min(qp, q - q_lo)
     wc_s, wres_s, wskip_s, h1_s, h2_s = scales
-    x_own, hh_own, acc_own = np.empty(r_ch, np.float32), np.empty(g, np.float32), np.empty(s_ch, np.float32)
-    tmp_own = np.empty(max(hp, qp), np.float32)
+    x_own, hh_own = _new_rows(params, bs, r_ch), _new_rows(params, bs, g)
+    acc_own, tmp_own = _new_rows(params, bs, s_ch), _new_rows(params, bs, max(hp, qp))
     p_own = np.empty(max(q, classes if head == HEAD_MULAW else nmix), np.float64)
     x, hh, acc, tmp, p = _unowned(x_own), _unowned(hh_own), _unowned(acc_own), _unowned(tmp_own), _unowned(p_own)
+    codes = np.empty(bs, np.int64)
     per_step = gbias.shape[0] > 1
+    shared = gbias.ndim == 4 and gbias.shape[1] == 1  # one bias row for every row
     target = np.int64(0)
     published = np.int64(0)
     idle0 = np.int64(0)  # role 0's wait for role 1 at the head, in time-stamp cycles
@@ -1368,38 +1524,51 @@ def run_pipe(
     if t0 >= t1:  # nothing to do (a call that only compiles: no partner, no barrier)
         return t1, pos
     if role == 1:  # the first step's past taps (later ones are made a step ahead)
-        gbt = gbias[0]
         for i in range(nl):
             if not _owns_past(i, own, nl):
-                _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gbt, p_sh[i], r_ch, g, qs)
+                _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gbias[0], shared, p_sh[i], bs, rb, r_ch, g, qs)
     target, y, _ = _barrier(sync, 2, target)
     long_waits += y
     for t in range(t0, t1):
         if role == 0:
-            code = draw(params, head, classes, nmix, ls_min, uniforms[t], temp, greedy, p)
-            out[t] = code
+            u_t = uniforms[t]
+            for b in range(bs):
+                code = draw(_row(params, b), head, classes, nmix, ls_min, _row(u_t, b), temp, greedy, p)
+                codes[b] = code
+                _put_code(out, b, t, code)
         if t + 1 >= n_total:
             _keep_alive(x_own, hh_own, acc_own, tmp_own, p_own)
-            _keep_alive(xq_own, isum_own, xcat_own, x_own, x_own)
+            _keep_alive(xq_own, xs_own, isum_own, xcat_own, codes)
             return t + 1, pos
         if role == 0:
-            _embed(emb, in_scale, code, x, r_ch)
+            for b in range(bs):
+                _embed(emb, in_scale, codes[b], _row(x, b), r_ch)
             gbt = gbias[t - t0] if per_step else gbias[0]
             for i in range(nl):
                 L = (kernel - 1) * dil[i]
                 if _owns_past(i, own, nl):  # this layer's past taps are role 0's
-                    _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gbt, hh, r_ch, g, qs)
+                    _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gbt, shared, hh, bs, rb, r_ch, g, qs)
                 else:
-                    hh[:] = p_sh[i]  # bias + past taps, from role 1
-                _conv_cur(x, kernel, wc[i], wc_s[i], hh, r_ch, g, qs)
-                ring[off[i] + pos % L, 0] = x  # x[t] replaces x[t - L], the oldest tap
-                gate_inplace(hh, z_sh[i], g2)
+                    for b in range(bs):
+                        _row(hh, b)[:] = _row(p_sh[i], b)  # bias + past taps, from role 1
+                zi = z_sh[i]
+                slot = ring[off[i] + pos % L]
+                for r0 in range(0, bs, rb):
+                    nr = min(rb, bs - r0)
+                    _conv_cur_any(_rows_from(x, r0), kernel, nr, wc[i], wc_s[i], _rows_from(hh, r0), r_ch, g, qs)
+                    for r in range(r0, r0 + nr):
+                        slot[r, :] = _row(x, r)  # x[t] replaces x[t - L], the oldest tap
+                        gate_inplace(_row(hh, r), _row(zi, r), g2)
                 _atomic_add(sync, 2, 1)  # z_sh[i] is complete (and p_sh[i] read): role 1 may go on
                 if i + 1 < nl:
-                    x[:] += bres[i]
-                    _matvec(z_sh[i], wres[i], wres_s[i], x, g2, r_ch, qs)
+                    for b in range(bs):
+                        _row(x, b)[:] += bres[i]
+                    for r0 in range(0, bs, rb):
+                        nr = min(rb, bs - r0)
+                        _product(_rows_from(zi, r0), wres[i], wres_s[i], _rows_from(x, r0), nr, g2, r_ch, qs)
         else:
-            acc[:] = bskip
+            for b in range(bs):
+                _row(acc, b)[:] = bskip
             nxt = t + 1 < t1  # the next step is this call's: make its past taps now
             gbn = gbias[t + 1 - t0] if per_step and nxt else gbias[0]
             for i in range(nl):
@@ -1407,28 +1576,28 @@ def run_pipe(
                 y, waited = _wait_until(sync, 2, published)
                 long_waits += y
                 idle1 += waited
-                _matvec(z_sh[i], wskip[i], wskip_s[i], acc, g2, s_ch, qs)
+                zi = z_sh[i]
+                for r0 in range(0, bs, rb):
+                    nr = min(rb, bs - r0)
+                    _product(_rows_from(zi, r0), wskip[i], wskip_s[i], _rows_from(acc, r0), nr, g2, s_ch, qs)
                 # every past tap of time pos + 1 is in the ring by now (x[pos] included)
                 if nxt and not _owns_past(i, own, nl):
-                    _bias_and_past(ring, off, dil, i, pos + 1, kernel, wc, wc_s, gbn, p_sh[i], r_ch, g, qs)
-            for c in range(s_ch):
-                acc_sh[c] = max(acc[c], np.float32(0.0))
+                    _bias_and_past(ring, off, dil, i, pos + 1, kernel, wc, wc_s, gbn, shared, p_sh[i], bs, rb, r_ch, g,
+                                   qs)  # fmt: skip
+            for b in range(bs):
+                a_b, s_b = _row(acc, b), _row(acc_sh, b)
+                for c in range(s_ch):
+                    s_b[c] = max(a_b[c], np.float32(0.0))
         pos += 1
-        # the head: role 1 wrote acc_sh; each role computes its column blocks
+        # the head: role 1 wrote acc_sh; each role computes its column blocks for every row
         target, y, waited = _barrier(sync, 2, target)
         if role == 0:
             idle0 += waited
         long_waits += y
-        tmp[:hp] = b1[role]
-        _matvec(acc_sh, h1[role], h1_s[role], tmp, s_ch, hp, qs)
-        for c in range(h_n):
-            hid_sh[h_lo + c] = max(tmp[c], np.float32(0.0))
+        _head_block(acc_sh, h1[role], h1_s[role], b1[role], tmp, hid_sh, h_lo, h_n, True, bs, rb, s_ch, qs)
         target, y, _ = _barrier(sync, 2, target)
         long_waits += y
-        tmp[:qp] = b2[role]
-        _matvec(hid_sh, h2[role], h2_s[role], tmp, h_ch, qp, qs)
-        for c in range(q_n):
-            params[q_lo + c] = tmp[c]
+        _head_block(hid_sh, h2[role], h2_s[role], b2[role], tmp, params, q_lo, q_n, False, bs, rb, h_ch, qs)
         if long_waits > max_long_waits:
             _atomic_add(sync, 1, 1)
         # params complete (role 0 draws from them next); role 1 is done reading z_sh
@@ -1441,5 +1610,6 @@ def run_pipe(
     else:
         sync[4] = idle1
     _keep_alive(x_own, hh_own, acc_own, tmp_own, p_own)
-    _keep_alive(xq_own, isum_own, xcat_own, x_own, x_own)
+    _keep_alive(xq_own, xs_own, isum_own, xcat_own, codes)
     return min(t + 1, t1), pos
+

@@ -11,9 +11,11 @@ How the work is cut, by batch size ``B``:
   residual products, the other the skip products a layer behind it; they share the head. Each
   core streams about half the weights and the chain never waits inside a step. Two threads
   that lose (a busy machine keeps descheduling a partner) give way to one, chunk by chunk
-  (:func:`_generate_one`).
-* ``B > 1``: one slice of rows per thread, each advanced on its own by the fused kernel (no
-  synchronisation); each layer's weights serve all the rows of a slice while in cache.
+  (:func:`_generate_pipe`).
+* Small batches (at most :data:`PIPE_MAX_ROWS` rows for the weight mode) on exactly two
+  threads: the same pipeline, over every row: still bound by streaming the weights.
+* Larger batches: one slice of rows per thread, each advanced on its own by the fused kernel
+  (no synchronisation); each layer's weights serve all the rows of a slice while in cache.
 * Local (mel) conditioning: the gate biases of every layer for each step (conv bias plus
   global plus local term) are computed for a chunk of steps at a time (at most ``chunk``
   samples' worth) by a row-blocked kernel on one thread (~38 GFLOP/s here; a torch matmul was
@@ -69,6 +71,14 @@ SPLIT_MIN_WEIGHTS = 1 << 18
 #: A two-thread chunk stops (and one thread takes over) once a thread waited long (~0.1 ms: its
 #: partner was descheduled) at this many barriers.
 MAX_LONG_WAITS_PER_CHUNK = 8
+#: Batches of at most this many rows (per weight mode) run as one pipeline on two threads, when
+#: there are exactly two: each thread streams about half the weights, for every row. Larger
+#: batches, and more threads, go one slice of rows per thread (each streams all the weights,
+#: for its rows; no waiting). The pipeline pays while streaming the weights is what limits a
+#: step. Measured on the 2-core Xeon (AVX-512; ref30, pipeline / slices, same process):
+#: fp32 1.88x at B = 2, 1.36x at 8, 1.16x at 16, 0.92x at 32; bf16 2.03x at 2, 1.45x at 4,
+#: 0.97x at 8; int8 (whose 1.2 MB of weights fit each core's 2 MB L2 cache) 0.92x at 2.
+PIPE_MAX_ROWS = {"fp32": 16, "bf16": 4, "int8": 1}
 #: A sequence re-measures the way it is not using every this many chunks.
 REPROBE_CHUNKS = 16
 
@@ -120,8 +130,11 @@ class CpuOptions:
     Args:
         threads: worker threads; None takes ``torch.get_num_threads()`` (capped at the usable
             CPUs), so ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` steer both back-ends.
-        split: run one sequence (batch 1) on two threads when ``threads >= 2``: True, False,
-            or None to decide by the model's size (:data:`SPLIT_MIN_WEIGHTS`).
+        split: run one sequence (batch 1), or a batch of at most ``pipe_rows``, as a pipeline
+            on two threads when there are two (a batch: exactly two): True, False, or None to
+            decide by the model's size (:data:`SPLIT_MIN_WEIGHTS`).
+        pipe_rows: the largest batch that ``split`` runs as one pipeline, or None for the
+            weight mode's :data:`PIPE_MAX_ROWS`.
         row_block: batch rows computed together per layer by one thread (:data:`ROW_BLOCK`).
         chunk: samples per kernel call for a batch of one (the unit of ``progress`` reports and
             of the two-thread/one-thread choice); a batch of ``B`` reports every
@@ -134,17 +147,21 @@ class CpuOptions:
         split: bool | None = None,
         row_block: int = ROW_BLOCK,
         chunk: int = 1024,
+        pipe_rows: int | None = None,
     ) -> None:
         if threads is not None:
             _check_int("threads", threads, 1)
         if split not in (None, True, False):
             raise ValueError(f"split must be None, True or False, got {split!r}")
+        if pipe_rows is not None:
+            _check_int("pipe_rows", pipe_rows, 1)
         _check_int("row_block", row_block, 1)
         _check_int("chunk", chunk, 1)
         self.threads = threads
         self.split = split
         self.row_block = row_block
         self.chunk = chunk
+        self.pipe_rows = pipe_rows
 
     def resolve_threads(self) -> int:
         """Threads to use now: ``threads``, or torch's intra-op count, capped at the usable CPUs."""
@@ -153,7 +170,8 @@ class CpuOptions:
 
     def __repr__(self) -> str:
         return (
-            f"CpuOptions(threads={self.threads}, split={self.split}, row_block={self.row_block}, chunk={self.chunk})"
+            f"CpuOptions(threads={self.threads}, split={self.split}, row_block={self.row_block}, chunk={self.chunk}, "
+            f"pipe_rows={self.pipe_rows})"
         )
 
 
@@ -196,11 +214,11 @@ def cpu_generate(request: SamplingRequest, options: CpuOptions | None = None) ->
     out = np.empty((batch, n), dtype=np.int64)
     # steps with a forward pass after them: all of them when the stream goes on
     n_total = n + 1 if request.continuation else n
-    if batch == 1:
-        split = packed.n_weights >= SPLIT_MIN_WEIGHTS if options.split is None else options.split
-        ring, pos = _generate_one(kern, packed, request.state, lg[0], np.ascontiguousarray(u[:, 0]), temp, greedy,
-                                  out[0], n_total, bias_for, threads if split else 1, options, request.progress)  # fmt: skip
-        ring = ring[:, None, :]
+    split = packed.n_weights >= SPLIT_MIN_WEIGHTS if options.split is None else options.split
+    pipe_rows = PIPE_MAX_ROWS[request.weights] if options.pipe_rows is None else options.pipe_rows
+    if batch == 1 or (batch <= pipe_rows and split and threads == 2):
+        ring, pos = _generate_pipe(kern, packed, request.state, lg, u, temp, greedy, out, n_total, bias_for,
+                                   threads if split else 1, options, request.progress)  # fmt: skip
     else:
         ring, pos = _generate_rows(kern, packed, request.state, lg, u, temp, greedy, out, n_total, bias_for, threads,
                                    options, request.progress)  # fmt: skip
@@ -372,13 +390,13 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     return np.concatenate(rings, axis=1), pos[0]
 
 
-# ----------------------------------------------------------------------------- batch 1
+# ----------------------------------------------------------------------------- pipeline: batch 1, small batches
 
 
-def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, n_total: int,
-                  bias_for: _Biases, threads: int, options: CpuOptions, progress) -> tuple[np.ndarray, int]:  # fmt: skip
-    """One sequence: on two threads (:func:`~wavedil.fast._kernels.run_pipe`) or on one, chunk by
-    chunk, whichever is faster.
+def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, n_total: int,
+                   bias_for: _Biases, threads: int, options: CpuOptions, progress) -> tuple[np.ndarray, int]:  # fmt: skip
+    """One sequence or a small batch: every row on two threads (:func:`~wavedil.fast._kernels.run_pipe`)
+    or on one, chunk by chunk, whichever is faster.
 
     Both ways compute every number in the same order, so switching between chunks does not
     change the result. The first chunk runs on two threads, the second on one; after that the
@@ -387,58 +405,60 @@ def _generate_one(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, g
     descheduled (a busy machine).
     More than two threads are not used: the pipeline has two roles.
 
-    ``lg (P,)`` (ends as the head parameters after the last forward pass), ``u (N, U)``,
-    ``out (N,)``; ``bias_for`` gives ``(Tc, 1, NL, G)``. Returns the ring ``(sum L, R)`` and
-    the stream position after the run.
+    ``lg (B, P)`` (ends as the head parameters after the last forward pass), ``u (N, B, U)``,
+    ``out (B, N)``; a chunk is ``options.chunk // B`` steps (at least one). Returns the ring
+    ``(sum L, B, R)`` and the stream position after the run.
     """
     p = packed
     wc, wres, wskip, h1, h2 = p.kernel_matrices
-    n = out.shape[0]
+    batch, n = out.shape
     two = threads >= 2
-    ring = np.ascontiguousarray(ring_from_state(packed, state)[:, 0, :])  # (sum L, R)
+    ring = ring_from_state(packed, state)  # (sum L, B, R)
     per_step = bias_for.per_step
-    static = bias_for.static  # (1, 1, NL, G): the biases without local conditioning
+    static = bias_for.static  # (1, B or 1, NL, G): the biases without local conditioning
+    chunk = max(1, options.chunk // batch)
     if two:
         head, head_scales = packed.head_halves
         pipe_scales = (*p.scales[:3], *head_scales)
-        z_sh = np.zeros((p.wres.shape[0], p.wres.shape[1]), np.float32)
-        p_sh = np.zeros((p.wc.shape[0], p.wc.shape[2]), np.float32)
-        acc_sh = np.zeros(p.h1.shape[0], np.float32)
-        hid_sh = np.zeros(p.h2.shape[0], np.float32)
-    # one-row views of the same memory for run_rows
-    lg_rows, out_rows, u_rows = lg.reshape(1, -1), out.reshape(1, n), u.reshape(n, 1, -1)
-    ring_rows = ring.reshape(ring.shape[0], 1, -1)
+        # run_pipe takes one sequence's arrays without their batch axis (its one-row form)
+        rows = () if batch == 1 else (batch,)
+        z_sh = np.zeros((p.wres.shape[0], *rows, p.wres.shape[1]), np.float32)
+        p_sh = np.zeros((p.wc.shape[0], *rows, p.wc.shape[2]), np.float32)
+        acc_sh = np.zeros((*rows, p.h1.shape[0]), np.float32)
+        hid_sh = np.zeros((*rows, p.h2.shape[0]), np.float32)
+        lg_p, out_p, u_p = (lg[0], out[0], np.ascontiguousarray(u[:, 0])) if batch == 1 else (lg, out, u)
 
     def pipe_job(role: int, sync: np.ndarray, t: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], tuple]:
-        own = _pipe_own(p)
+        own = _pipe_own(p, batch)
+        gb = np.ascontiguousarray(gb[:, 0]) if batch == 1 else gb  # (Tc, NL, G) for one sequence
         return lambda: kern.run_pipe(
-            role, sync, t, t1, n_total, u, temp, greedy, lg, out, *p.head_args,
+            role, sync, t, t1, n_total, u_p, temp, greedy, lg_p, out_p, *p.head_args,
             p.emb, wc, gb, wres, p.bres, wskip, p.bskip, *head, pipe_scales,
-            p.dil, p.off, p.kernel, ring_rows, pos, z_sh, p_sh, acc_sh, hid_sh, MAX_LONG_WAITS_PER_CHUNK, own,
+            p.dil, p.off, p.kernel, ring, pos, options.row_block, z_sh, p_sh, acc_sh, hid_sh,
+            MAX_LONG_WAITS_PER_CHUNK, own,
         )  # fmt: skip
 
     def one_thread(t: int, t1: int, pos: int, gb: np.ndarray) -> int:
         return kern.run_rows(
-            t, t1, n_total, u_rows, temp, greedy, lg_rows, out_rows, *p.head_args,
+            t, t1, n_total, u, temp, greedy, lg, out, *p.head_args,
             p.emb, wc, gb, wres, p.bres, wskip, p.bskip, h1, p.b1, h2, p.b2, p.scales,
-            p.dil, p.off, p.kernel, ring_rows, pos, 1, _NO_CODES, _NO_LOGITS,
+            p.dil, p.off, p.kernel, ring, pos, options.row_block, _NO_CODES, _NO_LOGITS,
         )  # fmt: skip
 
     # compile, or load from numba's cache, before anything is timed (zero steps: no barrier)
     one_thread(0, 0, state.pos, static)
     if two:
-        pipe_job(0, np.zeros(8, np.int64), 0, 0, state.pos, np.ascontiguousarray(static[:, 0]))()
+        pipe_job(0, np.zeros(8, np.int64), 0, 0, state.pos, static)()
     rate: dict[bool, float] = {}
     pos, t, chunks, use_two, rechecked = state.pos, 0, 0, two, False
     while t < n:
-        t1 = min(n, t + options.chunk)
+        t1 = min(n, t + chunk)
         table = bias_for(t, t1) if per_step else static  # outside the timing: the same for both ways
         start = time.perf_counter()
         if use_two:
             sync = np.zeros(8, np.int64)
-            gb = np.ascontiguousarray(table[:, 0])  # (Tc, NL, G)
-            t_next, pos = _run_threads([pipe_job(role, sync, t, t1, pos, gb) for role in range(2)])[0]
-            _balance(p, int(sync[3]), int(sync[4]))
+            t_next, pos = _run_threads([pipe_job(role, sync, t, t1, pos, table) for role in range(2)])[0]
+            _balance(p, batch, int(sync[3]), int(sync[4]))
         else:
             pos, t_next = one_thread(t, t1, pos, table), t1
         rate[use_two] = (t_next - t) / max(time.perf_counter() - start, 1e-9)
@@ -469,7 +489,7 @@ def _next_way(chunks: int, rate: dict[bool, float], use_two: bool, rechecked: bo
     return best, rechecked and not best
 
 
-def _balance(packed: PackedWaveNet, idle0: int, idle1: int) -> None:
+def _balance(packed: PackedWaveNet, batch: int, idle0: int, idle1: int) -> None:
     """Move one layer's past taps between the pipeline's threads, towards the one that waited
     less in the last chunk (``idle0``: thread 0 waiting for thread 1 at the head; ``idle1``:
     thread 1 waiting for thread 0's gate outputs; time-stamp cycles, 0 where there is no counter).
@@ -477,15 +497,15 @@ def _balance(packed: PackedWaveNet, idle0: int, idle1: int) -> None:
     Which thread multiplies a layer's past taps changes no number (the same product, added in
     the same order), so this only moves work: to the thread that waits.
     """
-    own = _pipe_own(packed)
+    own = _pipe_own(packed, batch)
     if idle0 > idle1:
         own = min(len(packed.dil), own + 1)
     elif idle1 > idle0:
         own = max(0, own - 1)
-    packed.tuning["pipe_own"] = own
+    packed.tuning["pipe_own", batch] = own
 
 
-def _pipe_own(packed: PackedWaveNet) -> int:
+def _pipe_own(packed: PackedWaveNet, batch: int) -> int:
     """Layers whose past taps the pipeline's thread 0 makes itself: as :func:`_balance` left
-    it for these weights, at first a quarter of them."""
-    return packed.tuning.get("pipe_own", len(packed.dil) // 4)
+    it for these weights and batch size, at first a quarter of them."""
+    return packed.tuning.get(("pipe_own", batch), len(packed.dil) // 4)
