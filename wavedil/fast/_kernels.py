@@ -1268,39 +1268,31 @@ def run_rows(
 # ----------------------------------------------------------------------------- pipeline kernel
 #
 # run_pipe is written once for one sequence and for a block of rows: numba compiles it for each.
-# These helpers take the row arrays of either form (one row: 1-D ``(C,)``; rows: 2-D ``(B, C)``)
-# and give the one-row form the one-row products (:func:`_matvec`, :func:`_conv_cur`,
-# :func:`_conv_past`): at batch 1 the block forms of one row measured 10% slower in int8.
-# The int8 scratch ``qs`` is the block form's ``(xq, xs, isum, xcat)``; one row uses its row 0.
+# These helpers take the row arrays of either form (one row: 1-D ``(C,)``; rows: 2-D ``(B, C)``;
+# numba picks the implementation by type) and give the one-row form the one-row code
+# (:func:`_matvec`, :func:`_conv_cur`, :func:`_conv_past`): at batch 1, the block code on one
+# row measured 10% slower in int8, and per-layer helpers that return a row view 2-4% (each
+# such view is a reference-count call): the helpers are inlined into numba's IR, the block
+# forms' loops kept in functions of their own. The int8 scratch ``qs`` is the block form's
+# ``(xq, xs, isum, xcat)``; one row takes views of its row 0 (:func:`_scratch_of`).
 
 
 def _row(a, b):
     """Row ``b`` of a block ``a (B, C)``; a one-row array ``a (C,)`` itself."""
 
 
-@overload(_row)
+@overload(_row, inline="always")
 def _row_impl(a, b):
     if a.ndim == 1:
         return lambda a, b: a
     return lambda a, b: a[b]
 
 
-def _rows_from(a, r0):
-    """The rows of ``a`` from ``r0`` on (``a[r0:]``); a one-row array itself."""
-
-
-@overload(_rows_from)
-def _rows_from_impl(a, r0):
-    if a.ndim == 1:
-        return lambda a, r0: a
-    return lambda a, r0: a[r0:]
-
-
 def _put_code(out, b, t, code):
     """``out[b, t] = code`` (``out[t]`` for one row)."""
 
 
-@overload(_put_code)
+@overload(_put_code, inline="always")
 def _put_code_impl(out, b, t, code):
     if out.ndim == 1:
 
@@ -1315,25 +1307,13 @@ def _put_code_impl(out, b, t, code):
     return put
 
 
-def _gate_bias(gb, shared, b, i):
-    """Row ``b``'s gate bias of layer ``i``: ``gb (Bs or 1, NL, G)`` (row 0 when ``shared``), or
-    ``gb (NL, G)`` for one row."""
-
-
-@overload(_gate_bias)
-def _gate_bias_impl(gb, shared, b, i):
-    if gb.ndim == 2:
-        return lambda gb, shared, b, i: gb[i]
-    return lambda gb, shared, b, i: gb[0 if shared else b, i]
-
-
 def _scratch_of(like, qs):
     """The int8 scratch of the form of ``like``: the block form's ``qs = (xq, xs, isum, xcat)``,
     or for one row (1-D ``like``) the row-0 views ``(xq[0], isum[0], xcat[0])`` that the one-row
     products take."""
 
 
-@overload(_scratch_of)
+@overload(_scratch_of, inline="always")
 def _scratch_of_impl(like, qs):
     if like.ndim == 1:
         return lambda like, qs: (qs[0][0], qs[2][0], qs[3][0])
@@ -1344,49 +1324,111 @@ def _new_rows(like, n_rows, cols):
     """Uninitialised float32 ``(n_rows, cols)``, or ``(cols,)`` when ``like`` is one row."""
 
 
-@overload(_new_rows)
+@overload(_new_rows, inline="always")
 def _new_rows_impl(like, n_rows, cols):
     if like.ndim == 1:
         return lambda like, n_rows, cols: np.empty(cols, np.float32)
     return lambda like, n_rows, cols: np.empty((n_rows, cols), np.float32)
 
 
-def _product(a, w, sc, c, nr, k, n, qs):
-    """``c[r, :n] += a[r, :k] @ W`` for ``r < nr`` (:func:`_axpy_rows`); one row (1-D ``a``,
-    ``c``) by :func:`_matvec`."""
+def _chain_gate(x, hh, zi, slot, w, sc, kernel, bs, rb, r_ch, g, qs):
+    """The chain's part of a layer before its gate outputs are published, for every row
+    ``r < bs``: ``hh[r] +=`` the conv's last tap on ``x[r]`` (:func:`_conv_cur_rows`, ``rb`` rows
+    at a time), ``slot[r] = x[r]`` (the ring slot of time ``pos``), ``zi[r] =`` the gate of
+    ``hh[r]``. One row (1-D ``x``, ``hh``, ``zi``) by :func:`_conv_cur`."""
 
 
-@overload(_product)
-def _product_impl(a, w, sc, c, nr, k, n, qs):
-    if a.ndim == 1:
-        return lambda a, w, sc, c, nr, k, n, qs: _matvec(a, w, sc, c, k, n, (qs[0], qs[1]))
-    return lambda a, w, sc, c, nr, k, n, qs: _axpy_rows(a, w, sc, c, nr, k, n, qs)
-
-
-def _conv_cur_any(x, kernel, nr, w, sc, hh, r_ch, g, qs):
-    """:func:`_conv_cur_rows`; one row (1-D ``x``, ``hh``) by :func:`_conv_cur`."""
-
-
-@overload(_conv_cur_any)
-def _conv_cur_any_impl(x, kernel, nr, w, sc, hh, r_ch, g, qs):
+@overload(_chain_gate, inline="always")
+def _chain_gate_impl(x, hh, zi, slot, w, sc, kernel, bs, rb, r_ch, g, qs):
     if x.ndim == 1:
-        return lambda x, kernel, nr, w, sc, hh, r_ch, g, qs: _conv_cur(x, kernel, w, sc, hh, r_ch, g, qs)
-    return lambda x, kernel, nr, w, sc, hh, r_ch, g, qs: _conv_cur_rows(x, kernel, nr, w, sc, hh, r_ch, g, qs)
 
+        def one(x, hh, zi, slot, w, sc, kernel, bs, rb, r_ch, g, qs):
+            _conv_cur(x, kernel, w, sc, hh, r_ch, g, qs)
+            slot[0, :] = x  # x[t] replaces x[t - L], the oldest tap
+            gate_inplace(hh, zi, g // 2)
 
-def _conv_past_any(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs):
-    """:func:`_conv_past_rows`; one row (1-D ``hh``) by :func:`_conv_past` of ring row ``r0``."""
+        return one
 
-
-@overload(_conv_past_any)
-def _conv_past_any_impl(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs):
-    if hh.ndim == 1:
-        return lambda ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs: _conv_past(
-            ring, where, kernel, r0, w, sc, hh, r_ch, g, qs
-        )
-    return lambda ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs: _conv_past_rows(
-        ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs
+    return lambda x, hh, zi, slot, w, sc, kernel, bs, rb, r_ch, g, qs: _chain_gate_rows(
+        x, hh, zi, slot, w, sc, kernel, bs, rb, r_ch, g, qs
     )
+
+
+@nb.njit(**_JIT)
+def _chain_gate_rows(x, hh, zi, slot, w, sc, kernel, bs, rb, r_ch, g, qs):
+    """:func:`_chain_gate`'s block form."""
+    for r0 in range(0, bs, rb):
+        nr = min(rb, bs - r0)
+        _conv_cur_rows(x[r0:], kernel, nr, w, sc, hh[r0:], r_ch, g, qs)
+        for r in range(r0, r0 + nr):
+            slot[r, :] = x[r]
+            gate_inplace(hh[r], zi[r], g // 2)
+
+
+def _block_product(a, w, sc, c, bs, rb, k, n, qs):
+    """``c[r, :n] += a[r, :k] @ W`` for every row ``r < bs``, ``rb`` at a time
+    (:func:`_axpy_rows`); one row (1-D ``a``, ``c``) by :func:`_matvec`."""
+
+
+@overload(_block_product, inline="always")
+def _block_product_impl(a, w, sc, c, bs, rb, k, n, qs):
+    if a.ndim == 1:
+        return lambda a, w, sc, c, bs, rb, k, n, qs: _matvec(a, w, sc, c, k, n, qs)
+
+    return lambda a, w, sc, c, bs, rb, k, n, qs: _block_product_rows(a, w, sc, c, bs, rb, k, n, qs)
+
+
+@nb.njit(**_JIT)
+def _block_product_rows(a, w, sc, c, bs, rb, k, n, qs):
+    """:func:`_block_product`'s block form."""
+    for r0 in range(0, bs, rb):
+        _axpy_rows(a[r0:], w, sc, c[r0:], min(rb, bs - r0), k, n, qs)
+
+
+def _add_rows(dst, v, bs):
+    """``dst[r, :] += v`` for ``r < bs`` (``dst[:] += v`` for one row)."""
+
+
+@overload(_add_rows, inline="always")
+def _add_rows_impl(dst, v, bs):
+    if dst.ndim == 1:
+
+        def one(dst, v, bs):
+            dst[:] += v
+
+        return one
+
+    return lambda dst, v, bs: _add_rows_2d(dst, v, bs)
+
+
+@nb.njit(**_JIT)
+def _add_rows_2d(dst, v, bs):
+    """:func:`_add_rows`'s block form."""
+    for r in range(bs):
+        dst[r, :] += v
+
+
+def _set_rows(dst, src, bs):
+    """``dst[r, :] = src[r]`` for ``r < bs`` (``dst[:] = src`` for one row); ``src`` may be one
+    row ``(C,)`` for all."""
+
+
+@overload(_set_rows, inline="always")
+def _set_rows_impl(dst, src, bs):
+    if dst.ndim == 1:
+
+        def one(dst, src, bs):
+            dst[:] = src
+
+        return one
+    return lambda dst, src, bs: _set_rows_2d(dst, src, bs)
+
+
+@nb.njit(**_JIT)
+def _set_rows_2d(dst, src, bs):
+    """:func:`_set_rows`'s block form (``src (C,)``: the same row for all)."""
+    for r in range(bs):
+        dst[r, :] = src if src.ndim == 1 else src[r]
 
 
 @nb.njit(**_JIT)
@@ -1396,18 +1438,41 @@ def _owns_past(i, own, nl):
     return ((i + 1) * own) // nl > (i * own) // nl
 
 
-@nb.njit(**_JIT)
 def _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gb, shared, hh, bs, rb, r_ch, g, qs):
-    """``hh[r] =`` row ``r``'s gate bias of layer ``i`` (:func:`_gate_bias`) ``+`` the layer's
-    conv taps on the past at stream time ``pos``, for every row ``r < bs`` (``rb`` at a time):
-    everything of the conv but its last tap."""
+    """``hh[r] =`` row ``r``'s gate bias of layer ``i`` (``gb[r, i]``; ``gb[0, i]`` when
+    ``shared``) ``+`` the layer's conv taps on the past at stream time ``pos``, for every row
+    ``r < bs`` (``rb`` at a time, :func:`_conv_past_rows`): everything of the conv but its last
+    tap. One row (1-D ``hh``, ``gb
+    (NL, G)``) by :func:`_conv_past` of ring row 0."""
+
+
+@overload(_bias_and_past, inline="always")
+def _bias_and_past_impl(ring, off, dil, i, pos, kernel, wc, wc_s, gb, shared, hh, bs, rb, r_ch, g, qs):
+    if hh.ndim == 1:
+
+        def one(ring, off, dil, i, pos, kernel, wc, wc_s, gb, shared, hh, bs, rb, r_ch, g, qs):
+            d = dil[i]
+            hh[:] = gb[i]
+            _conv_past(ring, (off[i], pos, d, (kernel - 1) * d), kernel, 0, wc[i], wc_s[i], hh, r_ch, g, qs)
+
+        return one
+
+    def rows(ring, off, dil, i, pos, kernel, wc, wc_s, gb, shared, hh, bs, rb, r_ch, g, qs):
+        _bias_and_past_rows(ring, off, dil, i, pos, kernel, wc, wc_s, gb, shared, hh, bs, rb, r_ch, g, qs)
+
+    return rows
+
+
+@nb.njit(**_JIT)
+def _bias_and_past_rows(ring, off, dil, i, pos, kernel, wc, wc_s, gb, shared, hh, bs, rb, r_ch, g, qs):
+    """:func:`_bias_and_past`'s block form."""
     d = dil[i]
     where = (off[i], pos, d, (kernel - 1) * d)
     for r0 in range(0, bs, rb):
         nr = min(rb, bs - r0)
-        for r in range(nr):
-            _row(hh, r0 + r)[:] = _gate_bias(gb, shared, r0 + r, i)
-        _conv_past_any(ring, where, kernel, r0, nr, wc[i], wc_s[i], _rows_from(hh, r0), r_ch, g, qs)
+        for r in range(r0, r0 + nr):
+            hh[r, :] = gb[0 if shared else r, i]
+        _conv_past_rows(ring, where, kernel, r0, nr, wc[i], wc_s[i], hh[r0:], r_ch, g, qs)
 
 
 @nb.njit(**_JIT)
@@ -1416,11 +1481,9 @@ def _head_block(a, w, sc, bias, tmp, dst, lo, n, relu, bs, rb, k, qs):
     ``dst[r, lo : lo + n] = (a[r, :k] @ W + bias)[:n]``, through ``relu`` if set; ``W (k, wp)``
     one column block of width ``wp`` (zero padded past ``n``), ``tmp (>= bs, >= wp)`` scratch."""
     wp = bias.shape[0]
-    for r0 in range(0, bs, rb):
-        nr = min(rb, bs - r0)
-        for r in range(r0, r0 + nr):
-            _row(tmp, r)[:wp] = bias
-        _product(_rows_from(a, r0), w, sc, _rows_from(tmp, r0), nr, k, wp, qs)
+    for r in range(bs):
+        _row(tmp, r)[:wp] = bias
+    _block_product(a, w, sc, tmp, bs, rb, k, wp, qs)
     for b in range(bs):
         t_b, d_b = _row(tmp, b), _row(dst, b)
         for c in range(n):
@@ -1549,26 +1612,15 @@ def run_pipe(
                 if _owns_past(i, own, nl):  # this layer's past taps are role 0's
                     _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gbt, shared, hh, bs, rb, r_ch, g, qs)
                 else:
-                    for b in range(bs):
-                        _row(hh, b)[:] = _row(p_sh[i], b)  # bias + past taps, from role 1
+                    _set_rows(hh, p_sh[i], bs)  # bias + past taps, from role 1
                 zi = z_sh[i]
-                slot = ring[off[i] + pos % L]
-                for r0 in range(0, bs, rb):
-                    nr = min(rb, bs - r0)
-                    _conv_cur_any(_rows_from(x, r0), kernel, nr, wc[i], wc_s[i], _rows_from(hh, r0), r_ch, g, qs)
-                    for r in range(r0, r0 + nr):
-                        slot[r, :] = _row(x, r)  # x[t] replaces x[t - L], the oldest tap
-                        gate_inplace(_row(hh, r), _row(zi, r), g2)
+                _chain_gate(x, hh, zi, ring[off[i] + pos % L], wc[i], wc_s[i], kernel, bs, rb, r_ch, g, qs)
                 _atomic_add(sync, 2, 1)  # z_sh[i] is complete (and p_sh[i] read): role 1 may go on
                 if i + 1 < nl:
-                    for b in range(bs):
-                        _row(x, b)[:] += bres[i]
-                    for r0 in range(0, bs, rb):
-                        nr = min(rb, bs - r0)
-                        _product(_rows_from(zi, r0), wres[i], wres_s[i], _rows_from(x, r0), nr, g2, r_ch, qs)
+                    _add_rows(x, bres[i], bs)
+                    _block_product(zi, wres[i], wres_s[i], x, bs, rb, g2, r_ch, qs)
         else:
-            for b in range(bs):
-                _row(acc, b)[:] = bskip
+            _set_rows(acc, bskip, bs)
             nxt = t + 1 < t1  # the next step is this call's: make its past taps now
             gbn = gbias[t + 1 - t0] if per_step and nxt else gbias[0]
             for i in range(nl):
@@ -1576,10 +1628,7 @@ def run_pipe(
                 y, waited = _wait_until(sync, 2, published)
                 long_waits += y
                 idle1 += waited
-                zi = z_sh[i]
-                for r0 in range(0, bs, rb):
-                    nr = min(rb, bs - r0)
-                    _product(_rows_from(zi, r0), wskip[i], wskip_s[i], _rows_from(acc, r0), nr, g2, s_ch, qs)
+                _block_product(z_sh[i], wskip[i], wskip_s[i], acc, bs, rb, g2, s_ch, qs)
                 # every past tap of time pos + 1 is in the ring by now (x[pos] included)
                 if nxt and not _owns_past(i, own, nl):
                     _bias_and_past(ring, off, dil, i, pos + 1, kernel, wc, wc_s, gbn, shared, p_sh[i], bs, rb, r_ch, g,
