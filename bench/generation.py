@@ -33,7 +33,7 @@ threads and one thread) for every output head --
 -- and for a mel vocoder (the ``small`` mulaw model conditioned on 40-band log-mel frames at
 hop 80, as ``conf/experiment/vocoder_speech8k.yaml``). Usage::
 
-    python bench/generation.py            # about 1 minute on 2 cores
+    python bench/generation.py            # about 3 minutes on 2 cores
     python bench/generation.py --quick    # about 15 seconds, a smoke test
     python bench/generation.py --budget 6 --repeat 3
     python bench/generation.py --heads    # about 30 seconds
