@@ -131,14 +131,14 @@ class CpuOptions:
         threads: worker threads; None takes ``torch.get_num_threads()`` (capped at the usable
             CPUs), so ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` steer both back-ends.
         split: run one sequence (batch 1), or a batch of at most ``pipe_rows``, as a pipeline
-            on two threads when there are two (a batch: exactly two): True, False, or None to
-            decide by the model's size (:data:`SPLIT_MIN_WEIGHTS`).
-        pipe_rows: the largest batch that ``split`` runs as one pipeline, or None for the
-            weight mode's :data:`PIPE_MAX_ROWS`.
+            on two threads (one sequence: with two threads or more; a batch: with exactly two):
+            True, False, or None to decide by the model's size (:data:`SPLIT_MIN_WEIGHTS`).
         row_block: batch rows computed together per layer by one thread (:data:`ROW_BLOCK`).
         chunk: samples per kernel call for a batch of one (the unit of ``progress`` reports and
-            of the two-thread/one-thread choice); a batch of ``B`` reports every
-            ``max(1, chunk // B)`` steps.
+            of the two-thread/one-thread choice); a batch of ``B`` goes ``max(1, chunk // B)``
+            steps at a time.
+        pipe_rows: the largest batch that ``split`` runs as one pipeline, or None for the
+            weight mode's :data:`PIPE_MAX_ROWS`.
     """
 
     def __init__(
