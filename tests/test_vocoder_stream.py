@@ -8,6 +8,7 @@ from test_fast import make_head_model, one_torch_thread  # noqa: F401 (autouse f
 
 from wavedil import generate
 from wavedil.backends import SamplingRequest, get_backend
+from wavedil.fast import make_fast_backend
 from wavedil.vocoder_stream import SILENCE_LOG_MEL, StreamingVocoder
 
 CHUNKS = (1, 4, 1, 14, 6, 11)  # frames per push: 37 in all, some shorter than the latency
@@ -53,10 +54,13 @@ def test_each_chunk_returns_what_its_frames_determine_with_a_speaker_batch():
     assert voc.latency_frames == c and voc.latency_seconds == c * hop / model.mel_spec.sample_rate
 
 
-def test_a_continued_request_equals_one_long_request():
-    """The back-end contract behind streaming: N samples in two continued calls = one call."""
+@pytest.mark.parametrize("way", ["default", "pipeline"])
+def test_a_continued_request_equals_one_long_request(way):
+    """The back-end contract behind streaming: N samples in two continued calls = one call
+    (the fast back-end's default for this small model, one slice of rows per thread, and the
+    two-thread pipeline over both rows)."""
     model = make_head_model("gaussian", speaker=True)
-    impl = get_backend("fast")
+    impl = get_backend("fast") if way == "default" else make_fast_backend(threads=2, split=True, pipe_rows=2, chunk=64)
     u = torch.rand(400, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     opener = torch.full((2, 1), model.silence_code)
     spk = torch.tensor([1, 2])
