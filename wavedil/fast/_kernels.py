@@ -861,7 +861,7 @@ def _conv_past_rows(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs):
     of rows at once (:func:`_qrows`): the same sums."""
 
 
-@overload(_conv_past_rows)
+@overload(_conv_past_rows, inline="always")
 def _conv_past_rows_impl(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs):
     if w.ndim == 4:
 
@@ -895,7 +895,7 @@ def _conv_cur_rows(x, kernel, nr, w, sc, hh, r_ch, g, qs):
     of ``x`` on its own, apart from its past taps)."""
 
 
-@overload(_conv_cur_rows)
+@overload(_conv_cur_rows, inline="always")
 def _conv_cur_rows_impl(x, kernel, nr, w, sc, hh, r_ch, g, qs):
     if w.ndim == 4:
 
@@ -908,13 +908,19 @@ def _conv_cur_rows_impl(x, kernel, nr, w, sc, hh, r_ch, g, qs):
     return lambda x, kernel, nr, w, sc, hh, r_ch, g, qs: _axpy_rows_f(x, w[(kernel - 1) * r_ch :], sc, hh, nr, r_ch, g)
 
 
-@nb.njit(**_JIT)
 def _conv_rows(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
     """The dilated conv of rows ``r0 : r0 + nr``: ``hh[r, :g] +=`` its taps on the past
     (:func:`_conv_past_rows`) ``+`` its last tap on ``x[r0 + r]`` (``x (B, R)``,
     :func:`_conv_cur_rows`), added in that order."""
-    _conv_past_rows(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs)
-    _conv_cur_rows(x[r0:], kernel, nr, w, sc, hh, r_ch, g, qs)
+
+
+@overload(_conv_rows, inline="always")
+def _conv_rows_impl(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+    def conv(ring, where, kernel, x, r0, nr, w, sc, hh, r_ch, g, qs):
+        _conv_past_rows(ring, where, kernel, r0, nr, w, sc, hh, r_ch, g, qs)
+        _conv_cur_rows(x[r0:], kernel, nr, w, sc, hh, r_ch, g, qs)
+
+    return conv
 
 
 # ----------------------------------------------------------------------------- small helpers
