@@ -75,9 +75,10 @@ MAX_LONG_WAITS_PER_CHUNK = 8
 #: there are exactly two: each thread streams about half the weights, for every row. Larger
 #: batches, and more threads, go one slice of rows per thread (each streams all the weights,
 #: for its rows; no waiting). The pipeline pays while streaming the weights is what limits a
-#: step. Measured on the 2-core Xeon (AVX-512; ref30, pipeline / slices, same process):
-#: fp32 1.88x at B = 2, 1.36x at 8, 1.16x at 16, 0.92x at 32; bf16 2.03x at 2, 1.45x at 4,
-#: 0.97x at 8; int8 (whose 1.2 MB of weights fit each core's 2 MB L2 cache) 0.92x at 2.
+#: step. Measured on the 2-core Xeon (AVX-512; ref30, pipeline / slices, same process,
+#: ``bench/README.md``): fp32 1.68x at B = 2, 1.26x at 8, 1.07x at 16, 0.91x at 32; bf16 2.01x
+#: at 2, 1.36x at 4, 0.89x at 8; int8 (whose 1.2 MB of weights fit each core's 2 MB L2 cache)
+#: 0.88x at 2. Not measured on an AVX2-only CPU with a smaller L2 (int8 may pay there).
 PIPE_MAX_ROWS = {"fp32": 16, "bf16": 4, "int8": 1}
 #: A sequence re-measures the way it is not using every this many chunks.
 REPROBE_CHUNKS = 16
