@@ -1448,8 +1448,7 @@ def _bias_and_past(ring, off, dil, i, pos, kernel, wc, wc_s, gb, shared, hh, bs,
     """``hh[r] =`` row ``r``'s gate bias of layer ``i`` (``gb[r, i]``; ``gb[0, i]`` when
     ``shared``) ``+`` the layer's conv taps on the past at stream time ``pos``, for every row
     ``r < bs`` (``rb`` at a time, :func:`_conv_past_rows`): everything of the conv but its last
-    tap. One row (1-D ``hh``, ``gb
-    (NL, G)``) by :func:`_conv_past` of ring row 0."""
+    tap. One row (1-D ``hh``, ``gb (NL, G)``) by :func:`_conv_past` of ring row 0."""
 
 
 @overload(_bias_and_past, inline="always")

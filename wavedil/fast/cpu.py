@@ -429,9 +429,12 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
         hid_sh = np.zeros((*rows, p.h2.shape[0]), np.float32)
         lg_p, out_p, u_p = (lg[0], out[0], np.ascontiguousarray(u[:, 0])) if batch == 1 else (lg, out, u)
 
+    def pipe_bias(table: np.ndarray) -> np.ndarray:
+        """The gate biases ``(Tc, B or 1, NL, G)`` as run_pipe takes them: ``(Tc, NL, G)`` for one sequence."""
+        return np.ascontiguousarray(table[:, 0]) if batch == 1 else table
+
     def pipe_job(role: int, sync: np.ndarray, t: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], tuple]:
         own = _pipe_own(p, batch)
-        gb = np.ascontiguousarray(gb[:, 0]) if batch == 1 else gb  # (Tc, NL, G) for one sequence
         return lambda: kern.run_pipe(
             role, sync, t, t1, n_total, u_p, temp, greedy, lg_p, out_p, *p.head_args,
             p.emb, wc, gb, wres, p.bres, wskip, p.bskip, *head, pipe_scales,
@@ -449,7 +452,7 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     # compile, or load from numba's cache, before anything is timed (zero steps: no barrier)
     one_thread(0, 0, state.pos, static)
     if two:
-        pipe_job(0, np.zeros(8, np.int64), 0, 0, state.pos, static)()
+        pipe_job(0, np.zeros(8, np.int64), 0, 0, state.pos, pipe_bias(static))()
     rate: dict[bool, float] = {}
     pos, t, chunks, use_two, rechecked = state.pos, 0, 0, two, False
     while t < n:
@@ -458,7 +461,8 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
         start = time.perf_counter()
         if use_two:
             sync = np.zeros(8, np.int64)
-            t_next, pos = _run_threads([pipe_job(role, sync, t, t1, pos, table) for role in range(2)])[0]
+            gb = pipe_bias(table)
+            t_next, pos = _run_threads([pipe_job(role, sync, t, t1, pos, gb) for role in range(2)])[0]
             _balance(p, batch, int(sync[3]), int(sync[4]))
         else:
             pos, t_next = one_thread(t, t1, pos, table), t1
