@@ -7,9 +7,10 @@ S=256, H=256, Q=256) in float32 with random weights:
   16, 64, 256 (``torch`` is the eager cached step, ``DilatedStack.step``'s lean path); of ``fast`` in each
   reduced weight mode (``fast-bf16``, ``fast-int8``: 16- and 8-bit weights); of
   ``fast-1thread`` and ``fast-int8-1thread`` (batch 1 on one core), which show what running
-  batch 1 as a two-thread pipeline buys in each; and of ``fast-slices`` and
-  ``fast-bf16-slices`` (B = 4 and 16 as one slice of rows per thread), which show what running
-  a small batch as that pipeline buys;
+  batch 1 as a two-thread pipeline buys in each; and, at B = 4 and 16 in each weight mode,
+  of ``fast-pipe`` (every row on that pipeline) and ``fast-slices`` (one slice of rows per
+  thread): ``fast`` measures the two against each other as it runs and keeps the faster, and
+  these forced rows show what each way makes and how close ``fast`` comes to the better;
 * ``eager``: the ``torch`` back-end with torch's default threads and with one thread; the
   faster is the baseline of the ratios (the conservative choice);
 * ``naive``: full recompute, ``model.forward`` over the last receptive-field window for every
@@ -17,8 +18,9 @@ S=256, H=256, Q=256) in float32 with random weights:
 * ``matmul``: GFLOP/s of a plain large ``torch.matmul`` in this run (best of three), and what ``fast`` (each
   mode) and ``torch`` reach at each batch size (FLOP per sample from the config), with
   ``fast``'s fraction of it;
-* ``ratios``: fast / eager, fast / naive, cached (eager) / naive, and each reduced mode / fp32
-  ``fast`` at every batch size;
+* ``ratios``: fast / eager, fast / naive, cached (eager) / naive, each reduced mode / fp32
+  ``fast`` at every batch size, and at B = 4 and 16 pipeline / slices and ``fast`` / the
+  faster of the two (``*_chosen_over_best_b*``);
 * ``machine``: CPU model and the instruction-set flags that matter (AVX2, AVX-512, VNNI, bf16,
   AMX), cores, threads, versions and the load average (the figures are only as quiet as the
   machine was).
@@ -68,10 +70,13 @@ from wavedil import WaveNet, WaveNetConfig, generate
 from wavedil.backends import WEIGHT_MODES, available_backends, register_backend, unregister_backend
 from wavedil.distributions import sample_categorical
 from wavedil.fast import make_fast_backend
+from wavedil.fast.cpu import PIPE_MEASURED_ROWS
 
 BATCHES = (1, 4, 16, 64, 256)
-#: small batches that ``fast`` runs as a two-thread pipeline (fp32; bf16 up to 4)
+#: small batches, where ``fast`` chooses between the two-thread pipeline and slices of rows
 SMALL_BATCHES = (4, 16)
+#: the names of ``fast``'s rows per weight mode
+SMALL_BATCH_MODES = {"fast": "fp32", "fast-bf16": "bf16", "fast-int8": "int8"}
 
 #: ``conf/model/small.yaml``, the model of ``--heads``
 SMALL = dict(residual_channels=32, gate_channels=64, skip_channels=64, head_channels=128, kernel_size=2,
@@ -349,12 +354,16 @@ def main(argv: list[str] | None = None) -> dict:
     flops = flops_per_sample(cfg)
     names = available_backends()  # fast (numba, a required dependency) and torch
     register_backend("fast-1thread", make_fast_backend(threads=1))  # what batch 1's two threads buy
-    register_backend("fast-slices", make_fast_backend(pipe_rows=1))  # what the small-batch pipeline buys
+    # the two ways of a small batch, forced (``fast`` measures them against each other)
+    register_backend("fast-slices", make_fast_backend(pipe_rows=1))
+    register_backend("fast-pipe", make_fast_backend(pipe_rows=PIPE_MEASURED_ROWS))
     # name -> (back-end, weight mode, batch sizes)
     runs = {"fast": ("fast", "fp32", BATCHES), "fast-bf16": ("fast", "bf16", BATCHES),
             "fast-int8": ("fast", "int8", BATCHES), "fast-1thread": ("fast-1thread", "fp32", (1,)),
-            "fast-int8-1thread": ("fast-1thread", "int8", (1,)), "fast-slices": ("fast-slices", "fp32", SMALL_BATCHES),
-            "fast-bf16-slices": ("fast-slices", "bf16", SMALL_BATCHES), "torch": ("torch", "fp32", BATCHES)}  # fmt: skip
+            "fast-int8-1thread": ("fast-1thread", "int8", (1,)), "torch": ("torch", "fp32", BATCHES)}  # fmt: skip
+    for way in ("pipe", "slices"):
+        for name, weights in SMALL_BATCH_MODES.items():
+            runs[f"{name}-{way}"] = (f"fast-{way}", weights, SMALL_BATCHES)
     for weights in WEIGHT_MODES:
         generate(model, 20, batch_size=1, backend="fast", weights=weights)  # compile (or load) the kernels
         generate(model, 4, batch_size=4, backend="fast", weights=weights)
@@ -425,15 +434,17 @@ def main(argv: list[str] | None = None) -> dict:
                 ratios[f"{mode}_over_fp32_b{b}"] = round(reduced[b] / fast[b], 2)
             result["matmul"][f"fast_{mode}_gflops"] = {b: round(r * flops / 1e9, 1) for b, r in reduced.items()}
         result["matmul"]["torch_gflops"] = {b: round(r * flops / 1e9, 1) for b, r in backends["torch"].items()}
-        for name, slices in (("fast", "fast-slices"), ("fast-bf16", "fast-bf16-slices")):
+        for name in SMALL_BATCH_MODES:
+            key = name.replace("-", "_")
             for b in map(str, SMALL_BATCHES):
-                ratios[f"{name.replace('-', '_')}_pipeline_over_slices_b{b}"] = round(
-                    backends[name][b] / backends[slices][b], 2
-                )
+                pipe, slices = backends[f"{name}-pipe"][b], backends[f"{name}-slices"][b]
+                ratios[f"{key}_pipeline_over_slices_b{b}"] = round(pipe / slices, 2)
+                ratios[f"{key}_chosen_over_best_b{b}"] = round(backends[name][b] / max(pipe, slices), 2)
         best = max(("fast", "fast-bf16", "fast-int8"), key=lambda n: backends[n]["1"])
         result["realtime_16khz_b1_best"] = {"mode": best, "factor": round(backends[best]["1"] / 16000, 3)}
     unregister_backend("fast-1thread")
     unregister_backend("fast-slices")
+    unregister_backend("fast-pipe")
     print(json.dumps(result, indent=2))
     return result
 

@@ -309,8 +309,10 @@ def _variants(batch: int) -> dict[str, object]:
     if batch >= 7:  # the products' full register tiles (6 rows) and a row left over
         variants["rows-tiles"] = make_fast_backend(threads=1, row_block=7)
     # every row on two threads (the pipeline's block form; row blocks of 2 leave one over when
-    # the batch is odd), switching to one thread and back between chunks
+    # the batch is odd)
     variants["pipe"] = make_fast_backend(threads=2, split=True, chunk=150, pipe_rows=batch, row_block=2)
+    # the pipeline and slices of rows measured against each other: switching between chunks
+    variants["pipe-or-slices"] = make_fast_backend(threads=2, split=True, chunk=150, row_block=2)
     return variants
 
 
@@ -486,7 +488,7 @@ def test_two_threads_and_one_agree_bit_for_bit_on_a_wider_model(weights, batch):
     """Odd sizes (gate 2*13, skip 30, head 20 and Q 37 in two column blocks) and many switches."""
     model = make_model(residual_channels=16, gate_channels=26, skip_channels=30, head_channels=20,
                        quantization_channels=37, dilations=(1, 2, 4, 8, 16, 1, 2, 4))  # fmt: skip
-    pipe = make_fast_backend(threads=2, split=True, chunk=64 * batch, pipe_rows=batch)
+    pipe = make_fast_backend(threads=2, split=True, chunk=64 * batch)  # B = 5: pipeline or slices
     results = [
         _fast_codes(backend, model, 1000 // batch, seed=5, batch_size=batch, weights=weights)
         for backend in (make_fast_backend(threads=1), pipe)
@@ -509,6 +511,52 @@ def test_two_threads_that_give_up_every_step_lose_nothing(monkeypatch, weights, 
     pipe = make_fast_backend(threads=2, split=True, chunk=40 * batch, pipe_rows=batch)
     assert torch.equal(_fast_codes(pipe, model, 400, **kwargs), ref)
 
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_chunk_that_starts_at_the_last_step_of_a_vocoding(batch):
+    """A chunk of steps that begins at the last step (no forward pass, so no mel column) takes
+    the bare biases: 400 samples in chunks of 133 steps (the last chunk is step 399 alone)
+    equal one chunk. This crashed once (an empty bias table)."""
+    model = make_head_model("mol", speaker=False, mel=True)
+    kwargs = dict(seed=4, mel=random_mel(model, batch, 400, seed=3), batch_size=batch)
+    ref = _fast_codes(make_fast_backend(threads=1, chunk=400 * batch), model, 400, **kwargs)
+    assert torch.equal(_fast_codes(make_fast_backend(threads=1, chunk=133 * batch), model, 400, **kwargs), ref)
+
+
+def test_small_batches_measure_the_pipeline_against_slices(monkeypatch):
+    """Without ``pipe_rows`` a small batch on two threads runs chunks both ways and remembers
+    the faster for its weights and batch size; ``pipe_rows`` fixes the way, unmeasured."""
+    import wavedil.fast.cpu as cpu
+
+    kern = cpu.load_kernels()
+    calls = {"pipe": 0, "rows": 0}
+
+    def counting(name, fn):
+        def wrapped(*args):
+            t0, t1 = args[2:4] if name == "pipe" else args[0:2]  # run_pipe(role, sync, t0, t1, ...)
+            if t1 > t0:  # not the zero-step warm-up
+                calls[name] += 1
+            return fn(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(kern, "run_pipe", counting("pipe", kern.run_pipe))
+    monkeypatch.setattr(kern, "run_rows", counting("rows", kern.run_rows))
+    model = make_model(2, False)
+    packed = cpu.packed_weights(model, "fp32")
+    ref = _fast_codes(make_fast_backend(threads=1), model, 80, seed=3, batch_size=3)
+    for pipe_rows, pipe in [(None, None), (3, True), (2, False)]:
+        packed.tuning.pop(("pipe_way", 3), None)
+        calls.update(pipe=0, rows=0)
+        backend = make_fast_backend(threads=2, split=True, chunk=30, pipe_rows=pipe_rows)
+        assert torch.equal(_fast_codes(backend, model, 80, seed=3, batch_size=3), ref)
+        if pipe_rows is None:  # 8 chunks of 10 steps; fp32 at B = 3 starts on the pipeline
+            assert calls["pipe"] >= 2 * 2 and calls["rows"] >= 2, calls
+            assert isinstance(packed.tuning[("pipe_way", 3)], bool)
+        else:
+            assert (calls["pipe"] > 0, calls["rows"] > 0) == (pipe, not pipe), calls
+            assert ("pipe_way", 3) not in packed.tuning
 
 def _ways(two_rates: list[float], one_rate: float, n_chunks: int = 20) -> list[bool]:
     """The ways (True: two threads) one sequence's chunks take when two-thread chunks measure

@@ -1150,37 +1150,41 @@ def run_rows(
     t0, t1, n_total, uniforms, temp, greedy, params, out,
     head, classes, nmix, ls_min, in_scale,
     emb, wc, gbias, wres, bres, wskip, bskip, h1, b1, h2, b2, scales,
-    dil, off, kernel, ring, pos, row_block, forced, record,
+    dil, off, kernel, ring, pos, row_block, lo, hi, forced, record,
 ):  # fmt: skip
-    """Advance the rows of one slice from step ``t0`` to ``t1`` (exclusive); returns the new ``pos``.
+    """Advance rows ``lo : hi`` from step ``t0`` to ``t1`` (exclusive); returns the new ``pos``.
+
+    Every array has all ``B`` rows; this call reads and writes rows ``lo : hi`` only, so
+    threads may advance disjoint row ranges of the same arrays at once.
 
     Args:
         t0, t1: steps of this call; ``n_total``: steps of the whole generation (no forward pass
             follows the last one).
-        uniforms: ``(n_total, Bs, U)`` float64 (see :func:`draw`); temp: ``T``, which divides
+        uniforms: ``(n_total, B, U)`` float64 (see :func:`draw`); temp: ``T``, which divides
             the logits as in the reference (1.0 when greedy); greedy: ``T == 0``.
-        params: ``(Bs, P)`` float32, the head's parameters of the next draw (updated in place).
-        out: ``(Bs, n_total)`` int64 codes (columns ``t0:t1`` written).
+        params: ``(B, P)`` float32, the head's parameters of the next draw (updated in place).
+        out: ``(B, n_total)`` int64 codes (columns ``t0:t1`` written).
         head, classes, nmix, ls_min: the output distribution (see :func:`draw`).
         in_scale: 0.0: ``emb (Q, R)`` is an embedding table; else ``emb (2, R)`` is a linear
             input layer (weight, bias) applied to the bin centre ``code * in_scale - 1``.
         emb: see ``in_scale``; wc ``(NL, k*R, G)`` with tap ``m`` (time
-            ``t - (k-1-m)*d``) in rows ``m*R:(m+1)*R``; gbias ``(Tc, Bs, NL, G)`` conv bias plus
+            ``t - (k-1-m)*d``) in rows ``m*R:(m+1)*R``; gbias ``(Tc, B, NL, G)`` conv bias plus
             conditioning: ``Tc == 1`` the same for every step (global conditioning only), else
             row ``t - t0`` for the forward pass of step ``t`` (local conditioning); its second
-            axis ``Bs``, or 1 when every row has the same;
+            axis ``B``, or 1 when every row has the same;
             wres ``(NL, G/2, R)``; bres ``(NL, R)``; wskip ``(NL, G/2, S)``; bskip ``(S,)`` the
             summed skip biases; h1 ``(S, H)``; b1 ``(H,)``; h2 ``(H, P)``; b2 ``(P,)``. The
             matrices in one weight format (float32, bfloat16 bits or int8; see above).
         scales: ``(wc_s (NL, G), wres_s (NL, R), wskip_s (NL, S), h1_s (H,), h2_s (P,))``, the
             per-output-column scales of the int8 format (ignored by the others).
         dil, off: ``(NL,)`` int64 dilations and ring offsets (layer ``i`` owns ring rows
-            ``off[i] : off[i] + (k-1)*dil[i]``); ring ``(sum L, Bs, R)`` float32, slot
+            ``off[i] : off[i] + (k-1)*dil[i]``); ring ``(sum L, B, R)`` float32, slot
             ``t % L`` holding the layer input of time ``t``.
         pos: time of the next input; row_block: rows computed together per layer.
-        forced: ``(Bs, n_total)`` int64 codes to feed instead of sampling (teacher forcing), or
+        lo, hi: the rows of this call, ``0 <= lo < hi <= B``.
+        forced: ``(B, n_total)`` int64 codes to feed instead of sampling (teacher forcing), or
             an empty ``(0, 0)`` array to sample.
-        record: ``(Bs, n_total, P)`` float32 receiving the parameters computed at each step, or
+        record: ``(B, n_total, P)`` float32 receiving the parameters computed at each step, or
             an empty ``(0, 0, 0)`` array.
     """
     # views without owners: slicing them in the loops below costs no atomic reference counts
@@ -1197,7 +1201,7 @@ def run_rows(
     g2 = g // 2
     s_ch = bskip.shape[0]
     h_ch = b1.shape[0]
-    rb = min(row_block, bs)
+    rb = min(row_block, hi - lo)
     width = max(kernel * r_ch, g, s_ch, h_ch, n_par) + 16
     # the int8 products' scratch for a block of rows: inputs rounded, their scales, int32 sums,
     # a conv's past taps side by side
@@ -1218,7 +1222,7 @@ def run_rows(
     shared = gbias.shape[1] == 1  # one bias row for every row
     wc_s, wres_s, wskip_s, h1_s, h2_s = scales
     for t in range(t0, t1):
-        for b in range(bs):
+        for b in range(lo, hi):
             if forced.shape[1] > 0:
                 code = forced[b, t]
             else:
@@ -1228,15 +1232,15 @@ def run_rows(
         if t + 1 >= n_total:
             break
         gb = gbias[t - t0] if per_step else gbias[0]
-        for b in range(bs):
+        for b in range(lo, hi):
             _embed(emb, in_scale, codes[b], x[b], r_ch)
             acc[b, :] = bskip
         for i in range(nl):
             d = dil[i]
             L = (kernel - 1) * d
             w = wc[i]
-            for r0 in range(0, bs, rb):
-                nr = min(rb, bs - r0)
+            for r0 in range(lo, hi, rb):
+                nr = min(rb, hi - r0)
                 for r in range(nr):
                     hh[r, :] = gb[0 if shared else r0 + r, i]
                 _conv_rows(ring, (off[i], pos, d, L), kernel, x, r0, nr, w, wc_s[i], hh, r_ch, g, qs)
@@ -1251,8 +1255,8 @@ def run_rows(
                 else:  # the last layer's residual output is never used
                     _axpy_rows(zz, wskip[i], wskip_s[i], acc[r0:], nr, g2, s_ch, qs)
         pos += 1
-        for r0 in range(0, bs, rb):
-            nr = min(rb, bs - r0)
+        for r0 in range(lo, hi, rb):
+            nr = min(rb, hi - r0)
             for r in range(nr):
                 for c in range(s_ch):
                     acc[r0 + r, c] = max(acc[r0 + r, c], np.float32(0.0))
@@ -1264,7 +1268,7 @@ def run_rows(
                 params[r0 + r, :] = b2
             _axpy_rows(hid, h2, h2_s, params[r0:], nr, h_ch, n_par, qs)
         if record.shape[1] > 0:
-            for b in range(bs):
+            for b in range(lo, hi):
                 record[b, t, :] = params[b]
     _keep_alive(x_own, acc_own, hh_own, zz_own, hid_own)
     _keep_alive(xq_own, xs_own, isum_own, xcat_own, x_own)

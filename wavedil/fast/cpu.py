@@ -12,10 +12,12 @@ How the work is cut, by batch size ``B``:
   core streams about half the weights and the chain never waits inside a step. Two threads
   that lose (a busy machine keeps descheduling a partner) give way to one, chunk by chunk
   (:func:`_generate_pipe`).
-* Small batches (at most :data:`PIPE_MAX_ROWS` rows for the weight mode) on exactly two
-  threads: the same pipeline, over every row: still bound by streaming the weights.
+* Small batches (at most :data:`PIPE_MEASURED_ROWS` rows) on exactly two threads: the same
+  pipeline over every row, or slices of rows (below), whichever measures faster on this CPU in
+  this weight mode (the pipeline pays while streaming the weights bounds a step).
 * Larger batches: one slice of rows per thread, each advanced on its own by the fused kernel
-  (no synchronisation); each layer's weights serve all the rows of a slice while in cache.
+  (no synchronisation) in the same arrays; each layer's weights serve all the rows of a slice
+  while in cache.
 * Local (mel) conditioning: the gate biases of every layer for each step (conv bias plus
   global plus local term) are computed for a chunk of steps at a time (at most ``chunk``
   samples' worth) by a row-blocked kernel on one thread (~38 GFLOP/s here; a torch matmul was
@@ -71,15 +73,20 @@ SPLIT_MIN_WEIGHTS = 1 << 18
 #: A two-thread chunk stops (and one thread takes over) once a thread waited long (~0.1 ms: its
 #: partner was descheduled) at this many barriers.
 MAX_LONG_WAITS_PER_CHUNK = 8
-#: Batches of at most this many rows (per weight mode) run as one pipeline on two threads, when
-#: there are exactly two: each thread streams about half the weights, for every row. Larger
-#: batches, and more threads, go one slice of rows per thread (each streams all the weights,
-#: for its rows; no waiting). The pipeline pays while streaming the weights is what limits a
-#: step. Measured on the 2-core Xeon (AVX-512; ref30, pipeline / slices, same process,
-#: ``bench/README.md``): fp32 1.68x at B = 2, 1.26x at 8, 1.07x at 16, 0.91x at 32; bf16 2.01x
-#: at 2, 1.36x at 4, 0.89x at 8; int8 (whose 1.2 MB of weights fit each core's 2 MB L2 cache)
-#: 0.88x at 2. Not measured on an AVX2-only CPU with a smaller L2 (int8 may pay there).
+#: Batches of at most :data:`PIPE_MEASURED_ROWS` rows on exactly two threads go either way: as one
+#: pipeline (each thread streams about half the weights, for every row) or one slice of rows
+#: per thread (each streams all the weights, for its rows; no waiting). Each call measures both
+#: (:func:`_generate_pipe`) and keeps the faster, which it remembers for the weights and batch
+#: size. Larger batches, and more threads, go by slices. The pipeline pays while streaming the
+#: weights is what limits a step, which depends on the CPU's caches: on the 2-core Xeon
+#: (AVX-512; ref30, pipeline / slices, same process, ``bench/README.md``): fp32 1.68x at B = 2,
+#: 1.26x at 8, 1.07x at 16, 0.91x at 32; bf16 2.01x at 2, 1.36x at 4, 0.89x at 8; int8 (whose
+#: 1.2 MB of weights fit each core's 2 MB L2 cache) 0.88x at 2. This table is where the
+#: first call starts: the pipeline for batches of at most this many rows, per weight mode.
 PIPE_MAX_ROWS = {"fp32": 16, "bf16": 4, "int8": 1}
+#: The largest batch that is measured on the pipeline against slices (on the Xeon the pipeline
+#: lost at 32 rows in every mode).
+PIPE_MEASURED_ROWS = 32
 #: A sequence re-measures the way it is not using every this many chunks.
 REPROBE_CHUNKS = 16
 
@@ -131,15 +138,17 @@ class CpuOptions:
     Args:
         threads: worker threads; None takes ``torch.get_num_threads()`` (capped at the usable
             CPUs), so ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` steer both back-ends.
-        split: run one sequence (batch 1), or a batch of at most ``pipe_rows``, as a pipeline
-            on two threads (one sequence: with two threads or more; a batch: with exactly two):
-            True, False, or None to decide by the model's size (:data:`SPLIT_MIN_WEIGHTS`).
+        split: run one sequence (batch 1), or a small batch, as a pipeline on two threads (one
+            sequence: with two threads or more; a batch: with exactly two): True, False, or
+            None to decide by the model's size (:data:`SPLIT_MIN_WEIGHTS`).
         row_block: batch rows computed together per layer by one thread (:data:`ROW_BLOCK`).
         chunk: samples per kernel call for a batch of one (the unit of ``progress`` reports and
             of the two-thread/one-thread choice); a batch of ``B`` goes ``max(1, chunk // B)``
             steps at a time.
-        pipe_rows: the largest batch that ``split`` runs as one pipeline, or None for the
-            weight mode's :data:`PIPE_MAX_ROWS`.
+        pipe_rows: None: batches of at most :data:`PIPE_MEASURED_ROWS` rows run on the
+            pipeline or by slices, whichever measures faster (starting from
+            :data:`PIPE_MAX_ROWS`); an integer: exactly the batches of at most this many rows
+            run on the pipeline (1: none), without measuring.
     """
 
     def __init__(
@@ -216,10 +225,11 @@ def cpu_generate(request: SamplingRequest, options: CpuOptions | None = None) ->
     # steps with a forward pass after them: all of them when the stream goes on
     n_total = n + 1 if request.continuation else n
     split = packed.n_weights >= SPLIT_MIN_WEIGHTS if options.split is None else options.split
-    pipe_rows = PIPE_MAX_ROWS[request.weights] if options.pipe_rows is None else options.pipe_rows
+    measured = options.pipe_rows is None
+    pipe_rows = PIPE_MEASURED_ROWS if measured else options.pipe_rows
     if batch == 1 or (batch <= pipe_rows and split and threads == 2):
         ring, pos = _generate_pipe(kern, packed, request.state, lg, u, temp, greedy, out, n_total, bias_for,
-                                   threads if split else 1, options, request.progress)  # fmt: skip
+                                   threads if split else 1, options, request.progress, measured)  # fmt: skip
     else:
         ring, pos = _generate_rows(kern, packed, request.state, lg, u, temp, greedy, out, n_total, bias_for, threads,
                                    options, request.progress)  # fmt: skip
@@ -257,7 +267,9 @@ class _Biases:
             return self.static
         lo = t0 + self.shift
         cols = self.local[:, :, lo : max(lo, min(t1 + self.shift, self.local.shape[-1]))]  # (B, Lc, T')
-        if self.kern is None:
+        if cols.shape[-1] == 0:  # every step past the last column
+            table = np.zeros((0,) + self.gbias.shape, np.float32)
+        elif self.kern is None:
             table = pack_cond_bias(self.packed, self.gbias, cols)
         else:
             batch, lc, steps = cols.shape
@@ -307,7 +319,7 @@ def cpu_teacher_forced_logits(
         pos = kern.run_rows(
             t0, t1, n + 1, u, 1.0, False, params, out, *p.head_args,
             p.emb, wc, bias_for(t0, t1), wres, p.bres, wskip, p.bskip, h1, p.b1, h2, p.b2, p.scales,
-            p.dil, p.off, p.kernel, ring, pos, row_block, forced, record,
+            p.dil, p.off, p.kernel, ring, pos, row_block, 0, batch, forced, record,
         )  # fmt: skip
     return torch.from_numpy(record).permute(0, 2, 1).to(model.embed.weight.device)
 
@@ -347,64 +359,78 @@ def _row_slices(batch: int, parts: int) -> list[slice]:
     return [slice(bounds[p], bounds[p + 1]) for p in range(parts)]
 
 
-# ----------------------------------------------------------------------------- batch > 1
+# ----------------------------------------------------------------------------- slices of rows
+
+
+def _run_slices(kern, packed: PackedWaveNet, ring: np.ndarray, lg, u, temp, greedy, out, n_total: int,
+                row_block: int, slices: list[slice]) -> Callable[[int, int, int, np.ndarray], int]:  # fmt: skip
+    """A callable ``(t0, t1, pos, table) -> pos`` that advances each of ``slices`` (rows) on a
+    thread of its own, with :func:`~wavedil.fast._kernels.run_rows`, from step ``t0`` to ``t1``.
+
+    Every thread reads and writes its rows of the same arrays: the rings ``ring (sum L, B, R)``,
+    ``lg (B, P)``, ``u (N, B, U)``, ``out (B, N)``; ``table`` holds the gate biases
+    ``(Tc, B or 1, NL, G)`` (:class:`_Biases`). One slice runs in the calling thread.
+    """
+    p = packed
+    wc, wres, wskip, h1, h2 = p.kernel_matrices
+
+    def job(rows: slice, t0: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], int]:
+        return lambda: kern.run_rows(
+            t0, t1, n_total, u, temp, greedy, lg, out, *p.head_args,
+            p.emb, wc, gb, wres, p.bres, wskip, p.bskip, h1, p.b1, h2, p.b2, p.scales,
+            p.dil, p.off, p.kernel, ring, pos, row_block, rows.start, rows.stop, _NO_CODES, _NO_LOGITS,
+        )  # fmt: skip
+
+    def run(t0: int, t1: int, pos: int, table: np.ndarray) -> int:
+        done = _run_threads([job(rows, t0, t1, pos, table) for rows in slices])
+        assert len(set(done)) == 1, done  # every slice went the same steps
+        return int(done[0])
+
+    return run
 
 
 def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, n_total: int,
                    bias_for: _Biases, threads: int, options: CpuOptions, progress) -> tuple[np.ndarray, int]:  # fmt: skip
-    """Each thread advances its own slice of rows with :func:`run_rows`.
+    """Each thread advances its own slice of rows (:func:`_run_slices`).
 
     ``lg (B, P)`` ends as the head parameters after the last forward pass; returns the rings
     ``(sum L, B, R)`` and the stream position then.
     """
     batch, n = out.shape
-    slices = _row_slices(batch, threads)
-    rings = [ring_from_state(packed, state, s) for s in slices]
-    logits = [np.ascontiguousarray(lg[s]) for s in slices]
-    us = [np.ascontiguousarray(u[:, s]) for s in slices]
-    outs = [np.empty((s.stop - s.start, n), dtype=np.int64) for s in slices]
-    pos = [state.pos] * len(slices)
-    p = packed
-    wc, wres, wskip, h1, h2 = p.kernel_matrices
+    ring = ring_from_state(packed, state)
+    run = _run_slices(kern, packed, ring, lg, u, temp, greedy, out, n_total, options.row_block,
+                      _row_slices(batch, threads))  # fmt: skip
     # per-step biases (local conditioning) come in chunks of about options.chunk samples
     per_step = bias_for.per_step
     step = n if progress is None and not per_step else max(1, options.chunk // batch)
-
-    def job(j: int, t0: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], int]:
-        return lambda: kern.run_rows(
-            t0, t1, n_total, us[j], temp, greedy, logits[j], outs[j], *p.head_args,
-            p.emb, wc, gb, wres, p.bres, wskip, p.bskip, h1, p.b1, h2, p.b2, p.scales,
-            p.dil, p.off, p.kernel, rings[j], pos, options.row_block, _NO_CODES, _NO_LOGITS,
-        )  # fmt: skip
-
-    gbs = None
+    pos = state.pos
     for t0 in range(0, n, step):
         t1 = min(n, t0 + step)
-        if gbs is None or per_step:
-            table = bias_for(t0, t1)
-            gbs = [table if table.shape[1] == 1 else np.ascontiguousarray(table[:, s]) for s in slices]
-        pos = [int(v) for v in _run_threads([job(j, t0, t1, pos[j], gbs[j]) for j in range(len(slices))])]
+        pos = run(t0, t1, pos, bias_for(t0, t1))
         if progress is not None:
             progress(t1)
-    for s, o, params in zip(slices, outs, logits):
-        out[s], lg[s] = o, params
-    return np.concatenate(rings, axis=1), pos[0]
+    return ring, pos
 
 
 # ----------------------------------------------------------------------------- pipeline: batch 1, small batches
 
 
 def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, greedy, out, n_total: int,
-                   bias_for: _Biases, threads: int, options: CpuOptions, progress) -> tuple[np.ndarray, int]:  # fmt: skip
-    """One sequence or a small batch: every row on two threads (:func:`~wavedil.fast._kernels.run_pipe`)
-    or on one, chunk by chunk, whichever is faster.
+                   bias_for: _Biases, threads: int, options: CpuOptions, progress,
+                   measured: bool) -> tuple[np.ndarray, int]:  # fmt: skip
+    """One sequence or a small batch: every row on the two-thread pipeline
+    (:func:`~wavedil.fast._kernels.run_pipe`) or the other way, chunk by chunk, whichever is faster.
 
-    Both ways compute every number in the same order, so switching between chunks does not
-    change the result. The first chunk runs on two threads, the second on one; after that the
+    The other way is one thread for one sequence (a busy machine keeps descheduling the
+    pipeline's partner) and one slice of rows per thread for a batch (:func:`_run_slices`);
+    a batch measures the two only when ``measured`` (else it stays on the pipeline). Both ways
+    compute every number in the same order, on the same arrays, so switching between chunks
+    changes no result. The first chunk goes the way that was faster for these weights and
+    batch size in the last call (at first: the pipeline for one sequence, and for a batch of at
+    most :data:`PIPE_MAX_ROWS` rows for the weight mode), the second the other; after that the
     faster way runs, and the other is re-measured every :data:`REPROBE_CHUNKS` chunks
-    (:func:`_next_way`). A two-thread chunk stops early when a partner thread keeps being
-    descheduled (a busy machine).
-    More than two threads are not used: the pipeline has two roles.
+    (:func:`_next_way`). A pipeline chunk stops early when a partner thread keeps being
+    descheduled. More than two threads are not used: the pipeline has two roles.
 
     ``lg (B, P)`` (ends as the head parameters after the last forward pass), ``u (N, B, U)``,
     ``out (B, N)``; a chunk is ``options.chunk // B`` steps (at least one). Returns the ring
@@ -418,6 +444,9 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     per_step = bias_for.per_step
     static = bias_for.static  # (1, B or 1, NL, G): the biases without local conditioning
     chunk = max(1, options.chunk // batch)
+    other = _run_slices(kern, packed, ring, lg, u, temp, greedy, out, n_total, options.row_block,
+                        _row_slices(batch, 1 if batch == 1 else threads))  # fmt: skip
+    probe = two and (batch == 1 or measured)
     if two:
         head, head_scales = packed.head_halves
         pipe_scales = (*p.scales[:3], *head_scales)
@@ -442,19 +471,15 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
             MAX_LONG_WAITS_PER_CHUNK, own,
         )  # fmt: skip
 
-    def one_thread(t: int, t1: int, pos: int, gb: np.ndarray) -> int:
-        return kern.run_rows(
-            t, t1, n_total, u, temp, greedy, lg, out, *p.head_args,
-            p.emb, wc, gb, wres, p.bres, wskip, p.bskip, h1, p.b1, h2, p.b2, p.scales,
-            p.dil, p.off, p.kernel, ring, pos, options.row_block, _NO_CODES, _NO_LOGITS,
-        )  # fmt: skip
-
     # compile, or load from numba's cache, before anything is timed (zero steps: no barrier)
-    one_thread(0, 0, state.pos, static)
+    other(0, 0, state.pos, static)
     if two:
         pipe_job(0, np.zeros(8, np.int64), 0, 0, state.pos, pipe_bias(static))()
     rate: dict[bool, float] = {}
-    pos, t, chunks, use_two, rechecked = state.pos, 0, 0, two, False
+    use_two = two
+    if batch > 1 and measured:  # the way that was faster last time, at first the table's guess
+        use_two = packed.tuning.get(("pipe_way", batch), batch <= PIPE_MAX_ROWS[packed.weights])
+    pos, t, chunks, rechecked = state.pos, 0, 0, False
     while t < n:
         t1 = min(n, t + chunk)
         table = bias_for(t, t1) if per_step else static  # outside the timing: the same for both ways
@@ -465,13 +490,15 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
             t_next, pos = _run_threads([pipe_job(role, sync, t, t1, pos, gb) for role in range(2)])[0]
             _balance(p, batch, int(sync[3]), int(sync[4]))
         else:
-            pos, t_next = one_thread(t, t1, pos, table), t1
+            pos, t_next = other(t, t1, pos, table), t1
         rate[use_two] = (t_next - t) / max(time.perf_counter() - start, 1e-9)
         pos, t, chunks = int(pos), int(t_next), chunks + 1
-        if two:
+        if probe:
             use_two, rechecked = _next_way(chunks, rate, use_two, rechecked)
         if progress is not None:
             progress(t)
+    if probe and batch > 1 and len(rate) == 2:
+        packed.tuning["pipe_way", batch] = max(rate, key=rate.get)
     return ring, pos
 
 
