@@ -6,7 +6,13 @@ mu-law codes are int64 tensors of the same shape with values in ``[0, Q)``.
 
 from __future__ import annotations
 
+import errno
+import io
+import logging
 import os
+import shutil
+import stat
+import struct
 import tempfile
 from pathlib import Path
 
@@ -20,6 +26,7 @@ from ._io import atomic_open
 __all__ = [
     "OUTPUT_SUFFIXES",
     "check_output_path",
+    "check_writable_folder",
     "mu_law_encode",
     "mu_law_decode",
     "linear_encode",
@@ -31,14 +38,36 @@ __all__ = [
     "write_audio",
     "resample",
     "AudioReadError",
+    "AudioWriteError",
+    "TRUNCATED_POLICIES",
     "audio_info",
     "silence_bounds",
     "trim_silence",
 ]
 
 
+logger = logging.getLogger(__name__)
+
+
 class AudioReadError(ValueError):
     """An audio file could not be read; the message names the file and the reason."""
+
+
+class AudioWriteError(OSError):
+    """An audio file could not be written (full disk, no permission, ...); the message names the
+    file and what to do. ``errno`` is the failed write's; ``path`` the file. Nothing is left
+    behind: a previous file of that name is untouched and no partial file remains."""
+
+    def __init__(self, message: str, path: Path, error_number: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = error_number  # set after init: OSError's str() stays the message
+        self.path = path
+
+
+#: What :func:`read_audio` does with a WAV file whose data ends before its header says (a
+#: truncated copy): ``warn`` (log a warning, use the frames present), ``error`` (raise
+#: :class:`AudioReadError`) or ``accept`` (use the frames present silently).
+TRUNCATED_POLICIES: tuple[str, ...] = ("warn", "error", "accept")
 
 
 def _check_classes(quantization_channels: int) -> None:
@@ -133,11 +162,92 @@ def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     return AF.resample(x, orig_rate, new_rate)
 
 
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file that could be opened, or None if it is one.
+
+    Uses ``stat`` only (never opens the path: opening a FIFO would block).
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (following it never reaches a file)"
+        if exc.errno == errno.ENOENT:
+            if os.path.islink(path):
+                return f"broken symbolic link (its target '{os.readlink(path)}' does not exist)"
+            return "does not exist"
+        return f"cannot be inspected ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not an audio file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a FIFO, socket or device)"
+    return None
+
+
+def _wav_declared_frames(path: str | os.PathLike) -> int | None:
+    """Frames that a RIFF/WAVE header's ``data`` chunk declares, or None if it cannot tell.
+
+    libsndfile silently shortens a WAV whose data ends early to the frames present; comparing
+    with this number tells a truncated file. Placeholder sizes (0 or 0xFFFFFFFF, written by
+    streaming encoders) give None.
+    """
+    block_align = 0
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            for _ in range(64):  # a WAV has a handful of chunks before 'data'
+                chunk = fh.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"data":
+                    if block_align <= 0 or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                if cid == b"fmt " and size >= 14:
+                    fmt = fh.read(14)
+                    if len(fmt) < 14:
+                        return None
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+                    size -= 14
+                fh.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+    except OSError:
+        return None
+    return None
+
+
+def _readable_formats() -> str:
+    return ", ".join(sorted(sf.available_formats()))
+
+
+def _open_failure(path: Path, exc: Exception) -> AudioReadError:
+    """The error for a file that soundfile could not open: why, in the user's terms."""
+    try:  # libsndfile reports a denied open as "System error"; Python's message is clearer
+        with open(path, "rb"):
+            pass
+    except OSError as os_exc:
+        return AudioReadError(f"cannot open audio file '{path}': {os_exc.strerror or os_exc}")
+    try:
+        if os.path.getsize(path) == 0:
+            return AudioReadError(f"audio file '{path}' is empty (0 bytes)")
+    except OSError:
+        pass
+    reason = getattr(exc, "error_string", None) or str(exc)
+    return AudioReadError(
+        f"cannot read '{path}' as audio ({reason.strip().rstrip('.')}): it is damaged or not in a format "
+        f"soundfile reads ({_readable_formats()}); give an audio file, or convert this one to WAV or FLAC"
+    )
+
+
 def read_audio(
     path: str | os.PathLike,
     sample_rate: int | None = None,
     start: int = 0,
     frames: int = -1,
+    *,
+    truncated: str = "warn",
 ) -> tuple[torch.Tensor, int]:
     """Read an audio file as a mono float32 waveform ``(T,)`` in [-1, 1].
 
@@ -145,17 +255,58 @@ def read_audio(
     the file's rate the waveform is resampled with torchaudio. ``start``/``frames`` select a
     span in the file's own frames, read without decoding the rest where the format allows.
 
+    Args:
+        truncated: what to do when a WAV file's data ends before its header says and the read
+            reaches that end (one of :data:`TRUNCATED_POLICIES`): ``warn`` (default; use the
+            frames present), ``error`` (for inputs that must be whole, such as a prompt) or
+            ``accept`` (the caller has already reported it).
+
     Returns:
         ``(waveform, rate)`` where ``rate`` is ``sample_rate`` if given, else the file's rate.
 
     Raises:
-        AudioReadError: the file is missing, unreadable, empty or holds non-finite samples.
+        AudioReadError: the file is missing, a folder, unreadable, empty, in a format soundfile
+            does not read, holds no or non-finite samples, or (``truncated="error"``) is a
+            truncated WAV; the message names the file and the reason.
     """
+    if truncated not in TRUNCATED_POLICIES:
+        raise ValueError(f"truncated must be one of {TRUNCATED_POLICIES}, got {truncated!r}")
     path = Path(path)
+    problem = _file_problem(path)
+    if problem == "does not exist":
+        raise AudioReadError(
+            f"audio file '{path}' does not exist; check the path (it is resolved from the current folder '{Path.cwd()}')"
+        )
+    if problem is not None:
+        hint = ": give an audio file inside it" if problem.startswith("is a folder") else ""
+        sep = " " if problem.startswith(("is ", "cannot ")) else ": "
+        raise AudioReadError(f"'{path}'{sep}{problem}{hint}")
     try:
-        data, rate = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+        snd = sf.SoundFile(str(path))
     except Exception as exc:  # soundfile raises several types (RuntimeError, LibsndfileError)
-        raise AudioReadError(f"cannot read audio file '{path}': {exc}") from exc
+        raise _open_failure(path, exc) from None
+    with snd:
+        present, rate, fmt = snd.frames, snd.samplerate, snd.format
+        first, end, _ = slice(start, None).indices(present)  # a negative start counts from the end
+        wanted = end - first if frames < 0 else frames
+        try:
+            if first:
+                snd.seek(first)
+            data = snd.read(wanted, dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise AudioReadError(f"cannot read the samples of audio file '{path}': {exc}") from None
+    reaches_end = frames < 0 or first + frames > present  # a span inside the file cannot tell
+    if fmt == "WAV" and truncated != "accept" and reaches_end:
+        declared = _wav_declared_frames(path)
+        if declared is not None and declared > present:
+            seconds = f"{declared / rate:.2f} s" if rate > 0 else f"{declared} frames"
+            what = (
+                f"audio file '{path}' is truncated: its header declares {declared} frames ({seconds}) "
+                f"but the file holds {present}"
+            )
+            if truncated == "error":
+                raise AudioReadError(f"{what}; it was cut short (an interrupted copy or download): use the complete file")
+            logger.warning("%s; using the %d present", what, present)
     if data.shape[0] == 0:
         raise AudioReadError(f"audio file '{path}' holds no samples")
     if not np.isfinite(data).all():
@@ -168,11 +319,38 @@ def read_audio(
     return wav, rate
 
 
+def _write_failure(path: Path, exc: OSError, nbytes: int) -> AudioWriteError:
+    """The error for an encoded audio file that could not be written to ``path``."""
+    folder = path.parent
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1e6:,.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        cause = "no space left on the device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        advice = "free some space there, or choose an -o path in another folder"
+        detail = f"{cause} of '{folder}' ({free}; the file needs {nbytes / 1e6:,.1f} MB)"
+    else:
+        advice = "check the folder's permissions and free space, or choose an -o path in another folder"
+        detail = exc.strerror or str(exc) or type(exc).__name__
+    return AudioWriteError(
+        f"cannot write audio file '{path}': {detail}; nothing was written: {advice}", path, exc.errno
+    )
+
+
 def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) -> Path:
     """Write a mono waveform ``(T,)`` as 16-bit PCM, atomically (temporary file + rename).
 
     Non-finite values are replaced by 0 and the signal is clipped to [-1, 1] before writing.
-    The format follows the file extension (``.wav``, ``.flac``, ``.ogg``).
+    The format follows the file extension (``.wav``, ``.flac``, ``.ogg``). The file is encoded
+    in memory first, then written in one go: a failed write (e.g. a full disk) leaves any
+    previous file of that name untouched and no partial or temporary file behind.
+
+    Raises:
+        ValueError: ``wav`` is not mono, ``sample_rate`` is not positive, or soundfile cannot
+            encode the extension's format.
+        AudioWriteError: the file could not be written (an :class:`OSError` naming the path and
+            what to do: free space, or another folder).
     """
     path = Path(path)
     if wav.dim() != 1:
@@ -182,8 +360,18 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) ->
     data = torch.nan_to_num(wav.detach().float().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
     data = data.clamp(-1.0, 1.0).numpy()
     fmt = (path.suffix.lstrip(".") or "wav").upper()
-    with atomic_open(path) as fh:
-        sf.write(fh, data, sample_rate, format=fmt, subtype="PCM_16" if fmt in ("WAV", "FLAC") else None)
+    if fmt not in sf.available_formats():
+        raise ValueError(
+            f"cannot write audio file '{path}': soundfile has no '{path.suffix}' format; use one of {', '.join(OUTPUT_SUFFIXES)}"
+        )
+    buf = io.BytesIO()
+    sf.write(buf, data, sample_rate, format=fmt, subtype="PCM_16" if fmt in ("WAV", "FLAC") else None)
+    payload = buf.getbuffer()
+    try:
+        with atomic_open(path) as fh:
+            fh.write(payload)
+    except OSError as exc:
+        raise _write_failure(path, exc, len(payload)) from None
     return path
 
 
@@ -247,6 +435,16 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise ValueError(f"output path '{path}' is a directory: give a file name such as {path / 'out.wav'}")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"output file '{path}' must end in .wav, .flac or .ogg")
+    check_writable_folder(path, "the output folder", "-o")
+    return path
+
+
+def check_writable_folder(path: Path, what: str, option: str) -> None:
+    """Make the folder of ``path`` and check a file can be written in it (a test file).
+
+    Raises:
+        ValueError: it cannot; the message calls the folder ``what`` and names ``option``.
+    """
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +452,5 @@ def check_output_path(path: str | os.PathLike) -> Path:
             pass
     except OSError as exc:
         raise ValueError(
-            f"cannot create the output folder '{parent}' or write in it ({exc.strerror or exc}): choose another -o path"
+            f"cannot create {what} '{parent}' or write in it ({exc.strerror or exc}): choose another {option} path"
         ) from None
-    return path

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .causal import check_positive_int
 from .distributions import make_distribution
 from .layers import DilatedStack, StackState, dilation_schedule
 
@@ -76,6 +77,21 @@ class WaveNetConfig:
         return cls(**d)
 
 
+#: The integer sizes of :class:`WaveNetConfig` that :class:`WaveNet` checks before building any
+#: layer, with their minimum (``gate_channels``: two halves; ``kernel_size``: a dilated conv needs
+#: two taps). ``layers_per_stack``/``stacks`` are checked by :func:`dilation_schedule` when used,
+#: ``mixtures`` by the ``mol`` head.
+_SIZE_MINIMUMS: tuple[tuple[str, int], ...] = (
+    ("residual_channels", 1),
+    ("gate_channels", 2),
+    ("skip_channels", 1),
+    ("head_channels", 1),
+    ("kernel_size", 2),
+    ("global_cond_classes", 0),
+    ("global_cond_channels", 0),
+)
+
+
 class LinearInput(nn.Module):
     """Input layer of the linear-bin heads: code ``i`` -> its bin centre ``x`` -> ``x * w + b``.
 
@@ -125,10 +141,10 @@ class WaveNet(nn.Module):
         Q = config.quantization_channels
         if isinstance(Q, bool) or not isinstance(Q, int) or Q < 2:
             raise ValueError(f"quantization_channels must be an integer >= 2, got {Q!r}")
-        for name in ("head_channels", "global_cond_classes", "global_cond_channels"):
-            v = getattr(config, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "head_channels" else 0):
-                raise ValueError(f"{name} must be a non-negative integer (head_channels >= 1), got {v!r}")
+        # every size is checked here, before any layer is built: a bad one is named, not met as a
+        # tensor with a negative dimension deep inside torch
+        for name, minimum in _SIZE_MINIMUMS:
+            check_positive_int(name, getattr(config, name), minimum)
         if (config.global_cond_classes > 0) != (config.global_cond_channels > 0):
             raise ValueError(
                 "global conditioning needs both global_cond_classes and global_cond_channels > 0, got "

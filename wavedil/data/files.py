@@ -10,11 +10,8 @@ shared by the whole :mod:`wavedil.data` package. Skipped entries are reported wi
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from wavedil.audio import AudioReadError, audio_info
+# _file_problem and _wav_declared_frames live in wavedil.audio, which read_audio shares them with
+from wavedil.audio import AudioReadError, _file_problem, _wav_declared_frames, audio_info
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -93,28 +91,6 @@ def _check_root(root: str | os.PathLike) -> Path:
 def _audio_suffix(name: str, extensions: frozenset[str]) -> bool:
     suffix = os.path.splitext(name)[1]
     return len(suffix) > 1 and suffix[1:].lower() in extensions
-
-
-def _file_problem(path: Path) -> str | None:
-    """Why ``path`` is not a regular file that could be opened, or None if it is one.
-
-    Uses ``stat`` only (never opens the path: opening a FIFO would block).
-    """
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "symbolic link loop (following it never reaches a file)"
-        if exc.errno == errno.ENOENT:
-            if os.path.islink(path):
-                return f"broken symbolic link (its target '{os.readlink(path)}' does not exist)"
-            return "does not exist"
-        return f"cannot be inspected ({exc.strerror or exc})"
-    if stat.S_ISDIR(st.st_mode):
-        return "is a folder, not an audio file"
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file (a FIFO, socket or device)"
-    return None
 
 
 def _scan_audio_files(root: Path, exts: frozenset[str]) -> tuple[list[Path], list[str]]:
@@ -193,40 +169,6 @@ def find_audio_files(
     for msg in skipped:
         logger.warning("skipping %s", msg)
     return found
-
-
-def _wav_declared_frames(path: str | os.PathLike) -> int | None:
-    """Frames that a RIFF/WAVE header's ``data`` chunk declares, or None if it cannot tell.
-
-    libsndfile silently shortens a WAV whose data ends early to the frames present; comparing
-    with this number tells a truncated file. Placeholder sizes (0 or 0xFFFFFFFF, written by
-    streaming encoders) give None.
-    """
-    block_align = 0
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return None
-            for _ in range(64):  # a WAV has a handful of chunks before 'data'
-                chunk = fh.read(8)
-                if len(chunk) < 8:
-                    return None
-                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-                if cid == b"data":
-                    if block_align <= 0 or size in (0, 0xFFFFFFFF):
-                        return None
-                    return size // block_align
-                if cid == b"fmt " and size >= 14:
-                    fmt = fh.read(14)
-                    if len(fmt) < 14:
-                        return None
-                    block_align = struct.unpack("<H", fmt[12:14])[0]
-                    size -= 14
-                fh.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
-    except OSError:
-        return None
-    return None
 
 
 def probe_audio(path: str | os.PathLike, min_frames: int = 0) -> tuple[int, int]:
