@@ -156,8 +156,8 @@ def _vocode_stream(args: argparse.Namespace) -> None:
     target = _model_target(args.checkpoint, args.model, "vocoder")
     stats = vocode_stream_file(
         target, args.input, args.output, temperature=args.temperature, seed=args.seed, speaker=args.speaker,
-        backend=args.backend, weights=args.weights, device=args.device, use_ema=not args.no_ema,
-        note=lambda line: print(line, file=sys.stderr),
+        save_mel=args.save_mel, max_seconds=args.max_seconds, backend=args.backend, weights=args.weights,
+        device=args.device, use_ema=not args.no_ema, note=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
     where = "standard output (16-bit PCM)" if args.output == "-" else args.output
     print(f"streamed {stats.frames} frames -> {stats.samples} samples to {where}; real-time factor "
@@ -175,7 +175,8 @@ def _vocode(args: argparse.Namespace) -> None:
     try:
         res = vocode_file(
             target, args.input, args.output, temperature=args.temperature, seed=args.seed,
-            speaker=args.speaker, save_mel=args.save_mel, max_seconds=args.max_seconds, backend=args.backend,
+            speaker=args.speaker, save_mel=args.save_mel,
+            max_seconds=VOCODE_MAX_SECONDS if args.max_seconds is None else args.max_seconds, backend=args.backend,
             weights=args.weights, device=args.device, use_ema=not args.no_ema, progress=progress,
         )  # fmt: skip
     finally:
@@ -232,6 +233,8 @@ def _models(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
+#: ``vocode``'s default longest input (seconds) of a whole file; a stream has no default limit
+VOCODE_MAX_SECONDS = 600.0
 _BACKEND_HELP = "generation back-end: auto (fast when it can run the model, else torch), torch, fast"
 _WEIGHTS_HELP = "weight mode of the back-end (default fp32; bf16 and int8 need the fast back-end)"
 _MODEL_HELP = "a bundled pretrained model by name, instead of a checkpoint (wavedil models lists them)"
@@ -291,7 +294,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=None)
     v.add_argument("--speaker", default=None, help="speaker, for a speaker-conditioned vocoder")
     v.add_argument("--save-mel", default=None, help="also write the input's log-mel (n_mels, frames) to this .npy")
-    v.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer inputs (default 600)")
+    v.add_argument("--max-seconds", type=float, default=None,
+                   help=f"refuse longer inputs (default {VOCODE_MAX_SECONDS:g}; with --stream: no limit)")  # fmt: skip
     v.add_argument("--backend", default="auto", help=_BACKEND_HELP)
     v.add_argument("--weights", default="fp32", choices=WEIGHT_MODES, help=_WEIGHTS_HELP)
     v.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import OUTPUT_SUFFIXES, check_output_path, decode, encode, read_audio, resample, write_audio
+from .audio import OUTPUT_SUFFIXES, check_output_path, check_writable_folder, decode, encode, read_audio, resample, write_audio
 from .checkpoint import model_from_checkpoint
 from .conditioning import MelSpec
 from .data import file_mel
@@ -130,7 +130,62 @@ def resolve_speaker(model: WaveNet, value: str | int | None) -> int | None:
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """The torch device that ``--device`` names: ``cpu``, ``cuda`` or ``cuda:N``; None (or ``""``)
+    picks cuda when a GPU is available, else cpu.
+
+    Raises:
+        ValueError: naming ``--device`` and its value: not a device, a device type wavedil does not
+            sample on, or cuda where no (such) CUDA GPU is available; the message lists what works.
+    """
+    if device is None or (isinstance(device, str) and not device.strip()):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    works = "cpu" + (f", cuda, or cuda:0 .. cuda:{gpus - 1}" if gpus else " (no CUDA GPU is available here)")
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(str(device).strip().lower())
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {str(device)!r} is not a device: use {works}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: wavedil samples on cpu or cuda only; use {works}")
+    if dev.type == "cuda" and not gpus:
+        raise ValueError(
+            f"--device {device} but no CUDA GPU is available here: use --device cpu (or leave --device out)"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= gpus:
+        raise ValueError(f"--device {device} but this machine has {gpus} CUDA GPU(s): use {works}")
+    return dev
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file: the same existing file (links included), or the
+    same resolved path."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return a.absolute() == b.absolute()
+
+
+def _overwrites_input(output: str | os.PathLike, source: str | os.PathLike) -> str:
+    """The message refusing an ``-o`` that is the input file."""
+    return f"-o '{output}' is the input '{source}': writing it would overwrite the input; choose another -o path"
+
+
+def _check_mel_path(path: str | os.PathLike) -> Path:
+    """``--save-mel`` as a :class:`Path` after checking it can be written: a ``.npy`` name that is
+    not a folder, in a folder that can be created and written (as :func:`check_output_path`).
+
+    Raises:
+        ValueError: naming ``--save-mel``, what is wrong and what to give instead.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--save-mel '{path}' is a directory: give a file name such as {path / 'mel.npy'}")
+    if path.suffix.lower() != ".npy":
+        raise ValueError(f"--save-mel '{path}' must end in .npy (the log-mel is written as a numpy array)")
+    check_writable_folder(path, "the folder of --save-mel", "--save-mel")
+    return path
 
 
 def _command_target(src: ModelSource) -> str:
@@ -143,8 +198,9 @@ def _what(src: ModelSource) -> str:
 
 
 def _read_at_rate(path: str | os.PathLike, sample_rate: int, notes: list[str], what: str) -> torch.Tensor:
-    """``path`` as a mono waveform ``(T,)`` at ``sample_rate``; a resampling is added to ``notes``."""
-    wav, rate = read_audio(path)
+    """``path`` as a mono waveform ``(T,)`` at ``sample_rate``; a resampling is added to ``notes``.
+    A truncated file (shorter than its header says) is refused: it would be used in part."""
+    wav, rate = read_audio(path, truncated="error")
     if rate != sample_rate:
         wav = resample(wav, rate, sample_rate)
         notes.append(f"{what} '{path}' is at {rate} Hz; resampled to the model's {sample_rate} Hz")
@@ -169,7 +225,8 @@ def generate_to_files(
 ) -> SynthesisResult:
     """Sample ``batch`` sequences of ``seconds`` from a checkpoint and write one audio file each.
 
-    Everything a user can get wrong (output path, lengths, speaker, a vocoder checkpoint) is
+    Everything a user can get wrong (the output path and every numbered file of the batch, lengths,
+    device, speaker, a vocoder checkpoint, an output that is the prompt) is
     checked before sampling starts.
 
     Args:
@@ -187,7 +244,7 @@ def generate_to_files(
         speaker: a speaker name or index, for speaker-conditioned models (:func:`resolve_speaker`).
         backend: ``auto``, ``torch`` or ``fast`` (:func:`wavedil.generate`).
         weights: weight mode of the back-end: ``fp32``, ``bf16`` or ``int8``.
-        device: ``cpu`` or ``cuda``; default cuda when available.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; default cuda when available; anything else is refused with the choices.
         use_ema: the EMA of the weights (when the checkpoint has one) rather than the raw ones.
         progress: called as ``progress(done, total)`` with samples done per sequence.
 
@@ -204,6 +261,19 @@ def generate_to_files(
         raise ValueError(f"--seconds must be a positive finite number, got {seconds}")
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
+    dev = _device(device)
+    outs = [numbered_path(out, i, batch) for i in range(batch)]  # same folder and suffix as out: checked above
+    for i, path in enumerate(outs):
+        if path.is_dir():
+            raise ValueError(
+                f"output path '{path}' (file {i + 1} of --batch {batch}) is a directory: move it away or choose "
+                "another -o path"
+            )
+        if prompt is not None and _same_file(path, Path(prompt)):
+            raise ValueError(
+                f"output path '{path}' is the --prompt '{prompt}': writing it would overwrite the prompt; "
+                "choose another -o path"
+            )
     src = open_model(checkpoint)
     ckpt, sr = src.checkpoint, src.sample_rate
     temperature = sampling_temperature(src, temperature)
@@ -215,7 +285,7 @@ def generate_to_files(
             f"--seconds {seconds} x --batch {batch} is {n * batch:,} samples; the limit per run is "
             f"{MAX_TOTAL_SAMPLES:,}: lower one of them"
         )
-    model = model_from_checkpoint(ckpt, use_ema=use_ema, device=_device(device))
+    model = model_from_checkpoint(ckpt, use_ema=use_ema, device=dev)
     if model.upsampler is not None:
         raise ValueError(
             f"{_what(src)} is a vocoder (conditioned on log-mel frames): re-synthesise audio with "
@@ -232,7 +302,7 @@ def generate_to_files(
     )  # fmt: skip
     codes = res.codes.cpu()
     paths = [
-        write_audio(numbered_path(out, i, batch), decode(codes[i], model.encoding, model.quantization_channels), sr)
+        write_audio(outs[i], decode(codes[i], model.encoding, model.quantization_channels), sr)
         for i in range(batch)
     ]
     return SynthesisResult(
@@ -280,9 +350,10 @@ def _open_vocoder(
     checkpoint: str | os.PathLike, device: str | torch.device | None, use_ema: bool
 ) -> tuple[WaveNet, ModelSource]:
     """The vocoder of ``checkpoint`` (file, run folder or ``pretrained:NAME``) on ``device`` and
-    where it came from; a clear error for a model without mel conditioning."""
+    where it came from; a clear error for a bad ``device`` or a model without mel conditioning."""
+    dev = _device(device)  # before the checkpoint is read
     src = open_model(checkpoint)
-    model = model_from_checkpoint(src.checkpoint, use_ema=use_ema, device=_device(device))
+    model = model_from_checkpoint(src.checkpoint, use_ema=use_ema, device=dev)
     if model.upsampler is None:
         raise ValueError(
             f"{_what(src)} is not a vocoder (it has no mel conditioning): sample it with wavedil generate"
@@ -290,6 +361,11 @@ def _open_vocoder(
             + ", or train one with experiment=vocoder_speech8k"
         )
     return model, src
+
+
+def _check_max_seconds(max_seconds: float | None) -> None:
+    if max_seconds is not None and not max_seconds > 0:  # NaN too
+        raise ValueError(f"--max-seconds must be a positive number, got {max_seconds}")
 
 
 def vocode_stream_file(
@@ -305,6 +381,8 @@ def vocode_stream_file(
     device: str | torch.device | None = None,
     use_ema: bool = True,
     note: Callable[[str], None] | None = None,
+    save_mel: str | os.PathLike | None = None,
+    max_seconds: float | None = None,
 ) -> StreamStats:
     """Vocode a stream of ``.npy`` log-mel chunks as it arrives (:func:`wavedil.vocoder_stream.vocode_stream`).
 
@@ -312,25 +390,49 @@ def vocode_stream_file(
         checkpoint: the vocoder's ``step_*.pt`` file, run folder or ``pretrained:NAME``.
         source: ``"-"`` for standard input, or a file of concatenated ``(n_mels, F)`` ``.npy`` arrays.
         output: ``"-"`` for 16-bit PCM on standard output after every chunk, or an audio file
-            written when the stream ends.
+            written when the stream ends (never the ``source`` itself).
         temperature, seed, speaker, backend, weights, device, use_ema: as :func:`vocode_file`.
         note: called once with a line saying what the stream expects and its look-ahead, before
             the first chunk is read (the CLI prints it on standard error).
+        save_mel: must be None: the stream already is log-mel frames (``--save-mel`` is refused
+            rather than ignored).
+        max_seconds: stop with an error once the stream passes this many seconds; None: no limit.
 
     Raises:
-        ValueError: not a vocoder, a chunk that is not ``(n_mels, F)`` float ``.npy``, no frames.
+        ValueError: a bad argument, output path or source (before the checkpoint is read), not a
+            vocoder, a bad chunk (:func:`wavedil.vocoder_stream.iter_npy_chunks`: not ``(n_mels, F)``
+            float ``.npy``, truncated, NaN or infinite), no frames, a stream longer than ``max_seconds``.
     """
+    if save_mel:
+        raise ValueError(
+            "--save-mel does not apply to --stream: the stream already is log-mel frames (keep a copy of it, "
+            "e.g. with tee, or vocode an audio file without --stream to save its log-mel)"
+        )
+    _check_max_seconds(max_seconds)
+    from_stdin = str(source) == "-"
+    if str(output) != "-":
+        out = check_output_path(output)
+        if not from_stdin and _same_file(out, Path(source)):
+            raise ValueError(_overwrites_input(output, source))
+    if not from_stdin and not os.path.exists(source):
+        raise ValueError(
+            f"the stream input '{source}' does not exist: give a file of .npy chunks, or - for standard input"
+        )
     model, src = _open_vocoder(checkpoint, device, use_ema)
     temperature = sampling_temperature(src, temperature)
+    speaker_id = resolve_speaker(model, speaker)
     spec = model.mel_spec
     if note is not None:
-        where = "standard input" if str(source) == "-" else str(source)
+        where = "standard input" if from_stdin else str(source)
         note(f"streaming: reading .npy chunks ({spec.n_mels}, frames) from {where}; look-ahead "
              f"{model.mel_context} frames ({1000 * model.mel_context * spec.hop_length / spec.sample_rate:g} ms)")  # fmt: skip
-    stream = sys.stdin.buffer if str(source) == "-" else open(source, "rb")  # noqa: SIM115 - closed below
     try:
-        return vocode_stream(model, stream, output, temperature=temperature, seed=seed,
-                             speaker=resolve_speaker(model, speaker), backend=backend, weights=weights)  # fmt: skip
+        stream = sys.stdin.buffer if from_stdin else open(source, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ValueError(f"cannot read the stream input '{source}': {exc.strerror or exc}") from None
+    try:
+        return vocode_stream(model, stream, output, temperature=temperature, seed=seed, speaker=speaker_id,
+                             backend=backend, weights=weights, max_seconds=max_seconds)  # fmt: skip
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
@@ -354,31 +456,51 @@ def vocode_file(
 ) -> SynthesisResult:
     """Re-synthesise audio with a vocoder (a mel-conditioned checkpoint) and write it to ``output``.
 
+    The paths are checked before any work: ``output`` and ``save_mel`` must be writable, differ
+    from each other and from ``source`` (an input is never overwritten). ``save_mel`` is written
+    only once the audio is.
+
     Args:
         checkpoint: the vocoder's ``step_*.pt`` file or run folder, or ``pretrained:NAME``.
         source: an audio file (analysed to log-mel with :func:`wavedil.data.file_mel`; the output
-            has its length; at another rate it is resampled, with a note), or a saved log-mel ``.npy`` / ``.npz`` (:func:`load_mel`; the output
-            has ``M * hop`` samples).
+            has its length; at another rate it is resampled, with a note), or a saved log-mel
+            ``.npy`` / ``.npz`` (:func:`load_mel`; the output has ``M * hop`` samples).
         output: the file to write (``.wav``, ``.flac``, ``.ogg``).
         temperature, seed, speaker, backend, weights, device, use_ema, progress: as for
             :func:`generate_to_files`.
-        save_mel: audio input only: also write its log-mel ``(n_mels, M)`` to this ``.npy``.
-        max_seconds: refuse longer inputs.
+        save_mel: also write the log-mel ``(n_mels, M)`` the audio came from (the analysis of an
+            audio input, or the frames read from a mel file) to this ``.npy``.
+        max_seconds: refuse longer inputs (``> 0``).
 
     Returns:
         A :class:`SynthesisResult` with one path, ``codes (1, N)`` and ``mel_frames = M``.
 
     Raises:
         ValueError: not a vocoder checkpoint, an unreadable or empty input, a mel file that does
-            not fit the vocoder, an input longer than ``max_seconds``, or a bad argument.
+            not fit the vocoder, an input longer than ``max_seconds``, an output or ``save_mel``
+            path that cannot be written or is the input (or each other), or a bad argument.
     """
     out = check_output_path(output)
+    source = Path(source)
+    if _same_file(out, source):
+        raise ValueError(_overwrites_input(output, source))
+    mel_out = None
+    if save_mel:
+        mel_out = Path(save_mel)
+        for other, what in ((source, "the input"), (out, "the -o output")):
+            if _same_file(mel_out, other):
+                raise ValueError(
+                    f"--save-mel '{save_mel}' is {what} '{other}': give the log-mel its own .npy name, such as "
+                    f"{out.with_name(out.stem + '_mel.npy')}"
+                )
+        mel_out = _check_mel_path(mel_out)
+    _check_max_seconds(max_seconds)
     model, src = _open_vocoder(checkpoint, device, use_ema)
     temperature = sampling_temperature(src, temperature)
+    speaker_id = resolve_speaker(model, speaker)
     dev = model.embed.weight.device
     spec, ctx = model.mel_spec, model.mel_context
     sr, hop = spec.sample_rate, spec.hop_length
-    source = Path(source)
     n_samples, notes = None, []
     if source.suffix.lower() in (".npy", ".npz"):
         mel = load_mel(source, spec)
@@ -390,11 +512,6 @@ def vocode_file(
             raise ValueError(f"'{source}' holds no audio")
         mel = file_mel(wav, spec, ctx)
         n_samples = wav.shape[-1]
-        if save_mel:
-            from ._io import atomic_open
-
-            with atomic_open(save_mel) as f:
-                np.save(f, mel[:, ctx : mel.shape[-1] - ctx].numpy())
     frames = mel.shape[-1] - 2 * ctx
     seconds = frames * hop / sr
     if seconds > max_seconds:
@@ -404,11 +521,16 @@ def vocode_file(
         )
     total = frames * hop  # what is generated: whole frames (an audio input's last partial one is cut after)
     res = generate(
-        model, None, temperature=temperature, seed=seed, speaker=resolve_speaker(model, speaker), mel=mel.to(dev),
+        model, None, temperature=temperature, seed=seed, speaker=speaker_id, mel=mel.to(dev),
         backend=backend, weights=weights, progress=None if progress is None else (lambda done: progress(done, total)),
     )  # fmt: skip
     codes = res.codes[:, :n_samples].cpu() if n_samples else res.codes.cpu()
     path = write_audio(out, decode(codes[0], model.encoding, model.quantization_channels), sr)
+    if mel_out is not None:  # only now: a refused or failed run leaves no half of its outputs
+        from ._io import atomic_open
+
+        with atomic_open(mel_out) as f:
+            np.save(f, mel[:, ctx : mel.shape[-1] - ctx].cpu().numpy())
     return SynthesisResult(
         [path], codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, mel_frames=frames, notes=notes,
         temperature=temperature,

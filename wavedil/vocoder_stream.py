@@ -41,7 +41,7 @@ from .audio import check_output_path, decode, write_audio
 from .backends import SamplingRequest, check_weights, get_backend, resolve_backend
 from .model import WaveNet
 
-__all__ = ["StreamingVocoder", "SILENCE_LOG_MEL", "StreamStats", "iter_npy_chunks", "vocode_stream"]
+__all__ = ["MAX_CHUNK_FRAMES", "StreamingVocoder", "SILENCE_LOG_MEL", "StreamStats", "iter_npy_chunks", "vocode_stream"]
 
 #: The log-mel value of silence (``log(1e-5)``, the floor of :func:`wavedil.conditioning.log_mel`):
 #: what the stream's ``c`` context frames before the first and after the last frame hold.
@@ -127,13 +127,27 @@ class StreamingVocoder:
                 f"frames must be ({self.n_mels}, F) or (B, {self.n_mels}, F) with B = 1 or {self.batch_size} "
                 f"(this vocoder has {self.n_mels} mel bands), got shape {tuple(frames.shape)}"
             )
-        return frames.to(self._frames).expand(self.batch_size, -1, -1)
+        frames = frames.to(self._frames)  # float32: a float64 value beyond its range becomes inf here
+        finite = torch.isfinite(frames).all(dim=0).all(dim=0)  # (F,): every band of every row finite
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            raise ValueError(
+                f"frame {bad} of the {frames.shape[-1]} frames pushed (frame {self.frames_in + bad} of the stream) "
+                f"holds NaN or infinite values: log-mel frames must be finite (silence is {SILENCE_LOG_MEL:.2f}); "
+                "none of these frames was used"
+            )
+        return frames.expand(self.batch_size, -1, -1)
 
     def push(self, frames: torch.Tensor) -> torch.Tensor:
         """Add log-mel frames ``(n_mels, F)`` or ``(B, n_mels, F)``; return the codes they determine.
 
         Returns:
             ``(B, n)`` int64 codes, ``n >= 0`` (none until :attr:`latency_frames` frames are in).
+
+        Raises:
+            ValueError: a finished stream, frames of another shape or type, or frames holding NaN
+                or infinite values (the message names the first such frame; the stream is left as
+                it was, so a corrected push can follow).
         """
         if self._finished:
             raise ValueError("this stream is finished: start a new StreamingVocoder")
@@ -194,37 +208,119 @@ class StreamingVocoder:
         return codes
 
 
+#: Most frames one chunk of :func:`iter_npy_chunks` may declare: a stream sends frames a few at a
+#: time; a header claiming more is corrupt (or meant for ``vocode`` without ``--stream``), and
+#: reading it could exhaust the memory. 100,000 frames are minutes of audio at any usual hop.
+MAX_CHUNK_FRAMES = 100_000
+
+#: Longest ``.npy`` header :func:`iter_npy_chunks` reads (numpy's own limit; a 2-D array needs ~128 bytes).
+MAX_HEADER_BYTES = 10_000
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    """``n`` bytes of ``stream``, fewer only at its end (a pipe may hand over less per ``read``)."""
+    parts, got = [], 0
+    while got < n:
+        part = stream.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def iter_npy_chunks(stream: BinaryIO, n_mels: int) -> Iterator[torch.Tensor]:
     """Read concatenated ``.npy`` arrays from a binary stream (a pipe works: nothing seeks), each
     ``(n_mels, F)`` log-mel frames; yield them as float32 tensors until the stream ends.
 
+    Each chunk is checked before its data is read: a ``.npy`` header (format 1.0, 2.0 or 3.0: a
+    dict with ``descr``, ``fortran_order`` and ``shape``), a float dtype, a shape of two
+    integers ``(n_mels, F)`` with ``0 <= F <= MAX_CHUNK_FRAMES``; then its data must arrive
+    whole and be finite (also once converted to float32).
+
     Raises:
-        ValueError: a chunk that is not a real 2-D array with ``n_mels`` rows, or a truncated one.
+        ValueError: naming the chunk (numbered from 1, with its byte offset in the stream), what
+            is wrong with it and what the stream must hold.
     """
-    index = 0
+    expected = (
+        f"the stream must be .npy arrays of float log-mel frames ({n_mels}, frames), one after another "
+        "(numpy.save each chunk to the same file or pipe)"
+    )
+    index, offset = 0, 0
+    where = ""  # the chunk being read, for the messages
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{where} {what}; {expected}")
+
+    def read(n: int, part: str) -> bytes:
+        data = _read_exact(stream, n)
+        if len(data) != n:
+            raise bad(f"is truncated: the stream ended after {len(data):,} of the {n:,} bytes of its {part}")
+        return data
+
     while True:
-        head = stream.read(6)
+        index += 1
+        where = f"chunk {index} of the stream (at byte {offset:,})"
+        head = _read_exact(stream, len(_NPY_MAGIC))
         if not head:
             return
-        if head != b"\x93NUMPY":
-            raise ValueError(f"chunk {index} of the stream is not a .npy array (it starts with {head!r})")
-        major, minor = stream.read(2)
-        header_len_bytes = stream.read(2 if major == 1 else 4)
-        header_len = int.from_bytes(header_len_bytes, "little")
-        header = ast.literal_eval(stream.read(header_len).decode("latin1"))  # the .npy header: a dict literal
-        shape, dtype = tuple(header["shape"]), np.dtype(header["descr"])
-        if len(shape) != 2 or shape[0] != n_mels or dtype.kind != "f":
-            raise ValueError(
-                f"chunk {index} of the stream must be float ({n_mels}, frames) log-mel frames for this vocoder "
-                f"({n_mels} mel bands), got {dtype} {shape}"
+        if head != _NPY_MAGIC:
+            raise bad(f"is not a .npy array (it starts with {head!r}, not {_NPY_MAGIC!r})")
+        major, minor = read(2, ".npy format version")
+        if major not in (1, 2, 3):
+            raise bad(f"has .npy format version {major}.{minor}, not 1.0, 2.0 or 3.0")
+        size_bytes = 2 if major == 1 else 4
+        header_len = int.from_bytes(read(size_bytes, ".npy header length"), "little")
+        if header_len > MAX_HEADER_BYTES:
+            raise bad(f"declares a {header_len:,}-byte .npy header; at most {MAX_HEADER_BYTES:,} are read")
+        raw = read(header_len, ".npy header")
+        offset += len(_NPY_MAGIC) + 2 + size_bytes + header_len
+        try:
+            header = ast.literal_eval(raw.decode("utf8" if major == 3 else "latin1"))  # a dict literal
+        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):  # UnicodeDecodeError is a ValueError
+            raise bad(f"has a broken .npy header (not a dict literal): {raw[:100]!r}") from None
+        if not isinstance(header, dict):
+            raise bad(f"has a .npy header that is not a dict: {raw[:100]!r}")
+        missing = [key for key in ("descr", "fortran_order", "shape") if key not in header]
+        if missing:
+            raise bad(f"has a .npy header without {' or '.join(repr(k) for k in missing)}: {raw[:100]!r}")
+        descr, shape, fortran = header["descr"], header["shape"], header["fortran_order"]
+        try:
+            dtype = np.dtype(descr) if isinstance(descr, str) else None
+        except (TypeError, ValueError):
+            dtype = None
+        if dtype is None or dtype.kind != "f":
+            raise bad(f"holds data of type {descr!r}, not float (such as '<f4' or '<f8')")
+        if (
+            not isinstance(shape, tuple)
+            or len(shape) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
+            or shape[0] != n_mels
+            or shape[1] < 0
+        ):
+            raise bad(
+                f"has shape {shape!r}, not ({n_mels}, frames) with frames >= 0 (this vocoder has {n_mels} mel bands)"
             )
+        if shape[1] > MAX_CHUNK_FRAMES:
+            raise bad(f"declares {shape[1]:,} frames; a chunk holds at most {MAX_CHUNK_FRAMES:,}: send fewer per chunk")
+        if not isinstance(fortran, bool):
+            raise bad(f"has fortran_order {fortran!r} in its .npy header, not True or False")
         nbytes = shape[0] * shape[1] * dtype.itemsize
-        data = stream.read(nbytes)
-        if len(data) != nbytes:
-            raise ValueError(f"chunk {index} of the stream is truncated: {len(data)} of {nbytes} bytes")
-        order = "F" if header["fortran_order"] else "C"
-        yield torch.from_numpy(np.frombuffer(data, dtype=dtype).reshape(shape, order=order).astype(np.float32))
-        index += 1
+        data = read(nbytes, f"{shape[1]:,} frames")
+        offset += nbytes
+        raw_frames = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        with np.errstate(over="ignore"):  # a float64 value beyond float32 becomes inf: refused below
+            frames = raw_frames.astype(np.float32)
+        finite = np.isfinite(frames).all(axis=0)  # (F,)
+        if not finite.all():
+            first = int(np.argmin(finite))
+            beyond = " (beyond float32's range)" if np.isfinite(raw_frames[:, first]).all() else ""
+            raise bad(
+                f"holds NaN or infinite values{beyond}, first in its frame {first}: log-mel frames must be finite"
+            )
+        yield torch.from_numpy(frames)
 
 
 @dataclass
@@ -257,6 +353,7 @@ def vocode_stream(
     speaker: int | None = None,
     backend: str = "auto",
     weights: str = "fp32",
+    max_seconds: float | None = None,
 ) -> StreamStats:
     """Vocode a stream of ``.npy`` log-mel chunks (:func:`iter_npy_chunks`) as it arrives.
 
@@ -267,7 +364,15 @@ def vocode_stream(
             chunk (flushed: a player can start at once); a path writes a ``.wav`` (or any format
             :func:`wavedil.audio.write_audio` knows) atomically when the stream ends.
         temperature, seed, speaker, backend, weights: as :class:`StreamingVocoder`.
+        max_seconds: refuse a stream longer than this (the chunk that passes it stops the stream
+            before it is vocoded; a file output is then not written); None: no limit.
+
+    Raises:
+        ValueError: a bad argument or output path (before any chunk is read), a bad chunk
+            (:func:`iter_npy_chunks`), a stream without frames or longer than ``max_seconds``.
     """
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"--max-seconds must be a positive number, got {max_seconds}")
     if str(output) != "-":
         output = check_output_path(output)  # before any work
     voc = StreamingVocoder(model, temperature=temperature, seed=seed, speaker=speaker, backend=backend,
@@ -288,10 +393,23 @@ def vocode_stream(
         else:
             pieces.append(wav)
 
-    for chunk in iter_npy_chunks(source, voc.n_mels):
+    chunks = 0
+    for chunks, chunk in enumerate(iter_npy_chunks(source, voc.n_mels), start=1):
+        frames = voc.frames_in + chunk.shape[1]
+        if max_seconds is not None and frames * voc.hop / voc.sample_rate > max_seconds:
+            raise ValueError(
+                f"the stream is longer than --max-seconds {max_seconds:g}: chunk {chunks} brings it to {frames} "
+                f"frames ({frames * voc.hop / voc.sample_rate:.2f} s); raise --max-seconds or send less"
+                + ("" if to_stdout else f" ('{output}' was not written)")
+            )
         if chunk.shape[1]:
             emit(voc.push(chunk))
-    emit(voc.finish())  # raises when no frame came
+    if voc.frames_in == 0:
+        raise ValueError(
+            f"the stream held no log-mel frames ({chunks} chunk(s), none with a frame): send .npy arrays "
+            f"({voc.n_mels}, frames) with frames >= 1"
+        )
+    emit(voc.finish())
     seconds = time.perf_counter() - start
     if not to_stdout:
         write_audio(Path(output), torch.cat(pieces), voc.sample_rate)
