@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -60,6 +61,17 @@ def _debug_wanted(argv: Sequence[str]) -> bool:
 # ----------------------------------------------------------------------------- train (Hydra)
 
 
+def _summary_json(summary: dict) -> str:
+    """``train``'s summary as strict JSON: a figure not measured (NaN, e.g. ``valid_bits`` of a run
+    that stopped before its first validation) or not finite is ``null``.
+
+    >>> _summary_json({"step": 2, "valid_bits": float("nan"), "train_bits": 3.5})
+    '{"step": 2, "valid_bits": null, "train_bits": 3.5}'
+    """
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
 def _train(overrides: list[str]) -> None:
     """Run ``wavedil train`` through ``hydra.main`` so overrides, ``-m`` sweeps and run folders work."""
     import hydra
@@ -83,11 +95,11 @@ def _train(overrides: list[str]) -> None:
         try:
             summary = train(cfg, run_dir)
         except (ValueError, OSError) as exc:
-            if debug or cfg.get("debug", False):
+            if debug or cfg.get("debug", False) is True:  # debug=abc is itself the error to report
                 raise
             raise _fail(exc) from None
         if os.environ.get("RANK", "0") == "0":
-            print(json.dumps(summary))
+            print(_summary_json(summary))
         return summary["valid_bits"]
 
     if os.environ.get("RANK", "0") != "0":
@@ -218,7 +230,63 @@ def _info(args: argparse.Namespace) -> None:
     if args.target is None and args.model is None:
         raise ValueError("give a checkpoint, a model config name (tiny, small, base, ref30), a YAML file, or --model NAME")
     target = args.target if args.model is None else _model_target(None, args.model, "model")
-    print(describe_model(target, args.sample_rate).text())
+    if not _is_model_yaml(target):
+        print(describe_model(target, args.sample_rate).text())
+        return
+    _load_model_yaml(Path(target))
+    try:
+        description = describe_model(target, args.sample_rate)
+    except ValueError as exc:
+        raise ValueError(f"model config YAML '{target}': {exc}") from None
+    print(description.text())
+
+
+_INFO_TARGETS = ("give a checkpoint (.pt), a run folder, a model config name (tiny, small, base, ref30) or a YAML "
+                 "file of model options such as conf/model/small.yaml")
+
+
+def _is_model_yaml(target: str) -> bool:
+    """Whether ``info`` reads ``target`` as a model config YAML: an existing file, not a ``.pt`` checkpoint
+    (the rule of :func:`wavedil.describe.describe_model`)."""
+    return not target.endswith(".pt") and Path(target).is_file()
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """What a YAML reader's error says, in one line (with the line and column where the parser has them)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"it is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if mark is not None and problem:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _load_model_yaml(path: Path) -> None:
+    """Parse ``info``'s YAML file first, so that a file which is not YAML of model options is named.
+
+    Raises:
+        ValueError: the file is not UTF-8 text, not valid YAML, or not a mapping of options; the
+            message names the file, the parser's complaint and what ``info`` accepts.
+        OSError: the file cannot be read (its own message names it).
+    """
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        loaded = OmegaConf.load(path)
+    except OSError as exc:
+        if exc.errno is not None:  # unreadable: the system's message names the file
+            raise
+        problem = _yaml_problem(exc)  # OmegaConf's "Invalid loaded object type": a bare number or the like
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException, ValueError, TypeError) as exc:
+        problem = _yaml_problem(exc)
+    else:
+        if isinstance(loaded, DictConfig):
+            return
+        problem = "it holds a list, not model options (name: value lines)"  # OmegaConf.load: a DictConfig or a ListConfig
+    raise ValueError(f"'{path}' is not a valid model config YAML ({problem}); {_INFO_TARGETS}")
 
 
 # ----------------------------------------------------------------------------- models

@@ -66,7 +66,7 @@ from .distributed import (
 )
 from .model import WaveNet, WaveNetConfig
 from .progress import Progress
-from .train_config import OptimConfig, TrainerConfig
+from .train_config import DataConfig, OptimConfig, TrainerConfig, check_top_level
 from .precision import choose_precision, warn_emulated_bf16
 from .training_utils import (
     EMA,
@@ -159,27 +159,52 @@ def _split_batch(batch: torch.Tensor | dict) -> tuple[torch.Tensor, dict]:
     return batch, {}
 
 
-def build_data(data_cfg: dict, mcfg: WaveNetConfig, seed: int, max_steps: int) -> DataBundle:
+def _data_settings(data_cfg: dict | DataConfig) -> DataConfig:
+    """The ``data`` group checked (:meth:`DataConfig.from_dict`); a bad one raises :class:`TrainingError`."""
+    if isinstance(data_cfg, DataConfig):
+        return data_cfg
+    try:
+        return DataConfig.from_dict(to_plain(data_cfg))
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+
+
+def _warn_if_files_are_short(train: SegmentDataset, dcfg: DataConfig, hop: int = 1) -> None:
+    """Log a warning when every training file is shorter than ``data.segment_length``: each segment
+    would then be mostly the silence that pads it (the share is estimated from the file lengths)."""
+    T, lengths = dcfg.segment_length, train.lengths
+    longest = max(lengths)
+    if longest >= T:
+        return
+    need = T + 1  # a segment holds T + 1 codes
+    padding = 1.0 - sum(n * n for n in lengths) / (train.total_frames * need)  # files drawn by length
+    suggestion = max(hop, (longest - 1) // hop * hop)
+    log.warning(
+        "every training file is shorter than data.segment_length=%d samples (the longest holds %d samples at "
+        "%d Hz): about %.0f%% of each training segment is silence padding. Lower data.segment_length "
+        "(e.g. data.segment_length=%d) or train on longer files",
+        T, longest, dcfg.sample_rate, 100 * padding, suggestion,
+    )
+
+
+def build_data(data_cfg: dict | DataConfig, mcfg: WaveNetConfig, seed: int, max_steps: int) -> DataBundle:
     """Corpus -> train/valid split -> a step-indexed training set and fixed validation segments.
 
-    The model config comes back completed from the data: the speaker names of the corpus for a
+    ``data_cfg``: the ``data`` group (a plain dict is checked by :meth:`DataConfig.from_dict`:
+    unknown keys and bad values raise :class:`TrainingError` naming the option). The model
+    config comes back completed from the data: the speaker names of the corpus for a
     speaker-conditioned model (``global_cond_channels > 0``), and the sample rate of a vocoder's
-    mel settings.
+    mel settings. A warning is logged when every training file is shorter than a segment.
     """
     if not isinstance(mcfg, WaveNetConfig):
         raise TypeError(f"build_data takes the model's WaveNetConfig, got {type(mcfg).__name__}")
-    items = load_corpus(
-        data_cfg["root"], layout=data_cfg.get("layout", "folder"), mic=str(data_cfg.get("mic", "mic1"))
-    )
-    train_items, valid_items = split_items(items, valid_fraction=float(data_cfg.get("valid_fraction", 0.05)))
-    T, B, sr = int(data_cfg["segment_length"]), int(data_cfg["batch_size"]), int(data_cfg["sample_rate"])
-    if T < 2 or B < 1 or sr < 1:
-        raise TrainingError(
-            f"data.segment_length must be >= 2, data.batch_size >= 1 and data.sample_rate >= 1, got {T}, {B}, {sr}"
-        )
+    dcfg = _data_settings(data_cfg)
+    items = load_corpus(dcfg.root, layout=dcfg.layout, mic=dcfg.mic)
+    train_items, valid_items = split_items(items, valid_fraction=dcfg.valid_fraction)
+    T, sr = dcfg.segment_length, dcfg.sample_rate
     common: dict = dict(
         segment_length=T, sample_rate=sr, quantization_channels=mcfg.quantization_channels,
-        trim_silence_db=data_cfg.get("trim_silence_db"), encoding=mcfg.encoding,
+        trim_silence_db=dcfg.trim_silence_db, encoding=mcfg.encoding,
     )
     if mcfg.global_cond_channels > 0:
         names = speakers_of(items)
@@ -205,8 +230,9 @@ def build_data(data_cfg: dict, mcfg: WaveNetConfig, seed: int, max_steps: int) -
         mcfg = replace(mcfg, mel=spec.to_dict())
         common["mel"] = spec
         common["mel_context"] = int(Upsampler(spec.n_mels, spec.hop_length).context_frames)
-    train = SegmentDataset(train_items, segments_per_epoch=max(1, max_steps) * B, seed=seed, **common)
-    n_valid = int(data_cfg.get("valid_segments", 32))
+    train = SegmentDataset(train_items, segments_per_epoch=max(1, max_steps) * dcfg.batch_size, seed=seed, **common)
+    _warn_if_files_are_short(train, dcfg, common["mel"].hop_length if "mel" in common else 1)
+    n_valid = dcfg.valid_segments
     valid_ds = SegmentDataset(valid_items, segments_per_epoch=n_valid, seed=seed + 1_000_003, **common)
     parts = [_split_batch(valid_ds[i]) for i in range(n_valid)]
     valid = torch.stack([codes for codes, _ in parts])
@@ -292,6 +318,7 @@ def _check_resume_matches(
     ckpt: dict, mcfg: WaveNetConfig, path: Path,
     advice: str = "resume with the same model options, or start a new run (trainer.resume=false)",
 ) -> None:  # fmt: skip
+    """Raise :class:`CheckpointError` listing every model option where ``ckpt`` and ``mcfg`` differ."""
     saved = ckpt.get("model_config", {})
     current = mcfg.to_dict()
     diff = {k: (saved.get(k), current[k]) for k in current if saved.get(k) != current[k]}
@@ -300,7 +327,39 @@ def _check_resume_matches(
         raise CheckpointError(f"checkpoint '{path}' does not match the model config ({details}): {advice}")
 
 
-def _open_init(target: str, dcfg: dict):
+def _checkpoint_sample_rate(ckpt: dict) -> int | None:
+    """The rate a checkpoint was trained at: its ``sample_rate``, else its config's ``data.sample_rate``."""
+    rate = ckpt.get("sample_rate")
+    if rate is None:
+        config = ckpt.get("config")
+        data = config.get("data") if isinstance(config, dict) else None
+        rate = data.get("sample_rate") if isinstance(data, dict) else None
+    return rate if isinstance(rate, int) and not isinstance(rate, bool) else None
+
+
+def _check_resume_data(ckpt: dict, dcfg: DataConfig, path: Path) -> None:
+    """Refuse to resume ``ckpt`` under data settings that change what its model means.
+
+    That is the sample rate: a model of 8 kHz audio trained on at 16 kHz would learn a different
+    signal under the old checkpoint's name. (The encoding, quantisation and mel settings live in
+    the model config, which :func:`_check_resume_matches` compares; the speakers are checked
+    against the corpus in :func:`build_data`. The corpus folder, segment length and batch may
+    change on resuming.)
+
+    Raises:
+        CheckpointError: the rates differ; the message names both, the checkpoint and the remedy.
+    """
+    saved = _checkpoint_sample_rate(ckpt)
+    if saved is not None and saved != dcfg.sample_rate:
+        raise CheckpointError(
+            f"checkpoint '{path}' was trained at {saved} Hz but data.sample_rate is {dcfg.sample_rate}: a resumed "
+            f"run keeps its sample rate. To resume it, drop the data.sample_rate override (or set "
+            f"data.sample_rate={saved}); to train at {dcfg.sample_rate} Hz, start a new run in a new run folder "
+            f"(trainer.resume=false)"
+        )
+
+
+def _open_init(target: str, dcfg: DataConfig):
     """``trainer.init_from``: the checkpoint, run folder or ``pretrained:NAME`` to start from,
     checked against the data's sample rate (the architecture is checked once the data is built)."""
     from .pretrained import open_model  # the shipped models' resolver (sha256 and card checked)
@@ -309,7 +368,7 @@ def _open_init(target: str, dcfg: dict):
         source = open_model(target)
     except ValueError as exc:  # CheckpointError included
         raise CheckpointError(f"trainer.init_from={target}: {exc}") from None
-    rate = int(dcfg.get("sample_rate", source.sample_rate))
+    rate = dcfg.sample_rate
     if "sample_rate" in source.checkpoint and rate != source.sample_rate:
         raise CheckpointError(
             f"trainer.init_from={target}: {source.label} was trained at {source.sample_rate} Hz but "
@@ -379,9 +438,16 @@ class Run:
         return lr_factor(step, o.warmup_steps, self.tcfg.max_steps, o.schedule, o.min_lr_ratio, time_fraction)
 
 
-def _settings(plain: dict) -> tuple[TrainerConfig, OptimConfig]:
+def _settings(plain: dict) -> tuple[TrainerConfig, OptimConfig, DataConfig, int]:
+    """The checked ``trainer``, ``optim`` and ``data`` groups and the seed of a composed config.
+
+    Raises:
+        TrainingError: an unknown key (in a group or at the top level) or a bad value, named.
+    """
     try:
-        return TrainerConfig.from_dict(plain["trainer"]), OptimConfig.from_dict(plain["optim"])
+        seed = check_top_level(plain)
+        return (TrainerConfig.from_dict(plain["trainer"]), OptimConfig.from_dict(plain["optim"]),
+                DataConfig.from_dict(plain["data"]), seed)  # fmt: skip
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
 
@@ -458,19 +524,21 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     """Settings, device, data, model, optimiser, resume and precision: everything before the first step."""
     run_dir = Path(run_dir)
     plain = to_plain(cfg)
-    tcfg, ocfg = _settings(plain)
-    dcfg, seed, mcfg = plain["data"], int(plain.get("seed", 0)), model_config(plain["model"])
+    tcfg, ocfg, dcfg, seed = _settings(plain)
+    mcfg = model_config(plain["model"])
     dist = dist_info_from_env()
     device = resolve_device(tcfg.device, dist.local_rank)
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
     if tcfg.precision != "auto":
         autocast_for(device, tcfg.precision)  # an impossible precision fails before any work
-    B = int(dcfg["batch_size"])
+    B = dcfg.batch_size
     StepBatchSampler(0, 0, B, 0, dist.world_size)  # checks the batch divides the world, before work
 
     # Fail fast on the checkpoint before touching the data or building anything big.
     resume = find_resume_checkpoint(tcfg.resume, run_dir)
+    if resume is not None:
+        _check_resume_data(resume[1], dcfg, resume[0])
     if resume is not None and mcfg.speakers is None and resume[1].get("model_config", {}).get("speakers"):
         mcfg = replace(mcfg, speakers=tuple(resume[1]["model_config"]["speakers"]))  # checked against the corpus
     init = _open_init(tcfg.init_from, dcfg) if resume is None and tcfg.init_from else None
@@ -513,7 +581,7 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     loader = DataLoader(
         data.train,
         batch_sampler=StepBatchSampler(step, tcfg.max_steps, B, dist.rank, dist.world_size),
-        num_workers=int(dcfg.get("num_workers", 0)),
+        num_workers=dcfg.num_workers,
         pin_memory=device.type == "cuda",
     )
     return Run(

@@ -1,9 +1,12 @@
-"""Typed trainer and optimiser settings: the ``trainer`` and ``optim`` groups of the config.
+"""Typed training settings: the ``trainer``, ``optim`` and ``data`` groups and the top-level keys.
 
-The defaults here are the single source: they equal ``conf/trainer/default.yaml`` and
-``conf/optim/adamw.yaml`` (a test compares every field with the YAML). ``from_dict`` rejects
-unknown keys and checks values, so a typo fails before any work, naming the key and the valid
-ones.
+The trainer and optimiser defaults here are the single source: they equal
+``conf/trainer/default.yaml`` and ``conf/optim/adamw.yaml`` (a test compares every field with
+the YAML). The ``data`` group has one YAML per corpus (``conf/data/*.yaml``), each setting the
+four required options (:class:`DataConfig`). ``from_dict`` rejects unknown keys and checks values,
+so a typo or a value of the wrong type fails before any work, naming the option, the value and
+the valid ones; :func:`check_top_level` does the same for the keys outside the groups (``seed``,
+``name``, ``debug``, or a typo such as ``+foo=1``).
 
 >>> TrainerConfig.from_dict({"max_time": "00:01:30", "precision": "bf16"}).max_time
 90.0
@@ -13,12 +16,16 @@ ones.
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["TrainerConfig", "OptimConfig", "parse_duration", "PRECISIONS"]
+__all__ = [
+    "TrainerConfig", "OptimConfig", "DataConfig", "check_top_level", "parse_duration", "PRECISIONS", "TOP_LEVEL_KEYS",
+]
 
 #: ``trainer.precision`` values; aliases map to these names.
 PRECISIONS = ("32", "bf16", "bf16-emulated", "16", "auto")
@@ -70,17 +77,56 @@ def parse_duration(value: Any, name: str = "trainer.max_time") -> float | None:
     return seconds
 
 
-def _from_dict(cls, d: dict[str, Any], group: str):
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(d) - set(valid))
+def _did_you_mean(unknown: list[str], valid: list[str]) -> str:
+    """`` (did you mean 'sample_rate'?)`` for the unknown keys close to a valid one, else ``""``."""
+    close = [m[0] for key in unknown if (m := difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6))]
+    return f" (did you mean {', '.join(repr(c) for c in dict.fromkeys(close))}?)" if close else ""
+
+
+def _unknown_keys_message(unknown: list[str], valid: list[str], what: str) -> str:
+    return f"unknown {what}(s) {unknown}; valid ones are {sorted(valid)}{_did_you_mean(unknown, valid)}"
+
+
+def _from_dict(cls, d: dict[str, Any], group: str, valid: list[str] | None = None, note: str = ""):
+    """``cls(**d)`` after rejecting keys outside ``valid`` (default: the fields of ``cls``)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"the {group} group must be a mapping of options ({group}.NAME=VALUE), got {d!r}")
+    valid = [f.name for f in fields(cls)] if valid is None else valid
+    unknown = sorted(set(d) - set(valid), key=str)
     if unknown:
-        raise ValueError(f"unknown {group} option(s) {unknown}; valid ones are {sorted(valid)}")
+        raise ValueError(_unknown_keys_message(unknown, valid, f"{group} option") + note)
     return cls(**d)
 
 
+def _name(group: str, name: str) -> str:
+    return f"{group}.{name}" if group else name
+
+
 def _check_int(group: str, name: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an integer >= ``minimum`` (not a bool, a float or a string); else ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{group}.{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{_name(group, name)} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(group: str, name: str, value: Any) -> float:
+    """``value`` as a finite float: a number, or a string of one (``"1e-3"``); else ``ValueError`` naming it."""
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{_name(group, name)} must be a number, got {value!r}")
+    return number
+
+
+def _check_bool(group: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{_name(group, name)} must be true or false, got {value!r}")
     return value
 
 
@@ -124,12 +170,16 @@ class TrainerConfig:
         if precision is None:
             raise ValueError(f"trainer.precision must be one of {'|'.join(PRECISIONS)}, got {self.precision!r}")
         set_("precision", precision)
-        if not 0.0 <= float(self.ema_decay) < 1.0:
+        for name in ("ema_decay", "progress_interval", "sample_seconds"):
+            set_(name, _number("trainer", name, getattr(self, name)))
+        if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"trainer.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
-        if not float(self.progress_interval) >= 0:
+        if not self.progress_interval >= 0:
             raise ValueError(f"trainer.progress_interval must be >= 0 seconds, got {self.progress_interval}")
-        if not float(self.sample_seconds) > 0:
+        if not self.sample_seconds > 0:
             raise ValueError(f"trainer.sample_seconds must be > 0, got {self.sample_seconds}")
+        for name in ("progress", "compile"):
+            _check_bool("trainer", name, getattr(self, name))
         if self.dist_backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"trainer.dist_backend must be auto, nccl or gloo, got {self.dist_backend!r}")
         if self.resume is None or (isinstance(self.resume, str) and self.resume.lower() in ("", "false", "none")):
@@ -168,16 +218,20 @@ class OptimConfig:
         set_("name", name)
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if not float(self.lr) > 0:
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
+            set_(name, _number("optim", name, getattr(self, name)))
+        if not self.lr > 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        betas = tuple(float(b) for b in self.betas)
+        if isinstance(self.betas, (str, bytes)) or not isinstance(self.betas, (list, tuple)):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9,0.99], got {self.betas!r}")
+        betas = tuple(_number("optim", "betas", b) for b in self.betas)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}")
         set_("betas", betas)
         _check_int("optim", "warmup_steps", self.warmup_steps, 0)
-        if not 0.0 <= float(self.min_lr_ratio) <= 1.0:
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not float(self.weight_decay) >= 0 or not float(self.grad_clip) >= 0:
+        if not self.weight_decay >= 0 or not self.grad_clip >= 0:
             raise ValueError(
                 f"optim.weight_decay and optim.grad_clip must be >= 0, got {self.weight_decay} and {self.grad_clip}"
             )
@@ -186,3 +240,117 @@ class OptimConfig:
     def from_dict(cls, d: dict[str, Any]) -> "OptimConfig":
         """The ``optim`` group as a plain dict -> a checked config (unknown keys: ``ValueError``)."""
         return _from_dict(cls, d, "optim")
+
+
+#: the data options every corpus config must set (``conf/data/*.yaml`` set them all)
+_DATA_REQUIRED = ("root", "sample_rate", "segment_length", "batch_size")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The ``data`` group: which corpus, at what rate, in what segments and batches.
+
+    ``root``, ``sample_rate``, ``segment_length`` and ``batch_size`` are required (every
+    ``conf/data/*.yaml`` sets them); ``mic`` is an option of ``layout: vctk`` only. ``root`` is
+    kept as given (``~`` is expanded where the corpus is read, :func:`wavedil.data.load_corpus`).
+
+    >>> DataConfig.from_dict({"root": "/a", "sample_rate": 8000, "segment_length": 4000, "batch_size": 8}).layout
+    'folder'
+    """
+
+    root: str
+    sample_rate: int  # Hz; files at other rates are resampled
+    segment_length: int  # samples per training segment (the model sees T+1 codes)
+    batch_size: int
+    layout: str = "folder"  # folder | ljspeech | vctk
+    mic: str = "mic1"  # vctk only: mic1 | mic2 | both
+    valid_fraction: float = 0.05  # files held out for validation
+    valid_segments: int = 32  # fixed validation segments drawn from the held-out files
+    trim_silence_db: float | None = None  # e.g. -40: never sample audio this far below each file's peak
+    num_workers: int = 0  # DataLoader worker processes
+
+    def __post_init__(self) -> None:
+        from .data.corpus import LAYOUTS, VCTK_MICS  # here: importing the data package loads torch
+
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        root = self.root
+        if isinstance(root, os.PathLike):
+            root = os.fspath(root)
+        if root is None or root == "???" or (isinstance(root, str) and not root.strip()):
+            raise ValueError("data.root is not set: pass the corpus folder, e.g. data.root=$HOME/my_wavs")
+        if not isinstance(root, str):
+            raise ValueError(f"data.root must be a folder path, got {root!r}")
+        set_("root", root)
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"data.layout must be one of {'|'.join(LAYOUTS)}, got {self.layout!r}")
+        if self.mic not in VCTK_MICS:
+            raise ValueError(f"data.mic must be one of {'|'.join(VCTK_MICS)}, got {self.mic!r}")
+        _check_int("data", "sample_rate", self.sample_rate, 1)
+        _check_int("data", "segment_length", self.segment_length, 2)
+        _check_int("data", "batch_size", self.batch_size, 1)
+        _check_int("data", "valid_segments", self.valid_segments, 1)
+        _check_int("data", "num_workers", self.num_workers, 0)
+        set_("valid_fraction", _number("data", "valid_fraction", self.valid_fraction))
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ValueError(f"data.valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.trim_silence_db is not None:
+            set_("trim_silence_db", _number("data", "trim_silence_db", self.trim_silence_db))
+            if not self.trim_silence_db < 0:
+                raise ValueError(
+                    f"data.trim_silence_db must be negative (dB below each file's peak, e.g. -40) or null, "
+                    f"got {self.trim_silence_db:g}"
+                )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
+        """The ``data`` group as a plain dict -> a checked config.
+
+        Raises:
+            ValueError: an unknown key (``mic`` is one unless ``layout`` is ``vctk``), a required
+                one missing, or a bad value; the message names the option and the valid choices.
+        """
+        if not isinstance(d, dict):
+            return _from_dict(cls, d, "data")  # raises: not a mapping
+        layout = d.get("layout", "folder")
+        valid = [f.name for f in fields(cls) if f.name != "mic" or layout == "vctk"]
+        unknown = sorted(set(d) - set(valid), key=str)
+        if unknown:
+            note = f" (data.mic is read with data.layout=vctk only; data.layout is {layout!r})" if "mic" in unknown else ""
+            raise ValueError(_unknown_keys_message(unknown, valid, "data option") + note)
+        missing = [k for k in _DATA_REQUIRED if k not in d]
+        if missing:
+            raise ValueError(
+                f"data option(s) {missing} not set: a data config (conf/data/*.yaml) sets "
+                f"{', '.join(_DATA_REQUIRED)}; pass the missing ones as data.NAME=VALUE"
+            )
+        return cls(**d)
+
+
+#: The top-level keys of a composed training config (``conf/train.yaml``): the four groups and
+#: ``name``, ``seed``, ``debug``. Hydra drops its own ``hydra`` node before the run sees the
+#: config; one composed with it (``return_hydra_config=True``) is accepted too.
+TOP_LEVEL_KEYS = ("model", "data", "optim", "trainer", "name", "seed", "debug", "hydra")
+
+
+def check_top_level(plain: dict[str, Any]) -> int:
+    """Check the keys outside the groups of a composed config (as plain data); returns the seed.
+
+    Raises:
+        ValueError: an unknown top-level key (``+foo=1``; ``experiment`` when an experiment file
+            lacks its ``# @package _global_`` line), a missing group, or ``seed`` / ``debug`` of
+            the wrong type (``seed=1.5`` is refused, not truncated).
+    """
+    if not isinstance(plain, dict):
+        raise ValueError(f"a training config must be a mapping of options, got {type(plain).__name__}")
+    unknown = sorted(set(plain) - set(TOP_LEVEL_KEYS), key=str)
+    if unknown:
+        note = " (a group's option goes under it, e.g. data.sample_rate=16000)"
+        if "experiment" in unknown:
+            note = (" (an experiment file must start with the line '# @package _global_' so that its settings "
+                    "apply to the whole config)")
+        raise ValueError(_unknown_keys_message(unknown, list(TOP_LEVEL_KEYS), "top-level option") + note)
+    for group in ("model", "data", "optim", "trainer"):
+        if not isinstance(plain.get(group), dict):
+            raise ValueError(f"the config has no '{group}' group of options (conf/train.yaml's defaults set one)")
+    _check_bool("", "debug", plain.get("debug", False))
+    return _check_int("", "seed", plain.get("seed", 0), 0)

@@ -91,7 +91,7 @@ def load_corpus(
     truncated after its header is used (the frames present) with a warning.
 
     Args:
-        root: corpus folder.
+        root: corpus folder (a leading ``~`` or ``~user`` is expanded).
         layout: one of :data:`LAYOUTS`.
         min_frames: skip files shorter than this many frames (at the file's own rate).
         mic: ``vctk`` layout only: one of :data:`VCTK_MICS`.
@@ -110,7 +110,7 @@ def load_corpus(
         raise CorpusError(f"unknown VCTK microphone {mic!r} (data.mic); valid choices are {list(VCTK_MICS)}")
     if min_frames < 0:
         raise CorpusError(f"min_frames must be >= 0, got {min_frames}")
-    root = _check_root(root)
+    root = _check_root(os.path.expanduser(root))  # "~/wavs": a quoted override or a config file
     reasons: list[str] = []  # one per skipped entry
     if layout == "ljspeech":
         candidates = _ljspeech_candidates(root)
@@ -145,10 +145,11 @@ def load_corpus(
     logger.log(logging.WARNING if reasons else logging.INFO, summary)
     if not items:
         shown = "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+        length = f" and at least {min_frames} frames long (the min_frames asked for)" if min_frames > 0 else ""
         raise CorpusError(
             f"none of the {len(reasons)} audio files of '{root}' is usable ({shown}); check "
-            f"that the files are valid audio (e.g. open one with soundfile) and that "
-            f"min_frames={min_frames} is not larger than the files."
+            f"that the files are valid, non-empty audio{length}, e.g. by opening one with "
+            f"soundfile, or point the corpus at another folder."
         )
     return items
 
