@@ -412,3 +412,23 @@ def test_stream_cli_passes_save_mel_and_max_seconds(vocoder_run, tmp_path, capsy
     code, err = run_cli(capsys, "vocode", str(vocoder_run), str(tmp_path / "c.bin"), "-o", str(out), "--stream",
                         "--backend", "torch")  # fmt: skip
     assert code == 0 and sf.info(out).frames == 15 * 40
+
+
+def test_seconds_shorter_than_one_sample_names_the_option(run_dir, tmp_path, no_generation):
+    with pytest.raises(ValueError, match=r"--seconds 1e-05 is less than one sample at 8000 Hz: give at least 0\.000125"):
+        generate_to_files(run_dir, tmp_path / "o.wav", 0.00001, backend="torch", device="cpu")
+
+
+def test_ctrl_c_and_a_closed_pipe_end_the_cli_without_a_traceback(run_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C: one line and exit 130; the reader of standard output going away (``vocode --stream
+    -o - | head``): quiet, exit 141."""
+    for exc, status, says in [(KeyboardInterrupt, 130, "interrupted: wavedil generate stopped"), (BrokenPipeError, 141, "")]:
+
+        def stop(*args, exc=exc, **kwargs):
+            raise exc()
+
+        monkeypatch.setattr(synthesis_mod, "generate", stop)
+        code, err = run_cli(capsys, "generate", str(run_dir), "-o", str(tmp_path / "o.wav"), "--seconds", "0.01",
+                            "--backend", "torch", "--device", "cpu")  # fmt: skip
+        assert code == status and "Traceback" not in err and "error:" not in err, err
+        assert says in err and not (tmp_path / "o.wav").exists()

@@ -24,6 +24,10 @@ from typing import Sequence
 __all__ = ["main"]
 
 EXIT_USER_ERROR = 2
+#: Ctrl-C (128 + SIGINT, as a shell reports it)
+EXIT_INTERRUPTED = 130
+#: the reader of standard output went away (128 + SIGPIPE, as a shell reports a tool it stopped)
+EXIT_BROKEN_PIPE = 141
 
 
 def _fail(msg: str) -> "SystemExit":
@@ -392,6 +396,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         {"generate": _generate, "eval": _eval, "info": _info, "vocode": _vocode, "models": _models}[args.command](args)
+    except BrokenPipeError:
+        # the reader of standard output went away (``wavedil vocode --stream -o - | head``): stop quietly,
+        # as command-line tools do, and keep Python from failing again on flushing stdout at exit
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (AttributeError, OSError, ValueError):  # stdout is not a file (captured)
+            pass
+        raise SystemExit(EXIT_BROKEN_PIPE) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"interrupted: wavedil {args.command} stopped (output files are written whole or not at all)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except (ValueError, OSError) as exc:
         if debug:
             raise

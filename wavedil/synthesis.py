@@ -278,6 +278,8 @@ def generate_to_files(
     ckpt, sr = src.checkpoint, src.sample_rate
     temperature = sampling_temperature(src, temperature)
     n = int(round(seconds * sr))
+    if n < 1:
+        raise ValueError(f"--seconds {seconds} is less than one sample at {sr} Hz: give at least {1 / sr:g}")
     if n > MAX_SAMPLES:
         raise ValueError(f"--seconds {seconds} is {n:,} samples at {sr} Hz; the limit is {MAX_SAMPLES:,}")
     if n * batch > MAX_TOTAL_SAMPLES:
