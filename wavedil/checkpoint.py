@@ -32,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointWriteError",
     "LoadedCheckpoint",
+    "recorded_sample_rate",
     "save_checkpoint",
     "resolve_checkpoint",
     "open_checkpoint",
@@ -213,18 +214,27 @@ def _unsafe_object(exc: BaseException) -> str | None:
     return None
 
 
+def recorded_sample_rate(ckpt: dict[str, Any]) -> int | None:
+    """The rate (Hz) a checkpoint's contents record: its ``sample_rate``, else its model's mel
+    settings', else its run's ``data.sample_rate``; None where none holds a valid rate."""
+    mcfg, config = ckpt.get("model_config"), ckpt.get("config")
+    mel = mcfg.get("mel") if isinstance(mcfg, dict) else None
+    data = config.get("data") if isinstance(config, dict) else None
+    for source in (ckpt, mel, data):
+        rate = source.get("sample_rate") if isinstance(source, dict) else None
+        if isinstance(rate, int) and not isinstance(rate, bool) and 0 < rate <= _MAX_SAMPLE_RATE:
+            return rate
+    return None
+
+
 def _checked_sample_rate(ckpt: dict[str, Any], path: Path) -> None:
     """Check ``ckpt["sample_rate"]`` (a positive int), or fill it in from the model's or the run's
-    config when missing; warn when it cannot be known."""
+    config when missing (:func:`recorded_sample_rate`); warn when it cannot be known."""
     if ckpt.get("sample_rate") is None:
-        mcfg = ckpt.get("model_config")
-        mel = mcfg.get("mel") if isinstance(mcfg, dict) else None
-        data = (ckpt.get("config") or {}).get("data") if isinstance(ckpt.get("config"), dict) else None
-        for source in (mel, data):
-            rate = source.get("sample_rate") if isinstance(source, dict) else None
-            if isinstance(rate, int) and not isinstance(rate, bool) and 0 < rate <= _MAX_SAMPLE_RATE:
-                ckpt["sample_rate"] = rate
-                return
+        rate = recorded_sample_rate(ckpt)
+        if rate is not None:
+            ckpt["sample_rate"] = rate
+            return
         log.warning(
             "checkpoint '%s' records no sample_rate: assuming %d Hz (if it was trained at another rate, "
             "its audio will play at the wrong speed)", path, _DEFAULT_SAMPLE_RATE,

@@ -191,9 +191,9 @@ def _vocode(args: argparse.Namespace) -> None:
     try:
         res = vocode_file(
             target, args.input, args.output, temperature=args.temperature, seed=args.seed,
-            speaker=args.speaker, save_mel=args.save_mel,
-            max_seconds=VOCODE_MAX_SECONDS if args.max_seconds is None else args.max_seconds, backend=args.backend,
-            weights=args.weights, device=args.device, use_ema=not args.no_ema, progress=progress,
+            speaker=args.speaker, save_mel=args.save_mel, backend=args.backend, weights=args.weights,
+            device=args.device, use_ema=not args.no_ema, progress=progress,
+            **({} if args.max_seconds is None else {"max_seconds": args.max_seconds}),  # else vocode_file's default
         )  # fmt: skip
     finally:
         progress.close()
@@ -234,63 +234,7 @@ def _info(args: argparse.Namespace) -> None:
     if args.target is None and args.model is None:
         raise ValueError("give a checkpoint, a model config name (tiny, small, base, ref30), a YAML file, or --model NAME")
     target = args.target if args.model is None else _model_target(None, args.model, "model")
-    if not _is_model_yaml(target):
-        print(describe_model(target, args.sample_rate).text())
-        return
-    _load_model_yaml(Path(target))
-    try:
-        description = describe_model(target, args.sample_rate)
-    except ValueError as exc:
-        raise ValueError(f"model config YAML '{target}': {exc}") from None
-    print(description.text())
-
-
-_INFO_TARGETS = ("give a checkpoint (.pt), a run folder, a model config name (tiny, small, base, ref30) or a YAML "
-                 "file of model options such as conf/model/small.yaml")
-
-
-def _is_model_yaml(target: str) -> bool:
-    """Whether ``info`` reads ``target`` as a model config YAML: an existing file, not a ``.pt`` checkpoint
-    (the rule of :func:`wavedil.describe.describe_model`)."""
-    return not target.endswith(".pt") and Path(target).is_file()
-
-
-def _yaml_problem(exc: BaseException) -> str:
-    """What a YAML reader's error says, in one line (with the line and column where the parser has them)."""
-    if isinstance(exc, UnicodeDecodeError):
-        return f"it is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
-    if mark is not None and problem:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _load_model_yaml(path: Path) -> None:
-    """Parse ``info``'s YAML file first, so that a file which is not YAML of model options is named.
-
-    Raises:
-        ValueError: the file is not UTF-8 text, not valid YAML, or not a mapping of options; the
-            message names the file, the parser's complaint and what ``info`` accepts.
-        OSError: the file cannot be read (its own message names it).
-    """
-    import yaml
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        loaded = OmegaConf.load(path)
-    except OSError as exc:
-        if exc.errno is not None:  # unreadable: the system's message names the file
-            raise
-        problem = _yaml_problem(exc)  # OmegaConf's "Invalid loaded object type": a bare number or the like
-    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException, ValueError, TypeError) as exc:
-        problem = _yaml_problem(exc)
-    else:
-        if isinstance(loaded, DictConfig):
-            return
-        problem = "it holds a list, not model options (name: value lines)"  # OmegaConf.load: a DictConfig or a ListConfig
-    raise ValueError(f"'{path}' is not a valid model config YAML ({problem}); {_INFO_TARGETS}")
+    print(describe_model(target, args.sample_rate).text())
 
 
 # ----------------------------------------------------------------------------- models
@@ -305,8 +249,6 @@ def _models(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-#: ``vocode``'s default longest input (seconds) of a whole file; a stream has no default limit
-VOCODE_MAX_SECONDS = 600.0
 _BACKEND_HELP = "generation back-end: auto (fast when it can run the model, else torch), torch, fast"
 _WEIGHTS_HELP = "weight mode of the back-end (default fp32; bf16 and int8 need the fast back-end)"
 _MODEL_HELP = "a bundled pretrained model by name, instead of a checkpoint (wavedil models lists them)"
@@ -367,7 +309,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--speaker", default=None, help="speaker, for a speaker-conditioned vocoder")
     v.add_argument("--save-mel", default=None, help="also write the input's log-mel (n_mels, frames) to this .npy")
     v.add_argument("--max-seconds", type=float, default=None,
-                   help=f"refuse longer inputs (default {VOCODE_MAX_SECONDS:g}; with --stream: no limit)")  # fmt: skip
+                   help="refuse longer inputs (default 600; with --stream: no limit)")  # fmt: skip
     v.add_argument("--backend", default="auto", help=_BACKEND_HELP)
     v.add_argument("--weights", default="fp32", choices=WEIGHT_MODES, help=_WEIGHTS_HELP)
     v.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

@@ -79,7 +79,8 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
 
     Raises:
         ValueError: ``target`` is none of these (the message lists the config names), an unusable
-            checkpoint, or ``sample_rate`` is not positive.
+            checkpoint, a YAML file that is not valid YAML of model options (named, with the
+            parser's complaint), or ``sample_rate`` is not positive.
     """
     if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1):
         raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
@@ -103,15 +104,61 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
                 f"licence           {card.get('licence', 'not recorded')} (see {src.pretrained.folder / 'MODEL_CARD.md'})"
             )
         return ModelDescription(model, source, sr)
-    from omegaconf import OmegaConf
-
     from .config import CONF_DIR, model_config, model_preset
 
     path = Path(text)
     if path.is_file():
-        return ModelDescription(WaveNet(model_config(OmegaConf.load(path))), f"model config {path}", sample_rate or 16000)
+        options = _load_model_yaml(path)
+        try:
+            model = WaveNet(model_config(options))
+        except ValueError as exc:
+            raise ValueError(f"model config YAML '{text}': {exc}") from None
+        return ModelDescription(model, f"model config {path}", sample_rate or 16000)
     names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
     if text not in names:
         raise ValueError(f"'{text}' is neither a checkpoint (.pt), a YAML file nor a model config {names}")
     preset = CONF_DIR / "model" / f"{text}.yaml"
     return ModelDescription(WaveNet(model_preset(text)), f"model config {preset}", sample_rate or 16000)
+
+
+#: what :func:`describe_model` (``wavedil info``) accepts, for its messages
+_TARGETS = ("give a checkpoint (.pt), a run folder, a model config name (tiny, small, base, ref30) or a YAML "
+            "file of model options such as conf/model/small.yaml")
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """What a YAML reader's error says, in one line (with the line and column where the parser has them)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"it is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if mark is not None and problem:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _load_model_yaml(path: Path):
+    """The model options of YAML file ``path`` (a ``DictConfig``), or an error naming the file.
+
+    Raises:
+        ValueError: the file is not UTF-8 text, not valid YAML, or not a mapping of options; the
+            message names the file, the parser's complaint and what ``info`` accepts.
+        OSError: the file cannot be read (its own message names it).
+    """
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        loaded = OmegaConf.load(path)
+    except OSError as exc:
+        if exc.errno is not None:  # unreadable: the system's message names the file
+            raise
+        problem = _yaml_problem(exc)  # OmegaConf's "Invalid loaded object type": a bare number or the like
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException, ValueError, TypeError) as exc:
+        problem = _yaml_problem(exc)
+    else:
+        if isinstance(loaded, DictConfig):
+            return loaded
+        problem = "it holds a list, not model options (name: value lines)"  # OmegaConf.load: a DictConfig or a ListConfig
+    raise ValueError(f"'{path}' is not a valid model config YAML ({problem}); {_TARGETS}")

@@ -33,7 +33,7 @@ from .conditioning import MelSpec
 from .data import file_mel
 from .generate import MAX_SAMPLES, MAX_TOTAL_SAMPLES, generate
 from .model import WaveNet
-from .vocoder_stream import StreamStats, vocode_stream
+from .vocoder_stream import StreamStats, check_max_seconds, vocode_stream
 from .pretrained import ModelSource, open_model, sampling_temperature
 
 __all__ = [
@@ -365,11 +365,6 @@ def _open_vocoder(
     return model, src
 
 
-def _check_max_seconds(max_seconds: float | None) -> None:
-    if max_seconds is not None and not max_seconds > 0:  # NaN too
-        raise ValueError(f"--max-seconds must be a positive number, got {max_seconds}")
-
-
 def vocode_stream_file(
     checkpoint: str | os.PathLike,
     source: str | os.PathLike,
@@ -410,7 +405,7 @@ def vocode_stream_file(
             "--save-mel does not apply to --stream: the stream already is log-mel frames (keep a copy of it, "
             "e.g. with tee, or vocode an audio file without --stream to save its log-mel)"
         )
-    _check_max_seconds(max_seconds)
+    check_max_seconds(max_seconds)
     from_stdin = str(source) == "-"
     if str(output) != "-":
         out = check_output_path(output)
@@ -496,7 +491,7 @@ def vocode_file(
                     f"{out.with_name(out.stem + '_mel.npy')}"
                 )
         mel_out = _check_mel_path(mel_out)
-    _check_max_seconds(max_seconds)
+    check_max_seconds(max_seconds)
     model, src = _open_vocoder(checkpoint, device, use_ema)
     temperature = sampling_temperature(src, temperature)
     speaker_id = resolve_speaker(model, speaker)

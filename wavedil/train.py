@@ -49,6 +49,7 @@ from .checkpoint import (
     list_checkpoints,
     newest_good_checkpoint,
     open_checkpoint,
+    recorded_sample_rate as _checkpoint_sample_rate,
     save_checkpoint,
     step_from_name,
 )
@@ -327,16 +328,6 @@ def _check_resume_matches(
         raise CheckpointError(f"checkpoint '{path}' does not match the model config ({details}): {advice}")
 
 
-def _checkpoint_sample_rate(ckpt: dict) -> int | None:
-    """The rate a checkpoint was trained at: its ``sample_rate``, else its config's ``data.sample_rate``."""
-    rate = ckpt.get("sample_rate")
-    if rate is None:
-        config = ckpt.get("config")
-        data = config.get("data") if isinstance(config, dict) else None
-        rate = data.get("sample_rate") if isinstance(data, dict) else None
-    return rate if isinstance(rate, int) and not isinstance(rate, bool) else None
-
-
 def _check_resume_data(ckpt: dict, dcfg: DataConfig, path: Path) -> None:
     """Refuse to resume ``ckpt`` under data settings that change what its model means.
 
@@ -349,7 +340,7 @@ def _check_resume_data(ckpt: dict, dcfg: DataConfig, path: Path) -> None:
     Raises:
         CheckpointError: the rates differ; the message names both, the checkpoint and the remedy.
     """
-    saved = _checkpoint_sample_rate(ckpt)
+    saved = _checkpoint_sample_rate(ckpt)  # filled in from the configs by load_checkpoint when missing
     if saved is not None and saved != dcfg.sample_rate:
         raise CheckpointError(
             f"checkpoint '{path}' was trained at {saved} Hz but data.sample_rate is {dcfg.sample_rate}: a resumed "

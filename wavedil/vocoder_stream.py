@@ -219,6 +219,12 @@ MAX_HEADER_BYTES = 10_000
 _NPY_MAGIC = b"\x93NUMPY"
 
 
+def check_max_seconds(max_seconds: float | None) -> None:
+    """``ValueError`` unless ``max_seconds`` (``--max-seconds``) is None (no limit) or a positive number (not NaN)."""
+    if max_seconds is not None and not max_seconds > 0:  # NaN too
+        raise ValueError(f"--max-seconds must be a positive number, got {max_seconds}")
+
+
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
     """``n`` bytes of ``stream``, fewer only at its end (a pipe may hand over less per ``read``)."""
     parts, got = [], 0
@@ -371,8 +377,7 @@ def vocode_stream(
         ValueError: a bad argument or output path (before any chunk is read), a bad chunk
             (:func:`iter_npy_chunks`), a stream without frames or longer than ``max_seconds``.
     """
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"--max-seconds must be a positive number, got {max_seconds}")
+    check_max_seconds(max_seconds)
     if str(output) != "-":
         output = check_output_path(output)  # before any work
     voc = StreamingVocoder(model, temperature=temperature, seed=seed, speaker=speaker, backend=backend,

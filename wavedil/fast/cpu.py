@@ -437,7 +437,7 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     ``(sum L, B, R)`` and the stream position after the run.
     """
     p = packed
-    wc, wres, wskip, h1, h2 = p.kernel_matrices
+    wc, wres, wskip, _, _ = p.kernel_matrices  # the head's matrices go to the pipeline in halves
     batch, n = out.shape
     two = threads >= 2
     ring = ring_from_state(packed, state)  # (sum L, B, R)
