@@ -585,6 +585,34 @@ def test_one_sequence_keeps_two_threads_after_a_slow_first_chunk():
     assert _ways([3.0], 6.0) == two + one + two + one * 13 + two + one * 3  # two threads stay slow
 
 
+@pytest.mark.parametrize("batch, threads, pipe_rows, grows", [(1, 1, None, True), (40, 2, None, True),
+                                                              (3, 2, 1, True), (3, 2, 3, False)])  # fmt: skip
+def test_chunks_of_slices_grow_except_with_local_conditioning(monkeypatch, batch, threads, pipe_rows, grows):
+    """Progress reports mark the chunks. Without ``chunk``: the first chunk is ``DEFAULT_CHUNK``
+    samples; later chunks of slices of rows (here: one thread, a batch of 40, a batch of 3 with
+    the pipeline off) grow with the rate measured (here: the rest at once), the pipeline's stay
+    (each moves work between its threads), and so do a vocoder's (they bound its bias table).
+    An explicit ``chunk`` fixes them. The samples are the same every way."""
+    import wavedil.fast.cpu as cpu
+
+    monkeypatch.setattr(cpu, "CHUNK_SECONDS", 1e9)  # any measured rate: the rest in one chunk
+    n, first = 6000, cpu.DEFAULT_CHUNK // batch
+    for output, mel in [("mulaw", False), ("mol", True)]:
+        model = make_head_model(output, mel=mel)
+        kwargs = dict(seed=2, batch_size=batch, mel=random_mel(model, batch, n, seed=1))
+
+        def chunks(chunk: int | None) -> tuple[torch.Tensor, list[int]]:
+            seen: list[int] = []
+            backend = make_fast_backend(threads=threads, split=True, pipe_rows=pipe_rows, chunk=chunk)
+            return _fast_codes(backend, model, n, progress=seen.append, **kwargs), seen
+
+        got, seen = chunks(None)
+        ref, fixed = chunks(first * batch)
+        assert torch.equal(got, ref)
+        assert fixed == list(range(first, n, first)) + [n]
+        assert seen == ([first, n] if grows and not mel else fixed)
+
+
 def test_progress_reaches_the_end():
     seen: list[int] = []
     generate(make_model(), 300, batch_size=2, seed=0, backend="fast", progress=seen.append)

@@ -115,7 +115,7 @@ def make_fast_backend(
     threads: int | None = None,
     split: bool | None = None,
     row_block: int = ROW_BLOCK,
-    chunk: int = 1024,
+    chunk: int | None = None,
     pipe_rows: int | None = None,
 ) -> FastBackend:
     """A ``fast`` back-end with its own thread and blocking settings (see :class:`CpuOptions`).

@@ -89,6 +89,17 @@ PIPE_MAX_ROWS = {"fp32": 16, "bf16": 4, "int8": 1}
 PIPE_MEASURED_ROWS = 32
 #: A sequence re-measures the way it is not using every this many chunks.
 REPROBE_CHUNKS = 16
+#: Samples (over all rows) in a chunk of steps when :attr:`CpuOptions.chunk` is not set: the
+#: first chunk, the chunks that measure a way, and every chunk of a run with local
+#: conditioning (whose gate-bias table, ``chunk x NL x G`` floats, the chunk bounds).
+DEFAULT_CHUNK = 1024
+#: Without local conditioning, chunks of slices of rows (or of one thread) grow to about this
+#: many seconds once they have measured faster than the pipeline (or when it is not used).
+#: Every chunk on two threads starts one and waits for the slower: on the 2-core Xeon
+#: (AVX-512), ref30, alternated processes, growing chunks lifted ``int8`` at B = 16 by 4.5% and
+#: ``fp32`` at B = 256 with progress reports (chunks of 4 steps before) by 7%
+#: (``bench/README.md``).
+CHUNK_SECONDS = 0.1
 
 # "not used" values of run_rows' teacher-forcing arguments
 _NO_CODES = np.zeros((0, 0), np.int64)
@@ -142,9 +153,11 @@ class CpuOptions:
             sequence: with two threads or more; a batch: with exactly two): True, False, or
             None to decide by the model's size (:data:`SPLIT_MIN_WEIGHTS`).
         row_block: batch rows computed together per layer by one thread (:data:`ROW_BLOCK`).
-        chunk: samples per kernel call for a batch of one (the unit of ``progress`` reports and
-            of the two-thread/one-thread choice); a batch of ``B`` goes ``max(1, chunk // B)``
-            steps at a time.
+        chunk: samples per kernel call (the unit of ``progress`` reports and of the measured
+            choices between ways): a batch of ``B`` goes ``max(1, chunk // B)`` steps at a
+            time. None: :data:`DEFAULT_CHUNK` samples, except that without local conditioning
+            chunks of slices of rows that measured faster than the pipeline (or run without
+            it) grow to about :data:`CHUNK_SECONDS`.
         pipe_rows: None: batches of at most :data:`PIPE_MEASURED_ROWS` rows run on the
             pipeline or by slices, whichever measures faster (starting from
             :data:`PIPE_MAX_ROWS`); an integer: exactly the batches of at most this many rows
@@ -156,7 +169,7 @@ class CpuOptions:
         threads: int | None = None,
         split: bool | None = None,
         row_block: int = ROW_BLOCK,
-        chunk: int = 1024,
+        chunk: int | None = None,
         pipe_rows: int | None = None,
     ) -> None:
         if threads is not None:
@@ -166,12 +179,22 @@ class CpuOptions:
         if pipe_rows is not None:
             _check_int("pipe_rows", pipe_rows, 1)
         _check_int("row_block", row_block, 1)
-        _check_int("chunk", chunk, 1)
+        if chunk is not None:
+            _check_int("chunk", chunk, 1)
         self.threads = threads
         self.split = split
         self.row_block = row_block
         self.chunk = chunk
         self.pipe_rows = pipe_rows
+
+    def chunk_steps(self, batch: int, per_step: bool, rate: float | None = None) -> int:
+        """Steps of the next chunk for a batch of ``batch`` rows: ``chunk // batch`` (at least
+        one), or, with ``chunk`` unset, no local conditioning (``per_step`` False) and ``rate``
+        (steps per second of this chunk's way, measured), about :data:`CHUNK_SECONDS` of them."""
+        base = max(1, (DEFAULT_CHUNK if self.chunk is None else self.chunk) // batch)
+        if self.chunk is not None or per_step or rate is None:
+            return base
+        return max(base, int(rate * CHUNK_SECONDS))
 
     def resolve_threads(self) -> int:
         """Threads to use now: ``threads``, or torch's intra-op count, capped at the usable CPUs."""
@@ -400,13 +423,17 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     ring = ring_from_state(packed, state)
     run = _run_slices(kern, packed, ring, lg, u, temp, greedy, out, n_total, options.row_block,
                       _row_slices(batch, threads))  # fmt: skip
-    # per-step biases (local conditioning) come in chunks of about options.chunk samples
+    # one chunk unless there are progress reports or per-step biases (local conditioning)
     per_step = bias_for.per_step
-    step = n if progress is None and not per_step else max(1, options.chunk // batch)
-    pos = state.pos
-    for t0 in range(0, n, step):
-        t1 = min(n, t0 + step)
-        pos = run(t0, t1, pos, bias_for(t0, t1))
+    whole = progress is None and not per_step
+    pos, t0, rate = state.pos, 0, None
+    while t0 < n:
+        t1 = n if whole else min(n, t0 + options.chunk_steps(batch, per_step, rate))
+        table = bias_for(t0, t1)
+        start = time.perf_counter()
+        pos = run(t0, t1, pos, table)
+        rate = (t1 - t0) / max(time.perf_counter() - start, 1e-9)
+        t0 = t1
         if progress is not None:
             progress(t1)
     return ring, pos
@@ -433,7 +460,7 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     descheduled. More than two threads are not used: the pipeline has two roles.
 
     ``lg (B, P)`` (ends as the head parameters after the last forward pass), ``u (N, B, U)``,
-    ``out (B, N)``; a chunk is ``options.chunk // B`` steps (at least one). Returns the ring
+    ``out (B, N)``; chunks of steps as :meth:`CpuOptions.chunk_steps` sets them. Returns the ring
     ``(sum L, B, R)`` and the stream position after the run.
     """
     p = packed
@@ -443,7 +470,6 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     ring = ring_from_state(packed, state)  # (sum L, B, R)
     per_step = bias_for.per_step
     static = bias_for.static  # (1, B or 1, NL, G): the biases without local conditioning
-    chunk = max(1, options.chunk // batch)
     other = _run_slices(kern, packed, ring, lg, u, temp, greedy, out, n_total, options.row_block,
                         _row_slices(batch, 1 if batch == 1 else threads))  # fmt: skip
     probe = two and (batch == 1 or measured)
@@ -481,7 +507,10 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
         use_two = packed.tuning.get(("pipe_way", batch), batch <= PIPE_MAX_ROWS[packed.weights])
     pos, t, chunks, rechecked = state.pos, 0, 0, False
     while t < n:
-        t1 = min(n, t + chunk)
+        # slices (or one thread) that measured faster, or that are the only way, run long
+        # chunks; pipeline chunks stay short: each moves work between its threads (_balance)
+        settled = not use_two and (not probe or (len(rate) == 2 and not max(rate, key=rate.get)))
+        t1 = min(n, t + options.chunk_steps(batch, per_step, rate.get(use_two) if settled else None))
         table = bias_for(t, t1) if per_step else static  # outside the timing: the same for both ways
         start = time.perf_counter()
         if use_two:
