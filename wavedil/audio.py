@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import operator
 import os
 import shutil
 import stat
@@ -71,17 +72,57 @@ TRUNCATED_POLICIES: tuple[str, ...] = ("warn", "error", "accept")
 
 
 def _check_classes(quantization_channels: int) -> None:
-    if not isinstance(quantization_channels, int) or quantization_channels < 2:
+    if isinstance(quantization_channels, bool) or not isinstance(quantization_channels, int) or quantization_channels < 2:
         raise ValueError(
             f"quantization_channels must be an integer >= 2, got {quantization_channels!r}"
         )
+
+
+def _as_int(value: object) -> int | None:
+    """``value`` as an ``int`` when it is an integer (numpy and 0-dim torch integers too, not a bool)."""
+    if isinstance(value, (bool, float)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _check_wave(x: torch.Tensor, name: str = "x") -> None:
+    """``x`` must be a float waveform tensor without NaN (values outside [-1, 1] are clipped later)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor waveform in [-1, 1], got {type(x).__name__}")
+    if not x.is_floating_point():
+        hint = ": divide 16-bit PCM by 32768 first" if x.dtype in (torch.int16, torch.int32, torch.int64) else ""
+        raise ValueError(f"{name} must be a float waveform in [-1, 1], got dtype {x.dtype}{hint}")
+    if x.numel() and bool(torch.isnan(x).any()):
+        raise ValueError(f"{name} holds {int(torch.isnan(x).sum())} NaN values of {x.numel()}: a waveform must be finite")
+
+
+def _check_codes(codes: torch.Tensor, quantization_channels: int, name: str = "codes") -> None:
+    """``codes`` must be an integer tensor with every code in ``[0, Q)``."""
+    if not isinstance(codes, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of integer codes, got {type(codes).__name__}")
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise ValueError(
+            f"{name} must hold integer codes in [0, {quantization_channels}), got dtype {codes.dtype}: "
+            "decode turns codes into a waveform (encode a waveform first)"
+        )
+    if codes.numel():
+        lo, hi = (int(v) for v in torch.aminmax(codes))
+        if lo < 0 or hi >= quantization_channels:
+            raise ValueError(
+                f"{name} must lie in [0, {quantization_channels}) for quantization_channels={quantization_channels}, "
+                f"got range [{lo}, {hi}]"
+            )
 
 
 def mu_law_encode(x: torch.Tensor, quantization_channels: int = 256) -> torch.Tensor:
     """Quantise a waveform in [-1, 1] to mu-law codes.
 
     Args:
-        x: float waveform of any shape, e.g. ``(B, T)``; values are clipped to [-1, 1].
+        x: float waveform of any shape, e.g. ``(B, T)``; values are clipped to [-1, 1]. Integer
+            PCM and NaN are refused (``ValueError``): divide 16-bit PCM by 32768 first.
         quantization_channels: number of classes Q (256 for 8-bit mu-law).
 
     Returns:
@@ -91,12 +132,17 @@ def mu_law_encode(x: torch.Tensor, quantization_channels: int = 256) -> torch.Te
     [0, 128, 255]
     """
     _check_classes(quantization_channels)
+    _check_wave(x)
     return AF.mu_law_encoding(x.clamp(-1.0, 1.0), quantization_channels).long()
 
 
 def mu_law_decode(codes: torch.Tensor, quantization_channels: int = 256) -> torch.Tensor:
-    """Map mu-law codes in ``[0, Q)`` back to a float waveform in [-1, 1] (same shape)."""
+    """Map mu-law codes in ``[0, Q)`` back to a float waveform in [-1, 1] (same shape).
+
+    Float codes or codes outside ``[0, Q)`` raise ``ValueError`` (they would decode outside [-1, 1]).
+    """
     _check_classes(quantization_channels)
+    _check_codes(codes, quantization_channels)
     return AF.mu_law_decoding(codes, quantization_channels).float()
 
 
@@ -120,6 +166,7 @@ def linear_encode(x: torch.Tensor, quantization_channels: int = 65536) -> torch.
     _check_classes(quantization_channels)
     if quantization_channels % 2:
         raise ValueError(f"linear quantisation needs an even number of bins, got {quantization_channels}")
+    _check_wave(x)
     half = quantization_channels // 2
     codes = torch.round((x.double().clamp(-1.0, 1.0) + 1.0) * half)
     return codes.clamp_(0, quantization_channels - 1).long()
@@ -128,6 +175,9 @@ def linear_encode(x: torch.Tensor, quantization_channels: int = 65536) -> torch.
 def linear_decode(codes: torch.Tensor, quantization_channels: int = 65536) -> torch.Tensor:
     """Bin centres ``2 i / Q - 1`` of linear codes ``i`` (same shape, float32, in ``[-1, 1)``)."""
     _check_classes(quantization_channels)
+    if quantization_channels % 2:
+        raise ValueError(f"linear quantisation needs an even number of bins, got {quantization_channels}")
+    _check_codes(codes, quantization_channels)
     half = quantization_channels // 2
     return (codes.double() / half - 1.0).float()
 
@@ -271,6 +321,15 @@ def read_audio(
     """
     if truncated not in TRUNCATED_POLICIES:
         raise ValueError(f"truncated must be one of {TRUNCATED_POLICIES}, got {truncated!r}")
+    if sample_rate is not None:
+        rate = _as_int(sample_rate)
+        if rate is None or rate < 1:
+            raise ValueError(f"sample_rate must be a positive integer (Hz) or None (the file's rate), got {sample_rate!r}")
+        sample_rate = rate
+    for name, value in (("start", start), ("frames", frames)):
+        if _as_int(value) is None:
+            raise ValueError(f"{name} must be an integer (frames of the file), got {value!r}")
+    start, frames = _as_int(start), _as_int(frames)
     path = Path(path)
     problem = _file_problem(path)
     if problem == "does not exist":
@@ -347,16 +406,25 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) ->
     previous file of that name untouched and no partial or temporary file behind.
 
     Raises:
-        ValueError: ``wav`` is not mono, ``sample_rate`` is not positive, or soundfile cannot
-            encode the extension's format.
+        ValueError: ``wav`` is not a mono float tensor (integer codes: decode them first),
+            ``sample_rate`` is not a positive integer, or soundfile cannot encode the extension's format.
         AudioWriteError: the file could not be written (an :class:`OSError` naming the path and
             what to do: free space, or another folder).
     """
     path = Path(path)
+    if not isinstance(wav, torch.Tensor):
+        raise ValueError(f"write_audio expects a torch.Tensor waveform (T,), got {type(wav).__name__}")
     if wav.dim() != 1:
         raise ValueError(f"write_audio expects a mono waveform (T,), got shape {tuple(wav.shape)}")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if not wav.is_floating_point():
+        raise ValueError(
+            f"write_audio expects a float waveform in [-1, 1], got dtype {wav.dtype}: turn codes into audio with "
+            "wavedil.decode(codes, model.encoding, model.quantization_channels) first"
+        )
+    rate = _as_int(sample_rate)
+    if rate is None or rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate!r} (an integer number of Hz)")
+    sample_rate = rate
     data = torch.nan_to_num(wav.detach().float().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
     data = data.clamp(-1.0, 1.0).numpy()
     fmt = (path.suffix.lstrip(".") or "wav").upper()

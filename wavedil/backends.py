@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import operator
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,7 +48,14 @@ __all__ = [
     "teacher_forcing_inputs",
     "unregister_backend",
     "check_weights",
+    "check_seed",
+    "check_temperature",
+    "resolve_device",
+    "MAX_SEED",
 ]
+
+#: Largest seed a generator takes (``torch.Generator.manual_seed``: 64 bits, unsigned).
+MAX_SEED = 2**64 - 1
 
 #: How a back-end may store the weights of generation. ``fp32`` is exact (the reference's
 #: arithmetic); ``bf16`` keeps 16 bits per weight (bfloat16), ``int8`` 8 bits with one float32
@@ -66,6 +74,60 @@ def check_weights(weights: str) -> str:
     if weights not in WEIGHT_MODES:
         raise ValueError(f"weights must be one of {list(WEIGHT_MODES)}, got {weights!r}")
     return weights
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as an ``int`` in ``[0, MAX_SEED]`` (numpy / 0-dim torch integers too); else a
+    ``ValueError`` naming it. A float is refused, not rounded: 1.5 and 1 would draw the same audio."""
+    value = None
+    if not isinstance(seed, (bool, float)):
+        try:
+            value = operator.index(seed)
+        except TypeError:
+            value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, 2**64 - 1], got {seed!r}")
+    return value
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device that ``--device`` names: ``cpu``, ``cuda`` or ``cuda:N``; None (or ``""``)
+    picks cuda when a GPU is available, else cpu.
+
+    Raises:
+        ValueError: naming ``--device`` and its value: not a device, a device type wavedil does not
+            sample on, or cuda where no (such) CUDA GPU is available; the message lists what works.
+    """
+    if device is None or (isinstance(device, str) and not device.strip()):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    works = "cpu" + (f", cuda, or cuda:0 .. cuda:{gpus - 1}" if gpus else " (no CUDA GPU is available here)")
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(str(device).strip().lower())
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {str(device)!r} is not a device: use {works}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: wavedil samples on cpu or cuda only; use {works}")
+    if dev.type == "cuda" and not gpus:
+        raise ValueError(
+            f"--device {device} but no CUDA GPU is available here: use --device cpu (or leave --device out)"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= gpus:
+        raise ValueError(f"--device {device} but this machine has {gpus} CUDA GPU(s): use {works}")
+    return dev
+
+
+def check_temperature(temperature: object) -> float:
+    """``temperature`` as a float ``>= 0`` and finite (0: greedy); else a ``ValueError`` naming it."""
+    value = float("nan")
+    if not isinstance(temperature, (str, bytes, bool)) and temperature is not None:
+        try:
+            value = float(temperature)
+        except (TypeError, ValueError, RuntimeError):
+            value = float("nan")
+    if not (value >= 0 and value < float("inf")):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    return value
 
 
 @dataclass(frozen=True)

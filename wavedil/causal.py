@@ -21,8 +21,9 @@ A stack of such layers sees ``1 + (k - 1) * sum(dilations)`` samples (its recept
 
 from __future__ import annotations
 
+import operator
 import warnings
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -50,13 +51,34 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
 
 def check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
     """``dilations`` as a tuple of ints ``>= 1`` (at least one); else a ``ValueError`` with the offender."""
+    if isinstance(dilations, (str, bytes)) or not isinstance(dilations, Iterable):
+        raise ValueError(f"dilations must be a sequence of integers such as (1, 2, 4, 8), got {dilations!r}")
     dilations = tuple(dilations)
     if len(dilations) == 0:
         raise ValueError("dilations must hold at least one layer, got an empty sequence")
+    out = []
     for i, d in enumerate(dilations):
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        # ints, and integer scalars of numpy / torch (their __index__), but never a float or a bool
+        value = None if isinstance(d, bool) or (hasattr(d, "dtype") and not _integral_dtype(d)) else _as_index(d)
+        if value is None or value < 1:
             raise ValueError(f"dilations[{i}] must be an integer >= 1, got {d!r} in {dilations}")
-    return dilations
+        out.append(value)
+    return tuple(out)
+
+
+def _integral_dtype(value: object) -> bool:
+    kind = getattr(getattr(value, "dtype", None), "kind", None)  # numpy
+    if kind is not None:
+        return kind in "iu"
+    dtype = getattr(value, "dtype", None)
+    return isinstance(dtype, torch.dtype) and not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+
+
+def _as_index(value: object) -> int | None:
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def causal_padding(kernel_size: int, dilation: int) -> int:

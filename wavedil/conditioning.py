@@ -106,6 +106,8 @@ class MelSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown MelSpec keys {unknown}; valid keys are {sorted(known)}")
+        if "sample_rate" not in d:
+            raise ValueError(f"a MelSpec needs sample_rate (Hz), got only {sorted(d)}; valid keys are {sorted(known)}")
         return cls(**d)
 
 
@@ -182,6 +184,12 @@ def log_mel(
     if not isinstance(wav, torch.Tensor) or wav.dim() not in (1, 2):
         shape = tuple(wav.shape) if isinstance(wav, torch.Tensor) else type(wav).__name__
         raise ValueError(f"wav must be a tensor (T,) or (B, T), got {shape}")
+    if not wav.is_floating_point():
+        raise ValueError(
+            f"wav must be a float waveform in [-1, 1], got dtype {wav.dtype}: divide 16-bit PCM by 32768 first"
+        )
+    if not isinstance(spec, MelSpec):
+        raise ValueError(f"spec must be a MelSpec (e.g. model.mel_spec or MelSpec.from_dict(d)), got {type(spec).__name__}")
     if isinstance(first_frame, bool) or not isinstance(first_frame, int):
         raise ValueError(f"first_frame must be an integer, got {first_frame!r}")
     if n_frames is None:
@@ -191,6 +199,8 @@ def log_mel(
     _positive_int("n_frames", n_frames)
     start, end = mel_span(spec, first_frame, n_frames)
     span = _zero_extended(wav.float(), start, end)  # (..., (n_frames - 1) * hop + n_fft)
+    if not bool(torch.isfinite(span).all()):  # one NaN sample would make whole frames NaN
+        raise ValueError("wav holds NaN or infinite samples where these frames read it: a waveform must be finite")
     mel = _mel_transform(spec, str(wav.device))(span)  # (..., n_mels, n_frames)
     return torch.log(torch.clamp(mel, min=LOG_FLOOR))
 
@@ -350,12 +360,20 @@ class Upsampler(nn.Module):
         Raises:
             ValueError: wrong shape or channels, negative ``crop``, or ``M - 2 * crop < 1``.
         """
-        if mel.dim() != 3 or mel.shape[1] != self.in_channels:
+        if not isinstance(mel, torch.Tensor) or mel.dim() != 3 or mel.shape[1] != self.in_channels:
+            if not isinstance(mel, torch.Tensor):
+                raise ValueError(f"mel must be a torch.Tensor (B, {self.in_channels}, M), got {type(mel).__name__}")
             raise ValueError(
                 f"mel must be (B, {self.in_channels}, M), got shape {tuple(mel.shape)}"
             )
         if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
             raise ValueError(f"crop must be a non-negative integer (frames), got {crop!r}")
+        weight = next(self.parameters(), None)
+        if weight is not None and (mel.dtype != weight.dtype or mel.device != weight.device):
+            raise ValueError(
+                f"mel is {mel.dtype} on {mel.device} but the upsampler's weights are {weight.dtype} on "
+                f"{weight.device}: convert it with mel.to({weight.dtype}) (log-mel frames are float)"
+            )
         m = mel.shape[-1]
         if m - 2 * crop < 1:
             raise ValueError(

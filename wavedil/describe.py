@@ -86,6 +86,9 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
         raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     from .pretrained import open_model, pretrained_name
 
+    if not isinstance(target, (str, os.PathLike)):
+        hint = ": for a model in memory, print(model) or use model.num_parameters() and model.receptive_field" if isinstance(target, WaveNet) else ""
+        raise ValueError(f"target must be a path or a name (str), got {type(target).__name__}; {_TARGETS}{hint}")
     text = str(target)
     if text.endswith(".pt") or Path(text).is_dir() or pretrained_name(text) is not None:
         from .checkpoint import model_from_checkpoint

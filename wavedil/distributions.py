@@ -61,6 +61,23 @@ def sample_categorical(logits: torch.Tensor, u: torch.Tensor, temperature: float
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _check_bins(codes: torch.Tensor, classes: int, name: str) -> None:
+    """A ``ValueError`` unless every code lies in ``[0, classes)`` (reads the codes once)."""
+    if codes.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(codes))
+    if lo < 0 or hi >= classes:
+        raise ValueError(f"{name} must hold bins in [0, {classes}), got range [{lo}, {hi}]")
+
+
 # --------------------------------------------------------------------------------------------
 # Output distributions (the model's head): categorical over mu-law codes, discretised mixture
 # of logistics and discretised Gaussian over linear (PCM) bins.
@@ -98,6 +115,7 @@ class OutputDistribution:
 
     def bits(self, params: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Negative log-likelihood in bits: the mean (float32 scalar), ``"sum"`` or ``"none"`` ``(N,)``."""
+        _check_reduction(reduction)
         nll = -self.log_prob(params, target) / LN2
         if reduction == "none":
             return nll
@@ -116,10 +134,33 @@ class OutputDistribution:
         raise NotImplementedError
 
     def _check_params(self, params: torch.Tensor) -> None:
-        if params.dim() != 2 or params.shape[1] != self.param_channels:
-            raise ValueError(
-                f"{self.name} head parameters must be (N, {self.param_channels}), got shape {tuple(params.shape)}"
-            )
+        if not isinstance(params, torch.Tensor) or params.dim() != 2 or params.shape[1] != self.param_channels:
+            got = tuple(params.shape) if isinstance(params, torch.Tensor) else type(params).__name__
+            raise ValueError(f"{self.name} head parameters must be (N, {self.param_channels}), got shape {got}")
+
+    def _check_target(self, params: torch.Tensor, target: torch.Tensor) -> None:
+        """``target`` must be ``(N,)`` integer bins for ``params (N, P)`` (O(1): no data read)."""
+        self._check_params(params)
+        if not isinstance(target, torch.Tensor) or target.shape != params.shape[:1]:
+            got = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+            raise ValueError(f"target must be ({params.shape[0]},) bins for params {tuple(params.shape)}, got {got}")
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise ValueError(f"target must hold integer bins in [0, {self.classes}), got dtype {target.dtype}")
+
+    def _check_sample(self, params: torch.Tensor, u: torch.Tensor, temperature: float) -> None:
+        """Shapes of ``params (N, P)`` and ``u (N,)`` / ``(N, U)``, and ``temperature``: O(1) per call."""
+        self._check_params(params)
+        U = self.uniforms_per_sample
+        if not isinstance(u, torch.Tensor) or u.shape[0] != params.shape[0] or u.numel() != params.shape[0] * U:
+            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            want = f"({params.shape[0]},)" if U == 1 else f"({params.shape[0]}, {U})"
+            raise ValueError(f"u must be {want} uniforms in [0, 1) for params {tuple(params.shape)}, got {got}")
+        if isinstance(temperature, torch.Tensor):
+            return  # a traced or exported step's input: checked where it was made
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            0 <= temperature < math.inf
+        ):
+            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(classes={self.classes})"
@@ -135,15 +176,26 @@ class Categorical(OutputDistribution):
         return self.classes
 
     def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return -F.cross_entropy(params.float(), target.long(), reduction="none")
+        return -self._cross_entropy(params, target, "none")
 
     def bits(self, params: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        return F.cross_entropy(params.float(), target.long(), reduction=reduction) / LN2
+        _check_reduction(reduction)
+        return self._cross_entropy(params, target, reduction) / LN2
+
+    def _cross_entropy(self, params: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+        self._check_target(params, target)
+        try:
+            return F.cross_entropy(params.float(), target.long(), reduction=reduction)
+        except IndexError:  # torch's "Target 300 is out of bounds": name the range
+            _check_bins(target, self.classes, "target")
+            raise
 
     def log_probs(self, params: torch.Tensor) -> torch.Tensor:
+        self._check_params(params)
         return torch.log_softmax(params.double(), dim=-1)
 
     def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        self._check_sample(params, u, temperature)
         return sample_categorical(params, u.reshape(params.shape[0], -1)[:, 0], temperature)
 
 
@@ -174,11 +226,17 @@ class _LinearBins(OutputDistribution):
 
     def __init__(self, classes: int, log_scale_min: float = -7.0) -> None:
         super().__init__(classes)
-        if not math.isfinite(log_scale_min):
+        if classes % 2:
+            raise ValueError(f"the {self.name} head needs an even quantization_channels, got {classes}")
+        if isinstance(log_scale_min, bool) or not isinstance(log_scale_min, (int, float)) or not math.isfinite(log_scale_min):
             raise ValueError(f"log_scale_min must be a finite number, got {log_scale_min!r}")
         self.log_scale_min = float(log_scale_min)
 
     def _edges(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        # an out-of-range bin would get a plausible, wrong density; on a GPU reading the check's
+        # result would stall the stream every training step, so there the targets are trusted
+        if target.device.type == "cpu" and not torch.compiler.is_compiling():
+            _check_bins(target, self.classes, "target")
         t = target.long()
         centre = t.double() * (2.0 / self.classes) - 1.0
         half = 1.0 / self.classes
@@ -218,6 +276,7 @@ class MixtureOfLogistics(_LinearBins):
         return p[:, :k], p[:, k : 2 * k], p[:, 2 * k :].clamp(min=self.log_scale_min)
 
     def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self._check_target(params, target)
         logit, mean, log_scale = self._split(params)
         lo, hi, first, last = self._edges(target)
         inv = torch.exp(-log_scale)
@@ -227,6 +286,7 @@ class MixtureOfLogistics(_LinearBins):
         return torch.logsumexp(torch.log_softmax(logit, dim=-1) + per, dim=-1)
 
     def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        self._check_sample(params, u, temperature)
         logit, mean, log_scale = self._split(params)
         u = u.reshape(params.shape[0], -1).double()
         if temperature == 0:
@@ -262,12 +322,14 @@ class Gaussian(_LinearBins):
         return p[:, 0], p[:, 1].clamp(min=self.log_scale_min)
 
     def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self._check_target(params, target)
         mean, log_scale = self._split(params)
         lo, hi, first, last = self._edges(target)
         inv = torch.exp(-log_scale)
         return _log_bin_mass(torch.special.log_ndtr, (lo - mean) * inv, (hi - mean) * inv, first, last)
 
     def sample(self, params: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        self._check_sample(params, u, temperature)
         mean, log_scale = self._split(params)
         if temperature == 0:
             return self._to_bin(mean)

@@ -398,6 +398,8 @@ def gather_items(
 
     from .data import AudioItem, CorpusError, load_corpus
 
+    if isinstance(audio, (str, os.PathLike)):
+        audio = [audio]  # one path, not its characters
     items: list[AudioItem] = []
     for src in audio:
         p = Path(src)
@@ -456,18 +458,29 @@ def evaluate_files(
             (:class:`~wavedil.data.CorpusError`), or files of speakers the model does not know.
     """
     from .audio import encode
+    from .backends import check_seed, check_weights
     from .checkpoint import model_from_checkpoint
-    from .data import file_mel, iter_file_audio, split_items
+    from .data import LAYOUTS, VCTK_MICS, file_mel, iter_file_audio, split_items
     from .pretrained import open_model, sampling_temperature
 
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
-    if not vocode_seconds >= 0:
-        raise ValueError(f"vocode_seconds must be >= 0, got {vocode_seconds}")
+    if isinstance(vocode_seconds, bool) or not isinstance(vocode_seconds, (int, float)) or not vocode_seconds >= 0:
+        raise ValueError(f"vocode_seconds must be >= 0, got {vocode_seconds!r}")
+    if isinstance(audio, (str, os.PathLike)):
+        audio = [audio]  # one path, not a sequence of one-character paths
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    if mic not in VCTK_MICS:
+        raise ValueError(f"mic must be one of {list(VCTK_MICS)}, got {mic!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1 (samples per streamed chunk), got {chunk!r}")
+    seed = check_seed(seed)
+    check_weights(weights)
     src = open_model(checkpoint)
     temperature = sampling_temperature(src, temperature)
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be >= 0 (0: greedy) and finite, got {temperature!r}")
     ckpt = src.checkpoint
     sr = int(ckpt.get("sample_rate", 16000))
     items = gather_items(audio, layout, mic)

@@ -54,8 +54,12 @@ __all__ = [
     "to_exported_program",
     "to_onnx",
     "ONNX_PACKAGES",
+    "MIN_ONNX_OPSET",
     "require_packages",
 ]
+
+#: The oldest ONNX opset torch's exporter writes: it converts a lower request and may fail doing so.
+MIN_ONNX_OPSET = 18
 
 #: What ``to_onnx`` imports (the ``wavedil[onnx]`` extra); onnxruntime is only needed to run the file.
 ONNX_PACKAGES = ("onnx", "onnxscript")
@@ -126,6 +130,10 @@ class StreamingStep(nn.Module):
             local_cond = local_cond.transpose(1, 2) if local_cond is not None else None
         if not torch.jit.is_tracing():  # a trace sees shapes as tensors; it checked its own example
             self._check_chunk(x)
+            if isinstance(pos, torch.Tensor) and (pos.dim() != 0 or pos.dtype not in (torch.int64, torch.int32)):
+                raise ValueError(
+                    f"pos must be a 0-dim int64 tensor (the stream position), got {pos.dtype} of shape {tuple(pos.shape)}"
+                )
 
         skip_sum: torch.Tensor | None = None
         new_buffers = []
@@ -158,6 +166,8 @@ class StreamingStep(nn.Module):
         local_cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """The positional inputs for ``x``, ``state`` and the conditioning (checked against the stack)."""
+        if not isinstance(state, StackState):
+            raise ValueError(f"state must be a StackState (from stack.init_state(batch_size) or unpack), got {type(state).__name__}")
         if len(state.buffers) != self.num_layers:
             raise ValueError(f"state holds {len(state.buffers)} buffers, the stack has {self.num_layers} layers")
         for name, given, wanted in (
@@ -169,6 +179,13 @@ class StreamingStep(nn.Module):
                     f"this stack was built {'with' if wanted else 'without'} {name}: "
                     f"{'pass' if wanted else 'do not pass'} {name}"
                 )
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"x must be a torch.Tensor chunk, got {type(x).__name__}")
+        xb, lb = self.stack._to_bct(x), self.stack._to_bct(local_cond)  # (B, R, T), (B, L, T)
+        self._check_chunk(xb)
+        self.stack._check_input(xb)  # dtype and device
+        self.stack.layers[0].check_cond(global_cond, lb, xb)
+        self.stack.check_state(state, xb)  # every ring once per state object, then O(1)
         pos, buffers = state_to_tensors(state)
         cond = [c for c in (global_cond, local_cond) if c is not None]
         return (x, pos, *cond, *buffers)
@@ -182,7 +199,9 @@ class StreamingStep(nn.Module):
         res = outs[0]
         skip = outs[1] if self.has_skip else None
         n = 1 + int(self.has_skip)
-        return (res, skip), state_from_tensors(outs[n], outs[n + 1 :])
+        state = state_from_tensors(outs[n], outs[n + 1 :])
+        state._owner = self.stack._state_token()  # the rings of a checked state, advanced: trusted by pack
+        return (res, skip), state
 
 
 # ----------------------------------------------------------------------------- exports
@@ -282,6 +301,13 @@ def to_onnx(
     path = Path(path)
     if path.suffix != ".onnx":
         raise ValueError(f"ONNX output path must end in .onnx, got '{path}'")
+    if opset_version is not None and (
+        isinstance(opset_version, bool) or not isinstance(opset_version, int) or opset_version < MIN_ONNX_OPSET
+    ):
+        raise ValueError(
+            f"opset_version must be an integer >= {MIN_ONNX_OPSET} (what torch's ONNX exporter implements) "
+            f"or None, got {opset_version!r}"
+        )
     step, example, dynamic_shapes = _export_inputs(stack, chunk_length)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():

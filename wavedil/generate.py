@@ -19,6 +19,8 @@ from .backends import (
     BACKENDS,
     SamplingRequest,
     available_backends,
+    check_seed,
+    check_temperature,
     check_weights,
     get_backend,
     register_backend,
@@ -94,7 +96,8 @@ def generate(
         n_samples: samples to generate per sequence, ``1 <= n <= MAX_SAMPLES``.
         batch_size: independent sequences ``B``.
         temperature: ``> 0`` divides the logits; ``0`` is greedy (argmax).
-        seed: makes the result reproducible; None draws one (returned in the result).
+        seed: an integer in ``[0, 2**64 - 1]`` that makes the result reproducible; None draws one
+            (returned in the result).
         prompt: optional ``(T,)`` or ``(B, T)`` int64 codes that prime the state; the
             generated samples continue it (the prompt itself is not returned).
         speaker: class id(s) ``(B,)`` or an int, for globally conditioned models.
@@ -115,9 +118,15 @@ def generate(
     Returns:
         A :class:`GenerationResult` with ``codes (B, n_samples)`` int64.
     """
+    if not isinstance(model, WaveNet):
+        raise ValueError(f"model must be a wavedil WaveNet, got {type(model).__name__}")
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be a function of the samples done (or None), got {progress!r}")
     local = None
     if model.upsampler is not None or mel is not None:
         local = model.upsample(mel)  # raises for a missing mel or one that does not fit the model
+        if not bool(torch.isfinite(local).all()):  # once per call: NaN frames would silently give silence
+            raise ValueError("mel holds NaN or infinite values: log-mel frames must be finite")
         if local.shape[0] not in (1, batch_size):
             raise ValueError(f"mel must have batch 1 or {batch_size}, got shape {tuple(mel.shape)}")
         local = local.expand(batch_size, -1, -1)
@@ -141,8 +150,8 @@ def generate(
             f"{n_samples:,} samples x batch {batch_size} = {n_samples * batch_size:,} exceeds the limit of "
             f"{MAX_TOTAL_SAMPLES:,} samples per call: generate fewer seconds or a smaller batch per call"
         )
-    if not (temperature >= 0 and temperature < float("inf")):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    temperature = check_temperature(temperature)
+    seed = None if seed is None else check_seed(seed)
     weights = check_weights(weights)
     backend = resolve_backend(backend, model, weights)
     impl = get_backend(backend)  # unknown name or a back-end that failed to load: ValueError with the cause
@@ -152,12 +161,11 @@ def generate(
     Q = model.quantization_channels
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     per = model.dist.uniforms_per_sample
     shape = (n_samples, batch_size) if per == 1 else (n_samples, batch_size, per)
     uniforms = torch.rand(shape, generator=gen, dtype=torch.float64).to(device)
-    if speaker is not None:
-        speaker = torch.as_tensor(speaker, device=device).long().reshape(-1).expand(batch_size)
+    speaker = model.speaker_ids(speaker, batch_size)  # (B,) checked ids, or None
 
     state = model.init_state(batch_size)
     # The stream opens with one sample of silence (the code of 0.0); a prompt replaces it, but a

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .backends import check_temperature
 from .export import ONNX_PACKAGES, StreamingStep, require_packages, state_to_tensors
 from .model import WaveNet
 
@@ -52,10 +53,9 @@ class GenerationStep(nn.Module):
         super().__init__()
         if not isinstance(model, WaveNet):
             raise ValueError(f"model must be a wavedil WaveNet, got {type(model).__name__}")
-        if not (temperature >= 0 and temperature < float("inf")):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        temperature = check_temperature(temperature)  # a str or None named too, not a TypeError
         self.model = model
-        self.temperature = float(temperature)
+        self.temperature = temperature
         self.stack_step = StreamingStep(model.stack, 1)
 
     @property
@@ -77,6 +77,9 @@ class GenerationStep(nn.Module):
         """Feed ``code (B,)``: ``(params (B, P), new_pos, *new_buffers)``, the head's parameters of
         the next sample (``rest`` as for :meth:`forward`)."""
         model = self.model
+        # O(1) and static under tracing / export: the dtype and rank, never the values
+        if code.dim() != 1 or code.is_floating_point() or code.dtype == torch.bool:
+            raise ValueError(f"code must be (B,) int64 codes (the sample fed), got {code.dtype} of shape {tuple(code.shape)}")
         x = model.embed(code.unsqueeze(1)).transpose(1, 2)  # (B, R, 1)
         _, skip, new_pos, *buffers = self.stack_step(x, pos, *rest)
         return (model.head(skip)[:, :, 0], new_pos, *buffers)

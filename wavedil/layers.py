@@ -43,6 +43,7 @@ from .streaming import (
     StackState,
     StepWeights,
     StepWorkspace,
+    check_pos,
     new_ring,
     ring_conv_step,
     single_step,
@@ -68,6 +69,32 @@ _GatedLayer = GatedLayerFunction
 
 ACTIVATIONS = ("gated", "tanh", "relu", "gelu")
 LAYOUTS = ("BCT", "BTC")
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is enabled for ``device_type`` (then mixed input/weight dtypes are fine)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except (TypeError, RuntimeError):  # an unusual device type autocast does not know
+        return False
+
+
+def check_tensor_input(name: str, x: object, weight: torch.Tensor) -> None:
+    """A ``ValueError`` unless ``x`` is a float tensor of ``weight``'s dtype (any dtype under autocast)
+    on ``weight``'s device. O(1): no data is read."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device != weight.device:
+        raise ValueError(
+            f"{name} is on {x.device} but the weights are on {weight.device}: move it with {name}.to({str(weight.device)!r})"
+        )
+    if x.dtype != weight.dtype and not (x.is_floating_point() and _autocast_on(x.device.type)):
+        hint = (
+            f"convert it with {name}.to({weight.dtype}) (or the module with .to({x.dtype}))"
+            if x.is_floating_point()
+            else f"pass float features ({weight.dtype})"
+        )
+        raise ValueError(f"{name} has dtype {x.dtype} but the weights are {weight.dtype}: {hint}")
 
 
 class CausalConv1d(nn.Module):
@@ -119,13 +146,22 @@ class CausalConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, T) -> (B, C_out, T)`` with zero left padding."""
+        self._check_x(x)
         return F.conv1d(F.pad(x, (self.padding, 0)), self.weight, self.bias, dilation=self.dilation)
+
+    def _check_x(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] != self.in_channels or x.shape[-1] < 1:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"expected input (B, {self.in_channels}, T) with T >= 1, got {got}")
+        check_tensor_input("x", x, next(self.parameters()))
 
     def init_buffer(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """An empty (all-zero) ring buffer ``(B, C_in, (k-1)*d)`` for :meth:`step`."""
         check_positive_int("batch_size", batch_size)
         device = self.weight.device if device is None else device
         dtype = self.weight.dtype if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a float torch.dtype (the weights are {self.weight.dtype}), got {dtype!r}")
         return new_ring(batch_size, self.in_channels, self.padding, device=device, dtype=dtype)
 
     def step(self, x: torch.Tensor, buf: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +171,16 @@ class CausalConv1d(nn.Module):
         (one slot written) and the work is one small matmul: O(1) in the dilation. For longer
         chunks the past is unrolled, convolved with the chunk and laid back into the ring.
         """
+        self._check_x(x)
+        pos = check_pos(pos, "pos")
+        want = (x.shape[0], self.in_channels, self.padding)
+        if not isinstance(buf, torch.Tensor) or tuple(buf.shape) != want:
+            got = tuple(buf.shape) if isinstance(buf, torch.Tensor) else type(buf).__name__
+            raise ValueError(f"buf must be the ring (B, C_in, (k-1)*d) = {want} from init_buffer({x.shape[0]}), got {got}")
+        return self._step(x, buf, pos)
+
+    def _step(self, x: torch.Tensor, buf: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step` without its checks (the stack checked the whole state once)."""
         if x.shape[-1] == 1:
             past, write = tap_slots(pos, self.kernel_size, self.dilation)
             window = torch.cat([buf[:, :, past], x], dim=-1)  # (B, C_in, k), oldest tap first
@@ -273,7 +319,33 @@ class ResidualBlock(nn.Module):
         self, x: torch.Tensor, global_cond: torch.Tensor | None = None, local_cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x (B, R, T) -> (residual (B, R, T), skip (B, S, T) or None)``."""
-        return self.residual_and_skip(x, self.gate(self.conv(x), global_cond, local_cond))
+        h = self.conv(x)  # checks x
+        self.check_cond(global_cond, local_cond, x)
+        return self.residual_and_skip(x, self.gate(h, global_cond, local_cond))
+
+    def check_cond(self, global_cond: torch.Tensor | None, local_cond: torch.Tensor | None, x: torch.Tensor) -> None:
+        """A ``ValueError`` naming the problem unless the conditioning fits this block and
+        ``x (B, R, T)``: ``global_cond (B, G)``, ``local_cond (B, L, T)``, each given exactly when
+        the block was built with it, in ``x``'s dtype and device. O(1)."""
+        B, T = x.shape[0], x.shape[-1]
+        for name, proj, given, want in (
+            ("global_cond", self.gc, global_cond, None if self.gc is None else (B, self.gc.in_features)),
+            ("local_cond", self.lc, local_cond, None if self.lc is None else (B, self.lc.in_channels, T)),
+        ):
+            if proj is None:
+                if given is not None:
+                    raise ValueError(
+                        f"this block was built without {name.replace('_cond', '')} conditioning "
+                        f"({name.replace('_cond', '_cond_channels')}=0): do not pass {name}"
+                    )
+                continue
+            if given is None:
+                shape = "(B, G)" if name == "global_cond" else "(B, L, T)"
+                raise ValueError(f"this block was built with {name.replace('_cond', '')} conditioning: pass {name} {shape}")
+            if not isinstance(given, torch.Tensor) or tuple(given.shape) != want:
+                got = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
+                raise ValueError(f"{name} must be {want} for x of shape {tuple(x.shape)} (B, R, T), got {got}")
+            check_tensor_input(name, given, proj.weight)
 
     def forward_btc(
         self,
@@ -357,6 +429,13 @@ class ResidualBlock(nn.Module):
         the chunk's own ``(B, L, T)`` slice.
         """
         h, buf = self.conv.step(x, buf, pos)
+        self.check_cond(global_cond, local_cond, x)
+        res, skip = self.residual_and_skip(x, self.gate(h, global_cond, local_cond))
+        return res, skip, buf
+
+    def _step(self, x, buf, pos, global_cond=None, local_cond=None):
+        """:meth:`step` without its checks (the stack checked its inputs and state once per call)."""
+        h, buf = self.conv._step(x, buf, pos)
         res, skip = self.residual_and_skip(x, self.gate(h, global_cond, local_cond))
         return res, skip, buf
 
@@ -451,7 +530,9 @@ class DilatedStack(nn.Module):
         return receptive_field(self.kernel_size, self.dilations)
 
     def _to_bct(self, t: torch.Tensor | None) -> torch.Tensor | None:
-        return t.transpose(1, 2) if t is not None and self.layout == "BTC" else t
+        if self.layout == "BTC" and isinstance(t, torch.Tensor) and t.dim() == 3:
+            return t.transpose(1, 2)
+        return t  # BCT, or a wrong input that the checks name as given
 
     def _from_bct(self, res: torch.Tensor, skip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._to_bct(res), self._to_bct(skip)  # the transpose is its own inverse
@@ -466,6 +547,7 @@ class DilatedStack(nn.Module):
         """
         x, local_cond = self._to_bct(x), self._to_bct(local_cond)
         self._check_input(x)
+        self.layers[0].check_cond(global_cond, local_cond, x)
         # Work channels last, (B, T, C): every product becomes one matmul over B*T rows.
         lt = local_cond.transpose(1, 2) if local_cond is not None else None
         xt, skip = self.forward_btc(x.transpose(1, 2), global_cond, lt)
@@ -565,30 +647,85 @@ class DilatedStack(nn.Module):
         allocated per layer. Chunks, training-mode dropout and autograd take the per-layer path.
         The lean path's scratch tensors are per thread: threads may step one stack at the same time,
         each with its own state.
+
+        Checked on every call, O(1): ``x``'s shape, dtype and device, the conditioning's shapes, and
+        the state's batch size and position. A state this stack did not make or return (another
+        stack's, built by hand, loaded, moved with ``to``) has its rings checked once. A single-sample
+        step writes the rings in place, so the state passed in is spent: stepping it again raises
+        (``clone()`` it first to branch a stream; ``reset()`` makes it a fresh stream again).
+        Raises ``ValueError`` naming the argument and what fits.
         """
         x, local_cond = self._to_bct(x), self._to_bct(local_cond)
         self._check_input(x)
-        if len(state.buffers) != len(self.layers) or state.batch_size != x.shape[0]:
-            raise ValueError(
-                f"state holds {len(state.buffers)} layers for batch {state.batch_size}, but the stack has "
-                f"{len(self.layers)} layers and x has batch {x.shape[0]}: create it with init_state(batch_size)"
-            )
-        pos = state.pos
+        self.layers[0].check_cond(global_cond, local_cond, x)
+        pos = self.check_state(state, x)
+        owner = self._state_token()
         if x.shape[-1] == 1 and self._lean_step_ok(x, state, global_cond, local_cond):
             weights, ws = self._step_plan(x.shape[0])
             res, skip = single_step(
                 weights, ws, state.buffers, pos, x[:, :, 0], global_cond, None if local_cond is None else local_cond[:, :, 0]
             )
+            state._stale = True  # its buffers now hold this step: only the returned state is current
             out = self._from_bct(res.unsqueeze(-1), None if skip is None else skip.unsqueeze(-1))
-            return out, StackState(list(state.buffers), pos + 1)
+            return out, StackState(list(state.buffers), pos + 1, owner)
         buffers = []
         skip_sum = None
         for layer, buf in zip(self.layers, state.buffers):
-            x, skip, buf = layer.step(x, buf, pos, global_cond, local_cond)
+            x, skip, buf = layer._step(x, buf, pos, global_cond, local_cond)
             buffers.append(buf)
             if skip is not None:
                 skip_sum = skip if skip_sum is None else skip_sum + skip
-        return self._from_bct(x, skip_sum), StackState(buffers, pos + x.shape[-1])
+        if x.shape[-1] == 1:
+            state._stale = True  # single steps write the rings in place
+        return self._from_bct(x, skip_sum), StackState(buffers, pos + x.shape[-1], owner)
+
+    def check_state(self, state: StackState, x: torch.Tensor) -> int:
+        """``state.pos`` once ``state`` is checked to fit this stack and ``x (B, R, T)``; else a
+        ``ValueError`` naming the problem.
+
+        A state this stack made or returned is trusted (its token, O(1)); any other (another stack's,
+        one built by hand or loaded, one moved with ``to``) has every ring checked once: shape
+        ``(B, R, (k - 1) * d)``, the weights' dtype and device.
+        """
+        if not isinstance(state, StackState):
+            raise ValueError(
+                f"state must be a StackState (from init_state(batch_size) or the previous step), got {type(state).__name__}"
+            )
+        n, B = len(self.layers), x.shape[0]
+        state_batch = state.buffers[0].shape[0] if state.buffers and isinstance(state.buffers[0], torch.Tensor) else None
+        if len(state.buffers) != n or state_batch != B:
+            raise ValueError(
+                f"state holds {len(state.buffers)} layers for batch {state_batch}, but the stack has "
+                f"{n} layers and x has batch {B}: create it with init_state(batch_size)"
+            )
+        if state._stale:
+            raise ValueError(
+                f"this state (pos {state.pos}) was already advanced by a single-sample step, which writes the ring "
+                "buffers in place: pass the state that step returned, or step a state.clone() to branch a stream"
+            )
+        pos = check_pos(state.pos)
+        token = self._state_token()
+        if state._owner is not token:
+            weight = self._step_params()[0]
+            R, k = self.residual_channels, self.kernel_size
+            for i, (buf, d) in enumerate(zip(state.buffers, self.dilations)):
+                want = (B, R, (k - 1) * d)
+                if not isinstance(buf, torch.Tensor) or tuple(buf.shape) != want:
+                    got = tuple(buf.shape) if isinstance(buf, torch.Tensor) else type(buf).__name__
+                    raise ValueError(
+                        f"state.buffers[{i}] must be {want} for layer {i} (dilation {d}, kernel {k}), got {got}: "
+                        "the state is of another stack; create it with this stack's init_state(batch_size)"
+                    )
+                check_tensor_input(f"state.buffers[{i}]", buf, weight)
+            state._owner = token
+        return pos
+
+    def _state_token(self) -> object:
+        """An object naming this stack's current weights' layout; :meth:`_apply` replaces it."""
+        token = self.__dict__.get("_state_token_obj")
+        if token is None:
+            token = self.__dict__["_state_token_obj"] = object()
+        return token
 
     # ------------------------------------------------------------------------- lean step plumbing
 
@@ -671,6 +808,7 @@ class DilatedStack(nn.Module):
         # .to() / .double() / .cuda() may swap parameter storage: forget the packed step weights
         self.__dict__.pop("_step_cache", None)
         self.__dict__.pop("_step_param_list", None)
+        self.__dict__.pop("_state_token_obj", None)  # states made before may not fit the new dtype / device
         return super()._apply(fn, recurse)
 
     @staticmethod
@@ -680,10 +818,13 @@ class DilatedStack(nn.Module):
         module.__dict__.pop("_step_param_list", None)
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"x must be a torch.Tensor (B, C, T), got {type(x).__name__}")
         if x.dim() != 3 or x.shape[1] != self.residual_channels or x.shape[-1] < 1:
             want = f"(B, T, {self.residual_channels})" if self.layout == "BTC" else f"(B, {self.residual_channels}, T)"
             got = tuple(self._to_bct(x).shape) if x.dim() == 3 else tuple(x.shape)
             raise ValueError(f"expected input {want} with T >= 1, got shape {got}")
+        check_tensor_input("x", x, self._step_params()[0])
 
     def coverage(self) -> float:
         """Fraction of the receptive field's input positions that some path reaches (1.0: no holes)."""

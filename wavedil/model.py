@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .causal import check_positive_int
+from .causal import check_dilations, check_positive_int
 from .distributions import make_distribution
 from .layers import DilatedStack, StackState, dilation_schedule
 
@@ -55,7 +55,7 @@ class WaveNetConfig:
 
     def schedule(self) -> tuple[int, ...]:
         if self.dilations is not None:
-            return tuple(int(d) for d in self.dilations)
+            return check_dilations(self.dilations)  # never int(2.5): a bad schedule is named, not rounded
         return dilation_schedule(self.layers_per_stack, self.stacks)
 
     def to_dict(self) -> dict:
@@ -135,6 +135,11 @@ class WaveNet(nn.Module):
         super().__init__()
         if config is None:
             config = WaveNetConfig(**kwargs)
+        elif not isinstance(config, WaveNetConfig):
+            raise ValueError(
+                f"config must be a WaveNetConfig, got {type(config).__name__}: "
+                "use WaveNet(WaveNetConfig.from_dict(d)) or WaveNet(**d) for a dict of options"
+            )
         elif kwargs:
             raise ValueError(f"give a WaveNetConfig or keyword options, not both (got {sorted(kwargs)})")
         self.config = config
@@ -216,27 +221,70 @@ class WaveNet(nn.Module):
         return 0 if self.upsampler is None else int(self.upsampler.context_frames)
 
     def check_codes(self, codes: torch.Tensor, name: str = "codes") -> None:
+        """Shape ``(B, T)``, ``T >= 1``, and an integer dtype (O(1); see :meth:`check_code_range`)."""
+        if not isinstance(codes, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor (B, T) of integer codes, got {type(codes).__name__}")
         if codes.dim() != 2 or codes.shape[-1] < 1:
             raise ValueError(f"{name} must be (B, T) with T >= 1, got shape {tuple(codes.shape)}")
         if codes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"{name} must be integer codes ({self.encoding}), got dtype {codes.dtype}")
 
-    def speaker_condition(self, speaker: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    def check_code_range(self, codes: torch.Tensor, name: str = "codes") -> None:
+        """A ``ValueError`` unless every code lies in ``[0, Q)``. Reads the codes (one reduction): for
+        whole sequences and chunks, not per generated sample; CPU tensors only (on a GPU reading the
+        result would stall the stream every training step; the embedding's device assert catches a
+        bad ``mulaw`` code there), and skipped while ``torch.compile`` traces."""
+        if codes.numel() == 0 or codes.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        lo, hi = (int(v) for v in torch.aminmax(codes))
+        Q = self.quantization_channels
+        if lo < 0 or hi >= Q:
+            raise ValueError(
+                f"{name} must lie in [0, {Q}) ({self.encoding} codes of this model), got range [{lo}, {hi}]: "
+                "quantise a waveform with wavedil.encode(wav, model.encoding, model.quantization_channels)"
+            )
+
+    def _embed(self, codes: torch.Tensor, name: str = "codes") -> torch.Tensor:
+        """``codes (B, T)`` -> ``(B, T, R)``; an out-of-range code the embedding meets is named."""
+        try:
+            return self.embed(codes.long())
+        except IndexError:
+            self.check_code_range(codes, name)
+            raise
+
+    def speaker_ids(self, speaker: torch.Tensor | int | None, batch: int) -> torch.Tensor | None:
+        """``speaker`` (an int, or ids ``(B,)`` / ``(1,)``) as checked int64 ids ``(B,)`` on the model's
+        device, or None for a model without speakers; a ``ValueError`` names what does not fit."""
         if self.speaker is None:
             if speaker is not None:
                 raise ValueError("this model has no global conditioning; do not pass speaker")
             return None
-        if speaker is None:
-            raise ValueError(f"this model is conditioned on {self.config.global_cond_classes} classes: pass speaker (B,)")
-        speaker = torch.as_tensor(speaker, device=self.embed.weight.device).long().reshape(-1)
-        if speaker.numel() == 1:
-            speaker = speaker.expand(batch)
-        if speaker.shape != (batch,):
-            raise ValueError(f"speaker must be (B,) = ({batch},), got shape {tuple(speaker.shape)}")
         n = self.config.global_cond_classes
-        if int(speaker.min()) < 0 or int(speaker.max()) >= n:
-            raise ValueError(f"speaker ids must lie in [0, {n}), got {speaker.tolist()}")
-        return self.speaker(speaker)
+        if speaker is None:
+            raise ValueError(f"this model is conditioned on {n} classes: pass speaker (B,)")
+        if isinstance(speaker, (str, bytes)):
+            raise ValueError(
+                f"speaker must be integer class ids in [0, {n}), got {speaker!r}: look a name up with "
+                "wavedil.resolve_speaker(model, name)"
+            )
+        try:
+            ids = torch.as_tensor(speaker, device=self.embed.weight.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"speaker must be integer class ids (B,) or an int, got {speaker!r}") from None
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"speaker must be integer class ids in [0, {n}), got dtype {ids.dtype}: {speaker!r}")
+        ids = ids.long().reshape(-1)
+        if ids.numel() == 1:
+            ids = ids.expand(batch)
+        if ids.shape != (batch,):
+            raise ValueError(f"speaker must be (B,) = ({batch},), got shape {tuple(ids.shape)}")
+        if int(ids.min()) < 0 or int(ids.max()) >= n:
+            raise ValueError(f"speaker ids must lie in [0, {n}), got {ids.tolist()}")
+        return ids
+
+    def speaker_condition(self, speaker: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        ids = self.speaker_ids(speaker, batch)
+        return None if ids is None else self.speaker(ids)
 
     def upsample(self, mel: torch.Tensor, samples: int | None = None) -> torch.Tensor:
         """Raw log-mel frames -> conditioning at the sample rate.
@@ -300,6 +348,8 @@ class WaveNet(nn.Module):
         self, codes: torch.Tensor, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``codes (B, T)`` -> parameters ``(B, T, P)``, contiguous (what the loss consumes)."""
+        self.check_codes(codes)
+        self.check_code_range(codes)
         _, skip = self.stack.forward_btc(*self._stack_inputs(codes, speaker, mel))
         return self._head_btc(skip)
 
@@ -314,7 +364,7 @@ class WaveNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``codes (B, T)`` -> the stack's inputs: ``x (B, T, R)``, global and local conditioning."""
         self.check_codes(codes)
-        x = self.embed(codes.long())  # (B, T, R)
+        x = self._embed(codes)  # (B, T, R)
         local = self.upsample(mel, codes.shape[1]) if (mel is not None or self.upsampler is not None) else None
         local = None if local is None else local.transpose(1, 2)  # (B, T, n_mels)
         return x, self.speaker_condition(speaker, codes.shape[0]), local
@@ -326,6 +376,11 @@ class WaveNet(nn.Module):
 
         Under bf16 on the CPU (autocast or its emulation) a ``mulaw`` model runs the stack, the
         head and the loss through the bf16 kernels of :mod:`wavedil.gated_lowp`."""
+        if not isinstance(segment, torch.Tensor) or segment.dim() != 2 or segment.shape[-1] < 2:
+            got = tuple(segment.shape) if isinstance(segment, torch.Tensor) else type(segment).__name__
+            raise ValueError(f"segment must be (B, T + 1) integer codes with T >= 1 (inputs and targets), got {got}")
+        self.check_codes(segment, "segment")
+        self.check_code_range(segment, "segment")
         target = segment[:, 1:].reshape(-1).long()
         x, gc, lc = self._stack_inputs(segment[:, :-1], speaker, mel)
         mode = self.stack.lowp_mode(x) if self.dist.name == "mulaw" else None
@@ -361,13 +416,15 @@ class WaveNet(nn.Module):
         over the whole sequence so far.
         """
         self.check_codes(codes)
+        if codes.shape[-1] > 1:  # a chunk or a prompt; single samples are the generation loop's: O(1) there
+            self.check_code_range(codes)
         if (local is None) != (self.upsampler is None):
             raise ValueError(
                 "pass local (B, n_mels, T), the chunk's slice of model.upsample(mel), to a mel-conditioned model"
                 if local is None
                 else "this model has no mel conditioning; do not pass local"
             )
-        x = self.embed(codes.long()).transpose(1, 2)
+        x = self._embed(codes).transpose(1, 2)
         (_, skip), state = self.stack.step(x, state, self.speaker_condition(speaker, codes.shape[0]), local)
         return self.head(skip), state
 

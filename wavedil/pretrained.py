@@ -334,6 +334,10 @@ def load_pretrained(name: str, device: str | torch.device | None = None) -> Wave
     >>> model.config.output, model.receptive_field  # doctest: +SKIP
     ('mulaw', 511)
     """
+    if device is not None:
+        from .backends import resolve_device  # the one check of a device name (cpu / cuda / cuda:N, and that it exists)
+
+        device = resolve_device(device)
     _, ckpt = open_pretrained(name)
     return model_from_checkpoint(ckpt, device=device or "cpu")
 
@@ -385,6 +389,10 @@ def open_model(target: str | os.PathLike) -> ModelSource:
     Raises:
         ValueError: as :func:`~wavedil.checkpoint.open_checkpoint` or :func:`open_pretrained`.
     """
+    if not isinstance(target, (str, os.PathLike)):
+        raise ValueError(
+            f"the model to open must be a checkpoint path, a run folder or 'pretrained:NAME', got {type(target).__name__}"
+        )
     name = pretrained_name(target)
     if name is None:
         path, ckpt = open_checkpoint(target)

@@ -19,7 +19,8 @@ so the eager and the exported step cannot disagree about the layout. The single-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "StackState",
+    "check_pos",
     "ring_history",
     "ring_from_history",
     "ring_conv_step",
@@ -54,23 +56,32 @@ class StackState:
         pos: number of time steps consumed so far (the write position of every ring).
 
     The state is plain tensors: a caller can hold it, ``clone`` it, move it, save it with
-    ``torch.save`` or reset single batch items.
+    ``torch.save`` or reset single batch items. A single-sample step advances the rings in place
+    and returns a new state sharing them; the one passed in is then spent (stepping it again is
+    refused, since its ``pos`` no longer matches its rings).
     """
 
     buffers: list[torch.Tensor]
     pos: int = 0
+    #: the stack whose shapes, dtype and device these buffers were checked against (its token; a
+    #: stack checks a state it did not make once, then trusts it: O(1) per step)
+    _owner: object = field(default=None, repr=False, compare=False)
+    #: set when a single-sample step advanced these buffers in place: ``pos`` no longer matches them
+    _stale: bool = field(default=False, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
+        if not self.buffers:
+            raise ValueError("this StackState holds no buffers: create it with stack.init_state(batch_size)")
         return self.buffers[0].shape[0]
 
     def clone(self) -> "StackState":
         """A deep copy whose buffers share no memory with this one."""
-        return StackState([b.clone() for b in self.buffers], self.pos)
+        return StackState([b.clone() for b in self.buffers], self.pos, self._owner, self._stale)
 
     def to(self, *args, **kwargs) -> "StackState":
         """Move/cast every buffer (same arguments as ``Tensor.to``)."""
-        return StackState([b.to(*args, **kwargs) for b in self.buffers], self.pos)
+        return StackState([b.to(*args, **kwargs) for b in self.buffers], self.pos, None, self._stale)
 
     def reset(self, items: int | Sequence[int] | torch.Tensor | None = None) -> "StackState":
         """Forget the past of some batch items (all when ``items`` is None), in place.
@@ -82,10 +93,19 @@ class StackState:
             for b in self.buffers:
                 b.zero_()
             self.pos = 0
+            self._stale = False  # a fresh stream again: buffers and position agree
             return self
         if isinstance(items, int):
             items = [items]
-        idx = torch.as_tensor(items, device=self.buffers[0].device)
+        try:
+            idx = torch.as_tensor(items, device=self.buffers[0].device)
+        except (TypeError, ValueError, RuntimeError):
+            idx = None
+        integral = idx is not None and not (idx.is_floating_point() or idx.is_complex())  # bool included
+        if not integral or idx.dim() > 1:
+            raise ValueError(
+                f"reset items must be an index, a sequence of indices or a boolean mask ({self.batch_size},), got {items!r}"
+            )
         if idx.dtype == torch.bool:
             if idx.shape != (self.batch_size,):
                 raise ValueError(
@@ -104,7 +124,24 @@ class StackState:
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "StackState":
-        return cls(list(d["buffers"]), int(d["pos"]))
+        """Inverse of :meth:`state_dict`; the stack checks the buffers when the state is first used."""
+        if not isinstance(d, dict) or "buffers" not in d or "pos" not in d:
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"a StackState dict needs the keys 'buffers' and 'pos' (from state_dict()), got {got}")
+        return cls(list(d["buffers"]), check_pos(d["pos"], "pos"))
+
+
+def check_pos(pos: object, name: str = "state.pos") -> int:
+    """The stream position ``pos`` as an ``int >= 0`` (a 0-dim integer tensor is fine); else a ``ValueError``."""
+    if type(pos) is int and pos >= 0:
+        return pos
+    try:
+        value = None if isinstance(pos, bool) else operator.index(pos)
+    except TypeError:
+        value = None
+    if value is None or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (the stream position: samples consumed so far), got {pos!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------- ring arithmetic

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from .audio import OUTPUT_SUFFIXES, check_output_path, check_writable_folder, decode, encode, read_audio, resample, write_audio
+from .backends import check_seed, check_temperature
+from .backends import resolve_device as _device
 from .checkpoint import model_from_checkpoint
 from .conditioning import MelSpec
 from .data import file_mel
@@ -124,36 +126,19 @@ def resolve_speaker(model: WaveNet, value: str | int | None) -> int | None:
     text = str(value)
     if names and text in names:
         return names.index(text)
-    if text.isdigit() and int(text) < n:
+    if text.isascii() and text.isdigit() and int(text) < n:
         return int(text)
     raise ValueError(f"unknown speaker {text!r}; this model knows {n}: {valid}")
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    """The torch device that ``--device`` names: ``cpu``, ``cuda`` or ``cuda:N``; None (or ``""``)
-    picks cuda when a GPU is available, else cpu.
-
-    Raises:
-        ValueError: naming ``--device`` and its value: not a device, a device type wavedil does not
-            sample on, or cuda where no (such) CUDA GPU is available; the message lists what works.
-    """
-    if device is None or (isinstance(device, str) and not device.strip()):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    works = "cpu" + (f", cuda, or cuda:0 .. cuda:{gpus - 1}" if gpus else " (no CUDA GPU is available here)")
-    try:
-        dev = device if isinstance(device, torch.device) else torch.device(str(device).strip().lower())
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"--device {str(device)!r} is not a device: use {works}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device}: wavedil samples on cpu or cuda only; use {works}")
-    if dev.type == "cuda" and not gpus:
-        raise ValueError(
-            f"--device {device} but no CUDA GPU is available here: use --device cpu (or leave --device out)"
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= gpus:
-        raise ValueError(f"--device {device} but this machine has {gpus} CUDA GPU(s): use {works}")
-    return dev
+def _check_sampling_args(seed: object, temperature: object, progress: object) -> None:
+    """The arguments :func:`generate` checks too, checked before a checkpoint is loaded."""
+    if seed is not None:
+        check_seed(seed)
+    if temperature is not None:
+        check_temperature(temperature)
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be a function progress(done, total) (or None), got {progress!r}")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -257,8 +242,9 @@ def generate_to_files(
             :func:`vocode_file`), or an unreadable prompt.
     """
     out = check_output_path(output)
-    if not (0 < seconds < math.inf):
-        raise ValueError(f"--seconds must be a positive finite number, got {seconds}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (0 < seconds < math.inf):
+        raise ValueError(f"--seconds must be a positive finite number, got {seconds!r}")
+    _check_sampling_args(seed, temperature, progress)
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
     dev = _device(device)
@@ -322,6 +308,10 @@ def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
         ValueError: the file cannot be read, lacks ``mel``, was made with other parameters, is
             not a finite float array ``(spec.n_mels, M >= 1)`` (the message gives its shape).
     """
+    if not isinstance(spec, MelSpec):
+        raise ValueError(
+            f"spec must be the vocoder's MelSpec (model.mel_spec, or MelSpec.from_dict(d)), got {type(spec).__name__}"
+        )
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -492,6 +482,7 @@ def vocode_file(
                 )
         mel_out = _check_mel_path(mel_out)
     check_max_seconds(max_seconds)
+    _check_sampling_args(seed, temperature, progress)
     model, src = _open_vocoder(checkpoint, device, use_ema)
     temperature = sampling_temperature(src, temperature)
     speaker_id = resolve_speaker(model, speaker)

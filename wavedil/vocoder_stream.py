@@ -38,7 +38,7 @@ import soundfile as sf
 import torch
 
 from .audio import check_output_path, decode, write_audio
-from .backends import SamplingRequest, check_weights, get_backend, resolve_backend
+from .backends import SamplingRequest, check_seed, check_temperature, check_weights, get_backend, resolve_backend
 from .model import WaveNet
 
 __all__ = ["MAX_CHUNK_FRAMES", "StreamingVocoder", "SILENCE_LOG_MEL", "StreamStats", "iter_npy_chunks", "vocode_stream"]
@@ -77,12 +77,15 @@ class StreamingVocoder:
         backend: str = "auto",
         weights: str = "fp32",
     ) -> None:
+        if not isinstance(model, WaveNet):
+            raise ValueError(f"model must be a wavedil WaveNet vocoder, got {type(model).__name__}")
         if model.upsampler is None:
             raise ValueError("StreamingVocoder needs a vocoder (a model with mel conditioning); this model has none")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if not (temperature >= 0 and temperature < float("inf")):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        temperature = check_temperature(temperature)
+        seed = None if seed is None else check_seed(seed)
+        speaker_ids = model.speaker_ids(speaker, batch_size)  # checked now, not at the first push
         self.weights = check_weights(weights)
         self.backend = resolve_backend(backend, model, weights)
         if model.embed.weight.device.type == "cuda" and self.backend == "fast":
@@ -91,12 +94,10 @@ class StreamingVocoder:
         self._impl.check(model, weights)
         self.model = model.eval()
         self.batch_size, self.temperature = batch_size, float(temperature)
-        self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
         self._gen = torch.Generator().manual_seed(self.seed)
         device = model.embed.weight.device
-        self.speaker = (
-            None if speaker is None else torch.as_tensor(speaker, device=device).long().reshape(-1).expand(batch_size)
-        )
+        self.speaker = speaker_ids
         spec = model.mel_spec
         self.n_mels, self.hop, self.sample_rate = spec.n_mels, spec.hop_length, spec.sample_rate
         self.latency_frames: int = model.mel_context
