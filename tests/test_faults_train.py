@@ -24,6 +24,7 @@ import soundfile as sf
 from wavedil import WaveNetConfig
 from wavedil.checkpoint import CheckpointError, list_checkpoints
 from wavedil.cli import main
+from wavedil.conditioning import MelSpec
 from wavedil.config import CONF_DIR, compose, to_plain
 from wavedil.data import CorpusError, load_corpus
 from wavedil.train import TrainingError, build_data, setup, train
@@ -273,3 +274,14 @@ def test_a_corpus_shorter_than_a_segment_is_warned_about(tmp_path, caplog):
     caplog.clear()
     build_data(data_cfg(root, segment_length=50), TINY_MODEL, seed=0, max_steps=2)
     assert not [r for r in caplog.records if r.name == "wavedil.train"]
+
+
+def test_a_vocoder_with_more_mel_bands_than_its_fft_resolves_is_refused(tmp_path):
+    """``n_mels=80`` with ``n_fft=64`` at 8 kHz leaves mel bands that no FFT bin falls inside: their
+    features are the log floor whatever the audio (torchaudio only warned). A new run is refused,
+    naming both options; the shipped vocoder settings (40 bands, ``n_fft=256``) have none."""
+    over = ["+model.mel.hop_length=50", "+model.mel.n_fft=64", "+model.mel.n_mels=80"]
+    with pytest.raises(TrainingError, match=r"model\.mel\.n_mels=80 is too many for model\.mel\.n_fft=64 at 8000 Hz"):
+        setup(compose(BASE + over), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert MelSpec(8000, hop_length=64, n_fft=256, n_mels=40).empty_bands() == []

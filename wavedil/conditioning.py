@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -84,6 +85,17 @@ class MelSpec:
                 f"need 0 <= f_min < f_max <= sample_rate / 2 = {nyquist:g}, got "
                 f"f_min={self.f_min!r}, f_max={self.f_max!r}"
             )
+
+    def empty_bands(self) -> list[int]:
+        """Mel bands that no FFT bin falls inside (their filters are all zero, so their features
+        are the log floor whatever the audio): too many ``n_mels`` for ``n_fft`` at this rate."""
+        with warnings.catch_warnings():  # torchaudio warns about exactly this; the caller names it
+            warnings.simplefilter("ignore")
+            fb = torchaudio.functional.melscale_fbanks(
+                self.n_fft // 2 + 1, self.f_min, self.max_freq, self.n_mels, self.sample_rate,
+                norm="slaney", mel_scale="slaney",
+            )  # fmt: skip
+        return [int(i) for i in torch.nonzero(fb.amax(dim=0) == 0).flatten()]
 
     @property
     def window(self) -> int:

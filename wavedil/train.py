@@ -223,6 +223,13 @@ def build_data(data_cfg: dict | DataConfig, mcfg: WaveNetConfig, seed: int, max_
         if given.setdefault("sample_rate", sr) != sr:
             raise TrainingError(f"model.mel.sample_rate={given['sample_rate']} differs from data.sample_rate={sr}")
         spec = MelSpec.from_dict(given)
+        empty = spec.empty_bands()
+        if empty:
+            raise TrainingError(
+                f"model.mel.n_mels={spec.n_mels} is too many for model.mel.n_fft={spec.n_fft} at {sr} Hz "
+                f"(f_min={spec.f_min:g}, f_max={spec.max_freq:g}): {len(empty)} mel bands (e.g. {empty[:3]}) hold no "
+                "FFT bin and would feed the model constants; lower n_mels or raise n_fft"
+            )
         if T % spec.hop_length:
             raise TrainingError(
                 f"data.segment_length={T} must be a multiple of model.mel.hop_length={spec.hop_length} for a "
