@@ -680,8 +680,8 @@ def test_describe_model_of_an_object_says_what_it_takes(model: WaveNet) -> None:
 def test_load_pretrained_names_a_bad_device() -> None:
     """Before: torch's ``RuntimeError: Expected one of cpu, cuda, ...`` (and, with no GPU,
     ``Found no NVIDIA driver``)."""
-    with pytest.raises(ValueError, match=r"'gpu' is not a device"):
+    with pytest.raises(ValueError, match=r"^device 'gpu' is not a device"):  # the argument's name, not --device
         load_pretrained("speech8k", device="gpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"no CUDA GPU is available"):
+        with pytest.raises(ValueError, match=r"no CUDA GPU is available here: use device='cpu' \(or device=None\)"):
             load_pretrained("speech8k", device="cuda")

@@ -90,30 +90,30 @@ def check_seed(seed: object) -> int:
     return value
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The torch device that ``--device`` names: ``cpu``, ``cuda`` or ``cuda:N``; None (or ``""``)
+def resolve_device(device: str | torch.device | None, name: str = "--device") -> torch.device:
+    """The torch device that ``device`` names: ``cpu``, ``cuda`` or ``cuda:N``; None (or ``""``)
     picks cuda when a GPU is available, else cpu.
 
     Raises:
-        ValueError: naming ``--device`` and its value: not a device, a device type wavedil does not
-            sample on, or cuda where no (such) CUDA GPU is available; the message lists what works.
+        ValueError: naming the option (``name``: ``--device`` for the CLI, ``device`` for an API
+            argument) and its value: not a device, a device type wavedil does not sample on, or
+            cuda where no (such) CUDA GPU is available; the message lists what works.
     """
     if device is None or (isinstance(device, str) and not device.strip()):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     works = "cpu" + (f", cuda, or cuda:0 .. cuda:{gpus - 1}" if gpus else " (no CUDA GPU is available here)")
+    use_cpu = "--device cpu (or leave --device out)" if name == "--device" else f"{name}='cpu' (or {name}=None)"
     try:
         dev = device if isinstance(device, torch.device) else torch.device(str(device).strip().lower())
     except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"--device {str(device)!r} is not a device: use {works}") from None
+        raise ValueError(f"{name} {str(device)!r} is not a device: use {works}") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device}: wavedil samples on cpu or cuda only; use {works}")
+        raise ValueError(f"{name} {device}: wavedil samples on cpu or cuda only; use {works}")
     if dev.type == "cuda" and not gpus:
-        raise ValueError(
-            f"--device {device} but no CUDA GPU is available here: use --device cpu (or leave --device out)"
-        )
+        raise ValueError(f"{name} {device} but no CUDA GPU is available here: use {use_cpu}")
     if dev.type == "cuda" and dev.index is not None and dev.index >= gpus:
-        raise ValueError(f"--device {device} but this machine has {gpus} CUDA GPU(s): use {works}")
+        raise ValueError(f"{name} {device} but this machine has {gpus} CUDA GPU(s): use {works}")
     return dev
 
 

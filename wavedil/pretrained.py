@@ -337,7 +337,7 @@ def load_pretrained(name: str, device: str | torch.device | None = None) -> Wave
     if device is not None:
         from .backends import resolve_device  # the one check of a device name (cpu / cuda / cuda:N, and that it exists)
 
-        device = resolve_device(device)
+        device = resolve_device(device, "device")
     _, ckpt = open_pretrained(name)
     return model_from_checkpoint(ckpt, device=device or "cpu")
 
