@@ -613,6 +613,31 @@ def test_chunks_of_slices_grow_except_with_local_conditioning(monkeypatch, batch
         assert seen == ([first, n] if grows and not mel else fixed)
 
 
+@pytest.mark.parametrize("output", ["mulaw", "mol"])
+def test_bf16_batches_of_many_rows_compute_with_the_weights_widened_to_float32(output):
+    """From ``WIDE_BATCH`` rows ``bf16`` runs the float32 kernels on its weights widened to
+    float32 (every bfloat16 is a float32): for a model whose weights are bfloat16 numbers already
+    (so that torch's priming step agrees too), exactly its ``fp32`` samples, on one thread or two;
+    smaller batches keep the 16-bit kernels."""
+    import wavedil.fast.cpu as cpu
+    from wavedil.fast.pack import dequantized_model
+
+    model = rounded = dequantized_model(make_head_model(output, mel=output == "mol"), "bf16")
+    packed = cpu.packed_weights(model, "bf16")
+    n = 150
+    for batch, wide in [(cpu.WIDE_BATCH, True), (cpu.WIDE_BATCH + 5, True), (cpu.WIDE_BATCH - 1, False)]:
+        kwargs = dict(seed=6, batch_size=batch, mel=random_mel(model, batch, n, seed=2))
+        packed.__dict__.pop("wide_matrices", None)
+        got = [_fast_codes(make_fast_backend(threads=t, pipe_rows=1), model, n, weights="bf16", **kwargs)
+               for t in (1, 2)]  # fmt: skip
+        assert ("wide_matrices" in packed.__dict__) == wide
+        assert torch.equal(got[0], got[1])
+        if wide:
+            ref = _fast_codes(make_fast_backend(threads=1), rounded, n, weights="fp32", **kwargs)
+            assert torch.equal(got[0], ref)
+    assert all(m.dtype == np.float32 for m in packed.wide_matrices)
+
+
 def test_progress_reaches_the_end():
     seen: list[int] = []
     generate(make_model(), 300, batch_size=2, seed=0, backend="fast", progress=seen.append)

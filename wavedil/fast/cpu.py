@@ -17,7 +17,7 @@ How the work is cut, by batch size ``B``:
   this weight mode (the pipeline pays while streaming the weights bounds a step).
 * Larger batches: one slice of rows per thread, each advanced on its own by the fused kernel
   (no synchronisation) in the same arrays; each layer's weights serve all the rows of a slice
-  while in cache.
+  while in cache (``bf16`` weights widened to float32 from :data:`WIDE_BATCH` rows).
 * Local (mel) conditioning: the gate biases of every layer for each step (conv bias plus
   global plus local term) are computed for a chunk of steps at a time (at most ``chunk``
   samples' worth) by a row-blocked kernel on one thread (~38 GFLOP/s here; a torch matmul was
@@ -109,6 +109,14 @@ _NO_LOGITS = np.zeros((0, 0, 0), np.float32)
 #: (6 rows; ``wavedil/fast/_tiles.py``). On the 2-core Xeon (AVX-512), ref30 fp32 at B = 256 made
 #: 57,460 / 65,654 / 71,834 samples/s with 16 / 24 / 48 rows, 65-75k from 36 to 132 rows.
 ROW_BLOCK = 48
+
+#: Batches of at least this many rows (more than :data:`PIPE_MEASURED_ROWS`: they never switch
+#: to the pipeline mid-run) take ``bf16`` weights widened to float32
+#: (:attr:`PackedWaveNet.wide_matrices`, the same weights): with that many rows a step is bound
+#: by arithmetic, where decoding 16-bit weights costs more than reading float32 ones saves. The
+#: float32 kernels round their sums in another order than the 16-bit ones, so such a batch's
+#: outputs differ from a smaller batch's in the last bits (each call is still reproducible).
+WIDE_BATCH = PIPE_MEASURED_ROWS + 1
 
 #: Steps per kernel call of teacher forcing with local conditioning (bounds its bias table).
 TEACHER_FORCED_CHUNK = 4096
@@ -386,7 +394,7 @@ def _row_slices(batch: int, parts: int) -> list[slice]:
 
 
 def _run_slices(kern, packed: PackedWaveNet, ring: np.ndarray, lg, u, temp, greedy, out, n_total: int,
-                row_block: int, slices: list[slice]) -> Callable[[int, int, int, np.ndarray], int]:  # fmt: skip
+                row_block: int, slices: list[slice], wide: bool = False) -> Callable[[int, int, int, np.ndarray], int]:  # fmt: skip
     """A callable ``(t0, t1, pos, table) -> pos`` that advances each of ``slices`` (rows) on a
     thread of its own, with :func:`~wavedil.fast._kernels.run_rows`, from step ``t0`` to ``t1``.
 
@@ -395,7 +403,7 @@ def _run_slices(kern, packed: PackedWaveNet, ring: np.ndarray, lg, u, temp, gree
     ``(Tc, B or 1, NL, G)`` (:class:`_Biases`). One slice runs in the calling thread.
     """
     p = packed
-    wc, wres, wskip, h1, h2 = p.kernel_matrices
+    wc, wres, wskip, h1, h2 = p.wide_matrices if wide else p.kernel_matrices
 
     def job(rows: slice, t0: int, t1: int, pos: int, gb: np.ndarray) -> Callable[[], int]:
         return lambda: kern.run_rows(
@@ -422,7 +430,7 @@ def _generate_rows(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     batch, n = out.shape
     ring = ring_from_state(packed, state)
     run = _run_slices(kern, packed, ring, lg, u, temp, greedy, out, n_total, options.row_block,
-                      _row_slices(batch, threads))  # fmt: skip
+                      _row_slices(batch, threads), wide=batch >= WIDE_BATCH)  # fmt: skip
     # one chunk unless there are progress reports or per-step biases (local conditioning)
     per_step = bias_for.per_step
     whole = progress is None and not per_step
