@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import io
 import logging
-import operator
 import os
 import shutil
 import stat
@@ -23,6 +22,7 @@ import torch
 import torchaudio.functional as AF
 
 from ._io import atomic_open
+from .causal import as_index
 
 __all__ = [
     "OUTPUT_SUFFIXES",
@@ -76,16 +76,6 @@ def _check_classes(quantization_channels: int) -> None:
         raise ValueError(
             f"quantization_channels must be an integer >= 2, got {quantization_channels!r}"
         )
-
-
-def _as_int(value: object) -> int | None:
-    """``value`` as an ``int`` when it is an integer (numpy and 0-dim torch integers too, not a bool)."""
-    if isinstance(value, (bool, float)):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 def _check_wave(x: torch.Tensor, name: str = "x") -> None:
@@ -322,14 +312,14 @@ def read_audio(
     if truncated not in TRUNCATED_POLICIES:
         raise ValueError(f"truncated must be one of {TRUNCATED_POLICIES}, got {truncated!r}")
     if sample_rate is not None:
-        rate = _as_int(sample_rate)
+        rate = as_index(sample_rate)
         if rate is None or rate < 1:
             raise ValueError(f"sample_rate must be a positive integer (Hz) or None (the file's rate), got {sample_rate!r}")
         sample_rate = rate
     for name, value in (("start", start), ("frames", frames)):
-        if _as_int(value) is None:
+        if as_index(value) is None:
             raise ValueError(f"{name} must be an integer (frames of the file), got {value!r}")
-    start, frames = _as_int(start), _as_int(frames)
+    start, frames = as_index(start), as_index(frames)
     path = Path(path)
     problem = _file_problem(path)
     if problem == "does not exist":
@@ -421,7 +411,7 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) ->
             f"write_audio expects a float waveform in [-1, 1], got dtype {wav.dtype}: turn codes into audio with "
             "wavedil.decode(codes, model.encoding, model.quantization_channels) first"
         )
-    rate = _as_int(sample_rate)
+    rate = as_index(sample_rate)
     if rate is None or rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate!r} (an integer number of Hz)")
     sample_rate = rate

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import abc
 import importlib
-import operator
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from .causal import as_index
 from .model import WaveNet
 from .layers import StackState
 
@@ -79,12 +79,7 @@ def check_weights(weights: str) -> str:
 def check_seed(seed: object) -> int:
     """``seed`` as an ``int`` in ``[0, MAX_SEED]`` (numpy / 0-dim torch integers too); else a
     ``ValueError`` naming it. A float is refused, not rounded: 1.5 and 1 would draw the same audio."""
-    value = None
-    if not isinstance(seed, (bool, float)):
-        try:
-            value = operator.index(seed)
-        except TypeError:
-            value = None
+    value = as_index(seed)
     if value is None or not 0 <= value <= MAX_SEED:
         raise ValueError(f"seed must be an integer in [0, 2**64 - 1], got {seed!r}")
     return value

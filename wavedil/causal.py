@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 import torch
 
 __all__ = [
+    "as_index",
     "check_positive_int",
     "check_dilations",
     "causal_padding",
@@ -59,7 +60,7 @@ def check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
     out = []
     for i, d in enumerate(dilations):
         # ints, and integer scalars of numpy / torch (their __index__), but never a float or a bool
-        value = None if isinstance(d, bool) or (hasattr(d, "dtype") and not _integral_dtype(d)) else _as_index(d)
+        value = as_index(d)
         if value is None or value < 1:
             raise ValueError(f"dilations[{i}] must be an integer >= 1, got {d!r} in {dilations}")
         out.append(value)
@@ -74,7 +75,12 @@ def _integral_dtype(value: object) -> bool:
     return isinstance(dtype, torch.dtype) and not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
 
 
-def _as_index(value: object) -> int | None:
+def as_index(value: object) -> int | None:
+    """``value`` as an ``int`` when it is an integer: a Python int, or a numpy or 0-dim torch
+    integer (their ``__index__``); None for anything else, a bool and a float included (a
+    float is refused, never rounded: 2.5 is not a layer size or a seed)."""
+    if isinstance(value, (bool, float)) or (hasattr(value, "dtype") and not _integral_dtype(value)):
+        return None
     try:
         return operator.index(value)
     except TypeError:

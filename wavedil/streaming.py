@@ -19,12 +19,13 @@ so the eager and the exported step cannot disagree about the layout. The single-
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .causal import as_index
 
 __all__ = [
     "StackState",
@@ -135,10 +136,7 @@ def check_pos(pos: object, name: str = "state.pos") -> int:
     """The stream position ``pos`` as an ``int >= 0`` (a 0-dim integer tensor is fine); else a ``ValueError``."""
     if type(pos) is int and pos >= 0:
         return pos
-    try:
-        value = None if isinstance(pos, bool) else operator.index(pos)
-    except TypeError:
-        value = None
+    value = as_index(pos)
     if value is None or value < 0:
         raise ValueError(f"{name} must be an integer >= 0 (the stream position: samples consumed so far), got {pos!r}")
     return value
