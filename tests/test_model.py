@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from wavedil import WaveNet, generate, mu_law_decode, mu_law_encode
+from wavedil import WaveNet, WaveNetConfig, generate, mu_law_decode, mu_law_encode
 from wavedil.generate import MAX_SAMPLES
 
 
@@ -137,3 +137,25 @@ def test_mu_law_round_trip():
     assert codes.dtype == torch.long and codes.min() == 0 and codes.max() == 255
     assert (mu_law_decode(codes) - x).abs().max() < 0.04  # coarsest step near +-1
     assert torch.equal(mu_law_encode(mu_law_decode(codes)), codes)
+
+
+def test_the_torch_generation_loop_looks_the_speaker_up_once_not_per_sample(monkeypatch):
+    """``model.step(..., global_cond=...)`` takes the conditioning computed once: the loop no
+    longer checks the ids (a device sync on a GPU) and embeds them for every sample, and the
+    samples are those of passing ``speaker`` each step."""
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig(residual_channels=8, gate_channels=16, skip_channels=8, head_channels=8,
+                                  dilations=(1, 2, 4), global_cond_classes=3, global_cond_channels=4)).eval()  # fmt: skip
+    lookups = []
+    real = WaveNet.speaker_ids
+    monkeypatch.setattr(WaveNet, "speaker_ids", lambda self, *a: lookups.append(1) or real(self, *a))
+    codes = generate(model, 60, batch_size=2, seed=3, speaker=torch.tensor([2, 0])).codes
+    assert len(lookups) <= 3, len(lookups)  # the call's check, the priming step, the loop's one lookup
+    state, x = model.init_state(2), torch.zeros(2, 1, dtype=torch.long)
+    gc = model.speaker_condition(torch.tensor([2, 0]), 2)
+    with torch.no_grad():
+        a, _ = model.step(x, state.clone(), torch.tensor([2, 0]))
+        b, _ = model.step(x, state.clone(), global_cond=gc)
+    assert torch.equal(a, b) and codes.shape == (2, 60)
+    with pytest.raises(ValueError, match="speaker or its global_cond, not both"):
+        model.step(x, state.clone(), torch.tensor([2, 0]), global_cond=gc)

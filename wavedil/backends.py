@@ -324,12 +324,13 @@ class TorchBackend(Backend):
         model, state, logits, local = request.model, request.state, request.params, request.local
         n = request.n_samples
         out = torch.empty(request.batch_size, n, dtype=torch.long, device=logits.device)
+        global_cond = request.global_condition()  # once, not per sample
         for t in range(n):
             codes = model.dist.sample(logits, request.uniforms[t], request.temperature)  # (B,)
             out[:, t] = codes
             if t + 1 < n or request.continuation:
                 cond = None if local is None else local[:, :, t + 1 : t + 2]
-                step_logits, state = model.step(codes.unsqueeze(1), state, request.speaker, cond)
+                step_logits, state = model.step(codes.unsqueeze(1), state, local=cond, global_cond=global_cond)
                 logits = step_logits[:, :, 0]
             if request.progress is not None:
                 request.progress(t + 1)

@@ -408,10 +408,15 @@ class WaveNet(nn.Module):
         state: StackState,
         speaker: torch.Tensor | None = None,
         local: torch.Tensor | None = None,
+        *,
+        global_cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, StackState]:
         """Cached form of :meth:`forward` for the next chunk ``codes (B, T)``, any ``T >= 1``.
 
         ``local``: the chunk's ``(B, n_mels, T)`` slice of :meth:`upsample` (vocoders only).
+        ``global_cond``: instead of ``speaker``, its conditioning ``(B, Gc)`` as
+        :meth:`speaker_condition` returns it, computed once by a loop over samples (which then
+        skips the per-sample lookup and its check of the ids, a device sync on a GPU).
         Returns ``(params (B, P, T), new_state)``; equal to the matching slice of ``forward``
         over the whole sequence so far.
         """
@@ -424,8 +429,12 @@ class WaveNet(nn.Module):
                 if local is None
                 else "this model has no mel conditioning; do not pass local"
             )
+        if global_cond is not None and speaker is not None:
+            raise ValueError("pass speaker or its global_cond, not both")
         x = self._embed(codes).transpose(1, 2)
-        (_, skip), state = self.stack.step(x, state, self.speaker_condition(speaker, codes.shape[0]), local)
+        if global_cond is None:
+            global_cond = self.speaker_condition(speaker, codes.shape[0])
+        (_, skip), state = self.stack.step(x, state, global_cond, local)
         return self.head(skip), state
 
     def num_parameters(self) -> int:
