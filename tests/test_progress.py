@@ -64,3 +64,15 @@ def test_unknown_total_and_bad_arguments():
     with pytest.raises(ValueError, match="interval must be >= 0 seconds, got -1"):
         Progress(total=1, interval=-1)
     assert format_postfix({"n": 12345, "x": 0.5, "s": "ok"}) == "n=12,345 x=0.500 s=ok"
+
+
+def test_generate_progress_counts_the_samples_of_every_file(capsys):
+    """``generate --batch 3``: the library reports samples per sequence; the bar counts all three
+    files' samples, as the samples/s printed at the end does (it counted one file's before)."""
+    from wavedil.cli import _SampleProgress
+
+    progress = _SampleProgress(True, "generate", rows=3)
+    progress(256, 512)
+    progress(512, 512)
+    progress.close()
+    assert "generate: 1,536/1,536 sample (100.0%)" in capsys.readouterr().err

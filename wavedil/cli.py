@@ -120,11 +120,13 @@ class _SampleProgress:
     """``progress(done, total)`` for the library calls, shown with :class:`wavedil.progress.Progress`.
 
     A bar on a terminal, a plain line every few seconds otherwise; created on the first report
-    (the total is known only once the checkpoint is read), updated every 256 samples.
+    (the total is known only once the checkpoint is read), updated every 256 samples. The
+    library reports samples per sequence; the bar counts them over all ``rows`` sequences, as
+    the samples/s printed at the end does.
     """
 
-    def __init__(self, enabled: bool, desc: str) -> None:
-        self.enabled, self.desc = enabled, desc
+    def __init__(self, enabled: bool, desc: str, rows: int = 1) -> None:
+        self.enabled, self.desc, self.rows = enabled, desc, rows
         self.bar = None
         self.shown = 0
 
@@ -134,8 +136,8 @@ class _SampleProgress:
         if self.bar is None:
             from .progress import Progress
 
-            self.bar = Progress(total=total, unit="sample", desc=self.desc)
-        self.bar.update(done - self.shown)
+            self.bar = Progress(total=total * self.rows, unit="sample", desc=self.desc)
+        self.bar.update((done - self.shown) * self.rows)
         self.shown = done
 
     def close(self) -> None:
@@ -147,7 +149,7 @@ def _generate(args: argparse.Namespace) -> None:
     from .synthesis import generate_to_files
 
     target = _model_target(args.checkpoint, args.model, "model to sample")
-    progress = _SampleProgress(not args.quiet, "generate")
+    progress = _SampleProgress(not args.quiet, "generate", rows=max(1, args.batch))
     try:
         res = generate_to_files(
             target, args.output, args.seconds, batch=args.batch, temperature=args.temperature,
