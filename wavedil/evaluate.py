@@ -467,8 +467,6 @@ def evaluate_files(
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
     if isinstance(vocode_seconds, bool) or not isinstance(vocode_seconds, (int, float)) or not vocode_seconds >= 0:
         raise ValueError(f"vocode_seconds must be >= 0, got {vocode_seconds!r}")
-    if isinstance(audio, (str, os.PathLike)):
-        audio = [audio]  # one path, not a sequence of one-character paths
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
     if mic not in VCTK_MICS:

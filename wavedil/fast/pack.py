@@ -94,8 +94,9 @@ def quantize(w: np.ndarray, weights: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(q), np.ascontiguousarray(scale)
 
 
-#: Bytes the kernels' matrices are aligned to: a cache line, and one AVX-512 register. Weights
-#: at a 16- or 48-byte offset cost batched generation up to ~10% on the 2-core Xeon (AVX-512).
+#: Bytes the kernels' matrices are aligned to: a cache line, and one AVX-512 register. On the
+#: 2-core Xeon (AVX-512), ``bf16``'s widened weights at a 16- or 48-byte offset made batches
+#: 3-10% slower; ``fp32`` showed no difference within the noise (``bench/README.md``).
 ALIGN = 64
 
 
