@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -91,7 +92,7 @@ def max_over_ranks(value: float, info: DistInfo) -> float:
     return float(t.item())
 
 
-def broadcast_object(obj, info: DistInfo):
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
     """Rank 0's ``obj`` on every rank."""
     if not info.enabled:
         return obj

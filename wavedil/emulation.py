@@ -23,6 +23,7 @@ keeps its elementwise work in float32 under both, so they agree up to summation 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -57,7 +58,7 @@ class _RoundBf16(torch.autograd.Function):
         return g.to(torch.bfloat16).to(g.dtype)
 
 
-def round_bf16(x):
+def round_bf16(x: Any) -> Any:
     """``x`` rounded to the nearest bfloat16 values, still in its float32 dtype; other inputs as given.
 
     Differentiable: the gradient is rounded to bfloat16 the same way (as the backward of a

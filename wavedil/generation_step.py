@@ -68,7 +68,9 @@ class GenerationStep(nn.Module):
         """Names of the outputs, in order."""
         return ["next_code", *self.stack_step.output_names[1 + self.stack_step.has_skip :]]
 
-    def forward(self, code: torch.Tensor, uniforms: torch.Tensor, pos: torch.Tensor, *rest: torch.Tensor):
+    def forward(
+        self, code: torch.Tensor, uniforms: torch.Tensor, pos: torch.Tensor, *rest: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         """Feed ``code``, then draw the next code from the head's parameters: see the class docstring."""
         params, new_pos, *buffers = self.advance(code, pos, *rest)
         return (self.model.dist.sample(params, uniforms, self.temperature), new_pos, *buffers)

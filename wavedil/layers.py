@@ -155,7 +155,9 @@ class CausalConv1d(nn.Module):
             raise ValueError(f"expected input (B, {self.in_channels}, T) with T >= 1, got {got}")
         check_tensor_input("x", x, next(self.parameters()))
 
-    def init_buffer(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+    def init_buffer(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """An empty (all-zero) ring buffer ``(B, C_in, (k-1)*d)`` for :meth:`step`."""
         check_positive_int("batch_size", batch_size)
         device = self.weight.device if device is None else device
@@ -589,7 +591,7 @@ class DilatedStack(nn.Module):
         """``(S,)``: the sum of the layers' skip biases, which :meth:`forward_btc` adds once."""
         return sum(layer.out.bias[layer.residual_channels :] for layer in self.layers)
 
-    def lowp_mode(self, x: torch.Tensor):
+    def lowp_mode(self, x: torch.Tensor) -> torch.dtype | str | None:
         """How the whole stack's training forward runs on ``x (B, T, R)``: ``torch.bfloat16`` or
         ``"bf16-emulated"`` (the bf16 kernels of :mod:`wavedil.gated_lowp`), or ``None``."""
         return self._lowp_mode(0, len(self.layers), x)
@@ -623,7 +625,9 @@ class DilatedStack(nn.Module):
         mode = gated_fast_path(x, self.layers[lo].conv.weight)
         return mode if mode in (torch.bfloat16, EMULATED_BF16) else None
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> StackState:
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> StackState:
         """A fresh streaming state for ``batch_size`` sequences (all pasts are silence/zeros)."""
         return StackState([layer.conv.init_buffer(batch_size, device, dtype) for layer in self.layers], 0)
 

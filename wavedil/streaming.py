@@ -145,7 +145,13 @@ def check_pos(pos: object, name: str = "state.pos") -> int:
 # ----------------------------------------------------------------------------- ring arithmetic
 
 
-def new_ring(batch_size: int, channels: int, length: int, device=None, dtype=None) -> torch.Tensor:
+def new_ring(
+    batch_size: int,
+    channels: int,
+    length: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """An all-zero ring ``(B, C, L)`` stored time-major (its memory is ``(L, B, C)``).
 
     The shape, and so every index, is that of a plain ``(B, C, L)`` tensor; only the memory
