@@ -281,6 +281,10 @@ def _open_failure(path: Path, exc: Exception) -> AudioReadError:
     )
 
 
+#: files already warned about for samples outside [-1, 1] (a training run reads each file many times)
+_WARNED_CLIPPED: set[str] = set()
+
+
 def read_audio(
     path: str | os.PathLike,
     sample_rate: int | None = None,
@@ -331,7 +335,7 @@ def read_audio(
         sep = " " if problem.startswith(("is ", "cannot ")) else ": "
         raise AudioReadError(f"'{path}'{sep}{problem}{hint}")
     try:
-        snd = sf.SoundFile(str(path))
+        snd = sf.SoundFile(os.fsencode(path))  # bytes: soundfile cannot encode a name that is not UTF-8
     except Exception as exc:  # soundfile raises several types (RuntimeError, LibsndfileError)
         raise _open_failure(path, exc) from None
     with snd:
@@ -361,6 +365,13 @@ def read_audio(
     if not np.isfinite(data).all():
         raise AudioReadError(f"audio file '{path}' holds NaN or infinite samples")
     wav = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]).contiguous()
+    peak = float(wav.abs().max())
+    if peak > 1.0 and str(path) not in _WARNED_CLIPPED:  # float data above full scale; once per file
+        _WARNED_CLIPPED.add(str(path))
+        logger.warning(
+            "audio file '%s' holds samples up to %.3g, outside [-1, 1] (float audio above full scale): they are "
+            "clipped to [-1, 1]; scale the file down to keep its peaks", path, peak,
+        )
     wav = wav.clamp_(-1.0, 1.0)
     if sample_rate is not None and sample_rate != rate:
         wav = resample(wav, rate, sample_rate)
@@ -441,7 +452,7 @@ def audio_info(path: str | os.PathLike) -> sf._SoundFileInfo:
     """
     path = Path(path)
     try:
-        return sf.info(str(path))
+        return sf.info(os.fsencode(path))  # bytes: soundfile cannot encode a name that is not UTF-8
     except Exception as exc:  # soundfile raises several types (RuntimeError, LibsndfileError)
         raise AudioReadError(f"cannot read audio header of '{path}': {exc}") from exc
 
@@ -488,9 +499,16 @@ def check_output_path(path: str | os.PathLike) -> Path:
         ValueError: ``path`` is a folder, does not end in one of :data:`OUTPUT_SUFFIXES`, or its
             folder cannot be created or written.
     """
+    if str(path) == "-":
+        raise ValueError(
+            "-o - (16-bit PCM on standard output) is written by wavedil vocode --stream only: give an output file "
+            "such as out.wav"
+        )
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"output path '{path}' is a directory: give a file name such as {path / 'out.wav'}")
+    if path.name.lower() in OUTPUT_SUFFIXES:  # '.wav': a hidden file with no name, not a WAV file
+        raise ValueError(f"output file '{path}' has no name before its extension: give one such as out{path.name}")
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"output file '{path}' must end in .wav, .flac or .ogg")
     check_writable_folder(path, "the output folder", "-o")

@@ -35,8 +35,11 @@ def _fail(msg: str) -> "SystemExit":
     return SystemExit(EXIT_USER_ERROR)
 
 
-def _model_target(checkpoint: str | None, model: str | None, what: str) -> str:
+def _model_target(checkpoint: str | None, model: str | None, what: str, taken: tuple[str, str] | None = None) -> str:
     """The checkpoint argument, or ``pretrained:NAME`` for ``--model NAME``: exactly one of them.
+
+    ``taken``: ``(name, value)`` of the positional argument that the only one given went to (the
+    input of ``vocode RUN -o out.wav``), to say so when the checkpoint is missing.
 
     Raises:
         ValueError: both or neither given.
@@ -44,9 +47,13 @@ def _model_target(checkpoint: str | None, model: str | None, what: str) -> str:
     if checkpoint is not None and model is not None:
         raise ValueError(f"give either a checkpoint ('{checkpoint}') or --model {model}, not both")
     if checkpoint is None and model is None:
+        took = ""
+        if taken is not None:
+            took = (f" ('{taken[1]}' was taken as the {taken[0]}: with a checkpoint, give the {taken[0]} after it, "
+                    "or give --model NAME)")  # fmt: skip
         raise ValueError(
             f"give the {what}: a checkpoint (a step_*.pt file or a run folder) as the first argument, or "
-            "--model NAME for a bundled model (wavedil models lists them)"
+            f"--model NAME for a bundled model (wavedil models lists them){took}"
         )
     from .pretrained import PRETRAINED_PREFIX
 
@@ -110,7 +117,80 @@ def _train(overrides: list[str]) -> None:
         # torchrun's other ranks: rank 0 owns the run folder (train() broadcasts it) and the logs.
         overrides = overrides + ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     sys.argv = ["wavedil train"] + overrides
-    _run()
+    # Hydra prints a composition error (an unknown config group option, a key not in the config, a
+    # malformed override) over several lines and exits with status 1; let it raise instead and report
+    # it as every other user error: one line, status 2 (the full traceback with debug=true).
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _run()
+    except Exception as exc:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if debug or not isinstance(exc, (HydraException, OmegaConfBaseException)):
+            raise
+        raise _fail(_hydra_message(exc)) from None
+    finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+
+
+#: the config groups whose options wavedil checks, and the typed settings that list them
+_GROUP_SETTINGS = {"trainer": "TrainerConfig", "optim": "OptimConfig", "data": "DataConfig"}
+
+
+def _hydra_message(exc: BaseException) -> str:
+    """A Hydra / OmegaConf composition error of ``wavedil train`` as one line, in wavedil's terms.
+
+    A key that is not in the config (``trainer.foo=1``) is named with the valid options of its
+    group (Hydra's advice, ``+trainer.foo=1``, would only be refused later); other errors are
+    Hydra's own text with its lines joined (the list of a group's choices kept, the config
+    search path left out).
+    """
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    full_key = str(getattr(cause, "full_key", None) or "")
+    if "is not in struct" in str(cause) and full_key:
+        from dataclasses import fields
+
+        from . import train_config
+        from .model import WaveNetConfig
+
+        group, _, key = full_key.rpartition(".")
+        valid: list[str] | None = None
+        if group in _GROUP_SETTINGS:
+            valid = [f.name for f in fields(getattr(train_config, _GROUP_SETTINGS[group]))]
+        elif group == "model":
+            valid = [f.name for f in fields(WaveNetConfig)]
+        elif not group:
+            valid = list(train_config.TOP_LEVEL_KEYS)
+        if valid is not None and key in valid:  # an option that this config's YAML does not set
+            if full_key == "data.mic":
+                return ("data.mic is read with data.layout=vctk only: use data=vctk (its config sets data.mic), "
+                        "or pass +data.mic=VALUE with data.layout=vctk")  # fmt: skip
+            return f"{full_key} is not set in this config: add it with +{full_key}=VALUE"
+        if valid is not None:
+            return train_config._unknown_keys_message([key], valid, f"{group} option" if group else "top-level option")
+    text = str(exc).split("Config search path:")[0]
+    if cause is not exc:
+        text += "\n" + str(cause).split("full_key:")[0]
+    parts: list = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("To append to your config"):
+            continue
+        if raw.startswith("\t") and parts and isinstance(parts[-1], list):
+            parts[-1].append(line)
+        elif raw.startswith("\t"):
+            parts.append([line])
+        else:
+            parts.append(line.removeprefix("In 'train': "))
+    words = [", ".join(p) if isinstance(p, list) else p for p in parts]
+    if isinstance(getattr(exc, "override", None), str):  # OverrideParseException: name the override
+        words.insert(0, f"cannot parse the override {exc.override!r}:")
+    return " ".join(w if w.endswith((".", ":", "?")) or i == len(words) - 1 else w + ";" for i, w in enumerate(words))
 
 
 # ----------------------------------------------------------------------------- generate / vocode
@@ -171,7 +251,7 @@ def _generate(args: argparse.Namespace) -> None:
 def _vocode_stream(args: argparse.Namespace) -> None:
     from .synthesis import vocode_stream_file
 
-    target = _model_target(args.checkpoint, args.model, "vocoder")
+    target = _model_target(args.checkpoint, args.model, "vocoder", ("input", args.input))
     stats = vocode_stream_file(
         target, args.input, args.output, temperature=args.temperature, seed=args.seed, speaker=args.speaker,
         save_mel=args.save_mel, max_seconds=args.max_seconds, backend=args.backend, weights=args.weights,
@@ -188,7 +268,7 @@ def _vocode(args: argparse.Namespace) -> None:
         return _vocode_stream(args)
     from .synthesis import vocode_file
 
-    target = _model_target(args.checkpoint, args.model, "vocoder")
+    target = _model_target(args.checkpoint, args.model, "vocoder", ("input", args.input))
     progress = _SampleProgress(not args.quiet, "vocode")
     try:
         res = vocode_file(
@@ -212,7 +292,7 @@ def _vocode(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_files
 
-    target = _model_target(args.checkpoint, args.model, "model to evaluate")
+    target = _model_target(args.checkpoint, args.model, "model to evaluate", ("audio", " ".join(args.audio)))
     result = evaluate_files(
         target, args.audio, layout=args.layout, mic=args.mic, split=args.split,
         valid_fraction=args.valid_fraction, max_seconds=args.max_seconds, use_ema=not args.no_ema,
@@ -257,12 +337,56 @@ _MODEL_HELP = "a bundled pretrained model by name, instead of a checkpoint (wave
 _TEMPERATURE_HELP = "sampling temperature, 0 greedy (default: a bundled model's card value, else 1.0)"
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that takes its options and positionals in any order.
+
+    ``wavedil vocode RUN --stream - -o out.wav`` and ``wavedil eval RUN --json a.wav``: a plain
+    parser gives the positionals before the first option to the first ones it can fill and then
+    refuses the rest as "unrecognized arguments". ``--debug`` is accepted after the subcommand too.
+    """
+
+    _intermixed = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixed:  # the passes of parse_known_intermixed_args (Python < 3.12)
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
+#: the arguments of the subcommands that name a file or folder: an empty string is refused
+_PATH_ARGS = {
+    "checkpoint": "the checkpoint argument", "output": "-o", "prompt": "--prompt", "input": "the input argument",
+    "save_mel": "--save-mel", "target": "the target argument", "audio": "an audio argument",
+}  # fmt: skip
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse an empty path (``-o ""``, ``wavedil eval RUN ""``): it would name the current folder.
+
+    Raises:
+        ValueError: naming the option.
+    """
+    for attr, what in _PATH_ARGS.items():
+        value = getattr(args, attr, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and not v.strip():
+                raise ValueError(f"{what} is an empty string ({v!r}): give a file or folder path")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .backends import WEIGHT_MODES
 
     p = argparse.ArgumentParser(prog="wavedil", description="WaveNet-style raw-audio generation.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
     sub.add_parser("train", help="train with Hydra overrides: wavedil train experiment=speech8k ...", add_help=False)
 
     g = sub.add_parser("generate", help="sample audio from a checkpoint")
@@ -339,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return _train([a for a in argv[idx + 1 :] if a != "--debug"] + (["debug=true"] if debug else []))
     args = _parser().parse_args(argv)
     try:
+        _check_paths(args)
         {"generate": _generate, "eval": _eval, "info": _info, "vocode": _vocode, "models": _models}[args.command](args)
     except BrokenPipeError:
         # the reader of standard output went away (``wavedil vocode --stream -o - | head``): stop quietly,

@@ -74,13 +74,13 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
     Args:
         target: ``step_*.pt``, a run folder, ``pretrained:NAME`` (a bundled model), a name of
             ``conf/model/*.yaml`` (``tiny``, ``ref30``, ...) or a model YAML file.
-        sample_rate: the rate for the receptive field in ms; default the checkpoint's, or 16000
-            for a config.
+        sample_rate: the rate for the receptive field in ms of a config (default 16000); a
+            checkpoint's is its own (another is refused).
 
     Raises:
         ValueError: ``target`` is none of these (the message lists the config names), an unusable
             checkpoint, a YAML file that is not valid YAML of model options (named, with the
-            parser's complaint), or ``sample_rate`` is not positive.
+            parser's complaint), or ``sample_rate`` is not positive or not a checkpoint's own rate.
     """
     if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1):
         raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
@@ -96,7 +96,12 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
         src = open_model(target)
         ckpt = src.checkpoint
         model = model_from_checkpoint(ckpt)
-        sr = sample_rate or src.sample_rate
+        if sample_rate is not None and sample_rate != src.sample_rate:
+            raise ValueError(
+                f"--sample-rate {sample_rate}: '{text}' is a model of {src.sample_rate} Hz, and its receptive field is "
+                "given at that rate; --sample-rate applies to a model config or YAML only: leave it out"
+            )
+        sr = src.sample_rate
         source = f"checkpoint at step {ckpt.get('step', '?')}"
         if src.pretrained is not None:
             card = src.pretrained.card

@@ -18,6 +18,7 @@ own float32 forward.
 from __future__ import annotations
 
 import bz2
+import logging
 import math
 from dataclasses import dataclass, field
 import os
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import torch
 
 from .model import WaveNet
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .data import AudioItem
@@ -208,7 +211,10 @@ def evaluate_codes(
         if bz2_size is not None:
             bz2_size.add(predicted)
     if n_files == 0:
-        raise ValueError("nothing to evaluate: no file with at least 2 samples")
+        raise ValueError(
+            "nothing to evaluate: no readable file with at least 2 samples (unreadable files are skipped with a "
+            "warning above; --max-seconds shortens every file)"
+        )
     bz2_bits = bz2_size.bits_per_sample() if bz2_size is not None else math.nan
     return EvalReport(total_bits / total_n, bz2_bits, unigram_bits_per_sample(counts), total_n, n_files, per_file)
 
@@ -402,6 +408,8 @@ def gather_items(
         audio = [audio]  # one path, not its characters
     items: list[AudioItem] = []
     for src in audio:
+        if not str(src).strip():
+            raise CorpusError(f"an audio path is an empty string ({str(src)!r}): give a file or folder")
         p = Path(src)
         if p.is_dir():
             items += load_corpus(p, layout=layout, mic=mic)
@@ -409,7 +417,12 @@ def gather_items(
             items.append(AudioItem(p))
         else:
             raise CorpusError(f"'{p}' is neither an audio file nor a folder")
-    return items
+    seen: dict[str, AudioItem] = {}
+    for item in items:  # a file named twice (a folder and a file in it, or twice) is evaluated once
+        seen.setdefault(os.path.realpath(item.path), item)
+    if len(seen) < len(items):
+        logger.warning("%d audio file(s) given more than once are evaluated once", len(items) - len(seen))
+    return list(seen.values())
 
 
 def evaluate_files(
@@ -493,9 +506,11 @@ def evaluate_files(
         known = set(model.config.speakers)
         unknown = sorted({str(it.speaker) for it in items if it.speaker not in known})
         if unknown:
+            none = any(it.speaker is None for it in items)
             raise ValueError(
                 f"files of speakers {unknown} that the model does not know (evaluate with --layout vctk on the "
                 f"speakers it was trained on: {', '.join(model.config.speakers)})"
+                + (f"; 'None': --layout {layout} gives a file no speaker, and this model needs one" if none else "")
             )
 
     def files(seconds: float | None) -> Iterable[tuple[str, torch.Tensor, dict]]:

@@ -312,20 +312,37 @@ def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
         raise ValueError(
             f"spec must be the vocoder's MelSpec (model.mel_spec, or MelSpec.from_dict(d)), got {type(spec).__name__}"
         )
+    objects = f"'{path}' holds Python objects, not numbers: save the log-mel as a float array (numpy.save)"
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
+        if "Object arrays" in str(exc):  # not "pickled data": a file that is not .npy
+            raise ValueError(objects) from None
         raise ValueError(f"cannot read the mel file '{path}': {exc}") from None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
             if "mel" not in data.files:
                 raise ValueError(f"'{path}' has no array named 'mel' (it has {data.files})")
-            for key in ("hop_length", "sample_rate", "n_mels"):
-                if key in data.files and int(data[key]) != getattr(spec, key):
-                    raise ValueError(
-                        f"'{path}' was made with {key}={int(data[key])} but this vocoder expects {key}={getattr(spec, key)}"
-                    )
-            mel = data["mel"]
+            try:
+                stored = {key: data[key] for key in ("mel", "hop_length", "sample_rate", "n_mels") if key in data.files}
+            except ValueError as exc:  # an object array: np.load refuses to unpickle it
+                if "Object arrays" in str(exc):  # not "pickled data": a file that is not .npy
+                    raise ValueError(objects) from None
+                raise ValueError(f"cannot read the mel file '{path}': {exc}") from None
+        for key in ("hop_length", "sample_rate", "n_mels"):
+            if key not in stored:
+                continue
+            value = stored[key]
+            if value.ndim != 0 or not np.issubdtype(value.dtype, np.integer):
+                raise ValueError(
+                    f"'{path}': its {key} must be one integer (this vocoder's is {getattr(spec, key)}), "
+                    f"got {value.dtype} {value.shape}"
+                )
+            if int(value) != getattr(spec, key):
+                raise ValueError(
+                    f"'{path}' was made with {key}={int(value)} but this vocoder expects {key}={getattr(spec, key)}"
+                )
+        mel = stored["mel"]
     else:
         mel = data
     if mel.ndim != 2 or mel.shape[0] != spec.n_mels or mel.shape[1] < 1 or not np.issubdtype(mel.dtype, np.floating):
@@ -390,7 +407,7 @@ def vocode_stream_file(
             vocoder, a bad chunk (:func:`wavedil.vocoder_stream.iter_npy_chunks`: not ``(n_mels, F)``
             float ``.npy``, truncated, NaN or infinite), no frames, a stream longer than ``max_seconds``.
     """
-    if save_mel:
+    if save_mel is not None:
         raise ValueError(
             "--save-mel does not apply to --stream: the stream already is log-mel frames (keep a copy of it, "
             "e.g. with tee, or vocode an audio file without --stream to save its log-mel)"
@@ -404,6 +421,10 @@ def vocode_stream_file(
     if not from_stdin and not os.path.exists(source):
         raise ValueError(
             f"the stream input '{source}' does not exist: give a file of .npy chunks, or - for standard input"
+        )
+    if not from_stdin and os.path.isdir(source):
+        raise ValueError(
+            f"the stream input '{source}' is a folder: give a file of .npy chunks, or - for standard input"
         )
     model, src = _open_vocoder(checkpoint, device, use_ema)
     temperature = sampling_temperature(src, temperature)
@@ -467,12 +488,19 @@ def vocode_file(
             not fit the vocoder, an input longer than ``max_seconds``, an output or ``save_mel``
             path that cannot be written or is the input (or each other), or a bad argument.
     """
+    if str(source) == "-":
+        raise ValueError(
+            "the input '-' (standard input) is read with --stream only, as .npy log-mel chunks: add --stream, "
+            "or give an audio file or a log-mel .npy"
+        )
     out = check_output_path(output)
     source = Path(source)
     if _same_file(out, source):
         raise ValueError(_overwrites_input(output, source))
     mel_out = None
-    if save_mel:
+    if save_mel is not None and not str(save_mel).strip():
+        raise ValueError(f"--save-mel is an empty string ({str(save_mel)!r}): give a .npy file name, or leave it out")
+    if save_mel is not None:
         mel_out = Path(save_mel)
         for other, what in ((source, "the input"), (out, "the -o output")):
             if _same_file(mel_out, other):

@@ -54,6 +54,7 @@ from .checkpoint import (
     step_from_name,
 )
 from .config import model_config, to_plain
+from .generate import MAX_SAMPLES
 from .data import CorpusError, SegmentDataset, load_corpus, speakers_of, split_items
 from .distributed import (
     DistInfo,
@@ -202,6 +203,11 @@ def build_data(data_cfg: dict | DataConfig, mcfg: WaveNetConfig, seed: int, max_
     dcfg = _data_settings(data_cfg)
     items = load_corpus(dcfg.root, layout=dcfg.layout, mic=dcfg.mic)
     train_items, valid_items = split_items(items, valid_fraction=dcfg.valid_fraction)
+    if not valid_items:  # split_items holds none out of a single file
+        raise TrainingError(
+            f"the corpus '{dcfg.root}' has {len(items)} usable audio file: training holds whole files out for "
+            "validation, so it needs at least 2; add files, or cut the recording into several"
+        )
     T, sr = dcfg.segment_length, dcfg.sample_rate
     common: dict = dict(
         segment_length=T, sample_rate=sr, quantization_channels=mcfg.quantization_channels,
@@ -524,6 +530,12 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     plain = to_plain(cfg)
     tcfg, ocfg, dcfg, seed = _settings(plain)
     mcfg = model_config(plain["model"])
+    if tcfg.sample_every > 0 and mcfg.mel is None and tcfg.sample_seconds * dcfg.sample_rate > MAX_SAMPLES:
+        raise TrainingError(
+            f"trainer.sample_seconds={tcfg.sample_seconds:g} is {tcfg.sample_seconds * dcfg.sample_rate:,.0f} samples "
+            f"at data.sample_rate={dcfg.sample_rate}; a clip holds at most {MAX_SAMPLES:,} "
+            f"({MAX_SAMPLES / dcfg.sample_rate:,.0f} s): lower trainer.sample_seconds"
+        )
     dist = dist_info_from_env()
     device = resolve_device(tcfg.device, dist.local_rank)
     if tcfg.threads > 0:
@@ -560,6 +572,12 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     else:
         init_state, lineage = None, resume[1].get("initialised_from") if resume is not None else None
     model, ema = _build_model(mcfg, tcfg, data, device, seed, fresh=resume is None, init_state=init_state)
+    if model.receptive_field > dcfg.segment_length and dist.is_main:
+        log.warning(
+            "data.segment_length=%d is shorter than the model's receptive field (%d samples): most predictions in "
+            "training see zero padding where generation sees audio. Raise data.segment_length to %d or more",
+            dcfg.segment_length, model.receptive_field, model.receptive_field,
+        )
     if init is not None and dist.is_main:
         log.info("initialised from %s (step %s)", init.label, init.checkpoint.get("step"))
         print(f"initialised the weights from {init.label} (its step {init.checkpoint.get('step')}); "

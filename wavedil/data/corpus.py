@@ -214,7 +214,8 @@ def _split_keys(items: Sequence[AudioItem]) -> list[str]:
 
 def _unit_hash(key: str) -> float:
     """A uniform number in [0, 1) from a string, identical on every machine and Python run."""
-    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    # surrogateescape: a file name that is not UTF-8 hashes as its bytes (a UTF-8 name as before)
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()[:8], "big") / 2.0**64
 
 
 def split_items(

@@ -204,7 +204,7 @@ def probe_audio(path: str | os.PathLike, min_frames: int = 0) -> tuple[int, int]
         )
     if info.subtype in ("FLOAT", "DOUBLE"):
         try:
-            for block in sf.blocks(str(path), blocksize=_SCAN_BLOCK, dtype="float32"):
+            for block in sf.blocks(os.fsencode(path), blocksize=_SCAN_BLOCK, dtype="float32"):
                 if not np.isfinite(block).all():
                     raise AudioReadError(f"'{path}' holds NaN or infinite samples")
         except AudioReadError:
