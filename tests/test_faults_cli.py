@@ -158,6 +158,18 @@ def test_train_config_composition_errors_are_one_line_with_status_2(tmp_path, ca
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("name", ["../../escape", "", "a/b", "..", "ok,../x"])
+def test_a_run_name_that_is_not_a_plain_folder_name_is_refused_before_hydra(tmp_path, capsys, monkeypatch, name):
+    """Before: ``name=../../escape`` wrote the run outside ``outputs/`` and ``name=`` dropped the
+    name level (Hydra makes the folder before wavedil sees the config)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    # a one-step run should the check be missing, so that the test fails fast
+    line = user_error(capsys, "train", "model=tiny", "trainer=debug", "trainer.max_steps=1", f"name={name}")
+    assert f"name={name}: name is the run's folder under outputs/" in line
+    assert not any(tmp_path.iterdir()) and not (tmp_path.parent / "escape").exists()
+
+
 # ----------------------------------------------------------------------------- 4. standard input / output
 
 
@@ -244,6 +256,24 @@ def test_eval_counts_a_file_given_twice_once(run_dir, recording, caplog):
         twice = evaluate_files(run_dir, [recording, recording, recording.parent]).report
     assert (twice.n_files, twice.n_samples) == (once.n_files, once.n_samples) == (1, SR // 10 - 1)
     assert any("given more than once" in r.getMessage() for r in caplog.records)
+
+
+def test_eval_notes_a_temperature_that_a_plain_model_does_not_use(run_dir, recording):
+    """Before: ``eval PLAIN_RUN --temperature 0.5`` ignored the option without a word."""
+    notes = evaluate_files(run_dir, [recording], temperature=0.5).notes
+    assert any(n.startswith("temperature 0.5 is not used") for n in notes), notes
+    assert not any("temperature" in n for n in evaluate_files(run_dir, [recording]).notes)
+
+
+def test_vocode_stream_quiet_prints_no_streaming_note(vocoder_run, tmp_path, capsys):
+    """Before: ``vocode --stream --quiet`` still printed the "streaming: ..." note."""
+    chunks = tmp_path / "chunks.npys"
+    chunks.write_bytes(npy_chunks(np.random.default_rng(0).standard_normal((MEL["n_mels"], 4)).astype(np.float32)))
+    for quiet in (False, True):
+        argv = ["vocode", str(vocoder_run), str(chunks), "--stream", "-o", str(tmp_path / "s.wav"), "--backend", "torch"]
+        code, _, err = run_cli(capsys, *argv + ["--quiet"] * quiet)
+        assert code == 0, err
+        assert ("streaming:" in err) != quiet and "streamed 4 frames" in err
 
 
 def test_eval_of_unreadable_files_only_says_they_were_skipped(run_dir, tmp_path, capsys):

@@ -83,6 +83,27 @@ def _summary_json(summary: dict) -> str:
     return json.dumps(clean, allow_nan=False)
 
 
+def _check_run_name(overrides: Sequence[str]) -> None:
+    """Refuse a ``name=`` override that is not a plain folder name: runs go to
+    ``outputs/<name>/<date>_<time>/``, and Hydra makes that folder before wavedil sees the config
+    (``name=../../x`` would write outside ``outputs/``, ``name=`` would drop the name level).
+
+    Raises:
+        ValueError: naming the override and what to use instead.
+    """
+    for override in overrides:
+        key, eq, value = override.lstrip("+~").partition("=")
+        if key != "name" or not eq:
+            continue
+        value = value.strip().strip("'\"")
+        parts = value.split(",") if value else [""]
+        if any(not part or part in (".", "..") or "/" in part or "\\" in part for part in parts):
+            raise ValueError(
+                f"{override}: name is the run's folder under outputs/ and must be a plain, non-empty name "
+                "(no '/'), e.g. name=my_run; to write somewhere else set hydra.run.dir=FOLDER"
+            )
+
+
 def _train(overrides: list[str]) -> None:
     """Run ``wavedil train`` through ``hydra.main`` so overrides, ``-m`` sweeps and run folders work."""
     import hydra
@@ -96,6 +117,10 @@ def _train(overrides: list[str]) -> None:
     except ValueError as exc:  # a bad WAVEDIL_MALLOC
         raise _fail(exc) from None
 
+    try:
+        _check_run_name(overrides)
+    except ValueError as exc:
+        raise _fail(exc) from None
     debug = "debug=true" in overrides or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
     @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
@@ -255,7 +280,8 @@ def _vocode_stream(args: argparse.Namespace) -> None:
     stats = vocode_stream_file(
         target, args.input, args.output, temperature=args.temperature, seed=args.seed, speaker=args.speaker,
         save_mel=args.save_mel, max_seconds=args.max_seconds, backend=args.backend, weights=args.weights,
-        device=args.device, use_ema=not args.no_ema, note=lambda line: print(line, file=sys.stderr),
+        device=args.device, use_ema=not args.no_ema,
+        note=None if args.quiet else (lambda line: print(line, file=sys.stderr)),
     )  # fmt: skip
     where = "standard output (16-bit PCM)" if args.output == "-" else args.output
     print(f"streamed {stats.frames} frames -> {stats.samples} samples to {where}; real-time factor "

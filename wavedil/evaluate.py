@@ -489,6 +489,7 @@ def evaluate_files(
     seed = check_seed(seed)
     check_weights(weights)
     src = open_model(checkpoint)
+    given_temperature = temperature
     temperature = sampling_temperature(src, temperature)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
         raise ValueError(f"temperature must be >= 0 (0: greedy) and finite, got {temperature!r}")
@@ -525,6 +526,11 @@ def evaluate_files(
 
     result = FileEvaluation(evaluate_codes(model, files(max_seconds), chunk, weights), weights)
     result.notes = _resampling_notes(items, sr)
+    if given_temperature is not None and (model.upsampler is None or vocode_seconds == 0):
+        result.notes.append(
+            f"temperature {temperature:g} is not used: it is the sampling temperature of a vocoder's re-synthesis "
+            "(--vocode-seconds > 0), and the likelihood does not depend on it"
+        )
     if model.upsampler is not None and vocode_seconds > 0:
         waves = [(name, cond["wav"]) for name, _, cond in files(vocode_seconds)]
         result.log_mel_distance, per_file = vocode_distance(
