@@ -312,13 +312,19 @@ def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
         raise ValueError(
             f"spec must be the vocoder's MelSpec (model.mel_spec, or MelSpec.from_dict(d)), got {type(spec).__name__}"
         )
-    objects = f"'{path}' holds Python objects, not numbers: save the log-mel as a float array (numpy.save)"
+
+    def unreadable(exc: Exception) -> ValueError:
+        """np.load's refusal (of the file, or of one array of a ``.npz``) in the caller's terms."""
+        if "Object arrays" in str(exc):  # an object array (not "pickled data": a file that is not .npy)
+            return ValueError(
+                f"'{path}' holds Python objects, not numbers: save the log-mel as a float array (numpy.save)"
+            )
+        return ValueError(f"cannot read the mel file '{path}': {exc}")
+
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        if "Object arrays" in str(exc):  # not "pickled data": a file that is not .npy
-            raise ValueError(objects) from None
-        raise ValueError(f"cannot read the mel file '{path}': {exc}") from None
+        raise unreadable(exc) from None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
             if "mel" not in data.files:
@@ -326,9 +332,7 @@ def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
             try:
                 stored = {key: data[key] for key in ("mel", "hop_length", "sample_rate", "n_mels") if key in data.files}
             except ValueError as exc:  # an object array: np.load refuses to unpickle it
-                if "Object arrays" in str(exc):  # not "pickled data": a file that is not .npy
-                    raise ValueError(objects) from None
-                raise ValueError(f"cannot read the mel file '{path}': {exc}") from None
+                raise unreadable(exc) from None
         for key in ("hop_length", "sample_rate", "n_mels"):
             if key not in stored:
                 continue
