@@ -100,6 +100,20 @@ def test_debug_is_accepted_after_the_subcommand(run_dir, tmp_path, capsys):
         cli_main(["generate", str(run_dir), "-o", str(tmp_path / "d"), "--seconds", "0.01", "--debug"])
 
 
+@pytest.mark.parametrize(
+    "argv, command, extra",
+    [(["models", "extra"], "models", "extra"), (["generate", "a", "b", "-o", "x.wav"], "generate", "b"),
+     (["info", "a", "b"], "info", "b")],
+)  # fmt: skip
+def test_arguments_a_subcommand_does_not_take_are_refused_with_its_own_usage(argv, command, extra, capsys):
+    """Before: ``wavedil models extra`` printed the top-level usage ("wavedil: error: ...")."""
+    with pytest.raises(SystemExit) as stop:
+        cli_main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert f"usage: wavedil {command} " in err and f"wavedil {command}: error: unrecognized arguments: {extra}" in err
+
+
 # ----------------------------------------------------------------------------- 2. empty path arguments
 
 

@@ -369,6 +369,8 @@ class _SubcommandParser(argparse.ArgumentParser):
     ``wavedil vocode RUN --stream - -o out.wav`` and ``wavedil eval RUN --json a.wav``: a plain
     parser gives the positionals before the first option to the first ones it can fill and then
     refuses the rest as "unrecognized arguments". ``--debug`` is accepted after the subcommand too.
+    Arguments a subcommand does not take are refused with the subcommand's own usage
+    (``wavedil models extra``: argparse would print the top-level usage).
     """
 
     _intermixed = False
@@ -382,9 +384,12 @@ class _SubcommandParser(argparse.ArgumentParser):
             return super().parse_known_args(args, namespace)
         self._intermixed = True
         try:
-            return self.parse_known_intermixed_args(args, namespace)
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixed = False
+        if extras:  # no subcommand passes arguments on (train is routed before argparse)
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 #: the arguments of the subcommands that name a file or folder: an empty string is refused
