@@ -758,6 +758,26 @@ def test_quantize_rounds_each_weight_within_its_format_bound():
     assert stored.dtype == np.float32 and np.array_equal(stored, w) and np.all(scales == 1)
 
 
+def test_int8_mode_keeps_the_heads_last_matrix_in_bf16():
+    """Mode int8 stores every matrix in 8 bits but the head's last (the distribution's parameters
+    themselves; 8 bits there cost a trained model ten times the rest): that one is bfloat16 with
+    unit scales, and the model int8 computes with has exactly bf16's last matrix."""
+    from wavedil.fast.pack import INT8_KEEPS_BF16, dequantized_model, matrix_format, pack_model
+
+    model = make_model(residual_channels=8, gate_channels=16, skip_channels=12, head_channels=20)
+    packed = pack_model(model, "int8")
+    names = ("wc", "wres", "wskip", "h1", "h2")
+    assert INT8_KEEPS_BF16 == {"h2"}
+    for name, scale in zip(names, packed.scales):
+        want = np.uint16 if name == "h2" else np.int8
+        assert getattr(packed, name).dtype == want and matrix_format(name, "int8") == ("bf16" if name == "h2" else "int8")
+        assert np.all(scale == 1) == (name == "h2"), name
+    assert all(matrix_format(n, w) == w for n in names for w in ("fp32", "bf16"))
+    q8, b16 = dequantized_model(model, "int8"), dequantized_model(model, "bf16")
+    assert torch.equal(q8.head[3].weight, b16.head[3].weight)
+    assert not torch.equal(q8.head[1].weight, b16.head[1].weight)  # the other matrices are int8's
+
+
 def test_pair_rows_lays_out_blocks_of_eight_outputs_by_row_pairs_with_zero_padding():
     from wavedil.fast.pack import pair_rows
 

@@ -59,7 +59,8 @@ MAX_SEED = 2**64 - 1
 
 #: How a back-end may store the weights of generation. ``fp32`` is exact (the reference's
 #: arithmetic); ``bf16`` keeps 16 bits per weight (bfloat16), ``int8`` 8 bits with one float32
-#: scale per output channel; activations, state and sums stay float32 in every mode.
+#: scale per output channel (but the head's last matrix in bfloat16,
+#: :data:`wavedil.fast.pack.INT8_KEEPS_BF16`); activations, state and sums stay float32 in every mode.
 WEIGHT_MODES: tuple[str, ...] = ("fp32", "bf16", "int8")
 
 _HEADS = ("mulaw", "mol", "gaussian")

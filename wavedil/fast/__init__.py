@@ -13,7 +13,8 @@ Weight modes (``weights=``, :data:`wavedil.backends.WEIGHT_MODES`), on the CPU:
   and the sequences then part; over a 16-bit linear-bin head the bins are narrow, so this
   happens more often than over 256 mu-law classes; see ``bench/README.md``.)
 * ``bf16`` stores the five matrices of the loop as bfloat16 and ``int8`` as 8-bit codes with
-  one float32 scale per output column; activations, ring buffers and sums stay float32. Their
+  one float32 scale per output column (the head's last matrix as bfloat16,
+  :data:`~wavedil.fast.pack.INT8_KEEPS_BF16`); activations, ring buffers and sums stay float32. Their
   head parameters stay within the bound the rounding of the weights implies (tested), and the
   same seed gives the same samples on the same machine.
 

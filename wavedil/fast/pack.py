@@ -40,6 +40,7 @@ __all__ = [
     "to_bf16_bits",
     "PackedWaveNet",
     "kernel_uniforms",
+    "matrix_format",
     "pack_cond_bias",
     "pack_global_bias",
     "pack_model",
@@ -92,6 +93,20 @@ def quantize(w: np.ndarray, weights: str) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
     q = np.clip(np.rint(w / scale[..., None, :]), -127, 127).astype(np.int8)
     return np.ascontiguousarray(q), np.ascontiguousarray(scale)
+
+
+#: The matrices that mode ``int8`` keeps in bfloat16: the head's last one, whose outputs are the
+#: distribution's parameters themselves. On the bundled ``speech8k`` (held out, 31 files), 8-bit
+#: codes there cost 0.0127 of the mode's 0.0138 bits/sample; every other matrix of the model
+#: together cost 0.0011 (``bench/README.md``, "Which weights int8 costs"). It is one matrix of
+#: ``H x P`` (ref30: 64 KB more than its int8 codes, 5% of the mode's bytes).
+INT8_KEEPS_BF16: frozenset[str] = frozenset({"h2"})
+
+
+def matrix_format(name: str, weights: str) -> str:
+    """The format mode ``weights`` stores matrix ``name`` (``wc``, ``wres``, ``wskip``, ``h1``,
+    ``h2``) in: the mode itself, but ``bf16`` for :data:`INT8_KEEPS_BF16` in mode ``int8``."""
+    return "bf16" if weights == "int8" and name in INT8_KEEPS_BF16 else weights
 
 
 #: Bytes the kernels' matrices are aligned to: a cache line, and one AVX-512 register. On the
@@ -147,7 +162,8 @@ class PackedWaveNet:
     """The weights of one :class:`WaveNet` in the kernels' layout (shapes in the module docstring).
 
     The five matrices of the per-sample loop (``wc``, ``wres``, ``wskip``, ``h1``, ``h2``) are
-    stored in the format of :attr:`weights` (:func:`quantize`), each with its per-output-column
+    stored in the format of :attr:`weights` (:func:`quantize`; mode ``int8`` keeps
+    :data:`INT8_KEEPS_BF16` in ``bf16``, :func:`matrix_format`), each with its per-output-column
     scales in :attr:`scales`; everything else is float32.
 
     Attributes:
@@ -168,7 +184,7 @@ class PackedWaveNet:
         in_scale: ``2 / Q`` (float32) for a linear input layer, 0.0 for an embedding table.
         weights: the weight mode (:data:`wavedil.backends.WEIGHT_MODES`).
         scales: ``(wc_s (NL, G), wres_s (NL, R), wskip_s (NL, S), h1_s (H,), h2_s (P,))``
-            float32, the int8 scales (ones in the other modes).
+            float32, the int8 scales (ones for the matrices in other formats).
     """
 
     emb: np.ndarray
@@ -222,12 +238,11 @@ class PackedWaveNet:
 
     @cached_property
     def wide_matrices(self) -> tuple[np.ndarray, ...]:
-        """:attr:`kernel_matrices` for many rows at a time: ``bf16`` widened to float32 (exactly:
-        every bfloat16 is a float32, so the float32 kernels compute the same numbers with them,
-        without decoding each weight per block of rows); the other modes as they are."""
-        if self.weights != "bf16":
-            return self.kernel_matrices
-        return tuple(aligned(from_bf16_bits(m)) for m in self.kernel_matrices)
+        """:attr:`kernel_matrices` for many rows at a time: bfloat16 matrices (mode ``bf16``, and
+        :data:`INT8_KEEPS_BF16` in ``int8``) widened to float32 (exactly: every bfloat16 is a
+        float32, so the float32 kernels compute the same numbers with them, without decoding each
+        weight per block of rows); the others as they are."""
+        return tuple(aligned(from_bf16_bits(m)) if m.dtype == np.uint16 else m for m in self.kernel_matrices)
 
     @cached_property
     def head_halves(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, np.ndarray]]:
@@ -329,7 +344,7 @@ def pack_model(model: WaveNet, weights: str = "fp32") -> PackedWaveNet:
         "h1": _np(head1.weight[:, :, 0].t()),
         "h2": _np(head2.weight[:, :, 0].t()),
     }
-    stored = {name: quantize(w, weights) for name, w in matrices.items()}
+    stored = {name: quantize(w, matrix_format(name, weights)) for name, w in matrices.items()}
     return PackedWaveNet(
         emb=_np(emb),
         wc=stored["wc"][0],
