@@ -640,6 +640,24 @@ def test_bf16_batches_of_many_rows_compute_with_the_weights_widened_to_float32(o
     assert all(m.dtype == np.float32 for m in packed.wide_matrices)
 
 
+def test_int8_batches_of_many_rows_draw_the_samples_of_the_16_bit_head_kernels(monkeypatch):
+    """From ``WIDE_BATCH`` rows int8's bfloat16 head matrix is widened to float32 (its other
+    matrices stay int8): the same samples as the kernels that decode it per use (the wide path
+    turned off), on one thread or two."""
+    import wavedil.fast.cpu as cpu
+
+    model = make_head_model("mulaw", speaker=True)
+    batch, n = cpu.WIDE_BATCH + 2, 150
+    kwargs = dict(seed=8, batch_size=batch, speaker=torch.arange(batch) % 3, weights="int8")
+    wide = [_fast_codes(make_fast_backend(threads=t, pipe_rows=1), model, n, **kwargs) for t in (1, 2)]
+    packed = cpu.packed_weights(model, "int8")
+    assert "wide_matrices" in packed.__dict__
+    assert [m.dtype for m in packed.wide_matrices] == [np.int8] * 4 + [np.float32]
+    monkeypatch.setattr(cpu, "WIDE_BATCH", 10**9)
+    narrow = _fast_codes(make_fast_backend(threads=2, pipe_rows=1), model, n, **kwargs)
+    assert torch.equal(wide[0], wide[1]) and torch.equal(wide[0], narrow)
+
+
 def test_progress_reaches_the_end():
     seen: list[int] = []
     generate(make_model(), 300, batch_size=2, seed=0, backend="fast", progress=seen.append)
