@@ -97,8 +97,9 @@ def quantize(w: np.ndarray, weights: str) -> tuple[np.ndarray, np.ndarray]:
 
 #: The matrices that mode ``int8`` keeps in bfloat16: the head's last one, whose outputs are the
 #: distribution's parameters themselves. On the bundled ``speech8k`` (held out, 31 files), 8-bit
-#: codes there cost 0.0127 of the mode's 0.0138 bits/sample; every other matrix of the model
-#: together cost 0.0011 (``bench/README.md``, "Which weights int8 costs"). It is one matrix of
+#: codes there cost 0.0127 of the mode's 0.0138 bits/sample, on the bundled vocoder 0.032 of
+#: 0.033; every other matrix of either model together cost about 0.001 (``bench/quantization.py``,
+#: ``bench/README.md`` "Which weights int8 costs"). It is one matrix of
 #: ``H x P`` (ref30: 64 KB more than its int8 codes, 5% of the mode's bytes).
 INT8_KEEPS_BF16: frozenset[str] = frozenset({"h2"})
 
