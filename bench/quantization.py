@@ -29,7 +29,7 @@ import torch
 from wavedil.audio import encode
 from wavedil.checkpoint import model_from_checkpoint
 from wavedil.data import file_mel, iter_file_audio, split_items
-from wavedil.evaluate import evaluate_codes, gather_items
+from wavedil.evaluate import evaluate_codes, gather_items, run_valid_fraction
 from wavedil.fast.pack import dequantize, quantize
 from wavedil.model import WaveNet
 from wavedil.pretrained import open_model
@@ -83,8 +83,7 @@ def held_out_files(checkpoint: str, audio: list[str], split: str, max_seconds: f
         raise ValueError("bench/quantization.py evaluates unconditioned models and vocoders, not speaker models")
     items = gather_items(audio)
     if split != "all":
-        fraction = float(ckpt.get("config", {}).get("data", {}).get("valid_fraction", 0.1))
-        train, valid = split_items(items, valid_fraction=fraction)
+        train, valid = split_items(items, valid_fraction=run_valid_fraction(ckpt))
         items = valid if split == "valid" else train
     files = []
     for item, wav in iter_file_audio(items, int(ckpt.get("sample_rate", 16000)), max_seconds):

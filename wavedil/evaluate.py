@@ -425,6 +425,16 @@ def gather_items(
     return list(seen.values())
 
 
+def run_valid_fraction(checkpoint: dict) -> float:
+    """The ``data.valid_fraction`` a checkpoint's training run held files out with: its config's,
+    or the default that training fills in (:class:`wavedil.train_config.DataConfig`) when the
+    config does not say (a checkpoint saved without one)."""
+    from .train_config import DataConfig
+
+    data = (checkpoint.get("config") or {}).get("data") or {}
+    return float(data.get("valid_fraction", DataConfig.valid_fraction))
+
+
 def evaluate_files(
     checkpoint: str | os.PathLike,
     audio: Sequence[str | os.PathLike],
@@ -497,9 +507,7 @@ def evaluate_files(
     sr = int(ckpt.get("sample_rate", 16000))
     items = gather_items(audio, layout, mic)
     if split != "all":
-        fraction = valid_fraction
-        if fraction is None:  # the split of the training run
-            fraction = float(ckpt.get("config", {}).get("data", {}).get("valid_fraction", 0.1))
+        fraction = run_valid_fraction(ckpt) if valid_fraction is None else valid_fraction
         train_items, valid_items = split_items(items, valid_fraction=fraction)
         items = valid_items if split == "valid" else train_items
     model = model_from_checkpoint(ckpt, use_ema=use_ema)
