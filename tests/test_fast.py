@@ -255,6 +255,43 @@ def test_register_tiles_add_in_the_plain_loops_order(target):
     assert out.stdout.strip() == str(2 * 6 * 4 * 6 + 7 * 3 * 6)
 
 
+_REDUCED_MODES_CHECK = """
+import torch
+from wavedil import WaveNet, WaveNetConfig, generate
+from wavedil.fast import teacher_forced_logits
+from wavedil.fast.pack import dequantized_model
+
+torch.manual_seed(0)
+cfg = WaveNetConfig(residual_channels=16, gate_channels=32, skip_channels=24, head_channels=40, layers_per_stack=4,
+                    stacks=2)
+model = WaveNet(cfg).eval()
+codes = torch.randint(0, 256, (5, 300))
+for weights in ("bf16", "int8"):
+    got = teacher_forced_logits(model, codes, weights=weights)
+    with torch.no_grad():
+        ref = dequantized_model(model, weights)(codes)
+    assert (got - ref).abs().max().item() <= 1e-4, weights
+    assert torch.equal(teacher_forced_logits(model, codes[3:4], weights=weights), got[3:4]), weights
+    a = generate(model, 400, batch_size=2, seed=3, backend="fast", weights=weights).codes
+    assert torch.equal(a, generate(model, 400, batch_size=2, seed=3, backend="fast", weights=weights).codes), weights
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_reduced_modes_compute_their_rounded_weights_in_the_avx2_code():
+    """The code an AVX2-only CPU (the AMD machine) runs, compiled here: bf16 and int8 (its 8-bit
+    matrices and its bfloat16 head matrix) teacher-force to the float32 forward of their rounded
+    weights, a row alone equals it in a batch, and a seed draws the same samples twice."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("an x86 target")
+    env = {**os.environ, **avx2_only_target()}
+    out = subprocess.run([sys.executable, "-c", _REDUCED_MODES_CHECK], env=env, timeout=600, capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"
+
+
 def test_unknown_backend_lists_the_known_ones():
     with pytest.raises(ValueError, match="available.*fast.*torch|available.*torch"):
         generate(make_model(), 5, seed=0, backend="nope")
