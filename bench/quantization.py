@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wavedil.audio import encode
 from wavedil.checkpoint import model_from_checkpoint
-from wavedil.data import file_mel, iter_file_audio, split_items
-from wavedil.evaluate import evaluate_codes, gather_items, run_valid_fraction
+from wavedil.data import split_items
+from wavedil.evaluate import evaluate_codes, gather_items, model_inputs, run_valid_fraction
 from wavedil.fast.pack import dequantize, quantize
 from wavedil.model import WaveNet
 from wavedil.pretrained import open_model
@@ -85,16 +84,13 @@ def held_out_files(checkpoint: str, audio: list[str], split: str, max_seconds: f
     if split != "all":
         train, valid = split_items(items, valid_fraction=run_valid_fraction(ckpt))
         items = valid if split == "valid" else train
-    files = []
-    for item, wav in iter_file_audio(items, int(ckpt.get("sample_rate", 16000)), max_seconds):
-        cond = {"mel": file_mel(wav, model.mel_spec, model.mel_context)} if model.upsampler is not None else {}
-        files.append((str(item.path), encode(wav, model.encoding, model.quantization_channels), cond))
-    return model, files
+    return model, list(model_inputs(model, items, int(ckpt.get("sample_rate", 16000)), max_seconds))
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", nargs="?", default="pretrained:speech8k", help="a run folder, checkpoint or pretrained:NAME")
+    ap.add_argument("model", nargs="?", default="pretrained:speech8k",
+                    help="a run folder, checkpoint or pretrained:NAME")  # fmt: skip
     ap.add_argument("audio", nargs="*", help=f"audio files / corpus folders (default {CORPUS}, else data/speech8k)")
     ap.add_argument("--split", default="valid", choices=("valid", "train", "all"))
     ap.add_argument("--formats", default="int8", help="comma-separated formats to round groups to (int8, bf16)")

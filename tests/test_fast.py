@@ -180,6 +180,17 @@ def avx2_only_target() -> dict[str, str]:
     return {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ",".join(feats)}
 
 
+def _run_compiled_for(target: str, script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh Python whose numba compiles for ``target``: ``host`` (this CPU)
+    or ``haswell`` (:func:`avx2_only_target`; skips the test off x86)."""
+    env = dict(os.environ)
+    if target == "haswell":
+        if platform.machine().lower() not in ("x86_64", "amd64"):
+            pytest.skip("an x86 target")
+        env.update(avx2_only_target())
+    return subprocess.run([sys.executable, "-c", script], env=env, timeout=600, capture_output=True, text=True)
+
+
 _TILE_CHECK = """
 import numba as nb, numpy as np
 from wavedil.fast._kernels import _axpy_rows_f, _axpy_rows_plain
@@ -245,12 +256,7 @@ def test_register_tiles_add_in_the_plain_loops_order(target):
     bits, float32 and bfloat16, and the exact integer sums for int8, for every leftover of rows
     and columns: with this CPU's tiles, and compiled for an AVX2-only CPU (haswell without this
     host's AVX-512, VNNI or AMX features: the AMD machine's smaller tiles and instructions)."""
-    env = dict(os.environ)
-    if target == "haswell":
-        if platform.machine().lower() not in ("x86_64", "amd64"):
-            pytest.skip("an x86 target")
-        env.update(avx2_only_target())
-    out = subprocess.run([sys.executable, "-c", _TILE_CHECK], env=env, timeout=300, capture_output=True, text=True)
+    out = _run_compiled_for(target, _TILE_CHECK)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == str(2 * 6 * 4 * 6 + 7 * 3 * 6)
 
@@ -283,11 +289,7 @@ def test_reduced_modes_compute_their_rounded_weights_in_the_avx2_code():
     """The code an AVX2-only CPU (the AMD machine) runs, compiled here: bf16 and int8 (its 8-bit
     matrices and its bfloat16 head matrix) teacher-force to the float32 forward of their rounded
     weights, a row alone equals it in a batch, and a seed draws the same samples twice."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("an x86 target")
-    env = {**os.environ, **avx2_only_target()}
-    out = subprocess.run([sys.executable, "-c", _REDUCED_MODES_CHECK], env=env, timeout=600, capture_output=True,
-                         text=True)  # fmt: skip
+    out = _run_compiled_for("haswell", _REDUCED_MODES_CHECK)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ok"
 

@@ -22,7 +22,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 import os
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import torch
 
@@ -425,6 +425,25 @@ def gather_items(
     return list(seen.values())
 
 
+def model_inputs(
+    model: WaveNet, items: Sequence[AudioItem], sample_rate: int, max_seconds: float | None = None
+) -> Iterator[tuple[str, torch.Tensor, dict]]:
+    """``(name, codes (T,), cond)`` of each readable file of ``items`` at ``sample_rate``, as
+    :func:`evaluate_codes` takes them: ``codes`` quantised as ``model`` was trained, ``cond`` the
+    file's speaker id ``(1,)`` (speaker models; its ``AudioItem.speaker`` must be one the model
+    knows), log-mel (vocoders, :func:`wavedil.data.file_mel`) and ``wav (T,)``."""
+    from .audio import encode
+    from .data import file_mel, iter_file_audio
+
+    for item, wav in iter_file_audio(items, sample_rate, max_seconds):
+        cond: dict = {"wav": wav}
+        if model.speaker is not None:
+            cond["speaker"] = torch.tensor([model.config.speakers.index(item.speaker)])
+        if model.upsampler is not None:
+            cond["mel"] = file_mel(wav, model.mel_spec, model.mel_context)
+        yield str(item.path), encode(wav, model.encoding, model.quantization_channels), cond
+
+
 def run_valid_fraction(checkpoint: dict) -> float:
     """The ``data.valid_fraction`` a checkpoint's training run held files out with: its config's,
     or the default that training fills in (:class:`wavedil.train_config.DataConfig`) when the
@@ -480,10 +499,9 @@ def evaluate_files(
         ValueError: a bad ``split`` / ``weights``, an unusable checkpoint, no usable files
             (:class:`~wavedil.data.CorpusError`), or files of speakers the model does not know.
     """
-    from .audio import encode
     from .backends import check_seed, check_weights
     from .checkpoint import model_from_checkpoint
-    from .data import LAYOUTS, VCTK_MICS, file_mel, iter_file_audio, split_items
+    from .data import LAYOUTS, VCTK_MICS, split_items
     from .pretrained import open_model, sampling_temperature
 
     if split not in _SPLITS:
@@ -522,17 +540,8 @@ def evaluate_files(
                 + (f"; 'None': --layout {layout} gives a file no speaker, and this model needs one" if none else "")
             )
 
-    def files(seconds: float | None) -> Iterable[tuple[str, torch.Tensor, dict]]:
-        """``(name, codes (T,), cond)``; ``cond`` holds the file's speaker / mel and ``wav (T,)``."""
-        for item, wav in iter_file_audio(items, sr, seconds):
-            cond: dict = {"wav": wav}
-            if model.speaker is not None:
-                cond["speaker"] = torch.tensor([model.config.speakers.index(item.speaker)])
-            if model.upsampler is not None:
-                cond["mel"] = file_mel(wav, model.mel_spec, model.mel_context)
-            yield str(item.path), encode(wav, model.encoding, model.quantization_channels), cond
-
-    result = FileEvaluation(evaluate_codes(model, files(max_seconds), chunk, weights), weights)
+    report = evaluate_codes(model, model_inputs(model, items, sr, max_seconds), chunk, weights)
+    result = FileEvaluation(report, weights)
     result.notes = _resampling_notes(items, sr)
     if given_temperature is not None and (model.upsampler is None or vocode_seconds == 0):
         result.notes.append(
@@ -540,7 +549,7 @@ def evaluate_files(
             "(--vocode-seconds > 0), and the likelihood does not depend on it"
         )
     if model.upsampler is not None and vocode_seconds > 0:
-        waves = [(name, cond["wav"]) for name, _, cond in files(vocode_seconds)]
+        waves = [(name, cond["wav"]) for name, _, cond in model_inputs(model, items, sr, vocode_seconds)]
         result.log_mel_distance, per_file = vocode_distance(
             model, waves, vocode_seconds, seed, weights, temperature
         )
