@@ -187,10 +187,11 @@ def test_a_run_name_that_is_not_a_plain_folder_name_is_refused_before_hydra(tmp_
 # ----------------------------------------------------------------------------- 4. standard input / output
 
 
-def test_dash_outside_vocode_stream_says_where_it_works(run_dir, vocoder_run, recording, tmp_path, capsys, no_generation):
+def test_dash_outside_the_streaming_commands_says_where_it_works(run_dir, vocoder_run, recording, tmp_path, capsys, no_generation):
     """Before: ``-o -`` was "output file '-' must end in .wav, .flac or .ogg" and the input ``-``
     "audio file '-' does not exist"."""
-    with pytest.raises(ValueError, match=r"-o - \(16-bit PCM on standard output\) is written by wavedil vocode --stream only"):
+    with pytest.raises(ValueError, match=r"-o - \(16-bit PCM on standard output\) is written by wavedil generate "
+                       r"\(generate_to_stream in Python\) and wavedil vocode --stream only"):
         generate_to_files(run_dir, "-", 0.01)
     with pytest.raises(ValueError, match=r"vocode --stream only"):
         vocode_file(vocoder_run, recording, "-")

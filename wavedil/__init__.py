@@ -11,7 +11,7 @@ from .describe import ModelDescription, describe_model
 from .distributions import Categorical, Gaussian, MixtureOfLogistics, OutputDistribution, make_distribution
 from .evaluate import FileEvaluation, evaluate_files
 from .export import StreamingStep, to_onnx, to_torchscript
-from .generate import GenerationResult, generate
+from .generate import GenerationResult, StreamingGenerator, generate
 from .layers import (
     CausalConv1d,
     DilatedStack,
@@ -24,6 +24,7 @@ from .layers import (
 )
 from .model import WaveNet, WaveNetConfig
 from .pretrained import PretrainedInfo, list_pretrained, load_pretrained
+from .vocoder_stream import StreamingVocoder
 from .synthesis import SynthesisResult, generate_to_files, load_mel, resolve_speaker, vocode_file
 
 __version__ = "0.1.0"
@@ -41,6 +42,8 @@ __all__ = [
     "WaveNetConfig",
     "generate",
     "GenerationResult",
+    "StreamingGenerator",
+    "StreamingVocoder",
     "StreamingStep",
     "to_torchscript",
     "to_onnx",

@@ -37,6 +37,7 @@ __all__ = [
     "decode",
     "read_audio",
     "write_audio",
+    "pcm16_bytes",
     "resample",
     "AudioReadError",
     "AudioWriteError",
@@ -398,6 +399,33 @@ def _write_failure(path: Path, exc: OSError, nbytes: int) -> AudioWriteError:
     )
 
 
+def _check_rate(sample_rate: object) -> int:
+    rate = as_index(sample_rate)
+    if rate is None or rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate!r} (an integer number of Hz)")
+    return rate
+
+
+def _writable(wav: torch.Tensor) -> np.ndarray:
+    """What is written of a waveform: non-finite values as 0, clipped to [-1, 1], float32."""
+    data = torch.nan_to_num(wav.detach().float().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
+    return data.clamp(-1.0, 1.0).numpy()
+
+
+def pcm16_bytes(wav: torch.Tensor, sample_rate: int) -> bytes:
+    """A mono float waveform ``(T,)`` as raw 16-bit little-endian PCM: the samples of the ``.wav``
+    :func:`write_audio` would write (the same clipping and libsndfile's conversion), without a header.
+
+    Raises:
+        ValueError: ``wav`` is not a mono float tensor, or ``sample_rate`` not a positive integer.
+    """
+    if not isinstance(wav, torch.Tensor) or wav.dim() != 1 or not wav.is_floating_point():
+        raise ValueError(f"pcm16_bytes expects a mono float waveform (T,), got {getattr(wav, 'shape', type(wav))}")
+    raw = io.BytesIO()
+    sf.write(raw, _writable(wav), _check_rate(sample_rate), format="RAW", subtype="PCM_16", endian="LITTLE")
+    return raw.getvalue()
+
+
 def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) -> Path:
     """Write a mono waveform ``(T,)`` as 16-bit PCM, atomically (temporary file + rename).
 
@@ -422,12 +450,8 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) ->
             f"write_audio expects a float waveform in [-1, 1], got dtype {wav.dtype}: turn codes into audio with "
             "wavedil.decode(codes, model.encoding, model.quantization_channels) first"
         )
-    rate = as_index(sample_rate)
-    if rate is None or rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate!r} (an integer number of Hz)")
-    sample_rate = rate
-    data = torch.nan_to_num(wav.detach().float().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
-    data = data.clamp(-1.0, 1.0).numpy()
+    sample_rate = _check_rate(sample_rate)
+    data = _writable(wav)
     fmt = (path.suffix.lstrip(".") or "wav").upper()
     if fmt not in sf.available_formats():
         raise ValueError(
@@ -501,8 +525,8 @@ def check_output_path(path: str | os.PathLike) -> Path:
     """
     if str(path) == "-":
         raise ValueError(
-            "-o - (16-bit PCM on standard output) is written by wavedil vocode --stream only: give an output file "
-            "such as out.wav"
+            "-o - (16-bit PCM on standard output) is written by wavedil generate (generate_to_stream in Python) "
+            "and wavedil vocode --stream only: give an output file such as out.wav"
         )
     path = Path(path)
     if path.is_dir():

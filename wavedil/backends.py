@@ -45,6 +45,7 @@ __all__ = [
     "get_backend",
     "register_backend",
     "resolve_backend",
+    "stream_backend",
     "teacher_forcing_inputs",
     "unregister_backend",
     "check_weights",
@@ -491,6 +492,14 @@ def resolve_backend(backend: str, model: WaveNet, weights: str = "fp32") -> str:
     if weights == "fp32":
         return "torch"
     raise ValueError(f"no generation back-end runs weights={weights!r} for this model: " + "; ".join(reasons))
+
+
+def stream_backend(backend: str, model: WaveNet, weights: str = "fp32") -> str:
+    """The back-end that runs a stream (:attr:`SamplingRequest.continuation`): :func:`resolve_backend`'s,
+    but ``torch`` where that is ``fast`` on CUDA (the CUDA-graph loop does not continue streams;
+    both run only ``fp32`` there, so the weight mode is the same)."""
+    name = resolve_backend(backend, model, weights)
+    return "torch" if name == "fast" and model.embed.weight.device.type == "cuda" else name
 
 
 def available_backends() -> list[str]:

@@ -251,6 +251,8 @@ class _SampleProgress:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    if args.output == "-":
+        return _generate_stream(args)
     from .synthesis import generate_to_files
 
     target = _model_target(args.checkpoint, args.model, "model to sample")
@@ -270,6 +272,34 @@ def _generate(args: argparse.Namespace) -> None:
         + (f" .. {paths[-1].name}" if len(paths) > 1 else "")
         + f"\n{res.samples_per_second:,.0f} samples/s with the {res.backend} backend ({res.weights} weights), "
         f"real-time factor {res.real_time_factor:.2f} (seed {res.seed}, temperature {res.temperature:g})"
+    )
+
+
+def _generate_stream(args: argparse.Namespace) -> None:
+    from .synthesis import generate_to_stream
+
+    target = _model_target(args.checkpoint, args.model, "model to sample")
+    if args.batch != 1:
+        raise ValueError(
+            f"-o - streams one sequence as 16-bit PCM, got --batch {args.batch}: leave --batch out, or write "
+            "files with -o out.wav"
+        )
+    progress = _SampleProgress(not args.quiet, "generate")
+    try:
+        res = generate_to_stream(
+            target, sys.stdout.buffer, args.seconds, temperature=args.temperature, seed=args.seed,
+            prompt=args.prompt, speaker=args.speaker, backend=args.backend, weights=args.weights,
+            device=args.device, use_ema=not args.no_ema, progress=progress,
+        )  # fmt: skip
+    finally:
+        progress.close()
+    _print_notes(res.notes)
+    print(
+        f"streamed {res.codes.shape[1]:,} samples ({res.seconds:g} s, 16-bit mono PCM at {res.sample_rate} Hz) "
+        f"to standard output; first audio after {1000 * res.first_audio_seconds:.0f} ms\n"
+        f"{res.samples_per_second:,.0f} samples/s with the {res.backend} backend ({res.weights} weights), "
+        f"real-time factor {res.real_time_factor:.2f} (seed {res.seed}, temperature {res.temperature:g})",
+        file=sys.stderr,
     )
 
 
@@ -423,7 +453,9 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample audio from a checkpoint")
     g.add_argument("checkpoint", nargs="?", help="a step_*.pt file, or a run folder (its newest checkpoint)")
     g.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
-    g.add_argument("-o", "--output", required=True, help="output .wav (batch > 1 writes name_000.wav, ...)")
+    g.add_argument("-o", "--output", required=True,
+                   help="output .wav (batch > 1 writes name_000.wav, ...); - streams 16-bit mono PCM to standard "
+                        "output as it is drawn (e.g. | aplay -t raw -f S16_LE -c 1 -r RATE)")  # fmt: skip
     g.add_argument("--seconds", type=float, default=2.0)
     g.add_argument("--batch", type=int, default=1)
     g.add_argument("--temperature", type=float, default=None, help=_TEMPERATURE_HELP)

@@ -15,8 +15,10 @@ from typing import Callable
 
 import torch
 
+from .audio import decode
 from .backends import (
     BACKENDS,
+    Backend,
     SamplingRequest,
     available_backends,
     check_seed,
@@ -25,12 +27,14 @@ from .backends import (
     get_backend,
     register_backend,
     resolve_backend,
+    stream_backend,
 )
+from .layers import StackState
 from .model import WaveNet
 
 __all__ = [
-    "generate", "GenerationResult", "BACKENDS", "MAX_SAMPLES", "MAX_TOTAL_SAMPLES", "available_backends",
-    "register_backend", "resolve_backend",
+    "generate", "GenerationResult", "SampleStream", "StreamingGenerator", "BACKENDS", "MAX_SAMPLES", "MAX_TOTAL_SAMPLES",
+    "available_backends", "register_backend", "resolve_backend", "stream_backend",
 ]
 
 #: Upper bound on samples per sequence one call may generate (about 35 minutes at 16 kHz).
@@ -73,6 +77,57 @@ def _check_prompt(prompt: torch.Tensor, batch_size: int, classes: int) -> torch.
             f"prompt codes must lie in [0, {classes}), got range [{int(prompt.min())}, {int(prompt.max())}]"
         )
     return prompt.expand(batch_size, -1).long()
+
+
+def _check_batch(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def _sampler(model: WaveNet, name: str, weights: str) -> Backend:
+    """The back-end ``name`` after checking that it runs ``model`` in mode ``weights`` (``ValueError``
+    naming what would work otherwise); the model is put in eval mode."""
+    impl = get_backend(name)  # unknown name or a back-end that failed to load: ValueError with the cause
+    impl.check(model, weights)  # device, head, conditioning, weight mode: ValueError naming what would work
+    model.eval()
+    return impl
+
+
+def _uniforms(gen: torch.Generator, model: WaveNet, n: int, batch_size: int) -> torch.Tensor:
+    """The next ``n`` samples' uniforms ``(n, B)`` or ``(n, B, U)`` from ``gen``: drawing them in
+    pieces gives the same numbers as drawing them at once (one stream, in order)."""
+    return torch.rand(_uniform_shape(model, n, batch_size), generator=gen, dtype=torch.float64).to(
+        model.embed.weight.device
+    )
+
+
+def _uniform_shape(model: WaveNet, n: int, batch_size: int) -> tuple[int, ...]:
+    per = model.dist.uniforms_per_sample
+    return (n, batch_size) if per == 1 else (n, batch_size, per)
+
+
+def _prime(
+    model: WaveNet, batch_size: int, prompt: torch.Tensor | None, speaker: torch.Tensor | None,
+    local: torch.Tensor | None = None,
+) -> tuple[StackState, torch.Tensor, int]:
+    """The state after the opening sample of silence or the ``prompt`` (``(B, T)`` checked codes),
+    the head parameters ``(B, P)`` of the first sample to draw, and the inputs fed (``T``, or
+    ``T + 1`` for a vocoder, whose inputs always start with the silence)."""
+    device = model.embed.weight.device
+    state = model.init_state(batch_size)
+    # The stream opens with one sample of silence (the code of 0.0); a prompt replaces it, but a
+    # vocoder's inputs always start with it (its sample n is predicted from n - 1 and mel column n).
+    opener = torch.full((batch_size, 1), model.silence_code, dtype=torch.long, device=device)
+    if prompt is None:
+        prompt = opener
+    else:
+        prompt = prompt.to(device)
+        if local is not None:
+            prompt = torch.cat([opener, prompt], dim=1)
+    cond = None if local is None else local[:, :, : prompt.shape[1]]
+    params, state = model.step(prompt, state, speaker, cond)  # one chunked pass primes every layer
+    return state, params[:, :, -1], int(prompt.shape[1])
 
 
 @torch.no_grad()
@@ -143,8 +198,7 @@ def generate(
             )
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or not 1 <= n_samples <= MAX_SAMPLES:
         raise ValueError(f"n_samples must be an integer in [1, {MAX_SAMPLES}], got {n_samples!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    _check_batch(batch_size)
     if n_samples * batch_size > MAX_TOTAL_SAMPLES:
         raise ValueError(
             f"{n_samples:,} samples x batch {batch_size} = {n_samples * batch_size:,} exceeds the limit of "
@@ -154,34 +208,17 @@ def generate(
     seed = None if seed is None else check_seed(seed)
     weights = check_weights(weights)
     backend = resolve_backend(backend, model, weights)
-    impl = get_backend(backend)  # unknown name or a back-end that failed to load: ValueError with the cause
-    impl.check(model, weights)  # device, head, conditioning, weight mode: ValueError naming what would work
-    model.eval()
-    device = model.embed.weight.device
-    Q = model.quantization_channels
+    impl = _sampler(model, backend, weights)
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    gen = torch.Generator().manual_seed(seed)
-    per = model.dist.uniforms_per_sample
-    shape = (n_samples, batch_size) if per == 1 else (n_samples, batch_size, per)
-    uniforms = torch.rand(shape, generator=gen, dtype=torch.float64).to(device)
+    uniforms = _uniforms(torch.Generator().manual_seed(seed), model, n_samples, batch_size)
     speaker = model.speaker_ids(speaker, batch_size)  # (B,) checked ids, or None
-
-    state = model.init_state(batch_size)
-    # The stream opens with one sample of silence (the code of 0.0); a prompt replaces it, but a
-    # vocoder's inputs always start with it (its sample n is predicted from n - 1 and mel column n).
-    opener = torch.full((batch_size, 1), model.silence_code, dtype=torch.long, device=device)
-    if prompt is None:
-        prompt = opener
-    else:
-        prompt = _check_prompt(prompt, batch_size, Q).to(device)
-        if local is not None:
-            prompt = torch.cat([opener, prompt], dim=1)
-    cond = None if local is None else local[:, :, : prompt.shape[1]]
-    logits, state = model.step(prompt, state, speaker, cond)  # one chunked pass primes every layer
+    if prompt is not None:
+        prompt = _check_prompt(prompt, batch_size, model.quantization_channels)
+    state, params, fed = _prime(model, batch_size, prompt, speaker, local)
     request = SamplingRequest(
-        model, state, logits[:, :, -1], uniforms, float(temperature), speaker,
-        local=None if local is None else local[:, :, prompt.shape[1] - 1 :], weights=weights, progress=progress,
+        model, state, params, uniforms, float(temperature), speaker,
+        local=None if local is None else local[:, :, fed - 1 :], weights=weights, progress=progress,
     )  # fmt: skip
     impl.prepare(request)  # e.g. compile kernels: not part of the timing
     start = time.perf_counter()
@@ -190,3 +227,140 @@ def generate(
         torch.cuda.synchronize(codes.device)  # GPU back-ends return before their kernels finish
     seconds = time.perf_counter() - start
     return GenerationResult(codes, int(seed), backend, seconds, weights)
+
+
+class SampleStream:
+    """What a stream of samples holds between calls: the model, its back-end in a weight mode, the
+    seeded uniforms (drawn in order, so pieces concatenate to one draw), the speakers, and the
+    count of samples out. :class:`StreamingGenerator` and
+    :class:`wavedil.vocoder_stream.StreamingVocoder` are the two kinds.
+
+    Raises:
+        ValueError: not a :class:`WaveNet` (``what`` names the kind wanted), a bad argument, or a
+            back-end that cannot run the model in mode ``weights`` (the message names what would).
+    """
+
+    def __init__(
+        self,
+        model: WaveNet,
+        batch_size: int,
+        temperature: float,
+        seed: int | None,
+        speaker: torch.Tensor | int | None,
+        backend: str,
+        weights: str,
+        what: str = "WaveNet",
+    ) -> None:
+        if not isinstance(model, WaveNet):
+            raise ValueError(f"model must be a wavedil {what}, got {type(model).__name__}")
+        self.batch_size = _check_batch(batch_size)
+        self.temperature = float(check_temperature(temperature))
+        seed = None if seed is None else check_seed(seed)
+        self.speaker = model.speaker_ids(speaker, batch_size)  # checked now, not at the first draw
+        self.weights = check_weights(weights)
+        self.backend = stream_backend(backend, model, self.weights)
+        self._impl = _sampler(model, self.backend, self.weights)
+        self.model = model
+        self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self.samples_out = 0  # codes returned so far, per sequence
+
+    def _next_uniforms(self, n: int) -> torch.Tensor:
+        """The uniforms of the stream's next ``n`` samples."""
+        return _uniforms(self._gen, self.model, n, self.batch_size)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``(B, n)`` -> float waveform ``(B, n)`` in ``[-1, 1]`` (the model's encoding)."""
+        return decode(codes, self.model.encoding, self.model.quantization_channels)
+
+
+class StreamingGenerator(SampleStream):
+    """Sample a model's audio a piece at a time: :meth:`draw` ``n`` more codes whenever they are wanted.
+
+    The streaming state (every layer's ring buffer, the next sample's head parameters and the
+    seeded uniforms) lives in this object between calls, so each piece costs what its samples
+    cost, and playback can start after the first piece. Pieces of any lengths, concatenated,
+    equal ``generate(model, total, seed=seed, ...)`` with the same arguments: the same uniforms,
+    one per sample in order, and the same back-end arithmetic continued across calls
+    (:attr:`SamplingRequest.continuation`).
+
+    >>> gen = StreamingGenerator(model, seed=1, backend="fast", weights="int8")  # doctest: +SKIP
+    >>> while playing:                                                           # doctest: +SKIP
+    ...     play(gen.decode(gen.draw(800)))      # (B, 800) codes -> float samples in [-1, 1]
+
+    Args:
+        model: an unconditioned or speaker-conditioned :class:`WaveNet` (a vocoder streams with
+            :class:`wavedil.vocoder_stream.StreamingVocoder`, which takes its mel frames).
+        batch_size: ``B`` sequences drawn together.
+        temperature: ``> 0`` divides the logits; ``0`` is greedy.
+        seed: the uniforms' seed (None draws one: :attr:`seed`).
+        prompt: optional ``(T,)`` or ``(B, T)`` codes that prime the state (not returned).
+        speaker: class id(s) for a speaker-conditioned model.
+        backend: ``auto``, ``torch`` or ``fast`` (:func:`wavedil.backends.stream_backend`: on
+            CUDA the stream runs ``torch``, as the CUDA-graph loop does not continue streams).
+        weights: the weight mode (:data:`wavedil.backends.WEIGHT_MODES`).
+
+    Raises:
+        ValueError: a vocoder, a bad argument, or a back-end that cannot run the model in mode
+            ``weights`` (the message names what would).
+    """
+
+    def __init__(
+        self,
+        model: WaveNet,
+        batch_size: int = 1,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        prompt: torch.Tensor | None = None,
+        speaker: torch.Tensor | int | None = None,
+        backend: str = "auto",
+        weights: str = "fp32",
+    ) -> None:
+        if isinstance(model, WaveNet) and model.upsampler is not None:
+            raise ValueError(
+                "this model is a vocoder (conditioned on log-mel frames): stream it with "
+                "wavedil.StreamingVocoder, which takes the frames as they come"
+            )
+        super().__init__(model, batch_size, temperature, seed, speaker, backend, weights)
+        if prompt is not None:
+            prompt = _check_prompt(prompt, batch_size, model.quantization_channels)
+        with torch.no_grad():
+            self._state, self._params, _ = _prime(model, batch_size, prompt, self.speaker)
+        self._prepared = False
+
+    @torch.no_grad()
+    def draw(self, n: int) -> torch.Tensor:
+        """The next ``n`` codes of every sequence: ``(B, n)`` int64 on the model's device.
+
+        Raises:
+            ValueError: ``n`` not an integer in ``[1, MAX_SAMPLES]``, or ``n * B`` over
+                :data:`MAX_TOTAL_SAMPLES` (the stream is left as it was).
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+            raise ValueError(f"n must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
+        if n * self.batch_size > MAX_TOTAL_SAMPLES:
+            raise ValueError(
+                f"{n:,} samples x batch {self.batch_size} exceeds the limit of {MAX_TOTAL_SAMPLES:,} per draw: "
+                "draw fewer at a time"
+            )
+        request = self._request(self._next_uniforms(n))
+        self.prepare()
+        codes = self._impl.sample(request)
+        self._state, self._params = request.next_state, request.next_params
+        self.samples_out += n
+        return codes
+
+    def _request(self, uniforms: torch.Tensor) -> SamplingRequest:
+        return SamplingRequest(
+            self.model, self._state, self._params, uniforms, self.temperature, self.speaker,
+            weights=self.weights, continuation=True,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """Get the back-end ready (e.g. load or compile its kernels) without drawing: the first
+        :meth:`draw` does it otherwise. The stream is unchanged (its uniforms are not touched)."""
+        if not self._prepared:
+            shape = _uniform_shape(self.model, 1, self.batch_size)
+            self._impl.prepare(self._request(torch.full(shape, 0.5, dtype=torch.float64, device=self._params.device)))
+            self._prepared = True

@@ -1,6 +1,7 @@
 """Audio files from a checkpoint: sample new audio, or re-synthesise audio from its log-mel.
 
     generate_to_files(checkpoint, "out.wav", seconds=2.0, batch=4)  ->  SynthesisResult
+    generate_to_stream(checkpoint, sys.stdout.buffer, seconds=2.0)  ->  SynthesisResult (PCM as it is drawn)
     vocode_file(vocoder_checkpoint, "in.wav", "out.wav")            ->  SynthesisResult
 
 and what they read: :func:`load_mel` (a saved log-mel ``(n_mels, M)``), :func:`resolve_speaker`
@@ -20,20 +21,32 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from .audio import OUTPUT_SUFFIXES, check_output_path, check_writable_folder, decode, encode, read_audio, resample, write_audio
+from .audio import (
+    OUTPUT_SUFFIXES,
+    check_output_path,
+    check_writable_folder,
+    decode,
+    encode,
+    pcm16_bytes,
+    read_audio,
+    resample,
+    write_audio,
+)
 from .backends import check_seed, check_temperature
 from .backends import resolve_device as _device
 from .checkpoint import model_from_checkpoint
 from .conditioning import MelSpec
 from .data import file_mel
-from .generate import MAX_SAMPLES, MAX_TOTAL_SAMPLES, generate
+from .generate import MAX_SAMPLES, MAX_TOTAL_SAMPLES, StreamingGenerator, generate
 from .model import WaveNet
 from .vocoder_stream import StreamStats, check_max_seconds, vocode_stream
 from .pretrained import ModelSource, open_model, sampling_temperature
@@ -44,6 +57,7 @@ __all__ = [
     "SynthesisResult",
     "check_output_path",
     "generate_to_files",
+    "generate_to_stream",
     "load_mel",
     "numbered_path",
     "resolve_speaker",
@@ -63,7 +77,7 @@ class SynthesisResult:
     """What :func:`generate_to_files` or :func:`vocode_file` wrote, and how fast.
 
     Attributes:
-        paths: the files written, one per sequence.
+        paths: the files written, one per sequence (none for :func:`generate_to_stream`).
         codes: the generated codes ``(B, N)`` int64 (the model's encoding), on the CPU.
         sample_rate: of the files, in Hz.
         samples_per_second: generated samples (all sequences) per second of sampling.
@@ -71,6 +85,8 @@ class SynthesisResult:
         weights: its weight mode (``fp32``, ``bf16``, ``int8``).
         seed: the seed (drawn when none was given), to reproduce the files.
         mel_frames: vocoding only: the log-mel frames the audio came from.
+        first_audio_seconds: streaming only (:func:`generate_to_stream`): seconds from the start
+            of sampling until the first samples were written.
         temperature: the sampling temperature used.
         notes: things the user should know that are not errors (an input resampled to the
             model's rate), one sentence each.
@@ -86,6 +102,7 @@ class SynthesisResult:
     mel_frames: int | None = None
     notes: list[str] = field(default_factory=list)
     temperature: float = 1.0
+    first_audio_seconds: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -95,7 +112,7 @@ class SynthesisResult:
     @property
     def real_time_factor(self) -> float:
         """Seconds of sampling per second of audio of one sequence (``< 1``: faster than real time)."""
-        return self.sample_rate * len(self.paths) / max(self.samples_per_second, 1e-9)
+        return self.sample_rate * self.codes.shape[0] / max(self.samples_per_second, 1e-9)
 
 
 def numbered_path(path: Path, i: int, n: int) -> Path:
@@ -192,6 +209,62 @@ def _read_at_rate(path: str | os.PathLike, sample_rate: int, notes: list[str], w
     return wav
 
 
+def _check_length_args(seconds: object, batch: object) -> None:
+    """``--seconds`` and ``--batch``, checked before a checkpoint is loaded."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (0 < seconds < math.inf):
+        raise ValueError(f"--seconds must be a positive finite number, got {seconds!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
+
+
+@dataclass
+class _SamplingJob:
+    """What :func:`_open_sampling` read and checked: the model, its rate, the samples per sequence,
+    the temperature, the speaker id, the prompt's codes and the notes for the user."""
+
+    model: WaveNet
+    sample_rate: int
+    n: int
+    temperature: float
+    speaker: int | None
+    prompt: torch.Tensor | None
+    notes: list[str]
+
+
+def _open_sampling(
+    checkpoint: str | os.PathLike, seconds: float, batch: int, temperature: float | None,
+    prompt: str | os.PathLike | None, speaker: str | int | None, device: torch.device, use_ema: bool,
+    output: str | os.PathLike,
+) -> _SamplingJob:
+    """Load the model to sample and check what depends on it: the length at its rate, that it is
+    not a vocoder, the speaker, the prompt (read and encoded at its rate)."""
+    src = open_model(checkpoint)
+    ckpt, sr = src.checkpoint, src.sample_rate
+    temperature = sampling_temperature(src, temperature)
+    n = int(round(seconds * sr))
+    if n < 1:
+        raise ValueError(f"--seconds {seconds} is less than one sample at {sr} Hz: give at least {1 / sr:g}")
+    if n > MAX_SAMPLES:
+        raise ValueError(f"--seconds {seconds} is {n:,} samples at {sr} Hz; the limit is {MAX_SAMPLES:,}")
+    if n * batch > MAX_TOTAL_SAMPLES:
+        raise ValueError(
+            f"--seconds {seconds} x --batch {batch} is {n * batch:,} samples; the limit per run is "
+            f"{MAX_TOTAL_SAMPLES:,}: lower one of them"
+        )
+    model = model_from_checkpoint(ckpt, use_ema=use_ema, device=device)
+    if model.upsampler is not None:
+        raise ValueError(
+            f"{_what(src)} is a vocoder (conditioned on log-mel frames): re-synthesise audio with "
+            f"wavedil vocode {_command_target(src)} in.wav -o {output}"
+        )
+    speaker_id = resolve_speaker(model, speaker)
+    prompt_codes, notes = None, []
+    if prompt is not None:
+        wav = _read_at_rate(prompt, sr, notes, "the prompt")
+        prompt_codes = encode(wav, model.encoding, model.quantization_channels)
+    return _SamplingJob(model, sr, n, temperature, speaker_id, prompt_codes, notes)
+
+
 def generate_to_files(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike,
@@ -242,11 +315,8 @@ def generate_to_files(
             :func:`vocode_file`), or an unreadable prompt.
     """
     out = check_output_path(output)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (0 < seconds < math.inf):
-        raise ValueError(f"--seconds must be a positive finite number, got {seconds!r}")
+    _check_length_args(seconds, batch)
     _check_sampling_args(seed, temperature, progress)
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
-        raise ValueError(f"--batch must be in [1, {MAX_BATCH}], got {batch}")
     dev = _device(device)
     outs = [numbered_path(out, i, batch) for i in range(batch)]  # same folder and suffix as out: checked above
     for i, path in enumerate(outs):
@@ -260,32 +330,10 @@ def generate_to_files(
                 f"output path '{path}' is the --prompt '{prompt}': writing it would overwrite the prompt; "
                 "choose another -o path"
             )
-    src = open_model(checkpoint)
-    ckpt, sr = src.checkpoint, src.sample_rate
-    temperature = sampling_temperature(src, temperature)
-    n = int(round(seconds * sr))
-    if n < 1:
-        raise ValueError(f"--seconds {seconds} is less than one sample at {sr} Hz: give at least {1 / sr:g}")
-    if n > MAX_SAMPLES:
-        raise ValueError(f"--seconds {seconds} is {n:,} samples at {sr} Hz; the limit is {MAX_SAMPLES:,}")
-    if n * batch > MAX_TOTAL_SAMPLES:
-        raise ValueError(
-            f"--seconds {seconds} x --batch {batch} is {n * batch:,} samples; the limit per run is "
-            f"{MAX_TOTAL_SAMPLES:,}: lower one of them"
-        )
-    model = model_from_checkpoint(ckpt, use_ema=use_ema, device=dev)
-    if model.upsampler is not None:
-        raise ValueError(
-            f"{_what(src)} is a vocoder (conditioned on log-mel frames): re-synthesise audio with "
-            f"wavedil vocode {_command_target(src)} in.wav -o {output}"
-        )
-    speaker_id = resolve_speaker(model, speaker)
-    prompt_codes, notes = None, []
-    if prompt is not None:
-        wav = _read_at_rate(prompt, sr, notes, "the prompt")
-        prompt_codes = encode(wav, model.encoding, model.quantization_channels)
+    job = _open_sampling(checkpoint, seconds, batch, temperature, prompt, speaker, dev, use_ema, output)
+    model, sr, n = job.model, job.sample_rate, job.n
     res = generate(
-        model, n, batch_size=batch, temperature=temperature, seed=seed, prompt=prompt_codes, speaker=speaker_id,
+        model, n, batch_size=batch, temperature=job.temperature, seed=seed, prompt=job.prompt, speaker=job.speaker,
         backend=backend, weights=weights, progress=None if progress is None else (lambda done: progress(done, n)),
     )  # fmt: skip
     codes = res.codes.cpu()
@@ -294,8 +342,80 @@ def generate_to_files(
         for i in range(batch)
     ]
     return SynthesisResult(
-        paths, codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, notes=notes, temperature=temperature
+        paths, codes, sr, res.samples_per_second, res.backend, res.weights, res.seed, notes=job.notes,
+        temperature=job.temperature,
     )
+
+
+#: Audio per piece of :func:`generate_to_stream`, in seconds (each piece is written as it is drawn).
+STREAM_CHUNK_SECONDS = 0.1
+
+
+def generate_to_stream(
+    checkpoint: str | os.PathLike,
+    sink: BinaryIO,
+    seconds: float = 2.0,
+    *,
+    temperature: float | None = None,
+    seed: int | None = None,
+    prompt: str | os.PathLike | None = None,
+    speaker: str | int | None = None,
+    backend: str = "auto",
+    weights: str = "fp32",
+    device: str | torch.device | None = None,
+    use_ema: bool = True,
+    progress: ProgressFn | None = None,
+    chunk_seconds: float = STREAM_CHUNK_SECONDS,
+) -> SynthesisResult:
+    """Sample one sequence of ``seconds`` and write it to ``sink`` as raw 16-bit PCM while it is drawn.
+
+    What ``wavedil generate ... -o -`` runs: each piece of ``chunk_seconds`` is written and
+    flushed as soon as it is drawn (:class:`wavedil.generate.StreamingGenerator`), so a player
+    reading the pipe starts at once (``| aplay -t raw -f S16_LE -c 1 -r RATE``). The bytes are
+    the samples of the file :func:`generate_to_files` writes with the same arguments and seed
+    (mono, little-endian, at the model's rate, no header).
+
+    Args:
+        checkpoint, seconds, temperature, seed, prompt, speaker, backend, weights, device,
+            use_ema, progress: as :func:`generate_to_files` (one sequence).
+        sink: a binary stream, e.g. ``sys.stdout.buffer``.
+        chunk_seconds: audio per piece (``> 0``; at least one sample).
+
+    Returns:
+        A :class:`SynthesisResult` without paths; ``codes (1, N)``; its
+        :attr:`~SynthesisResult.first_audio_seconds` is the wait for the first piece.
+
+    Raises:
+        ValueError: as :func:`generate_to_files`, or a bad ``chunk_seconds``. A reader that goes
+            away raises :class:`BrokenPipeError` from the write.
+    """
+    _check_length_args(seconds, 1)
+    _check_sampling_args(seed, temperature, progress)
+    if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or not 0 < chunk_seconds < math.inf:
+        raise ValueError(f"chunk_seconds must be a positive number of seconds, got {chunk_seconds!r}")
+    job = _open_sampling(checkpoint, seconds, 1, temperature, prompt, speaker, _device(device), use_ema, "out.wav")
+    model, sr, n = job.model, job.sample_rate, job.n
+    stream = StreamingGenerator(model, temperature=job.temperature, seed=seed, prompt=job.prompt,
+                                speaker=job.speaker, backend=backend, weights=weights)  # fmt: skip
+    stream.prepare()  # kernels loaded before the clock starts, as generate() does
+    piece = max(1, int(round(chunk_seconds * sr)))
+    pieces: list[torch.Tensor] = []
+    first = None
+    start = time.perf_counter()
+    while stream.samples_out < n:
+        codes = stream.draw(min(piece, n - stream.samples_out)).cpu()
+        sink.write(pcm16_bytes(stream.decode(codes[0]), sr))
+        sink.flush()
+        if first is None:
+            first = time.perf_counter() - start
+        pieces.append(codes)
+        if progress is not None:
+            progress(stream.samples_out, n)
+    seconds_taken = time.perf_counter() - start
+    return SynthesisResult(
+        [], torch.cat(pieces, dim=1), sr, n / max(seconds_taken, 1e-9), stream.backend, stream.weights, stream.seed,
+        notes=job.notes, temperature=job.temperature, first_audio_seconds=first,
+    )  # fmt: skip
 
 
 def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:

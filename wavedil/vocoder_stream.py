@@ -23,7 +23,6 @@ rounding of the upsampler's convolutions over windows of different lengths.
 from __future__ import annotations
 
 import ast
-import io
 import math
 import os
 import sys
@@ -34,11 +33,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from .audio import check_output_path, decode, write_audio
-from .backends import SamplingRequest, check_seed, check_temperature, check_weights, get_backend, resolve_backend
+from .audio import check_output_path, pcm16_bytes, write_audio
+from .backends import SamplingRequest
+from .generate import SampleStream
 from .model import WaveNet
 
 __all__ = ["MAX_CHUNK_FRAMES", "StreamingVocoder", "SILENCE_LOG_MEL", "StreamStats", "iter_npy_chunks", "vocode_stream"]
@@ -48,7 +47,7 @@ __all__ = ["MAX_CHUNK_FRAMES", "StreamingVocoder", "SILENCE_LOG_MEL", "StreamSta
 SILENCE_LOG_MEL = math.log(1e-5)
 
 
-class StreamingVocoder:
+class StreamingVocoder(SampleStream):
     """Vocode log-mel frames as they arrive (mel-conditioned models only).
 
     Args:
@@ -77,27 +76,10 @@ class StreamingVocoder:
         backend: str = "auto",
         weights: str = "fp32",
     ) -> None:
-        if not isinstance(model, WaveNet):
-            raise ValueError(f"model must be a wavedil WaveNet vocoder, got {type(model).__name__}")
-        if model.upsampler is None:
+        if isinstance(model, WaveNet) and model.upsampler is None:
             raise ValueError("StreamingVocoder needs a vocoder (a model with mel conditioning); this model has none")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        temperature = check_temperature(temperature)
-        seed = None if seed is None else check_seed(seed)
-        speaker_ids = model.speaker_ids(speaker, batch_size)  # checked now, not at the first push
-        self.weights = check_weights(weights)
-        self.backend = resolve_backend(backend, model, weights)
-        if model.embed.weight.device.type == "cuda" and self.backend == "fast":
-            self.backend = "torch"  # the CUDA-graph loop does not continue streams; auto picks torch there
-        self._impl = get_backend(self.backend)
-        self._impl.check(model, weights)
-        self.model = model.eval()
-        self.batch_size, self.temperature = batch_size, float(temperature)
-        self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
-        self._gen = torch.Generator().manual_seed(self.seed)
+        super().__init__(model, batch_size, temperature, seed, speaker, backend, weights, what="WaveNet vocoder")
         device = model.embed.weight.device
-        self.speaker = speaker_ids
         spec = model.mel_spec
         self.n_mels, self.hop, self.sample_rate = spec.n_mels, spec.hop_length, spec.sample_rate
         self.latency_frames: int = model.mel_context
@@ -106,7 +88,6 @@ class StreamingVocoder:
         self._state = None
         self._params = None
         self.frames_in = 0  # frames pushed so far
-        self.samples_out = 0  # samples returned so far
         self._finished = False
 
     @property
@@ -168,10 +149,6 @@ class StreamingVocoder:
         self._finished = True
         return codes
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes ``(B, n)`` -> float waveform ``(B, n)`` in ``[-1, 1]`` (the model's encoding)."""
-        return decode(codes, self.model.encoding, self.model.quantization_channels)
-
     @torch.no_grad()
     def _advance(self, final: bool) -> torch.Tensor:
         c = self.latency_frames
@@ -194,9 +171,7 @@ class StreamingVocoder:
         n = self._columns.shape[-1] if final else self._columns.shape[-1] - 1
         if n <= 0:
             return empty
-        per = model.dist.uniforms_per_sample
-        shape = (n, self.batch_size) if per == 1 else (n, self.batch_size, per)
-        uniforms = torch.rand(shape, generator=self._gen, dtype=torch.float64).to(self._columns.device)
+        uniforms = self._next_uniforms(n)
         request = SamplingRequest(
             model, self._state, self._params, uniforms, self.temperature, self.speaker, local=self._columns,
             weights=self.weights, continuation=not final,
@@ -391,10 +366,8 @@ def vocode_stream(
         if codes.shape[1] == 0:
             return
         wav = voc.decode(codes[0].cpu())
-        if to_stdout:  # libsndfile's own float -> 16-bit conversion, as in the .wav files it writes
-            raw = io.BytesIO()
-            sf.write(raw, wav.numpy(), voc.sample_rate, format="RAW", subtype="PCM_16", endian="LITTLE")
-            sys.stdout.buffer.write(raw.getvalue())
+        if to_stdout:  # the samples of the .wav file that the same stream would write
+            sys.stdout.buffer.write(pcm16_bytes(wav, voc.sample_rate))
             sys.stdout.buffer.flush()
         else:
             pieces.append(wav)
