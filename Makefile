@@ -18,6 +18,7 @@ install: $(STAMP)
 # and print held-out bits per sample beside the bz2 and unigram baselines.
 DEMO_RUN := demo_out/run
 demo: $(STAMP)
+	rm -rf $(DEMO_RUN)  # the demo trains anew each time (train refuses a folder holding another run's checkpoints)
 	$(VENV)/bin/wavedil train experiment=speech8k hydra.run.dir=$(DEMO_RUN)
 	$(VENV)/bin/wavedil generate $(DEMO_RUN) -o demo_out/generated.wav --seconds 4 --seed 1 --temperature 0.9
 	$(VENV)/bin/wavedil eval $(DEMO_RUN) data/speech8k --split valid

@@ -422,3 +422,47 @@ def test_generate_progress_reports_plain_lines_off_a_terminal(run_dir, tmp_path,
     assert "generate: 800/800 sample (100.0%)" in err and "\r" not in err
     assert run_main("generate", str(run_dir), "-o", str(tmp_path / "x.wav"), "--seconds", "0.1", "--quiet") == 0
     assert "sample" not in capsys.readouterr().err
+
+
+def test_eval_split_of_part_of_the_runs_corpus_keeps_each_file_on_its_training_side(tmp_path):
+    """Before: the split was recomputed over the given files only, so evaluating two files (or a
+    subfolder) of the run's corpus with --split valid could report a training file as held out."""
+    from wavedil.checkpoint import save_checkpoint
+
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        folder = corpus / "sub" if i % 2 else corpus
+        sf.write(folder / f"utt{i}.wav", (0.3 * rng.standard_normal(200)).astype(np.float32), SR, subtype="PCM_16")
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig(**TINY))
+    save_checkpoint({"format": 1, "model": model.state_dict(), "model_config": model.config.to_dict(), "step": 1,
+                     "sample_rate": SR, "config": {"data": {"root": str(corpus), "valid_fraction": 0.25}}},
+                    run / "checkpoints" / "step_00000001.pt")  # fmt: skip
+    train, valid = split_items(load_corpus(corpus), valid_fraction=0.25)
+    held = {str(it.path) for it in valid}
+    names = lambda res: {f["file"] for f in res.to_dict()["per_file"]}  # noqa: E731
+    one_valid = sorted(held)[0]
+    two_train = sorted(str(it.path) for it in train)[:2]
+    # a held-out file and two training files: only the held-out one is on the valid side
+    res = evaluate_files(run, [one_valid, *two_train], split="valid")
+    assert names(res) == {one_valid} and res.notes == []
+    assert names(evaluate_files(run, [one_valid, *two_train], split="train")) == set(two_train)
+    # the subfolder: its files keep their sides too (among themselves they would split otherwise)
+    sub_valid = {p for p in held if "/sub/" in p}
+    assert sub_valid and len(sub_valid) < len(held)  # this corpus: held-out files on both levels
+    assert names(evaluate_files(run, [corpus / "sub"], split="valid")) == sub_valid
+    with pytest.raises(ValueError, match="nothing to evaluate"):  # training files only: none held out
+        evaluate_files(run, two_train, split="valid")
+    # files outside the run's corpus are split among themselves, and a note says so
+    outside = tmp_path / "other"
+    outside.mkdir()
+    for i in range(3):
+        sf.write(outside / f"o{i}.wav", (0.3 * rng.standard_normal(200)).astype(np.float32), SR, subtype="PCM_16")
+    res = evaluate_files(run, [outside], split="valid")
+    assert len(res.report.per_file) == 1
+    assert res.notes == ["--split valid: the files are not all in the run's corpus folder, so the given files were split "
+                         "among themselves (by name, at least one held out); that is the run's split only when they "
+                         "are its whole corpus"]  # fmt: skip

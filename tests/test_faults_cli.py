@@ -184,6 +184,21 @@ def test_a_run_name_that_is_not_a_plain_folder_name_is_refused_before_hydra(tmp_
     assert not any(tmp_path.iterdir()) and not (tmp_path.parent / "escape").exists()
 
 
+def test_a_run_folder_that_cannot_be_made_or_is_empty_is_one_line(tmp_path, capsys, monkeypatch):
+    """Before: a 31-line Hydra traceback (FileExistsError, NotADirectoryError), and
+    ``hydra.run.dir=`` wrote the run into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    (tmp_path / "afile").write_text("x")
+    run = ["train", "model=tiny", "trainer=debug", "trainer.max_steps=1"]
+    for folder, says in [("afile", "File exists: 'afile'"), ("afile/sub", "Not a directory: 'afile/sub'")]:
+        line = user_error(capsys, *run, f"hydra.run.dir={folder}")
+        assert f"cannot make or write the run folder ({says})" in line and "set hydra.run.dir=FOLDER" in line
+    line = user_error(capsys, *run, "hydra.run.dir=")
+    assert "hydra.run.dir=: the run folder is empty, which would write the run into the current folder" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 # ----------------------------------------------------------------------------- 4. standard input / output
 
 

@@ -363,3 +363,19 @@ def test_a_missing_sample_rate_comes_from_the_config_or_is_warned_about(tmp_path
     (msg,) = [r.getMessage() for r in caplog.records]
     assert f"checkpoint '{path}' records no sample_rate: assuming 16000 Hz" in msg
     assert load_checkpoint(tiny_checkpoint(tmp_path / "float.pt", sample_rate=8000.0))["sample_rate"] == 8000
+
+
+def test_a_format_that_cannot_hold_the_rate_is_refused_before_writing(tmp_path):
+    """Before: writing .ogg at 256 kHz crashed the process (libsndfile's Vorbis encoder), .flac
+    above 655,350 Hz raised a LibsndfileError traceback after sampling."""
+    from wavedil.audio import check_format_rate, write_audio
+
+    wav = torch.zeros(100)
+    with pytest.raises(ValueError, match=r"cannot write '.*a\.ogg' at 256,000 Hz: \.ogg holds at most 192,000 Hz; write a \.wav"):
+        write_audio(tmp_path / "a.ogg", wav, 256_000)
+    with pytest.raises(ValueError, match=r"\.flac holds at most 655,350 Hz"):
+        check_format_rate(tmp_path / "a.FLAC", 700_000)
+    assert not any(tmp_path.iterdir())
+    check_format_rate(tmp_path / "a.ogg", 192_000)
+    write_audio(tmp_path / "a.wav", wav, 700_000)  # WAV has no such limit
+    assert sf.info(str(tmp_path / "a.wav")).samplerate == 700_000

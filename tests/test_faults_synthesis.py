@@ -18,6 +18,7 @@ import torch
 
 import wavedil.synthesis as synthesis_mod
 from wavedil import WaveNet, WaveNetConfig
+from wavedil.conditioning import MelSpec
 from wavedil.cli import main as cli_main
 from wavedil.synthesis import generate_to_files, vocode_file, vocode_stream_file
 from wavedil.vocoder_stream import StreamingVocoder, iter_npy_chunks
@@ -432,3 +433,46 @@ def test_ctrl_c_and_a_closed_pipe_end_the_cli_without_a_traceback(run_dir, tmp_p
                             "--backend", "torch", "--device", "cpu")  # fmt: skip
         assert code == status and "Traceback" not in err and "error:" not in err, err
         assert says in err and not (tmp_path / "o.wav").exists()
+
+
+def _damaged_mel_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (path, what the error must say) for mel files that np.load hangs on, crashes on or misdescribes."""
+    good = io.BytesIO()
+    np.save(good, np.zeros((N_MELS, 10), np.float32))
+    npz = io.BytesIO()
+    np.savez_compressed(npz, mel=np.random.default_rng(0).random((N_MELS, 200)).astype(np.float32))
+    files = {
+        "empty.npy": (b"", "is empty (0 bytes)"),
+        "trunc.npy": (good.getvalue()[:-100], f"is truncated or damaged: its header declares a float32 array ({N_MELS}, 10)"),
+        "text.npy": (b"log-mel frames, honestly", "is neither a .npy nor a .npz file"),
+        "trunc.npz": (npz.getvalue()[: len(npz.getvalue()) // 2], "cannot read the mel file"),
+    }
+    damaged = bytearray(npz.getvalue())
+    damaged[100] ^= 0xFF  # inside the compressed member
+    files["bad.npz"] = (bytes(damaged), "cannot read the mel file")
+    huge = io.BytesIO()
+    np.lib.format.write_array_header_1_0(huge, {"descr": "<f4", "fortran_order": False, "shape": (N_MELS, 10**15)})
+    files["huge.npy"] = (huge.getvalue(), f"declares a float32 array ({N_MELS}, 1000000000000000)")
+    out = {}
+    for name, (data, says) in files.items():
+        (folder / name).write_bytes(data)
+        out[name] = (folder / name, says)
+    os.mkfifo(folder / "fifo.npy")
+    out["fifo.npy"] = (folder / "fifo.npy", "is not a regular file")
+    return out
+
+
+def test_a_damaged_mel_file_is_refused_naming_it_without_numpys_pickle_advice(vocoder_run, tmp_path, capsys):
+    """Before: EOFError / BadZipFile / zlib.error / _ArrayMemoryError tracebacks, numpy's advice to
+    load a text file 'unsafely' with allow_pickle, and a FIFO that blocked vocode forever."""
+    spec = MelSpec.from_dict(MEL)
+    for name, (path, says) in _damaged_mel_files(tmp_path).items():
+        with pytest.raises(ValueError) as err:
+            synthesis_mod.load_mel(path, spec)
+        assert says in str(err.value) and str(path) in str(err.value), (name, str(err.value))
+        assert "allow_pickle" not in str(err.value)
+    (tmp_path / "cli").mkdir()
+    path, says = _damaged_mel_files(tmp_path / "cli")["huge.npy"]
+    code, err = run_cli(capsys, "vocode", str(vocoder_run), str(path), "-o", str(tmp_path / "o.wav"))
+    assert_user_error(code, err, says)
+    assert not (tmp_path / "o.wav").exists()

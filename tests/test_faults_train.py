@@ -80,6 +80,45 @@ def test_resume_refuses_another_sample_rate_naming_both_and_the_checkpoint(tmp_p
     assert setup(compose(BASE + ["trainer.resume=true"]), run_dir).step == 2  # the same rate resumes
 
 
+def test_a_new_run_in_a_folder_holding_checkpoints_is_refused_and_leaves_them(tmp_path):
+    """Before: a second run without trainer.resume in the same hydra.run.dir overwrote the
+    checkpoints of its own steps and pruned the rest, with exit status 0."""
+    run_dir = tmp_path / "run"
+    train(compose(BASE), run_dir)
+    before = {p: p.read_bytes() for p in list_checkpoints(run_dir / "checkpoints")}
+    with pytest.raises(TrainingError) as err:
+        setup(compose(BASE + ["seed=5"]), run_dir)
+    msg = str(err.value)
+    assert f"the run folder '{run_dir}' already holds 1 checkpoint(s) of an earlier run (newest step_00000002.pt)" in msg
+    assert "trainer.resume=true" in msg and "hydra.run.dir" in msg
+    assert {p: p.read_bytes() for p in list_checkpoints(run_dir / "checkpoints")} == before
+    p = run_cli("train", *BASE, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert p.returncode == 2 and "already holds 1 checkpoint(s)" in p.stderr and "Traceback" not in p.stderr
+    assert {p: p.read_bytes() for p in list_checkpoints(run_dir / "checkpoints")} == before
+    # an empty checkpoints folder (a run that failed before its first save) is no obstacle
+    (tmp_path / "failed" / "checkpoints").mkdir(parents=True)
+    assert setup(compose(BASE), tmp_path / "failed").step == 0
+
+
+def test_resume_true_looks_beside_the_run_only_in_the_default_timestamped_layout(tmp_path, caplog):
+    """Before: resume=true took the newest checkpoint of *any* folder beside the run folder: a
+    sweep's job 1 resumed job 0, and runs/mine resumed runs/colleagues_run."""
+    from wavedil.train import find_resume_checkpoint
+
+    train(compose(BASE), tmp_path / "runs" / "colleagues_run")
+    assert find_resume_checkpoint(True, tmp_path / "runs" / "mine") is None
+    assert "no checkpoint found under " + str(tmp_path / "runs" / "mine") in caplog.text
+    train(compose(BASE), tmp_path / "multirun" / "0")
+    assert find_resume_checkpoint(True, tmp_path / "multirun" / "1") is None
+    # outputs/<name>/<date>_<time>: an earlier run of the same name is resumed, the newest first
+    base = tmp_path / "outputs" / "speech8k"
+    train(compose(BASE), base / "2026-12-01_10-00-00")
+    train(compose(BASE + ["trainer.max_steps=4", "trainer.ckpt_every=4"]), base / "2026-12-02_10-00-00")
+    (base / "notes").mkdir()  # not a run of this layout: never looked into
+    path, ckpt = find_resume_checkpoint(True, base / "2026-12-03_09-00-00")
+    assert path.parent.parent.name == "2026-12-02_10-00-00" and ckpt["step"] == 4
+
+
 def test_checkpoint_sample_rate_falls_back_to_the_config_of_older_checkpoints():
     from wavedil.train import _checkpoint_sample_rate  # new with the check
 

@@ -28,6 +28,7 @@ __all__ = [
     "OUTPUT_SUFFIXES",
     "check_output_path",
     "check_writable_folder",
+    "check_format_rate",
     "mu_law_encode",
     "mu_law_decode",
     "linear_encode",
@@ -426,6 +427,25 @@ def pcm16_bytes(wav: torch.Tensor, sample_rate: int) -> bytes:
     return raw.getvalue()
 
 
+#: The highest sample rate each output format is written at: FLAC's limit, and the Vorbis
+#: encoder's usual top rate (libsndfile's encoder crashed the process at 256 kHz).
+MAX_FORMAT_RATE: dict[str, int] = {".flac": 655_350, ".ogg": 192_000}
+
+
+def check_format_rate(path: str | os.PathLike, sample_rate: int) -> None:
+    """``ValueError`` when ``path``'s format cannot hold audio at ``sample_rate`` (checked before any work).
+
+    Raises:
+        ValueError: naming the file, the rate, the format's limit and what to use instead.
+    """
+    limit = MAX_FORMAT_RATE.get(Path(path).suffix.lower())
+    if limit is not None and sample_rate > limit:
+        raise ValueError(
+            f"cannot write '{path}' at {sample_rate:,} Hz: {Path(path).suffix.lower()} holds at most {limit:,} Hz; "
+            "write a .wav instead"
+        )
+
+
 def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) -> Path:
     """Write a mono waveform ``(T,)`` as 16-bit PCM, atomically (temporary file + rename).
 
@@ -457,6 +477,7 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) ->
         raise ValueError(
             f"cannot write audio file '{path}': soundfile has no '{path.suffix}' format; use one of {', '.join(OUTPUT_SUFFIXES)}"
         )
+    check_format_rate(path, sample_rate)
     buf = io.BytesIO()
     sf.write(buf, data, sample_rate, format=fmt, subtype="PCM_16" if fmt in ("WAV", "FLAC") else None)
     payload = buf.getbuffer()

@@ -93,6 +93,11 @@ def _check_run_name(overrides: Sequence[str]) -> None:
     """
     for override in overrides:
         key, eq, value = override.lstrip("+~").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and eq and not value.strip().strip("'\""):
+            raise ValueError(
+                f"{override}: the run folder is empty, which would write the run into the current folder; "
+                f"give a folder, e.g. {key}=runs/my_run"
+            )
         if key != "name" or not eq:
             continue
         value = value.strip().strip("'\"")
@@ -153,6 +158,11 @@ def _train(overrides: list[str]) -> None:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
+        if isinstance(exc, OSError) and not debug:  # train()'s own are reported inside _run: Hydra's run folder
+            raise _fail(
+                f"cannot make or write the run folder ({exc.strerror or exc}: '{exc.filename}'): set "
+                "hydra.run.dir=FOLDER to a folder you can write, or run from one"
+            ) from None
         if debug or not isinstance(exc, (HydraException, OmegaConfBaseException)):
             raise
         raise _fail(_hydra_message(exc)) from None

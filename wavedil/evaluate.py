@@ -454,6 +454,40 @@ def run_valid_fraction(checkpoint: dict) -> float:
     return float(data.get("valid_fraction", DataConfig.valid_fraction))
 
 
+def split_side(
+    checkpoint: dict, items: list[AudioItem], split: str, valid_fraction: float, notes: list[str]
+) -> list[AudioItem]:
+    """The ``split`` side (``"train"`` or ``"valid"``) of ``items``, as the checkpoint's run split its corpus.
+
+    When every item lies in the run's corpus folder (``data.root`` of its config, found here),
+    the split is the run's own: :func:`wavedil.data.split_items` over that whole corpus (its
+    ``layout`` and ``mic``), so a subset of its files or a subfolder keeps each file on the side
+    it was trained on. Otherwise the items are split among themselves (the same hash of each
+    name, relative to their common folder, and at least one held out), which is the run's split
+    only when they are its whole corpus; a note in ``notes`` says so.
+    """
+    from .data import load_corpus, split_items
+
+    data = (checkpoint.get("config") or {}).get("data") or {}
+    root = data.get("root")
+    if isinstance(root, str) and root and os.path.isdir(root):
+        base = os.path.realpath(root)
+        if all(os.path.realpath(it.path).startswith(base + os.sep) for it in items):
+            corpus = load_corpus(root, layout=data.get("layout", "folder"), mic=data.get("mic", "mic1"))
+            train, valid = split_items(corpus, valid_fraction=valid_fraction)
+            side = {os.path.realpath(it.path) for it in (valid if split == "valid" else train)}
+            return [it for it in items if os.path.realpath(it.path) in side]
+    where = f"the run's corpus '{root}' is not here" if isinstance(root, str) and root and not os.path.isdir(root) \
+        else "the files are not all in the run's corpus folder" if isinstance(root, str) and root \
+        else "the checkpoint does not name its corpus"
+    notes.append(
+        f"--split {split}: {where}, so the given files were split among themselves (by name, at least one held "
+        "out); that is the run's split only when they are its whole corpus"
+    )
+    train, valid = split_items(items, valid_fraction=valid_fraction)
+    return valid if split == "valid" else train
+
+
 def evaluate_files(
     checkpoint: str | os.PathLike,
     audio: Sequence[str | os.PathLike],
@@ -524,10 +558,10 @@ def evaluate_files(
     ckpt = src.checkpoint
     sr = int(ckpt.get("sample_rate", 16000))
     items = gather_items(audio, layout, mic)
+    split_notes: list[str] = []
     if split != "all":
         fraction = run_valid_fraction(ckpt) if valid_fraction is None else valid_fraction
-        train_items, valid_items = split_items(items, valid_fraction=fraction)
-        items = valid_items if split == "valid" else train_items
+        items = split_side(ckpt, items, split, fraction, split_notes)
     model = model_from_checkpoint(ckpt, use_ema=use_ema)
     if model.speaker is not None and model.config.speakers:
         known = set(model.config.speakers)
@@ -542,7 +576,7 @@ def evaluate_files(
 
     report = evaluate_codes(model, model_inputs(model, items, sr, max_seconds), chunk, weights)
     result = FileEvaluation(report, weights)
-    result.notes = _resampling_notes(items, sr)
+    result.notes = split_notes + _resampling_notes(items, sr)
     if given_temperature is not None and (model.upsampler is None or vocode_seconds == 0):
         result.notes.append(
             f"temperature {temperature:g} is not used: it is the sampling temperature of a vocoder's re-synthesis "

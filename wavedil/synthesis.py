@@ -22,6 +22,8 @@ import math
 import os
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ import torch
 
 from .audio import (
     OUTPUT_SUFFIXES,
+    check_format_rate,
     check_output_path,
     check_writable_folder,
     decode,
@@ -240,6 +243,7 @@ def _open_sampling(
     not a vocoder, the speaker, the prompt (read and encoded at its rate)."""
     src = open_model(checkpoint)
     ckpt, sr = src.checkpoint, src.sample_rate
+    check_format_rate(output, sr)
     temperature = sampling_temperature(src, temperature)
     n = int(round(seconds * sr))
     if n < 1:
@@ -418,6 +422,53 @@ def generate_to_stream(
     )  # fmt: skip
 
 
+#: What reading a damaged ``.npy`` / ``.npz`` raises (a damaged zip member, short data, a size
+#: declared beyond the memory).
+_NPY_ERRORS = (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile, zlib.error)
+
+
+def _check_mel_file(path: str | os.PathLike) -> None:
+    """Refuse, before numpy reads it, what ``np.load`` would hang on, crash on or misdescribe: a
+    path that is not a regular file (a FIFO would block), an empty file, a file that is neither
+    ``.npy`` nor ``.npz`` (numpy would suggest unpickling it), and a ``.npy`` whose header declares
+    more data than the file holds (truncated, or a corrupt header asking for terabytes).
+
+    Raises:
+        ValueError: naming the file and what is wrong with it.
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"cannot read the mel file '{path}': it does not exist")
+    if not os.path.isfile(path):
+        raise ValueError(f"the mel file '{path}' is not a regular file: give a .npy or .npz file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"the mel file '{path}' is empty (0 bytes): its writing never finished; save it again")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+        if magic[:2] == b"PK":  # a zip: .npz (its members are checked as they are read)
+            return
+        if magic != b"\x93NUMPY":
+            raise ValueError(
+                f"the mel file '{path}' is neither a .npy nor a .npz file (numpy.save / numpy.savez write them)"
+            )
+        fh.seek(0)
+        try:
+            version = np.lib.format.read_magic(fh)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)(fh)  # fmt: skip
+        except (ValueError, EOFError, SyntaxError) as exc:
+            raise ValueError(f"cannot read the mel file '{path}': its .npy header is damaged ({exc})") from None
+        if dtype.hasobject:
+            return  # refused with its own message by np.load(allow_pickle=False)
+        need = math.prod(shape) * dtype.itemsize
+        have = size - fh.tell()
+        if need > have:
+            raise ValueError(
+                f"the mel file '{path}' is truncated or damaged: its header declares a {dtype} array {tuple(shape)} "
+                f"({need:,} bytes) but it holds {have:,} bytes of data; save it again"
+            )
+
+
 def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
     """A saved log-mel for a vocoder with features ``spec``: float32 ``(n_mels, M)``.
 
@@ -441,9 +492,10 @@ def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
             )
         return ValueError(f"cannot read the mel file '{path}': {exc}")
 
+    _check_mel_file(path)
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except _NPY_ERRORS as exc:
         raise unreadable(exc) from None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
@@ -451,7 +503,7 @@ def load_mel(path: str | os.PathLike, spec: MelSpec) -> torch.Tensor:
                 raise ValueError(f"'{path}' has no array named 'mel' (it has {data.files})")
             try:
                 stored = {key: data[key] for key in ("mel", "hop_length", "sample_rate", "n_mels") if key in data.files}
-            except ValueError as exc:  # an object array: np.load refuses to unpickle it
+            except _NPY_ERRORS as exc:  # an object array (np.load refuses to unpickle it), a damaged member
                 raise unreadable(exc) from None
         for key in ("hop_length", "sample_rate", "n_mels"):
             if key not in stored:
@@ -641,6 +693,7 @@ def vocode_file(
     dev = model.embed.weight.device
     spec, ctx = model.mel_spec, model.mel_context
     sr, hop = spec.sample_rate, spec.hop_length
+    check_format_rate(output, sr)
     n_samples, notes = None, []
     if source.suffix.lower() in (".npy", ".npz"):
         mel = load_mel(source, spec)

@@ -33,6 +33,7 @@ training time.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -107,26 +108,51 @@ MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
 # ----------------------------------------------------------------------------- resume lookup
 
 
+#: The folder name of a run in the default layout, ``outputs/<name>/<date>_<time>`` (``conf/train.yaml``).
+_TIMESTAMPED_RUN = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")
+
+
+def _check_fresh_folder(run_dir: Path) -> None:
+    """Refuse to start a new run in a folder that holds another run's checkpoints: its saves would
+    overwrite those of the same steps and its pruning would delete the rest.
+
+    Raises:
+        TrainingError: naming the folder, its newest checkpoint and the ways on.
+    """
+    found = list_checkpoints(run_dir / "checkpoints")
+    if found:
+        raise TrainingError(
+            f"the run folder '{run_dir}' already holds {len(found)} checkpoint(s) of an earlier run (newest "
+            f"{found[0].name}): a new run there would overwrite and prune them. Continue that run with "
+            "trainer.resume=true, or start this one in a new folder (another hydra.run.dir, or leave it out for a "
+            "new timestamped folder), or move those checkpoints away first"
+        )
+
+
 def find_resume_checkpoint(resume: Any, run_dir: Path) -> tuple[Path, dict] | None:
     """The checkpoint to resume from, or None to start fresh.
 
-    ``resume``: false; true (the newest good checkpoint of this run folder, else of the newest
-    sibling run folder of the same experiment name); or a path to a checkpoint or run folder
+    ``resume``: false; true (the newest good checkpoint of this run folder, else, in the default
+    layout ``outputs/<name>/<date>_<time>``, of the newest earlier run of the same name: the
+    other timestamped folders beside it; a folder given with ``hydra.run.dir`` or a sweep's job
+    folder resumes only itself); or a path to a checkpoint or run folder
     (:func:`wavedil.checkpoint.open_checkpoint`).
     """
     if resume in (False, None, "false", "False", ""):
         return None
     if resume is True or resume in ("true", "True"):
-        siblings = (
-            sorted((p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir), reverse=True)
-            if run_dir.parent.is_dir()
-            else []
-        )
+        siblings = []
+        if _TIMESTAMPED_RUN.fullmatch(run_dir.name) and run_dir.parent.is_dir():
+            siblings = sorted(
+                (p for p in run_dir.parent.iterdir() if p.is_dir() and p != run_dir and _TIMESTAMPED_RUN.fullmatch(p.name)),
+                reverse=True,
+            )
         for folder in [run_dir, *siblings]:
             found = newest_good_checkpoint(folder / "checkpoints")
             if found is not None:
                 return found
-        log.warning("trainer.resume=true but no checkpoint found under %s: starting fresh", run_dir.parent)
+        where = run_dir.parent if siblings else run_dir
+        log.warning("trainer.resume=true but no checkpoint found under %s: starting fresh", where)
         return None
     try:
         return open_checkpoint(str(resume))
@@ -547,6 +573,8 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
 
     # Fail fast on the checkpoint before touching the data or building anything big.
     resume = find_resume_checkpoint(tcfg.resume, run_dir)
+    if resume is None:
+        _check_fresh_folder(run_dir)
     if resume is not None:
         _check_resume_data(resume[1], dcfg, resume[0])
     if resume is not None and mcfg.speakers is None and resume[1].get("model_config", {}).get("speakers"):
