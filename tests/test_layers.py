@@ -366,3 +366,39 @@ def test_rings_are_time_major_and_their_memory_order_changes_no_number():
             (rb, sb), b = stack.step(x[:, :, t : t + 1], b)
             assert torch.equal(ra, rb) and torch.equal(sa, sb)
     assert all(torch.equal(p, q) for p, q in zip(a.buffers, b.buffers))
+
+
+def test_coverage_without_the_offset_table_equals_the_table_on_random_schedules(monkeypatch):
+    """Full coverage is decided from the sorted dilations (no table of every offset); a check
+    against the brute-force subset sums over random schedules, gridded or not, every kernel."""
+    import itertools
+    import random
+
+    from wavedil.causal import receptive_field_coverage
+
+    def brute(k, dils):
+        sums = {0}
+        for d in dils:
+            sums = {s + m * d for s in sums for m in range(k)}
+        return len(sums) / (1 + (k - 1) * sum(dils))
+
+    rng = random.Random(0)
+    cases = [(k, tuple(rng.choice([1, 2, 3, 4, 5, 8]) for _ in range(rng.randint(1, 6)))) for k in (2, 3, 4)
+             for _ in range(60)]  # fmt: skip
+    cases += [(2, p) for p in itertools.permutations((1, 2, 4, 8))] + [(3, (1, 3, 9, 27)), (3, (1, 4)), (2, (1, 1, 4))]
+    full = 0
+    for k, dils in cases:
+        got = receptive_field_coverage(k, dils)
+        assert got == pytest.approx(brute(k, dils), abs=1e-6), (k, dils)
+        full += got == 1.0
+    assert 0 < full < len(cases)  # both kinds of schedule were checked
+
+
+def test_a_receptive_field_beyond_the_limit_is_a_clear_error_not_terabytes():
+    """Before: ``layers_per_stack=40`` tried to allocate 2^40 bytes for the gridding check."""
+    from wavedil.causal import MAX_RECEPTIVE_FIELD, receptive_field_coverage
+
+    with pytest.raises(ValueError, match=r"receptive field of 1,099,511,627,776 samples, over the limit of 16,777,216"):
+        DilatedStack(residual_channels=2, gate_channels=4, skip_channels=2, dilations=dilation_schedule(40))
+    deep = dilation_schedule(23)  # 2^23 - 1 + 1 samples: inside the limit, and no table is built for it
+    assert receptive_field(2, deep) <= MAX_RECEPTIVE_FIELD and receptive_field_coverage(2, deep * 40) == 1.0

@@ -35,6 +35,8 @@ __all__ = [
     "dilation_schedule",
     "receptive_field",
     "receptive_field_coverage",
+    "MAX_RECEPTIVE_FIELD",
+    "check_receptive_field",
     "warn_if_gridded",
 ]
 
@@ -138,6 +140,16 @@ def receptive_field_coverage(kernel_size: int, dilations: Sequence[int]) -> floa
     """
     dilations = check_dilations(dilations)
     rf = receptive_field(kernel_size, dilations)
+    # Taken in increasing order, each dilation no larger than the contiguous span [0, R) reached so
+    # far extends it to [0, R + (k - 1) d); a larger one leaves R itself unreachable for good (every
+    # later term exceeds it). So full coverage, the usual case, needs no table of the offsets.
+    span = 1
+    for d in sorted(dilations):
+        if d > span:
+            break
+        span += (kernel_size - 1) * d
+    else:
+        return 1.0
     reach = torch.zeros(rf, dtype=torch.bool)
     reach[0] = True
     for d in dilations:
@@ -148,8 +160,27 @@ def receptive_field_coverage(kernel_size: int, dilations: Sequence[int]) -> floa
     return float(reach.float().mean())
 
 
+#: The largest receptive field a stack may have, in samples (17 minutes at 16 kHz): far beyond any
+#: useful WaveNet, and the bound that keeps a mistyped depth (``layers_per_stack=40``: 2^40
+#: samples) a clear error instead of an allocation of terabytes.
+MAX_RECEPTIVE_FIELD = 2**24
+
+
+def check_receptive_field(kernel_size: int, dilations: Sequence[int]) -> int:
+    """The receptive field of the schedule, or a ``ValueError`` above :data:`MAX_RECEPTIVE_FIELD`."""
+    rf = receptive_field(kernel_size, dilations)
+    if rf > MAX_RECEPTIVE_FIELD:
+        raise ValueError(
+            f"dilations up to {max(dilations):,} ({len(dilations)} layers, kernel {kernel_size}) give a receptive field "
+            f"of {rf:,} samples, over the limit of {MAX_RECEPTIVE_FIELD:,}: use fewer layers per stack (each one "
+            "doubles it) and more stacks"
+        )
+    return rf
+
+
 def warn_if_gridded(kernel_size: int, dilations: Sequence[int]) -> None:
     """Warn (``UserWarning``) when the schedule leaves holes in its receptive field."""
+    check_receptive_field(kernel_size, dilations)
     cov = receptive_field_coverage(kernel_size, dilations)
     if cov < 1.0:
         warnings.warn(
