@@ -379,3 +379,15 @@ def test_a_format_that_cannot_hold_the_rate_is_refused_before_writing(tmp_path):
     check_format_rate(tmp_path / "a.ogg", 192_000)
     write_audio(tmp_path / "a.wav", wav, 700_000)  # WAV has no such limit
     assert sf.info(str(tmp_path / "a.wav")).samplerate == 700_000
+
+
+def test_a_file_whose_rate_is_absurdly_low_is_refused_not_upsampled_into_gigabytes(tmp_path):
+    """Before: a WAV whose header said 1 Hz was resampled 8,000-fold (eval, vocode, a prompt),
+    ending in a torchaudio allocation traceback."""
+    path = tmp_path / "one_hz.wav"
+    sf.write(str(path), np.zeros(1000, np.float32), 1)
+    with pytest.raises(AudioReadError, match=r"one_hz\.wav': resampling 1 Hz audio to 8,000 Hz would make it 8,000 times longer \(the limit is 64x\)"):
+        read_audio(path, sample_rate=8000)
+    sf.write(str(tmp_path / "ok.wav"), np.zeros(1000, np.float32), 125)  # 64x exactly: done
+    wav, rate = read_audio(tmp_path / "ok.wav", sample_rate=8000)
+    assert rate == 8000 and wav.shape == (64_000,)

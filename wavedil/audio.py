@@ -195,12 +195,27 @@ def decode(codes: torch.Tensor, encoding: str, quantization_channels: int) -> to
     return _codec(encoding)[1](codes, quantization_channels)
 
 
+#: The largest factor :func:`resample` raises a rate by: far beyond real conversions (8 kHz to
+#: 48 kHz is 6x); a file whose header claims 1 Hz would otherwise become 8,000 times longer.
+MAX_UPSAMPLING = 64
+
+
 def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
-    """Resample a waveform ``(..., T)`` from ``orig_rate`` to ``new_rate`` Hz (torchaudio)."""
+    """Resample a waveform ``(..., T)`` from ``orig_rate`` to ``new_rate`` Hz (torchaudio).
+
+    Raises:
+        ValueError: a rate that is not positive, or ``new_rate > MAX_UPSAMPLING * orig_rate``.
+    """
     if orig_rate <= 0 or new_rate <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")
     if orig_rate == new_rate:
         return x
+    if new_rate > MAX_UPSAMPLING * orig_rate:
+        raise ValueError(
+            f"resampling {orig_rate:,} Hz audio to {new_rate:,} Hz would make it {new_rate / orig_rate:,.0f} times "
+            f"longer (the limit is {MAX_UPSAMPLING}x): a rate that low is usually a damaged header; if it is right, "
+            "resample the file yourself first (e.g. with sox)"
+        )
     return AF.resample(x, orig_rate, new_rate)
 
 
@@ -376,7 +391,10 @@ def read_audio(
         )
     wav = wav.clamp_(-1.0, 1.0)
     if sample_rate is not None and sample_rate != rate:
-        wav = resample(wav, rate, sample_rate)
+        try:
+            wav = resample(wav, rate, sample_rate)
+        except ValueError as exc:
+            raise AudioReadError(f"audio file '{path}': {exc}") from None
         rate = sample_rate
     return wav, rate
 
