@@ -193,3 +193,14 @@ def test_cli_dash_in_process_writes_nothing_but_pcm_to_stdout(run_dir, tmp_path,
     out, err = capsysbinary.readouterr()
     assert stop.value.code == 2 and out == b"" and b"Traceback" not in err
     assert b"error: -o - streams one sequence as 16-bit PCM, got --batch 2: leave --batch out" in err
+
+
+def test_a_model_with_nan_weights_is_refused_not_sampled_into_a_constant():
+    """Before: generate() (any back-end) returned all-zero codes, a full-scale DC signal."""
+    model = make_model()
+    with torch.no_grad():
+        model.stack.layers[1].out.weight[0, 0] = float("nan")
+    for call in (lambda: generate(model, 10, backend="torch"), lambda: generate(model, 10, backend="fast"),
+                 lambda: StreamingGenerator(model)):  # fmt: skip
+        with pytest.raises(ValueError, match=r"weights hold NaN or infinite values \(stack\.layers\.1\.out\.weight\)"):
+            call()

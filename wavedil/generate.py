@@ -90,6 +90,12 @@ def _sampler(model: WaveNet, name: str, weights: str) -> Backend:
     naming what would work otherwise); the model is put in eval mode."""
     impl = get_backend(name)  # unknown name or a back-end that failed to load: ValueError with the cause
     impl.check(model, weights)  # device, head, conditioning, weight mode: ValueError naming what would work
+    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:  # every code would come out as the same class: a constant, full-scale signal
+        raise ValueError(
+            f"the model's weights hold NaN or infinite values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
+            "its training diverged; sample an earlier checkpoint"
+        )
     model.eval()
     return impl
 
