@@ -287,8 +287,13 @@ def test_evaluate_files_equals_evaluate_codes_over_the_corpus(run_dir, corpus):
 def test_evaluate_files_argument_errors(run_dir, speaker_run, corpus, tmp_path):
     with pytest.raises(ValueError, match="split must be one of"):
         evaluate_files(run_dir, [corpus], split="test")
-    with pytest.raises(CorpusError, match="neither an audio file nor a folder"):
+    with pytest.raises(CorpusError, match=r"missing' does not exist: check the path"):
         evaluate_files(run_dir, [tmp_path / "missing"])
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "gone.wav")
+    with pytest.raises(CorpusError, match=r"dangling\.wav' is a broken link"):
+        evaluate_files(run_dir, [tmp_path / "dangling.wav"])
+    with pytest.raises(CorpusError, match="neither an audio file nor a folder"):
+        evaluate_files(run_dir, ["/dev/null"])
     with pytest.raises(ValueError, match=r"speakers \['None'\] that the model does not know"):
         evaluate_files(speaker_run, [corpus])
 

@@ -233,13 +233,14 @@ def fit_mel_stats(mels: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
         ValueError: no frames at all, a tensor that is not 2-D, or differing ``n_mels``.
     """
     count, mean, m2 = 0, None, None
+    bands = None  # of the first tensor, empty or not
     for k, mel in enumerate(mels):
         if mel.dim() != 2:
             raise ValueError(f"mels[{k}] must be (n_mels, M), got shape {tuple(mel.shape)}")
-        if mean is not None and mel.shape[0] != mean.shape[0]:
-            raise ValueError(
-                f"mels[{k}] has {mel.shape[0]} bins but earlier ones have {mean.shape[0]}"
-            )
+        if bands is None:
+            bands = mel.shape[0]
+        elif mel.shape[0] != bands:
+            raise ValueError(f"mels[{k}] has {mel.shape[0]} bins but earlier ones have {bands}")
         n = mel.shape[1]
         if n == 0:
             continue

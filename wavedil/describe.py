@@ -124,6 +124,8 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
         return ModelDescription(model, f"model config {path}", sample_rate or 16000)
     names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
     if text not in names:
+        if path.suffix.lower() in (".yaml", ".yml", ".pt") or os.sep in text:
+            raise ValueError(f"'{text}' does not exist (or is not a file): check the path")
         raise ValueError(f"'{text}' is neither a checkpoint (.pt), a YAML file nor a model config {names}")
     preset = CONF_DIR / "model" / f"{text}.yaml"
     return ModelDescription(WaveNet(model_preset(text)), f"model config {preset}", sample_rate or 16000)

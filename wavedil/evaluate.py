@@ -415,6 +415,10 @@ def gather_items(
             items += load_corpus(p, layout=layout, mic=mic)
         elif p.is_file():
             items.append(AudioItem(p))
+        elif not os.path.lexists(p):
+            raise CorpusError(f"'{p}' does not exist: check the path (give audio files or folders of them)")
+        elif not p.exists():
+            raise CorpusError(f"'{p}' is a broken link (or a link loop): give the audio file it should point to")
         else:
             raise CorpusError(f"'{p}' is neither an audio file nor a folder")
     seen: dict[str, AudioItem] = {}

@@ -72,8 +72,8 @@ class WaveNetConfig:
         if unknown:
             raise ValueError(f"unknown WaveNet model options {unknown}; valid ones are {sorted(known)}")
         d = dict(d)
-        if d.get("dilations") is not None:
-            d["dilations"] = tuple(int(x) for x in d["dilations"])
+        if d.get("dilations") is not None:  # a YAML list: kept as given, checked (never int(2.5)) by schedule()
+            d["dilations"] = tuple(d["dilations"])
         return cls(**d)
 
 
