@@ -45,7 +45,10 @@ hop 80, as ``conf/experiment/vocoder_speech8k.yaml``). Usage::
 push, in every weight mode: the ``vocoder_speech8k`` recipe's model (8 kHz, hop 80, 40 bands)
 and a 16 kHz vocoder (hop 160, 80 bands, R=64, gate 128, S=128, H=256, 16 layers, the size of
 ``conf/experiment/pretrained_vocoder8k.yaml``): ``x_real_time`` (audio seconds per second of
-compute, > 1 is faster than real time), the slowest push, and the look-ahead latency.
+compute, > 1 is faster than real time), the slowest push, and the look-ahead latency. It also
+measures streamed generation (``generate_pieces``): ref30 at batch 1 drawn by
+:class:`wavedil.StreamingGenerator` in pieces of 0.1 s at 16 kHz, as ``wavedil generate -o -``
+draws, against one ``generate`` call in the same run, and the wait for the first piece.
 """
 
 from __future__ import annotations
@@ -275,11 +278,47 @@ def stream_main(args: argparse.Namespace) -> dict:
             entry["modes"][weights] = best
         entry["latency"] = {"frames": voc.latency_frames, "ms": round(1000 * voc.latency_seconds, 1)}
         result[name] = entry
+    result["generate_pieces"] = generate_pieces(args)
     result["machine"] = {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "torch_threads": torch.get_num_threads(),
                          "loadavg_before": [round(v, 2) for v in load_before],
                          "loadavg_after": [round(v, 2) for v in os.getloadavg()]}  # fmt: skip
     print(json.dumps(result, indent=2))
     return result
+
+
+def generate_pieces(args: argparse.Namespace) -> dict:
+    """ref30 at batch 1, every mode: :class:`wavedil.StreamingGenerator` in pieces of 0.1 s at
+    16 kHz (what ``wavedil generate -o -`` draws) against one ``generate`` call of the same samples,
+    alternated, best of ``--repeat``; and the wait for the first piece."""
+    from wavedil import StreamingGenerator
+
+    piece = 1600
+    n = piece * (2 if args.quick else 20)
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig()).eval()
+    out: dict = {"model": "ref30", "piece_samples": piece, "samples": n, "modes": {}}
+    for weights in WEIGHT_MODES:
+        generate(model, 100, seed=0, backend="fast", weights=weights)  # compile (or load) the kernels
+        whole = pieces = first = 0.0
+        for _ in range(1 if args.quick else args.repeat):
+            start = time.perf_counter()
+            generate(model, n, seed=0, backend="fast", weights=weights)
+            whole = max(whole, n / (time.perf_counter() - start))
+            stream = StreamingGenerator(model, seed=0, backend="fast", weights=weights)
+            stream.prepare()
+            start = time.perf_counter()
+            stream.draw(piece)
+            wait = time.perf_counter() - start
+            while stream.samples_out < n:
+                stream.draw(piece)
+            rate = n / (time.perf_counter() - start)
+            if rate > pieces:
+                pieces, first = rate, wait
+        out["modes"][weights] = {"one_call_samples_per_second": round(whole, 1),
+                                 "pieces_samples_per_second": round(pieces, 1),
+                                 "pieces_over_one_call": round(pieces / whole, 3),
+                                 "first_piece_ms": round(1000 * first, 1)}  # fmt: skip
+    return out
 
 
 def cuda_main(args: argparse.Namespace) -> dict:

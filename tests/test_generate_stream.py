@@ -204,3 +204,30 @@ def test_a_model_with_nan_weights_is_refused_not_sampled_into_a_constant():
                  lambda: StreamingGenerator(model)):  # fmt: skip
         with pytest.raises(ValueError, match=r"weights hold NaN or infinite values \(stack\.layers\.1\.out\.weight\)"):
             call()
+
+
+def test_a_stream_in_pieces_goes_on_with_one_probing_schedule(monkeypatch):
+    """Batch 1 runs on the two-thread pipeline and probes one thread in a call's second chunk,
+    then every REPROBE_CHUNKS chunks (:func:`wavedil.fast.cpu._next_way`, which counts the
+    chunks). A stream drawn piece by piece goes on with the last piece's measurements and count:
+    before, every piece started again at chunk 1 and probed one thread in its second chunk
+    (0.72x of one call's speed for ref30 in pieces of 0.1 s). A call too short to time (a
+    prepare's single step) leaves the schedule as it was."""
+    import wavedil.fast.cpu as cpu_mod
+    from wavedil.backends import register_backend, unregister_backend
+    from wavedil.fast import make_fast_backend
+
+    counts = []
+    real = cpu_mod._next_way
+    monkeypatch.setattr(cpu_mod, "_next_way", lambda chunks, *a: (counts.append(chunks), real(chunks, *a))[1])
+    model = make_model()
+    register_backend("_test_pieces", make_fast_backend(threads=2, split=True, chunk=64))
+    try:
+        stream = StreamingGenerator(model, seed=1, backend="_test_pieces")
+        stream.prepare()  # one step, not kept
+        codes = torch.cat([stream.draw(256) for _ in range(4)], dim=1)
+    finally:
+        unregister_backend("_test_pieces")
+    assert torch.equal(codes, generate(model, 4 * 256, seed=1, backend="torch").codes)
+    assert counts[0] == 1 and counts[1:] == list(range(1, len(counts)))  # one count across the pieces
+    assert len(counts) >= 16  # 4 pieces of 4 chunks of 64 steps (a pipeline chunk can stop early: more)

@@ -89,6 +89,9 @@ PIPE_MAX_ROWS = {"fp32": 16, "bf16": 4, "int8": 1}
 PIPE_MEASURED_ROWS = 32
 #: A sequence re-measures the way it is not using every this many chunks.
 REPROBE_CHUNKS = 16
+#: Shortest call of one sequence whose measurements of the two ways the next call goes on with
+#: (shorter ones, such as ``prepare``'s single step, time mostly the call's own overhead).
+PROBE_KEPT_STEPS = 256
 #: Samples (over all rows) in a chunk of steps when :attr:`CpuOptions.chunk` is not set: the
 #: first chunk, the chunks that measure a way, and every chunk of a run with local
 #: conditioning (whose gate-bias table, ``chunk x NL x G`` floats, the chunk bounds).
@@ -464,8 +467,9 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     batch size in the last call (at first: the pipeline for one sequence, and for a batch of at
     most :data:`PIPE_MAX_ROWS` rows for the weight mode), the second the other; after that the
     faster way runs, and the other is re-measured every :data:`REPROBE_CHUNKS` chunks
-    (:func:`_next_way`). A pipeline chunk stops early when a partner thread keeps being
-    descheduled. More than two threads are not used: the pipeline has two roles.
+    (:func:`_next_way`); one sequence keeps its rates and place in that schedule from call to
+    call (a stream drawn in pieces is one schedule). A pipeline chunk stops early when a partner
+    thread keeps being descheduled. More than two threads are not used: the pipeline has two roles.
 
     ``lg (B, P)`` (ends as the head parameters after the last forward pass), ``u (N, B, U)``,
     ``out (B, N)``; chunks of steps as :meth:`CpuOptions.chunk_steps` sets them. Returns the ring
@@ -514,6 +518,12 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
     if batch > 1 and measured:  # the way that was faster last time, at first the table's guess
         use_two = packed.tuning.get(("pipe_way", batch), batch <= PIPE_MAX_ROWS[packed.weights])
     pos, t, chunks, rechecked = state.pos, 0, 0, False
+    if probe and batch == 1 and ("pipe_probe", threads) in packed.tuning:
+        # a stream drawn call by call (StreamingGenerator, StreamingVocoder) goes on with the
+        # measurements and the probing schedule of its last call, instead of probing one thread
+        # in every call's second chunk (28% of ref30's speed in pieces of 0.1 s)
+        saved_rate, chunks, rechecked, use_two = packed.tuning["pipe_probe", threads]
+        rate = dict(saved_rate)
     while t < n:
         # slices (or one thread) that measured faster, or that are the only way, run long
         # chunks; pipeline chunks stay short: each moves work between its threads (_balance)
@@ -536,6 +546,8 @@ def _generate_pipe(kern, packed: PackedWaveNet, state: StackState, lg, u, temp, 
             progress(t)
     if probe and batch > 1 and len(rate) == 2:
         packed.tuning["pipe_way", batch] = max(rate, key=rate.get)
+    if probe and batch == 1 and n >= PROBE_KEPT_STEPS:  # not a prepare() of one step: too short to time
+        packed.tuning["pipe_probe", threads] = (dict(rate), chunks, rechecked, use_two)
     return ring, pos
 
 
