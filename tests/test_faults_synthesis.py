@@ -476,3 +476,10 @@ def test_a_damaged_mel_file_is_refused_naming_it_without_numpys_pickle_advice(vo
     code, err = run_cli(capsys, "vocode", str(vocoder_run), str(path), "-o", str(tmp_path / "o.wav"))
     assert_user_error(code, err, says)
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_vocode_file_max_seconds_none_is_no_limit(vocoder_run, tmp_path):
+    """Before: ``vocode_file(..., max_seconds=None)`` raised a TypeError (the stream takes None)."""
+    np.save(tmp_path / "in.npy", np.full((N_MELS, 5), -3.0, dtype=np.float32))
+    res = vocode_file(vocoder_run, tmp_path / "in.npy", tmp_path / "o.wav", seed=0, max_seconds=None, backend="torch")
+    assert res.mel_frames == 5 and (tmp_path / "o.wav").exists()

@@ -305,7 +305,9 @@ def test_a_corpus_shorter_than_a_segment_is_warned_about(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="wavedil.train")
     build_data(data_cfg(root, segment_length=2000), TINY_MODEL, seed=0, max_steps=2)
     warned = [r.getMessage() for r in caplog.records if r.name == "wavedil.train"]
-    assert len(warned) == 1, warned
+    assert len(warned) == 2, warned  # the training files, and the held-out ones
+    assert "every held-out file is shorter than data.segment_length=2000" in warned[1]
+    assert "of each validation segment is silence padding" in warned[1]
     assert "every training file is shorter than data.segment_length=2000 samples (the longest holds" in warned[0]
     padding = int(re.search(r"about (\d+)% of each training segment is silence padding", warned[0]).group(1))
     assert 94 <= padding <= 97  # ~ 85 of 2001 samples are audio
@@ -313,6 +315,22 @@ def test_a_corpus_shorter_than_a_segment_is_warned_about(tmp_path, caplog):
     caplog.clear()
     build_data(data_cfg(root, segment_length=50), TINY_MODEL, seed=0, max_steps=2)
     assert not [r for r in caplog.records if r.name == "wavedil.train"]
+
+
+def test_held_out_files_shorter_than_a_segment_are_warned_about_alone(tmp_path, caplog):
+    """Before: a corpus whose held-out file was 1 sample long validated on padding without a word
+    (only the training files were checked)."""
+    from wavedil.data import split_items
+
+    root = write_corpus(tmp_path / "wavs", [3000] * 6)
+    train, valid = split_items(load_corpus(root), valid_fraction=0.2)
+    for item in valid:  # the held-out files (chosen by name) become 10 samples long
+        write_corpus(tmp_path / "short", [10])
+        os.replace(tmp_path / "short" / "f0.wav", item.path)
+    caplog.set_level(logging.WARNING, logger="wavedil.train")
+    build_data(data_cfg(root, segment_length=2000), TINY_MODEL, seed=0, max_steps=2)
+    warned = [r.getMessage() for r in caplog.records if r.name == "wavedil.train"]
+    assert len(warned) == 1 and "every held-out file is shorter than data.segment_length=2000 samples" in warned[0]
 
 
 def test_a_vocoder_with_more_mel_bands_than_its_fft_resolves_is_refused(tmp_path):

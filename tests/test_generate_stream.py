@@ -14,6 +14,7 @@ import io
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -231,3 +232,15 @@ def test_a_stream_in_pieces_goes_on_with_one_probing_schedule(monkeypatch):
     assert torch.equal(codes, generate(model, 4 * 256, seed=1, backend="torch").codes)
     assert counts[0] == 1 and counts[1:] == list(range(1, len(counts)))  # one count across the pieces
     assert len(counts) >= 16  # 4 pieces of 4 chunks of 64 steps (a pipeline chunk can stop early: more)
+
+
+def test_numpy_and_tensor_integers_are_counts_floats_and_bools_are_not():
+    """Before: ``generate(model, np.int64(5))`` was refused as "not an integer"."""
+    model = make_model()
+    ref = generate(model, 5, batch_size=2, seed=1, backend="torch").codes
+    assert torch.equal(generate(model, np.int64(5), batch_size=np.int32(2), seed=1, backend="torch").codes, ref)
+    assert torch.equal(generate(model, torch.tensor(5), batch_size=2, seed=1, backend="torch").codes, ref)
+    assert StreamingGenerator(model, batch_size=np.int64(2), seed=1, backend="torch").draw(np.int64(5)).shape == (2, 5)
+    for bad in (2.5, True, "5", np.float32(5)):
+        with pytest.raises(ValueError, match=r"n_samples must be an integer in \[1, "):
+            generate(model, bad)

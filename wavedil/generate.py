@@ -29,6 +29,7 @@ from .backends import (
     resolve_backend,
     stream_backend,
 )
+from .causal import as_index
 from .layers import StackState
 from .model import WaveNet
 
@@ -80,9 +81,10 @@ def _check_prompt(prompt: torch.Tensor, batch_size: int, classes: int) -> torch.
 
 
 def _check_batch(batch_size: object) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    count = as_index(batch_size)  # a numpy or 0-dim torch integer too
+    if count is None or count < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    return batch_size
+    return count
 
 
 def _sampler(model: WaveNet, name: str, weights: str) -> Backend:
@@ -195,16 +197,18 @@ def generate(
         room = local.shape[-1] - given
         if n_samples is None:
             n_samples = room
-        if isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples > room:
+        if as_index(n_samples) is not None and as_index(n_samples) > room:
             hop = model.mel_spec.hop_length
             raise ValueError(
                 f"the mel has {local.shape[-1] // hop} frames (+ {2 * model.mel_context} context) = "
                 f"{local.shape[-1]} samples at hop {hop}, which does not fit a prompt of {given} + "
                 f"{n_samples} samples: generate at most {room} or give {-(-(given + n_samples) // hop)} frames"
             )
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or not 1 <= n_samples <= MAX_SAMPLES:
+    count = as_index(n_samples)  # a numpy or 0-dim torch integer too
+    if count is None or not 1 <= count <= MAX_SAMPLES:
         raise ValueError(f"n_samples must be an integer in [1, {MAX_SAMPLES}], got {n_samples!r}")
-    _check_batch(batch_size)
+    n_samples = count
+    batch_size = _check_batch(batch_size)
     if n_samples * batch_size > MAX_TOTAL_SAMPLES:
         raise ValueError(
             f"{n_samples:,} samples x batch {batch_size} = {n_samples * batch_size:,} exceeds the limit of "
@@ -262,7 +266,7 @@ class SampleStream:
         self.batch_size = _check_batch(batch_size)
         self.temperature = float(check_temperature(temperature))
         seed = None if seed is None else check_seed(seed)
-        self.speaker = model.speaker_ids(speaker, batch_size)  # checked now, not at the first draw
+        self.speaker = model.speaker_ids(speaker, self.batch_size)  # checked now, not at the first draw
         self.weights = check_weights(weights)
         self.backend = stream_backend(backend, model, self.weights)
         self._impl = _sampler(model, self.backend, self.weights)
@@ -329,9 +333,9 @@ class StreamingGenerator(SampleStream):
             )
         super().__init__(model, batch_size, temperature, seed, speaker, backend, weights)
         if prompt is not None:
-            prompt = _check_prompt(prompt, batch_size, model.quantization_channels)
+            prompt = _check_prompt(prompt, self.batch_size, model.quantization_channels)
         with torch.no_grad():
-            self._state, self._params, _ = _prime(model, batch_size, prompt, self.speaker)
+            self._state, self._params, _ = _prime(model, self.batch_size, prompt, self.speaker)
         self._prepared = False
 
     @torch.no_grad()
@@ -342,8 +346,10 @@ class StreamingGenerator(SampleStream):
             ValueError: ``n`` not an integer in ``[1, MAX_SAMPLES]``, or ``n * B`` over
                 :data:`MAX_TOTAL_SAMPLES` (the stream is left as it was).
         """
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+        count = as_index(n)  # a numpy or 0-dim torch integer too
+        if count is None or not 1 <= count <= MAX_SAMPLES:
             raise ValueError(f"n must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
+        n = count
         if n * self.batch_size > MAX_TOTAL_SAMPLES:
             raise ValueError(
                 f"{n:,} samples x batch {self.batch_size} exceeds the limit of {MAX_TOTAL_SAMPLES:,} per draw: "

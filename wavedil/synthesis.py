@@ -631,7 +631,7 @@ def vocode_file(
     seed: int | None = None,
     speaker: str | int | None = None,
     save_mel: str | os.PathLike | None = None,
-    max_seconds: float = 600.0,
+    max_seconds: float | None = 600.0,
     backend: str = "auto",
     weights: str = "fp32",
     device: str | torch.device | None = None,
@@ -654,7 +654,7 @@ def vocode_file(
             :func:`generate_to_files`.
         save_mel: also write the log-mel ``(n_mels, M)`` the audio came from (the analysis of an
             audio input, or the frames read from a mel file) to this ``.npy``.
-        max_seconds: refuse longer inputs (``> 0``).
+        max_seconds: refuse longer inputs (``> 0``; None: no limit, as for the stream).
 
     Returns:
         A :class:`SynthesisResult` with one path, ``codes (1, N)`` and ``mel_frames = M``.
@@ -707,7 +707,7 @@ def vocode_file(
         n_samples = wav.shape[-1]
     frames = mel.shape[-1] - 2 * ctx
     seconds = frames * hop / sr
-    if seconds > max_seconds:
+    if max_seconds is not None and seconds > max_seconds:
         raise ValueError(
             f"'{source}' is {seconds:.1f} s ({frames} mel frames); the limit is --max-seconds {max_seconds:g}: "
             "raise it or cut the input"

@@ -197,21 +197,27 @@ def _data_settings(data_cfg: dict | DataConfig) -> DataConfig:
         raise TrainingError(str(exc)) from None
 
 
-def _warn_if_files_are_short(train: SegmentDataset, dcfg: DataConfig, hop: int = 1) -> None:
-    """Log a warning when every training file is shorter than ``data.segment_length``: each segment
-    would then be mostly the silence that pads it (the share is estimated from the file lengths)."""
-    T, lengths = dcfg.segment_length, train.lengths
+def _warn_if_files_are_short(
+    data: SegmentDataset, dcfg: DataConfig, hop: int = 1, which: str = "training"
+) -> None:
+    """Log a warning when every ``which`` file (``"training"`` or ``"held-out"``) is shorter than
+    ``data.segment_length``: each of its segments would then be mostly the silence that pads it
+    (the share is estimated from the file lengths), and for the held-out files the validation
+    figure would measure mostly padding."""
+    T, lengths = dcfg.segment_length, data.lengths
     longest = max(lengths)
     if longest >= T:
         return
     need = T + 1  # a segment holds T + 1 codes
-    padding = 1.0 - sum(n * n for n in lengths) / (train.total_frames * need)  # files drawn by length
+    padding = 1.0 - sum(n * n for n in lengths) / (data.total_frames * need)  # files drawn by length
     suggestion = max(hop, (longest - 1) // hop * hop)
     log.warning(
-        "every training file is shorter than data.segment_length=%d samples (the longest holds %d samples at "
-        "%d Hz): about %.0f%% of each training segment is silence padding. Lower data.segment_length "
-        "(e.g. data.segment_length=%d) or train on longer files",
-        T, longest, dcfg.sample_rate, 100 * padding, suggestion,
+        "every %s file is shorter than data.segment_length=%d samples (the longest holds %d samples at "
+        "%d Hz): about %.0f%% of each %s segment is silence padding. Lower data.segment_length "
+        "(e.g. data.segment_length=%d) or %s",
+        which, T, longest, dcfg.sample_rate, 100 * padding, "training" if which == "training" else "validation",
+        suggestion, "train on longer files" if which == "training" else "add longer files (held out by name: see "
+        "data.valid_fraction)",
     )
 
 
@@ -274,6 +280,7 @@ def build_data(data_cfg: dict | DataConfig, mcfg: WaveNetConfig, seed: int, max_
     _warn_if_files_are_short(train, dcfg, common["mel"].hop_length if "mel" in common else 1)
     n_valid = dcfg.valid_segments
     valid_ds = SegmentDataset(valid_items, segments_per_epoch=n_valid, seed=seed + 1_000_003, **common)
+    _warn_if_files_are_short(valid_ds, dcfg, common["mel"].hop_length if "mel" in common else 1, "held-out")
     parts = [_split_batch(valid_ds[i]) for i in range(n_valid)]
     valid = torch.stack([codes for codes, _ in parts])
     valid_cond = {k: torch.stack([c[k] for _, c in parts]) for k in parts[0][1]}

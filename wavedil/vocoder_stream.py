@@ -84,7 +84,7 @@ class StreamingVocoder(SampleStream):
         self.n_mels, self.hop, self.sample_rate = spec.n_mels, spec.hop_length, spec.sample_rate
         self.latency_frames: int = model.mel_context
         self._frames = self._silence(self.latency_frames)  # raw frames not yet upsampled (+ their context)
-        self._columns = torch.zeros(batch_size, self.n_mels, 0, device=device)  # upsampled, not yet used
+        self._columns = torch.zeros(self.batch_size, self.n_mels, 0, device=device)  # upsampled, not yet used
         self._state = None
         self._params = None
         self.frames_in = 0  # frames pushed so far
