@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -186,14 +187,17 @@ def test_a_run_name_that_is_not_a_plain_folder_name_is_refused_before_hydra(tmp_
 
 def test_a_run_folder_that_cannot_be_made_or_is_empty_is_one_line(tmp_path, capsys, monkeypatch):
     """Before: a 31-line Hydra traceback (FileExistsError, NotADirectoryError), and
-    ``hydra.run.dir=`` wrote the run into the current folder."""
+    ``hydra.run.dir=`` wrote the run into the current folder. (Subprocesses where Hydra runs: it
+    sets up its logging before it makes the folder.)"""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     (tmp_path / "afile").write_text("x")
     run = ["train", "model=tiny", "trainer=debug", "trainer.max_steps=1"]
     for folder, says in [("afile", "File exists: 'afile'"), ("afile/sub", "Not a directory: 'afile/sub'")]:
-        line = user_error(capsys, *run, f"hydra.run.dir={folder}")
-        assert f"cannot make or write the run folder ({says})" in line and "set hydra.run.dir=FOLDER" in line
+        p = subprocess.run([sys.executable, "-m", "wavedil", *run, f"hydra.run.dir={folder}"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert f"error: cannot make or write the run folder ({says})" in p.stderr and "set hydra.run.dir=FOLDER" in p.stderr
     line = user_error(capsys, *run, "hydra.run.dir=")
     assert "hydra.run.dir=: the run folder is empty, which would write the run into the current folder" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

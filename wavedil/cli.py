@@ -158,14 +158,16 @@ def _train(overrides: list[str]) -> None:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        if isinstance(exc, OSError) and not debug:  # train()'s own are reported inside _run: Hydra's run folder
+        if debug:
+            raise
+        if isinstance(exc, (HydraException, OmegaConfBaseException)):  # some are OSErrors too (a missing config)
+            raise _fail(_hydra_message(exc)) from None
+        if isinstance(exc, OSError):  # train()'s own are reported inside _run: this is Hydra's run folder
             raise _fail(
                 f"cannot make or write the run folder ({exc.strerror or exc}: '{exc.filename}'): set "
                 "hydra.run.dir=FOLDER to a folder you can write, or run from one"
             ) from None
-        if debug or not isinstance(exc, (HydraException, OmegaConfBaseException)):
-            raise
-        raise _fail(_hydra_message(exc)) from None
+        raise
     finally:
         if full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
