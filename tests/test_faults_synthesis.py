@@ -483,3 +483,15 @@ def test_vocode_file_max_seconds_none_is_no_limit(vocoder_run, tmp_path):
     np.save(tmp_path / "in.npy", np.full((N_MELS, 5), -3.0, dtype=np.float32))
     res = vocode_file(vocoder_run, tmp_path / "in.npy", tmp_path / "o.wav", seed=0, max_seconds=None, backend="torch")
     assert res.mel_frames == 5 and (tmp_path / "o.wav").exists()
+
+
+def test_a_batch_may_be_named_after_a_folder_since_it_writes_numbered_files(run_dir, tmp_path):
+    """Before: ``-o take.wav --batch 2`` was refused when a folder ``take.wav`` existed, although
+    the files written are ``take_000.wav`` and ``take_001.wav``; one file there is still refused."""
+    (tmp_path / "take.wav").mkdir()
+    res = generate_to_files(run_dir, tmp_path / "take.wav", 0.01, batch=2, seed=0, backend="torch", device="cpu")
+    assert [p.name for p in res.paths] == ["take_000.wav", "take_001.wav"] and all(p.is_file() for p in res.paths)
+    with pytest.raises(ValueError, match=r"take\.wav' is a directory"):
+        generate_to_files(run_dir, tmp_path / "take.wav", 0.01, seed=0, backend="torch", device="cpu")
+    with pytest.raises(ValueError, match=r"must end in \.wav, \.flac or \.ogg"):
+        generate_to_files(run_dir, tmp_path / "take.mp3", 0.01, batch=2, seed=0, backend="torch", device="cpu")

@@ -318,8 +318,12 @@ def generate_to_files(
             (:class:`~wavedil.checkpoint.CheckpointError`), a vocoder checkpoint (use
             :func:`vocode_file`), or an unreadable prompt.
     """
-    out = check_output_path(output)
     _check_length_args(seconds, batch)
+    if batch > 1 and str(output) != "-" and Path(output).is_dir():
+        # the files are name_000.wav, ...: the name itself may be a folder (each file is checked below)
+        out = check_output_path(numbered_path(Path(output), 0, batch)).with_name(Path(output).name)
+    else:
+        out = check_output_path(output)
     _check_sampling_args(seed, temperature, progress)
     dev = _device(device)
     outs = [numbered_path(out, i, batch) for i in range(batch)]  # same folder and suffix as out: checked above
