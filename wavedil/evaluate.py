@@ -474,16 +474,18 @@ def split_side(
 
     data = (checkpoint.get("config") or {}).get("data") or {}
     root = data.get("root")
-    if isinstance(root, str) and root and os.path.isdir(root):
+    if not isinstance(root, str) or not root:
+        where = "the checkpoint does not name its corpus"
+    elif not os.path.isdir(root):
+        where = f"the run's corpus '{root}' is not here"
+    else:
         base = os.path.realpath(root)
         if all(os.path.realpath(it.path).startswith(base + os.sep) for it in items):
             corpus = load_corpus(root, layout=data.get("layout", "folder"), mic=data.get("mic", "mic1"))
             train, valid = split_items(corpus, valid_fraction=valid_fraction)
             side = {os.path.realpath(it.path) for it in (valid if split == "valid" else train)}
             return [it for it in items if os.path.realpath(it.path) in side]
-    where = f"the run's corpus '{root}' is not here" if isinstance(root, str) and root and not os.path.isdir(root) \
-        else "the files are not all in the run's corpus folder" if isinstance(root, str) and root \
-        else "the checkpoint does not name its corpus"
+        where = "the files are not all in the run's corpus folder"
     notes.append(
         f"--split {split}: {where}, so the given files were split among themselves (by name, at least one held "
         "out); that is the run's split only when they are its whole corpus"

@@ -80,6 +80,15 @@ def _check_prompt(prompt: torch.Tensor, batch_size: int, classes: int) -> torch.
     return prompt.expand(batch_size, -1).long()
 
 
+def _check_count(n: object, name: str) -> int:
+    """``n`` as an int in ``[1, MAX_SAMPLES]`` (a numpy or 0-dim torch integer too), else a
+    ``ValueError`` naming ``name`` and the value."""
+    count = as_index(n)
+    if count is None or not 1 <= count <= MAX_SAMPLES:
+        raise ValueError(f"{name} must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
+    return count
+
+
 def _check_batch(batch_size: object) -> int:
     count = as_index(batch_size)  # a numpy or 0-dim torch integer too
     if count is None or count < 1:
@@ -92,7 +101,9 @@ def _sampler(model: WaveNet, name: str, weights: str) -> Backend:
     naming what would work otherwise); the model is put in eval mode."""
     impl = get_backend(name)  # unknown name or a back-end that failed to load: ValueError with the cause
     impl.check(model, weights)  # device, head, conditioning, weight mode: ValueError naming what would work
-    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    finite = torch.stack([torch.isfinite(p).all() for _, p in params]).tolist() if params else []  # one sync
+    bad = [n for (n, _), ok in zip(params, finite) if not ok]
     if bad:  # every code would come out as the same class: a constant, full-scale signal
         raise ValueError(
             f"the model's weights hold NaN or infinite values ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
@@ -204,10 +215,7 @@ def generate(
                 f"{local.shape[-1]} samples at hop {hop}, which does not fit a prompt of {given} + "
                 f"{n_samples} samples: generate at most {room} or give {-(-(given + n_samples) // hop)} frames"
             )
-    count = as_index(n_samples)  # a numpy or 0-dim torch integer too
-    if count is None or not 1 <= count <= MAX_SAMPLES:
-        raise ValueError(f"n_samples must be an integer in [1, {MAX_SAMPLES}], got {n_samples!r}")
-    n_samples = count
+    n_samples = _check_count(n_samples, "n_samples")
     batch_size = _check_batch(batch_size)
     if n_samples * batch_size > MAX_TOTAL_SAMPLES:
         raise ValueError(
@@ -346,10 +354,7 @@ class StreamingGenerator(SampleStream):
             ValueError: ``n`` not an integer in ``[1, MAX_SAMPLES]``, or ``n * B`` over
                 :data:`MAX_TOTAL_SAMPLES` (the stream is left as it was).
         """
-        count = as_index(n)  # a numpy or 0-dim torch integer too
-        if count is None or not 1 <= count <= MAX_SAMPLES:
-            raise ValueError(f"n must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
-        n = count
+        n = _check_count(n, "n")
         if n * self.batch_size > MAX_TOTAL_SAMPLES:
             raise ValueError(
                 f"{n:,} samples x batch {self.batch_size} exceeds the limit of {MAX_TOTAL_SAMPLES:,} per draw: "

@@ -240,10 +240,10 @@ def _open_sampling(
     output: str | os.PathLike,
 ) -> _SamplingJob:
     """Load the model to sample and check what depends on it: the length at its rate, that it is
-    not a vocoder, the speaker, the prompt (read and encoded at its rate)."""
+    not a vocoder, the speaker, the prompt (read and encoded at its rate). ``output`` is named in
+    the advice for a vocoder."""
     src = open_model(checkpoint)
     ckpt, sr = src.checkpoint, src.sample_rate
-    check_format_rate(output, sr)
     temperature = sampling_temperature(src, temperature)
     n = int(round(seconds * sr))
     if n < 1:
@@ -340,6 +340,7 @@ def generate_to_files(
             )
     job = _open_sampling(checkpoint, seconds, batch, temperature, prompt, speaker, dev, use_ema, output)
     model, sr, n = job.model, job.sample_rate, job.n
+    check_format_rate(out, sr)  # before sampling
     res = generate(
         model, n, batch_size=batch, temperature=job.temperature, seed=seed, prompt=job.prompt, speaker=job.speaker,
         backend=backend, weights=weights, progress=None if progress is None else (lambda done: progress(done, n)),
@@ -401,7 +402,7 @@ def generate_to_stream(
     _check_sampling_args(seed, temperature, progress)
     if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or not 0 < chunk_seconds < math.inf:
         raise ValueError(f"chunk_seconds must be a positive number of seconds, got {chunk_seconds!r}")
-    job = _open_sampling(checkpoint, seconds, 1, temperature, prompt, speaker, _device(device), use_ema, "out.wav")
+    job = _open_sampling(checkpoint, seconds, 1, temperature, prompt, speaker, _device(device), use_ema, "out.wav")  # advice
     model, sr, n = job.model, job.sample_rate, job.n
     stream = StreamingGenerator(model, temperature=job.temperature, seed=seed, prompt=job.prompt,
                                 speaker=job.speaker, backend=backend, weights=weights)  # fmt: skip
