@@ -59,6 +59,19 @@ def test_every_experiment_composes_and_builds(name):
     assert trainer.max_steps == cfg.trainer.max_steps
 
 
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_debug_trainer_is_a_smoke_run_of_every_experiment(name):
+    # the experiment's own trainer settings (e.g. max_steps=3500) come after the trainer group:
+    # trainer=debug's settings are applied after the experiment, the rest of the experiment stays
+    plain, smoke = compose([f"experiment={name}"]), compose([f"experiment={name}", "trainer=debug"])
+    assert plain.trainer.max_steps > 6 and smoke.trainer.max_steps == 6
+    assert (smoke.trainer.ckpt_every, smoke.trainer.valid_every, smoke.trainer.progress) == (3, 3, False)
+    assert smoke.trainer.threads == plain.trainer.threads and smoke.trainer.max_time == plain.trainer.max_time
+    assert smoke.model == plain.model and smoke.data == plain.data
+    # a command-line override still wins over the smoke run's settings
+    assert compose([f"experiment={name}", "trainer=debug", "trainer.max_steps=2"]).trainer.max_steps == 2
+
+
 def test_overrides_and_bundled_resolver():
     cfg = compose(["model=tiny", "optim.lr=0.5", "trainer=debug"])
     assert cfg.optim.lr == 0.5 and cfg.trainer.max_steps == 6 and cfg.model.residual_channels == 16
