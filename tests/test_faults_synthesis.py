@@ -495,3 +495,20 @@ def test_a_batch_may_be_named_after_a_folder_since_it_writes_numbered_files(run_
         generate_to_files(run_dir, tmp_path / "take.wav", 0.01, seed=0, backend="torch", device="cpu")
     with pytest.raises(ValueError, match=r"must end in \.wav, \.flac or \.ogg"):
         generate_to_files(run_dir, tmp_path / "take.mp3", 0.01, batch=2, seed=0, backend="torch", device="cpu")
+
+
+@pytest.mark.parametrize("temperature, noisy", [(2.0, False), (2.5, True), (90.0, True)])
+def test_a_temperature_far_above_one_is_a_note_in_every_sampling_command(
+    run_dir, vocoder_run, recording, tmp_path, capsys, temperature, noisy
+):
+    """A temperature above 2 is allowed (it is a choice) but the user is told what it will sound like."""
+    said = f"temperature {temperature:g} is far above 1"
+    res = generate_to_files(run_dir, tmp_path / "g.wav", seconds=0.01, temperature=temperature, seed=0)
+    assert any(said in note for note in res.notes) == noisy, res.notes
+    res = vocode_file(vocoder_run, recording, tmp_path / "v.wav", temperature=temperature, seed=0)
+    assert any(said in note for note in res.notes) == noisy, res.notes
+    chunks = tmp_path / "chunks.npy"
+    chunks.write_bytes(npy_bytes(np.zeros((N_MELS, 8), np.float32)))
+    code, err = run_cli(capsys, "vocode", "--stream", str(vocoder_run), str(chunks), "-o", str(tmp_path / "s.wav"),
+                        "--temperature", str(temperature), "--seed", "0")  # fmt: skip
+    assert code == 0 and (said in err) == noisy, err

@@ -51,6 +51,8 @@ __all__ = [
     "check_weights",
     "check_seed",
     "check_temperature",
+    "temperature_note",
+    "NOISY_TEMPERATURE",
     "resolve_device",
     "MAX_SEED",
 ]
@@ -125,6 +127,21 @@ def check_temperature(temperature: object) -> float:
     if not (value >= 0 and value < float("inf")):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     return value
+
+
+#: Above this sampling temperature the audio is mostly noise, and :func:`temperature_note` says so.
+NOISY_TEMPERATURE = 2.0
+
+
+def temperature_note(temperature: float) -> str | None:
+    """A note for the user when ``temperature`` is above :data:`NOISY_TEMPERATURE` (not an error:
+    it is a valid, if odd, choice), else None."""
+    if temperature <= NOISY_TEMPERATURE:
+        return None
+    return (
+        f"temperature {temperature:g} is far above 1 (the model as trained): expect mostly noise; "
+        "lower values are cleaner"
+    )
 
 
 @dataclass(frozen=True)
