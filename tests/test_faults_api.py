@@ -685,3 +685,22 @@ def test_load_pretrained_names_a_bad_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"no CUDA GPU is available here: use device='cpu' \(or device=None\)"):
             load_pretrained("speech8k", device="cuda")
+
+
+# ----------------------------------------------------------------------------- wording of batch and back-end errors
+
+
+def test_batch_mismatch_messages_name_the_batch_sizes_that_fit(model, vocoder) -> None:
+    """They said "B = 1 or 1" / "batch 1 or 1" for a batch of one."""
+    with pytest.raises(ValueError, match=r"with B = 1 and T >= 1, got shape \(2, 5\)"):
+        generate(model, 3, prompt=torch.zeros(2, 5, dtype=torch.long), seed=0)
+    with pytest.raises(ValueError, match=r"with B = 1 or 3 and T >= 1, got shape \(2, 5\)"):
+        generate(model, 3, batch_size=3, prompt=torch.zeros(2, 5, dtype=torch.long), seed=0)
+    with pytest.raises(ValueError, match=r"mel must have batch 1, got shape \(2, 8, 9\)"):
+        generate(vocoder, None, mel=torch.zeros(2, 8, 9), seed=0)
+
+
+def test_an_unknown_backend_lists_auto_too(model) -> None:
+    """The list of back-ends left out 'auto', the default."""
+    with pytest.raises(ValueError, match=r"unknown generation backend 'nope'; available: \[.*'torch'\], or 'auto'"):
+        generate(model, 3, backend="nope", seed=0)

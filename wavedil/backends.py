@@ -51,6 +51,7 @@ __all__ = [
     "check_weights",
     "check_seed",
     "check_temperature",
+    "batch_choices",
     "temperature_note",
     "NOISY_TEMPERATURE",
     "resolve_device",
@@ -127,6 +128,11 @@ def check_temperature(temperature: object) -> float:
     if not (value >= 0 and value < float("inf")):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     return value
+
+
+def batch_choices(batch: int) -> str:
+    """How a message names the batch sizes that fit a batch of ``batch``: ``"1"`` or ``"1 or B"``."""
+    return "1" if batch == 1 else f"1 or {batch}"
 
 
 #: Above this sampling temperature the audio is mostly noise, and :func:`temperature_note` says so.
@@ -275,7 +281,7 @@ def teacher_forcing_inputs(
     if model.upsampler is not None or mel is not None:
         local = model.upsample(None if mel is None else mel.to(device), n)  # validated
         if local.shape[0] not in (1, batch):
-            raise ValueError(f"mel must have batch 1 or {batch}, got shape {tuple(mel.shape)}")
+            raise ValueError(f"mel must have batch {batch_choices(batch)}, got shape {tuple(mel.shape)}")
         local = local.expand(batch, -1, -1)
     with torch.no_grad():
         global_cond = model.speaker_condition(speaker, batch)
@@ -399,7 +405,10 @@ class _Registry:
     def get(self, name: str) -> Backend:
         entry = self._entries.get(name)
         if entry is None:
-            raise ValueError(f"unknown generation backend {name!r}; available: {sorted(self._entries)}")
+            raise ValueError(
+                f"unknown generation backend {name!r}; available: {sorted(self._entries)}, or 'auto' (the "
+                "preferred one that runs the model and weight mode)"
+            )
         if entry.backend is None and entry.error is None:
             try:
                 entry.backend = entry.load()

@@ -21,6 +21,7 @@ from .backends import (
     Backend,
     SamplingRequest,
     available_backends,
+    batch_choices,
     check_seed,
     check_temperature,
     check_weights,
@@ -71,7 +72,8 @@ def _check_prompt(prompt: torch.Tensor, batch_size: int, classes: int) -> torch.
         prompt = prompt.unsqueeze(0)
     if prompt.dim() != 2 or prompt.shape[-1] < 1 or prompt.shape[0] not in (1, batch_size):
         raise ValueError(
-            f"prompt must be (T,) or (B, T) with B = 1 or {batch_size} and T >= 1, got shape {tuple(prompt.shape)}"
+            f"prompt must be (T,) or (B, T) with B = {batch_choices(batch_size)} and T >= 1, got shape "
+            f"{tuple(prompt.shape)}"
         )
     if int(prompt.min()) < 0 or int(prompt.max()) >= classes:
         raise ValueError(
@@ -202,7 +204,7 @@ def generate(
         if not bool(torch.isfinite(local).all()):  # once per call: NaN frames would silently give silence
             raise ValueError("mel holds NaN or infinite values: log-mel frames must be finite")
         if local.shape[0] not in (1, batch_size):
-            raise ValueError(f"mel must have batch 1 or {batch_size}, got shape {tuple(mel.shape)}")
+            raise ValueError(f"mel must have batch {batch_choices(batch_size)}, got shape {tuple(mel.shape)}")
         local = local.expand(batch_size, -1, -1)
         given = 0 if prompt is None else int(prompt.shape[-1])
         room = local.shape[-1] - given
