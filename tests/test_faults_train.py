@@ -342,3 +342,72 @@ def test_a_vocoder_with_more_mel_bands_than_its_fft_resolves_is_refused(tmp_path
         setup(compose(BASE + over), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert MelSpec(8000, hop_length=64, n_fft=256, n_mels=40).empty_bands() == []
+
+
+# ----------------------------------------------------------------------------- memory a batch needs
+
+
+def test_saved_tensor_bytes_counts_each_saved_storage_once():
+    import torch
+
+    from wavedil.training_utils import saved_tensor_bytes
+
+    x = torch.randn(1000, requires_grad=True)
+    assert saved_tensor_bytes(lambda: x * x) == 4000  # x saved twice: one storage
+    assert saved_tensor_bytes(lambda: (x * x).exp()) == 8000  # and exp's 1,000-float result
+    assert saved_tensor_bytes(lambda: x.detach() * 2) == 0  # nothing needs a gradient
+
+
+def test_memory_limits_take_a_container_limit(monkeypatch):
+    import torch
+
+    import wavedil.training_utils as tu
+
+    total, available = tu.memory_limits(torch.device("cpu"))
+    assert total == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert available is not None and 0 < available <= total
+    monkeypatch.setattr(tu, "_cgroup_limit", lambda: 2**20)
+    assert tu.memory_limits(torch.device("cpu")) == (2**20, 2**20)
+
+
+def test_the_probe_scales_with_the_model():
+    """Saved bytes per sample grow with the layers and channels (the probe runs the real loss)."""
+    from wavedil.train import _activation_bytes_per_sample
+
+    small = _activation_bytes_per_sample(TINY_MODEL, 400)
+    wide = _activation_bytes_per_sample(WaveNetConfig(**{**TINY_MODEL.to_dict(), "residual_channels": 32}), 400)
+    deep = _activation_bytes_per_sample(WaveNetConfig(**{**TINY_MODEL.to_dict(), "stacks": 4}), 400)
+    assert 4 * 8 * 6 < small < wide  # at least each layer's float32 input (R = 8, 6 layers)
+    assert 1.5 * small < deep < 2 * small  # twice the layers, one head
+    assert _activation_bytes_per_sample(TINY_MODEL, 10**9) == pytest.approx(small, rel=0.05)  # a bounded probe
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_training(tmp_path, monkeypatch):
+    """data.batch_size=100000 ran until the kernel's out-of-memory killer stopped it, without a word."""
+    import wavedil.train as train_mod
+
+    monkeypatch.setattr(train_mod, "memory_limits", lambda device: (2**30, 2**30))  # a 1 GiB machine
+    with pytest.raises(TrainingError) as err:
+        setup(compose(BASE + ["data.batch_size=4000", "data.segment_length=2000"]), tmp_path / "run")
+    msg = str(err.value)
+    assert re.search(r"data.batch_size=4000 x data.segment_length=2000 needs at least [\d.,]+ GiB for the activations", msg), msg
+    assert "KiB per sample for this model), more than the 1.0 GiB of memory here" in msg
+    fits = int(re.search(r"about (\d+) fits here", msg).group(1))
+    assert 1 <= fits < 4000
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_batch_that_may_not_fit_now_is_warned_about_and_trains(tmp_path, monkeypatch, caplog):
+    import wavedil.train as train_mod
+
+    monkeypatch.setattr(train_mod, "memory_limits", lambda device: (2**40, 2**20))  # 1 MiB free now
+    with caplog.at_level(logging.WARNING, logger="wavedil.train"):
+        run = setup(compose(BASE), tmp_path / "run")
+    assert run.step == 0
+    said = [r.getMessage() for r in caplog.records if "for lack of memory" in r.getMessage()]
+    assert len(said) == 1 and "data.batch_size=2 x data.segment_length=200 needs about" in said[0], said
+    caplog.clear()
+    monkeypatch.setattr(train_mod, "memory_limits", lambda device: (2**40, 2**39))
+    with caplog.at_level(logging.WARNING, logger="wavedil.train"):
+        setup(compose(BASE), tmp_path / "run2")
+    assert not [r for r in caplog.records if "memory" in r.getMessage()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import random
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
@@ -30,6 +31,8 @@ __all__ = [
     "set_rng_state",
     "cpu_flags",
     "cpu_has_native_bf16",
+    "saved_tensor_bytes",
+    "memory_limits",
 ]
 
 
@@ -244,3 +247,56 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     """True if the CPU computes bf16 matmuls natively (``avx512_bf16`` or ``amx_bf16``)."""
     flags = cpu_flags() if flags is None else flags
     return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def saved_tensor_bytes(fn: Callable[[], Any]) -> int:
+    """Bytes of the distinct tensor storages autograd saves for the backward of ``fn()`` (a forward
+    whose result is dropped): what a backward must keep alive, a lower bound of its peak memory."""
+    seen: dict[tuple[str, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[(str(t.device), storage.data_ptr())] = storage.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def _cgroup_limit(path: str | Path = "/sys/fs/cgroup/memory.max") -> int | None:
+    """A cgroup v2 memory limit (a container's), or None where there is none or it is unreadable."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _meminfo(field: str, path: str | Path = "/proc/meminfo") -> int | None:
+    """A ``/proc/meminfo`` field in bytes (Linux), or None."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_limits(device: torch.device) -> tuple[int | None, int | None]:
+    """``(total, available)`` bytes of the memory a training process on ``device`` allocates from:
+    the GPU's for CUDA; else the machine's RAM, capped by a cgroup (container) limit. None where the
+    platform does not say."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return int(total), int(free)
+    total = None
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    available = _meminfo("MemAvailable")
+    limit = _cgroup_limit()
+    if limit is not None:
+        total = limit if total is None else min(total, limit)
+        available = None if available is None else min(available, limit)
+    return total, available
