@@ -586,15 +586,20 @@ def _activation_bytes_per_sample(mcfg: WaveNetConfig, segment_length: int) -> fl
     return saved_tensor_bytes(lambda: model.loss(codes, **kwargs)) / t
 
 
-def _check_training_memory(mcfg: WaveNetConfig, dcfg: DataConfig, dist: DistInfo, device: torch.device) -> None:
+def _check_training_memory(
+    mcfg: WaveNetConfig, dcfg: DataConfig, dist: DistInfo, device: torch.device, precision: str
+) -> None:
     """Refuse a batch whose saved activations alone exceed the memory there is (the kernel's
     out-of-memory killer would stop the run without a word); warn when the step's estimated peak
     (:data:`BACKWARD_PEAK_FACTOR` times that) exceeds the memory available now. The processes of
-    one machine share its memory (``LOCAL_WORLD_SIZE`` of them under torchrun)."""
+    one machine share its memory (``LOCAL_WORLD_SIZE`` of them under torchrun). The probe runs in
+    float32; with a 16-bit ``precision`` (or ``auto``) the refusal counts half of it, as autocast
+    may keep 16-bit activations."""
     total, available = memory_limits(device)
     if total is None and available is None:
         return
     per_sample = _activation_bytes_per_sample(mcfg, dcfg.segment_length)
+    floor = per_sample if precision == "32" else per_sample / 2  # what the refusal counts
     here = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if dist.world_size > 1 and device.type == "cpu" else 1
     rows = dcfg.batch_size // dist.world_size * here
     saved = per_sample * rows * dcfg.segment_length
@@ -607,11 +612,11 @@ def _check_training_memory(mcfg: WaveNetConfig, dcfg: DataConfig, dist: DistInfo
         f"lower data.batch_size (about {fit * dist.world_size // here} fits here at this segment length) or "
         "data.segment_length"
     )
-    if total is not None and saved > total:
+    if total is not None and floor * rows * dcfg.segment_length > total:
         raise TrainingError(
-            f"{shape} needs at least {saved / 2**30:,.1f} GiB for the activations a training step keeps for its "
-            f"backward ({per_sample / 1024:,.1f} KiB per sample for this model), more than the {total / 2**30:,.1f} "
-            f"GiB of {where} here: {advice}"
+            f"{shape} needs at least {floor * rows * dcfg.segment_length / 2**30:,.1f} GiB for the activations a "
+            f"training step keeps for its backward ({floor / 1024:,.1f} KiB per sample for this model at "
+            f"trainer.precision={precision}), more than the {total / 2**30:,.1f} GiB of {where} here: {advice}"
         )
     if available is not None and saved * BACKWARD_PEAK_FACTOR > available and dist.is_main:
         log.warning(
@@ -654,7 +659,7 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     init = _open_init(tcfg.init_from, dcfg) if resume is None and tcfg.init_from else None
     data = build_data(dcfg, mcfg, seed, tcfg.max_steps)
     mcfg = data.model_config
-    _check_training_memory(mcfg, dcfg, dist, device)
+    _check_training_memory(mcfg, dcfg, dist, device, tcfg.precision)
     if resume is not None:
         _check_resume_matches(resume[1], mcfg, resume[0])
         if tcfg.init_from and dist.is_main:
