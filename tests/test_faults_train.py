@@ -317,6 +317,20 @@ def test_a_corpus_shorter_than_a_segment_is_warned_about(tmp_path, caplog):
     assert not [r for r in caplog.records if r.name == "wavedil.train"]
 
 
+def test_files_shorter_than_the_receptive_field_get_a_suggestion_that_fits(tmp_path, caplog):
+    """The suggested segment (99 samples) was shorter than the model's receptive field (511), which
+    training then warned about in turn: the advice is a smaller receptive field."""
+    from dataclasses import replace
+
+    root = write_corpus(tmp_path / "wavs", [60, 80, 100, 90, 70])
+    caplog.set_level(logging.WARNING, logger="wavedil.train")
+    build_data(data_cfg(root, segment_length=2000), replace(TINY_MODEL, layers_per_stack=8), seed=0, max_steps=2)
+    warned = [r.getMessage() for r in caplog.records if r.name == "wavedil.train"]
+    assert "shorter than the model's receptive field (511 samples) too: a model with fewer layers" in warned[0]
+    assert "with data.segment_length=99; or train on longer files" in warned[0]
+    assert "Lower data.segment_length" not in warned[0]
+
+
 def test_held_out_files_shorter_than_a_segment_are_warned_about_alone(tmp_path, caplog):
     """Before: a corpus whose held-out file was 1 sample long validated on padding without a word
     (only the training files were checked)."""

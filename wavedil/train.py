@@ -44,6 +44,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from .causal import receptive_field
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -201,12 +202,14 @@ def _data_settings(data_cfg: dict | DataConfig) -> DataConfig:
 
 
 def _warn_if_files_are_short(
-    data: SegmentDataset, dcfg: DataConfig, hop: int = 1, which: str = "training"
+    data: SegmentDataset, dcfg: DataConfig, hop: int = 1, which: str = "training", receptive_field: int = 1
 ) -> None:
     """Log a warning when every ``which`` file (``"training"`` or ``"held-out"``) is shorter than
     ``data.segment_length``: each of its segments would then be mostly the silence that pads it
     (the share is estimated from the file lengths), and for the held-out files the validation
-    figure would measure mostly padding."""
+    figure would measure mostly padding. A shorter segment is suggested; where that would be
+    shorter than the model's ``receptive_field`` too, the warning says so (training would then warn
+    about it), and a smaller receptive field is what fits the files."""
     T, lengths = dcfg.segment_length, data.lengths
     longest = max(lengths)
     if longest >= T:
@@ -214,12 +217,19 @@ def _warn_if_files_are_short(
     need = T + 1  # a segment holds T + 1 codes
     padding = 1.0 - sum(n * n for n in lengths) / (data.total_frames * need)  # files drawn by length
     suggestion = max(hop, (longest - 1) // hop * hop)
+    if suggestion < receptive_field:
+        lower = (
+            f"The files are shorter than the model's receptive field ({receptive_field} samples) too: a model with "
+            "fewer layers (model.layers_per_stack or model.stacks) fits them, with data.segment_length="
+            f"{suggestion}; or"
+        )
+    else:
+        lower = f"Lower data.segment_length (e.g. data.segment_length={suggestion}) or"
     log.warning(
         "every %s file is shorter than data.segment_length=%d samples (the longest holds %d samples at "
-        "%d Hz): about %.0f%% of each %s segment is silence padding. Lower data.segment_length "
-        "(e.g. data.segment_length=%d) or %s",
+        "%d Hz): about %.0f%% of each %s segment is silence padding. %s %s",
         which, T, longest, dcfg.sample_rate, 100 * padding, "training" if which == "training" else "validation",
-        suggestion, "train on longer files" if which == "training" else "add longer files (held out by name: see "
+        lower, "train on longer files" if which == "training" else "add longer files (held out by name: see "
         "data.valid_fraction)",
     )
 
@@ -280,10 +290,11 @@ def build_data(data_cfg: dict | DataConfig, mcfg: WaveNetConfig, seed: int, max_
         common["mel"] = spec
         common["mel_context"] = int(Upsampler(spec.n_mels, spec.hop_length).context_frames)
     train = SegmentDataset(train_items, segments_per_epoch=max(1, max_steps) * dcfg.batch_size, seed=seed, **common)
-    _warn_if_files_are_short(train, dcfg, common["mel"].hop_length if "mel" in common else 1)
+    rf = receptive_field(mcfg.kernel_size, mcfg.schedule())
+    _warn_if_files_are_short(train, dcfg, common["mel"].hop_length if "mel" in common else 1, receptive_field=rf)
     n_valid = dcfg.valid_segments
     valid_ds = SegmentDataset(valid_items, segments_per_epoch=n_valid, seed=seed + 1_000_003, **common)
-    _warn_if_files_are_short(valid_ds, dcfg, common["mel"].hop_length if "mel" in common else 1, "held-out")
+    _warn_if_files_are_short(valid_ds, dcfg, common["mel"].hop_length if "mel" in common else 1, "held-out", rf)
     parts = [_split_batch(valid_ds[i]) for i in range(n_valid)]
     valid = torch.stack([codes for codes, _ in parts])
     valid_cond = {k: torch.stack([c[k] for _, c in parts]) for k in parts[0][1]}
