@@ -218,3 +218,25 @@ def test_continuous_loss_trains_down():
         loss.backward()
         opt.step()
     assert loss.item() < first - 1.0  # bits per sample
+
+
+def test_a_uniform_of_zero_never_draws_a_class_of_no_probability():
+    """u = 0 gave class 0 even where class 0 has probability 0 (exp underflows to exactly 0 in
+    float64): the draw is the first class of any probability, in the torch head and in the fast
+    back-end's kernel alike; for u > 0 nothing changes (side "left" of searchsorted)."""
+    import numpy as np
+
+    from wavedil.distributions import sample_categorical
+    from wavedil.fast._kernels import _sample_row
+
+    logits = torch.tensor([[-1e4, -1e4, 0.0, 1.0], [0.0, 1.0, 2.0, 3.0], [-1e4, 0.0, -1e4, 0.0]])
+    u = torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64)
+    assert sample_categorical(logits, u).tolist() == [2, 0, 1]
+    scratch = np.empty(4, np.float64)
+    for row, want in zip(logits.numpy(), [2, 0, 1]):
+        assert _sample_row(row, 4, 0.0, 1.0, False, scratch) == want
+    # just above 0 and at the top the draws are what they were
+    u = torch.tensor([1e-300, 0.999999, 0.5], dtype=torch.float64)
+    assert sample_categorical(logits, u).tolist() == [2, 3, 1]  # row 2: cdf 0, .5, .5, 1: side "left"
+    for row, v, want in zip(logits.numpy(), u.tolist(), [2, 3, 1]):
+        assert _sample_row(row, 4, v, 1.0, False, scratch) == want

@@ -38,12 +38,18 @@ def categorical_bits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits.float(), target) / LN2
 
 
+#: The smallest uniform :func:`sample_categorical` uses (half the ``2**-53`` grid of float64 draws):
+#: ``u = 0`` would pick class 0 even where its probability is 0. The fast back-end's kernel does the same.
+U_FLOOR = 2.0**-54
+
+
 def sample_categorical(logits: torch.Tensor, u: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Draw one class per row by inverse CDF.
 
     Args:
         logits: ``(B, Q)``.
-        u: ``(B,)`` uniforms in ``[0, 1)``.
+        u: ``(B,)`` uniforms in ``[0, 1)``; below :data:`U_FLOOR` (i.e. 0, for draws on a grid of
+            ``2**-53``) they count as ``U_FLOOR``, so that a class of no probability is never drawn.
         temperature: ``> 0`` scales the logits (``logits / temperature``); ``0`` takes the argmax.
 
     Returns:
@@ -53,7 +59,8 @@ def sample_categorical(logits: torch.Tensor, u: torch.Tensor, temperature: float
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.double() / temperature, dim=-1)
     cdf = probs.cumsum(dim=-1)
-    target = (u.double() * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
+    # u = 0 would draw class 0 even where it has no probability: the smallest u counts as U_FLOOR
+    target = (u.double().clamp(min=U_FLOOR) * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
     # the first index whose cumulative sum reaches the target (searchsorted, side "left"), written
     # as a count of the sums below it: the same index for a non-decreasing cdf, and an operation
     # that every export target (ONNX included) has

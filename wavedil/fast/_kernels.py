@@ -32,7 +32,7 @@ The output head gives ``P`` parameters per sample; :func:`draw` samples from the
 * ``mulaw`` (:data:`HEAD_MULAW`, ``P = Q`` logits) repeats
   :func:`wavedil.distributions.sample_categorical`: softmax of ``logits / T`` as
   ``exp(l - max)``, running sum, first index whose cumulative sum reaches ``u * total``
-  (``searchsorted`` left), clamped to ``Q - 1``; ``T == 0`` takes the first argmax.
+  (``searchsorted`` left; ``u`` at least ``2**-54``), clamped to ``Q - 1``; ``T == 0`` takes the first argmax.
 * ``mol`` (:data:`HEAD_MOL`, ``P = 3K``): the component as above from the ``K`` logits and the
   first uniform, then ``mean + exp(max(log_scale, min)) * T * w`` put in its linear bin, where
   ``w = log(v) - log1p(-v)`` of the second uniform ``v`` is computed beforehand by torch.
@@ -1065,7 +1065,7 @@ def _sample_row(lg, q, u, temp, greedy, p):
     for i in range(q):
         total += p[i]
         p[i] = total
-    target = u * total
+    target = max(u, 2.0**-54) * total  # distributions.U_FLOOR: u = 0 never draws a class of no probability
     k = 0
     while k < q - 1 and p[k] < target:
         k += 1
