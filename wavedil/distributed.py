@@ -35,13 +35,26 @@ class DistInfo:
 
 
 def dist_info_from_env() -> DistInfo:
-    """Rank, world size and local rank as torchrun sets them (a world of one otherwise)."""
+    """Rank, world size and local rank as torchrun sets them (a world of one otherwise).
+
+    Raises:
+        ValueError: a value that is not an integer, or out of range: ``WORLD_SIZE >= 1``,
+            ``0 <= RANK < WORLD_SIZE``, ``LOCAL_RANK >= 0`` (a rank outside the world would wait for
+            the others forever, or run alone as a rank that never writes checkpoints).
+    """
     try:
-        return DistInfo(
+        info = DistInfo(
             int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
         )
     except ValueError as exc:
         raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers (set by torchrun): {exc}") from None
+    if info.world_size < 1 or not 0 <= info.rank < info.world_size or info.local_rank < 0:
+        raise ValueError(
+            f"RANK={info.rank}, WORLD_SIZE={info.world_size}, LOCAL_RANK={info.local_rank} do not fit together: "
+            "WORLD_SIZE must be >= 1, RANK in [0, WORLD_SIZE) and LOCAL_RANK >= 0; launch with torchrun "
+            "(which sets them), or unset them to train in one process"
+        )
+    return info
 
 
 def init_distributed(info: DistInfo, device: torch.device, backend: str = "auto") -> str | None:

@@ -250,8 +250,10 @@ class _LinearBins(OutputDistribution):
         return centre - half, centre + half, t == 0, t == self.classes - 1
 
     def _to_bin(self, x: torch.Tensor) -> torch.Tensor:
+        """Values ``x`` in ``[-1, 1]`` -> their bins; NaN (from NaN uniforms, say) -> the middle bin
+        (the value 0), never a code outside ``[0, Q)``."""
         half = self.classes // 2
-        return torch.round((x.double() + 1.0) * half).clamp_(0, self.classes - 1).long()
+        return torch.round((x.double() + 1.0) * half).nan_to_num_(nan=float(half)).clamp_(0, self.classes - 1).long()
 
 
 class MixtureOfLogistics(_LinearBins):

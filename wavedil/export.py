@@ -41,7 +41,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .layers import DilatedStack
+from .audio import check_writable_folder
+from .layers import DilatedStack, check_tensor_input
 from .streaming import StackState, ring_conv_step, state_from_tensors, state_to_tensors
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "to_torchscript",
     "to_exported_program",
     "to_onnx",
+    "check_onnx_path",
     "ONNX_PACKAGES",
     "MIN_ONNX_OPSET",
     "require_packages",
@@ -134,6 +136,7 @@ class StreamingStep(nn.Module):
                 raise ValueError(
                     f"pos must be a 0-dim int64 tensor (the stream position), got {pos.dtype} of shape {tuple(pos.shape)}"
                 )
+            self._check_buffers(x, buffers)
 
         skip_sum: torch.Tensor | None = None
         new_buffers = []
@@ -151,12 +154,23 @@ class StreamingStep(nn.Module):
         return (*outs, pos + self.chunk_length, *new_buffers)
 
     def _check_chunk(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"x must be a torch.Tensor chunk, got {type(x).__name__}")
         R, T = self.stack.residual_channels, self.chunk_length
         if x.dim() != 3 or x.shape[1] != R or x.shape[-1] != T:
             btc = self.stack.layout == "BTC"
             want = f"(B, {T}, {R})" if btc else f"(B, {R}, {T})"
             got = tuple(x.transpose(1, 2).shape) if btc and x.dim() == 3 else tuple(x.shape)
             raise ValueError(f"expected x {want} (chunk_length={T}), got shape {got}")
+
+    def _check_buffers(self, x: torch.Tensor, buffers: Sequence[torch.Tensor]) -> None:
+        """A ``ValueError`` naming the first ring that does not fit ``x (B, R, T)``: each ``buffer_i`` must be
+        ``(B, R, (k - 1) * d_i)`` in the weights' dtype and device (``x`` too). O(layers), no data read."""
+        check_tensor_input("x", x, next(self.stack.parameters()))
+        self.stack.check_rings(
+            buffers, x.shape[0], "buffer_{i}",
+            "pass the rings in layer order, all of x's batch size (pack(x, state) builds the inputs)",
+        )  # fmt: skip
 
     def pack(
         self,
@@ -282,6 +296,22 @@ def require_packages(packages: Sequence[str], purpose: str) -> None:
         )
 
 
+def check_onnx_path(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path` once it is known an ONNX file can be written there (before any export work).
+
+    Raises:
+        ValueError: ``path`` does not end in ``.onnx``, is a folder, or its folder cannot be created or written
+            (e.g. a part of it is a file).
+    """
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"ONNX output path must end in .onnx, got '{path}'")
+    if path.is_dir():
+        raise ValueError(f"ONNX output path '{path}' is a folder: give a file name such as '{path / 'step.onnx'}'")
+    check_writable_folder(path, "the folder of the ONNX file", "output")
+    return path
+
+
 def to_onnx(
     stack: DilatedStack,
     path: str | os.PathLike,
@@ -296,11 +326,10 @@ def to_onnx(
 
     Raises:
         MissingDependencyError: (a ``ValueError``) when onnx or onnxscript is missing.
+        ValueError: a ``path`` that cannot be written (:func:`check_onnx_path`), a bad ``opset_version``.
     """
     require_packages(ONNX_PACKAGES, "ONNX export")
-    path = Path(path)
-    if path.suffix != ".onnx":
-        raise ValueError(f"ONNX output path must end in .onnx, got '{path}'")
+    path = check_onnx_path(path)
     if opset_version is not None and (
         isinstance(opset_version, bool) or not isinstance(opset_version, int) or opset_version < MIN_ONNX_OPSET
     ):
@@ -309,7 +338,6 @@ def to_onnx(
             f"or None, got {opset_version!r}"
         )
     step, example, dynamic_shapes = _export_inputs(stack, chunk_length)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         onnx_program = torch.onnx.export(
             step,

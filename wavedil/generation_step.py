@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .backends import check_temperature
-from .export import ONNX_PACKAGES, StreamingStep, require_packages, state_to_tensors
+from .export import ONNX_PACKAGES, StreamingStep, check_onnx_path, require_packages, state_to_tensors
 from .model import WaveNet
 
 __all__ = ["GenerationStep", "generator_to_onnx", "generator_to_torchscript"]
@@ -82,7 +82,7 @@ class GenerationStep(nn.Module):
         # O(1) and static under tracing / export: the dtype and rank, never the values
         if code.dim() != 1 or code.is_floating_point() or code.dtype == torch.bool:
             raise ValueError(f"code must be (B,) int64 codes (the sample fed), got {code.dtype} of shape {tuple(code.shape)}")
-        x = model.embed(code.unsqueeze(1)).transpose(1, 2)  # (B, R, 1)
+        x = model.embed_codes(code.unsqueeze(1), "code").transpose(1, 2)  # (B, R, 1); a mulaw code outside [0, Q) named
         _, skip, new_pos, *buffers = self.stack_step(x, pos, *rest)
         return (model.head(skip)[:, :, 0], new_pos, *buffers)
 
@@ -121,7 +121,7 @@ def generator_to_onnx(model: WaveNet, path: str | os.PathLike, temperature: floa
 
     Raises:
         ValueError: for a vocoder or a ``gaussian`` head (ONNX lacks its inverse normal CDF), a path
-            not ending in ``.onnx``, or missing onnx packages.
+            not ending in ``.onnx`` or that cannot be written, or missing onnx packages.
     """
     require_packages(ONNX_PACKAGES, "ONNX export")
     if model.dist.name == "gaussian":
@@ -129,14 +129,11 @@ def generator_to_onnx(model: WaveNet, path: str | os.PathLike, temperature: floa
             "ONNX has no inverse normal CDF, which the gaussian head samples with: export this model with "
             "generator_to_torchscript, or use a mulaw or mol head"
         )
-    path = Path(path)
-    if path.suffix != ".onnx":
-        raise ValueError(f"ONNX output path must end in .onnx, got '{path}'")
+    path = check_onnx_path(path)
     step, example = _frozen_generator(model, temperature)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     # forward(code, uniforms, pos, *rest): one spec per positional argument, the varargs as one tuple
     dynamic = ({0: batch}, {0: batch}, None, tuple({0: batch} for _ in example[3:]))
-    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*axis name.*will not be used.*")
         program = torch.onnx.export(step, example, dynamo=True, dynamic_shapes=dynamic, input_names=step.input_names,

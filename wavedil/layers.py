@@ -240,8 +240,10 @@ class ResidualBlock(nn.Module):
         check_positive_int("skip_channels", skip_channels, 0)
         check_positive_int("global_cond_channels", global_cond_channels, 0)
         check_positive_int("local_cond_channels", local_cond_channels, 0)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if not isinstance(weight_norm, bool):
+            raise ValueError(f"weight_norm must be True or False, got {weight_norm!r}")
         self.residual_channels = residual_channels
         self.skip_channels = skip_channels
         self.activation = activation
@@ -695,6 +697,11 @@ class DilatedStack(nn.Module):
             raise ValueError(
                 f"state must be a StackState (from init_state(batch_size) or the previous step), got {type(state).__name__}"
             )
+        if not isinstance(state.buffers, (list, tuple)):
+            raise ValueError(
+                f"state.buffers must be a list of ring buffers (one per layer, from init_state(batch_size)), "
+                f"got {type(state.buffers).__name__}"
+            )
         n, B = len(self.layers), x.shape[0]
         state_batch = state.buffers[0].shape[0] if state.buffers and isinstance(state.buffers[0], torch.Tensor) else None
         if len(state.buffers) != n or state_batch != B:
@@ -710,19 +717,29 @@ class DilatedStack(nn.Module):
         pos = check_pos(state.pos)
         token = self._state_token()
         if state._owner is not token:
-            weight = self._step_params()[0]
-            R, k = self.residual_channels, self.kernel_size
-            for i, (buf, d) in enumerate(zip(state.buffers, self.dilations)):
-                want = (B, R, (k - 1) * d)
-                if not isinstance(buf, torch.Tensor) or tuple(buf.shape) != want:
-                    got = tuple(buf.shape) if isinstance(buf, torch.Tensor) else type(buf).__name__
-                    raise ValueError(
-                        f"state.buffers[{i}] must be {want} for layer {i} (dilation {d}, kernel {k}), got {got}: "
-                        "the state is of another stack; create it with this stack's init_state(batch_size)"
-                    )
-                check_tensor_input(f"state.buffers[{i}]", buf, weight)
+            self.check_rings(
+                state.buffers, B, "state.buffers[{i}]",
+                "the state is of another stack; create it with this stack's init_state(batch_size)",
+            )  # fmt: skip
             state._owner = token
         return pos
+
+    def check_rings(self, buffers: Sequence[torch.Tensor], batch: int, label: str, advice: str) -> None:
+        """A ``ValueError`` naming the first of ``buffers`` that is not layer ``i``'s ring for a batch of
+        ``batch``: ``(batch, R, (k - 1) * d_i)`` in the weights' dtype and on their device. ``label``
+        names ring ``i`` (a format string with ``{i}``); ``advice`` ends the message. O(layers): no
+        data is read."""
+        weight = self._step_params()[0]
+        R, k = self.residual_channels, self.kernel_size
+        for i, (buf, d) in enumerate(zip(buffers, self.dilations)):
+            want = (batch, R, (k - 1) * d)
+            if not isinstance(buf, torch.Tensor) or tuple(buf.shape) != want:
+                got = tuple(buf.shape) if isinstance(buf, torch.Tensor) else type(buf).__name__
+                raise ValueError(
+                    f"{label.format(i=i)} must be {want} for layer {i} (dilation {d}, kernel {k}) and a batch of "
+                    f"{batch}, got {got}: {advice}"
+                )
+            check_tensor_input(label.format(i=i), buf, weight)
 
     def _state_token(self) -> object:
         """An object naming this stack's current weights' layout; :meth:`_apply` replaces it."""

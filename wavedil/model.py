@@ -244,8 +244,9 @@ class WaveNet(nn.Module):
                 "quantise a waveform with wavedil.encode(wav, model.encoding, model.quantization_channels)"
             )
 
-    def _embed(self, codes: torch.Tensor, name: str = "codes") -> torch.Tensor:
-        """``codes (B, T)`` -> ``(B, T, R)``; an out-of-range code the embedding meets is named."""
+    def embed_codes(self, codes: torch.Tensor, name: str = "codes") -> torch.Tensor:
+        """``codes (B, T)`` -> ``(B, T, R)``; an out-of-range code the embedding meets is named (as
+        ``name``) by a ``ValueError``. No value is read unless the lookup fails (traceable)."""
         try:
             return self.embed(codes.long())
         except IndexError:
@@ -364,7 +365,7 @@ class WaveNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``codes (B, T)`` -> the stack's inputs: ``x (B, T, R)``, global and local conditioning."""
         self.check_codes(codes)
-        x = self._embed(codes)  # (B, T, R)
+        x = self.embed_codes(codes)  # (B, T, R)
         local = self.upsample(mel, codes.shape[1]) if (mel is not None or self.upsampler is not None) else None
         local = None if local is None else local.transpose(1, 2)  # (B, T, n_mels)
         return x, self.speaker_condition(speaker, codes.shape[0]), local
@@ -431,7 +432,7 @@ class WaveNet(nn.Module):
             )
         if global_cond is not None and speaker is not None:
             raise ValueError("pass speaker or its global_cond, not both")
-        x = self._embed(codes).transpose(1, 2)
+        x = self.embed_codes(codes).transpose(1, 2)
         if global_cond is None:
             global_cond = self.speaker_condition(speaker, codes.shape[0])
         (_, skip), state = self.stack.step(x, state, global_cond, local)

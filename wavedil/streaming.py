@@ -90,6 +90,8 @@ class StackState:
         A reset item continues as if its stream started at the next step; the other items are
         left untouched. ``items`` is an index, a sequence of indices or a boolean mask ``(B,)``.
         """
+        if items is not None and not self.buffers:
+            raise ValueError("this StackState holds no buffers: create it with stack.init_state(batch_size)")
         if items is None:
             for b in self.buffers:
                 b.zero_()

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .audio import check_output_path, pcm16_bytes, write_audio
-from .backends import SamplingRequest
+from .backends import SamplingRequest, batch_choices
 from .generate import SampleStream
 from .model import WaveNet
 
@@ -100,13 +100,19 @@ class StreamingVocoder(SampleStream):
         return torch.full((self.batch_size, self.n_mels, frames), SILENCE_LOG_MEL, device=device)
 
     def _check_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        if isinstance(frames, np.ndarray):
+            raise ValueError(
+                f"frames must be a torch.Tensor of log-mel frames, got a numpy array ({frames.dtype}, shape "
+                f"{frames.shape}): pass torch.from_numpy(frames)"
+            )
         if not isinstance(frames, torch.Tensor) or not frames.dtype.is_floating_point:
-            raise ValueError(f"frames must be a float tensor of log-mel frames, got {getattr(frames, 'dtype', type(frames))}")
+            got = frames.dtype if isinstance(frames, torch.Tensor) else type(frames).__name__
+            raise ValueError(f"frames must be a float torch.Tensor of log-mel frames ({self.n_mels}, F), got {got}")
         if frames.dim() == 2:
             frames = frames.unsqueeze(0)
         if frames.dim() != 3 or frames.shape[0] not in (1, self.batch_size) or frames.shape[1] != self.n_mels:
             raise ValueError(
-                f"frames must be ({self.n_mels}, F) or (B, {self.n_mels}, F) with B = 1 or {self.batch_size} "
+                f"frames must be ({self.n_mels}, F) or (B, {self.n_mels}, F) with B = {batch_choices(self.batch_size)} "
                 f"(this vocoder has {self.n_mels} mel bands), got shape {tuple(frames.shape)}"
             )
         frames = frames.to(self._frames)  # float32: a float64 value beyond its range becomes inf here
@@ -206,6 +212,11 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
     parts, got = [], 0
     while got < n:
         part = stream.read(n - got)
+        if isinstance(part, str):
+            raise ValueError(
+                "the stream of .npy chunks is open in text mode (it reads str): pass a binary stream, "
+                "sys.stdin.buffer or open(path, 'rb')"
+            )
         if not part:
             break
         parts.append(part)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wavedil.audio import AudioReadError
 
-from .files import AUDIO_EXTENSIONS, AudioItem, CorpusError, _check_root, _scan_audio_files, probe_audio
+from .files import AUDIO_EXTENSIONS, AudioItem, CorpusError, _check_items, _check_root, _scan_audio_files, probe_audio
 
 __all__ = [
     "LAYOUTS",
@@ -59,14 +59,31 @@ def _ljspeech_candidates(root: Path) -> list[tuple[Path, str | None]]:
         )
     seen: set[str] = set()
     out: list[tuple[Path, str | None]] = []
-    with open(metadata, encoding="utf-8-sig") as fh:
-        for line in fh:
-            file_id = line.split("|", 1)[0].strip()
-            if file_id and file_id not in seen:
-                seen.add(file_id)
-                out.append((wavs / f"{file_id}.wav", None))
+    try:
+        with open(metadata, encoding="utf-8-sig") as fh:
+            for line in fh:
+                file_id = line.split("|", 1)[0].strip()
+                if file_id and file_id not in seen:
+                    seen.add(file_id)
+                    out.append((wavs / f"{file_id}.wav", None))
+    except UnicodeDecodeError as exc:
+        raise CorpusError(
+            f"layout 'ljspeech': '{metadata}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8, pipe-separated with the file id first (LJSpeech's own format)."
+        ) from None
     if not out:
         raise CorpusError(f"layout 'ljspeech': '{metadata}' lists no file ids.")
+    if not any(os.path.exists(path) for path, _ in out):
+        first = out[0][0].relative_to(wavs).as_posix()[: -len(".wav")]  # the id as written
+        hint = ""
+        if any(sep in first for sep in (",", "\t", ";")):
+            hint = " The ids hold a ',', ';' or tab: metadata.csv must be separated by '|' (id|text|normalized text)."
+        elif Path(first).suffix:
+            hint = f" The ids end in '{Path(first).suffix}': write them without it (LJ001-0001, read as wavs/LJ001-0001.wav)."
+        raise CorpusError(
+            f"layout 'ljspeech': none of the {len(out)} ids of '{metadata}' names a file in '{wavs}' (the first, "
+            f"{first!r}, is read as '{out[0][0]}').{hint}"
+        )
     return out
 
 
@@ -108,8 +125,8 @@ def load_corpus(
         raise CorpusError(f"unknown corpus layout {layout!r}; valid layouts are {list(LAYOUTS)}")
     if mic not in VCTK_MICS:
         raise CorpusError(f"unknown VCTK microphone {mic!r} (data.mic); valid choices are {list(VCTK_MICS)}")
-    if min_frames < 0:
-        raise CorpusError(f"min_frames must be >= 0, got {min_frames}")
+    if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 0:
+        raise CorpusError(f"min_frames must be an integer >= 0, got {min_frames!r}")
     root = _check_root(os.path.expanduser(root))  # "~/wavs": a quoted override or a config file
     reasons: list[str] = []  # one per skipped entry
     if layout == "ljspeech":
@@ -185,6 +202,7 @@ def speakers_of(items: Sequence[AudioItem]) -> list[str]:
     """
     if not items:
         raise CorpusError("speakers_of got no audio files; load a corpus first.")
+    _check_items(items, "speakers_of")
     for item in items:
         if item.speaker is None:
             raise CorpusError(
@@ -240,6 +258,7 @@ def split_items(
         raise CorpusError(f"min_valid must be >= 0, got {min_valid}")
     if not items:
         raise CorpusError("cannot split an empty list of audio files; load a corpus first.")
+    _check_items(items, "split_items")
     keys = _split_keys(items)
     order = sorted(range(len(items)), key=lambda k: (_unit_hash(keys[k]), keys[k]))
     if len(items) < 2:

@@ -72,6 +72,17 @@ class AudioItem:
         return self.frames / self.rate if self.rate > 0 else 0.0
 
 
+def _check_items(items: Sequence[AudioItem], what: str, start: int = 0) -> None:
+    """A :class:`CorpusError` naming the first entry of ``items`` that is not an :class:`AudioItem` (a
+    path from :func:`find_audio_files`, say), for ``what`` (the function given them); ``items[0]`` is
+    called index ``start``."""
+    for i, item in enumerate(items, start):
+        if not isinstance(item, AudioItem):
+            raise CorpusError(
+                f"{what} takes AudioItems (from load_corpus(root)), got {type(item).__name__} {item!r} at "
+                f"index {i}: load the files with load_corpus(root), or wrap a path as AudioItem(path)"
+            )
+
 
 def _check_root(root: str | os.PathLike) -> Path:
     root = Path(root)

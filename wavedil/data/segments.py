@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from wavedil.audio import ENCODINGS, AudioReadError, encode, read_audio, resample, silence_bounds
 from wavedil.conditioning import MelSpec, log_mel, mel_span
 
-from .files import AudioItem, CorpusError, probe_audio
+from .files import AudioItem, CorpusError, _check_items, probe_audio
 
 __all__ = ["SegmentDataset"]
 
@@ -142,7 +142,7 @@ class SegmentDataset(Dataset):
         mel: MelSpec | None = None,
         mel_context: int = 0,
     ) -> None:
-        if not isinstance(segment_length, int) or segment_length < 1:
+        if isinstance(segment_length, bool) or not isinstance(segment_length, int) or segment_length < 1:
             raise ValueError(f"segment_length must be a positive integer, got {segment_length!r}")
         if not isinstance(sample_rate, int) or sample_rate < 1:
             raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
@@ -169,6 +169,7 @@ class SegmentDataset(Dataset):
         _check_mel_args(mel, mel_context, segment_length, sample_rate)
         if not items:
             raise CorpusError("SegmentDataset needs at least one audio file, got an empty list.")
+        _check_items(items, "SegmentDataset")
         speaker_index = _speaker_index(speakers, items)
 
         self.segment_length = segment_length

@@ -16,7 +16,7 @@ import torch
 from wavedil.audio import ENCODINGS, AudioReadError, encode, read_audio
 from wavedil.conditioning import MelSpec, frames_for, log_mel
 
-from .files import AudioItem
+from .files import AudioItem, _check_items
 
 __all__ = ["iter_file_audio", "iter_file_codes", "file_mel"]
 
@@ -40,7 +40,9 @@ def iter_file_audio(
         raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
-    for item in items:
+    for i, item in enumerate(items):
+        if not isinstance(item, AudioItem):  # items may be an iterator: checked as they come
+            _check_items([item], "iter_file_audio", start=i)
         frames = -1
         if max_seconds is not None and item.rate > 0:
             frames = math.ceil(max_seconds * item.rate)

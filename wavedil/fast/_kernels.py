@@ -1074,8 +1074,11 @@ def _sample_row(lg, q, u, temp, greedy, p):
 
 @nb.njit(**_JIT_EXACT)
 def _to_bin(x, q):
-    """Linear bin of ``x`` in ``[-1, 1]``: ``clamp(rint((x + 1) * (q // 2)), 0, q - 1)`` (``_LinearBins._to_bin``)."""
+    """Linear bin of ``x`` in ``[-1, 1]``: ``clamp(rint((x + 1) * (q // 2)), 0, q - 1)``, NaN the middle
+    bin (``_LinearBins._to_bin``)."""
     v = np.rint((x + 1.0) * np.float64(q // 2))
+    if v != v:
+        v = np.float64(q // 2)
     if v < 0.0:
         v = 0.0
     if v > np.float64(q - 1):
