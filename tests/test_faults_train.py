@@ -331,6 +331,20 @@ def test_files_shorter_than_the_receptive_field_get_a_suggestion_that_fits(tmp_p
     assert "Lower data.segment_length" not in warned[0]
 
 
+def test_valid_fraction_zero_says_that_one_file_is_held_out_all_the_same(tmp_path, caplog):
+    """data.valid_fraction=0 held one file out without a word."""
+    root = write_corpus(tmp_path / "wavs", [3000] * 4)
+    caplog.set_level(logging.WARNING, logger="wavedil.train")
+    data = build_data(data_cfg(root, valid_fraction=0.0), TINY_MODEL, seed=0, max_steps=2)
+    warned = [r.getMessage() for r in caplog.records if r.name == "wavedil.train"]
+    assert len(warned) == 1 and "data.valid_fraction=0 holds out one file all the same" in warned[0], warned
+    assert "(of 4)" in warned[0] and data.n_valid_files == 1
+    assert re.search(r"'.*wavs/f\d\.wav'", warned[0]), warned[0]
+    caplog.clear()
+    build_data(data_cfg(root, valid_fraction=0.2), TINY_MODEL, seed=0, max_steps=2)
+    assert not [r for r in caplog.records if r.name == "wavedil.train"]
+
+
 def test_held_out_files_shorter_than_a_segment_are_warned_about_alone(tmp_path, caplog):
     """Before: a corpus whose held-out file was 1 sample long validated on padding without a word
     (only the training files were checked)."""

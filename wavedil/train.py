@@ -241,7 +241,8 @@ def build_data(data_cfg: dict | DataConfig, mcfg: WaveNetConfig, seed: int, max_
     unknown keys and bad values raise :class:`TrainingError` naming the option). The model
     config comes back completed from the data: the speaker names of the corpus for a
     speaker-conditioned model (``global_cond_channels > 0``), and the sample rate of a vocoder's
-    mel settings. A warning is logged when every training file is shorter than a segment.
+    mel settings. A warning is logged when every training file is shorter than a segment, and when
+    ``data.valid_fraction=0`` (one file is held out all the same).
     """
     if not isinstance(mcfg, WaveNetConfig):
         raise TypeError(f"build_data takes the model's WaveNetConfig, got {type(mcfg).__name__}")
@@ -252,6 +253,11 @@ def build_data(data_cfg: dict | DataConfig, mcfg: WaveNetConfig, seed: int, max_
         raise TrainingError(
             f"the corpus '{dcfg.root}' has {len(items)} usable audio file: training holds whole files out for "
             "validation, so it needs at least 2; add files, or cut the recording into several"
+        )
+    if dcfg.valid_fraction == 0:
+        log.warning(
+            "data.valid_fraction=0 holds out one file all the same, since training validates on held-out files: "
+            "'%s' (of %d)", valid_items[0].path, len(items),
         )
     T, sr = dcfg.segment_length, dcfg.sample_rate
     common: dict = dict(
