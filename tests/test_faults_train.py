@@ -408,6 +408,13 @@ def test_the_probe_scales_with_the_model():
     assert 4 * 8 * 6 < small < wide  # at least each layer's float32 input (R = 8, 6 layers)
     assert 1.5 * small < deep < 2 * small  # twice the layers, one head
     assert _activation_bytes_per_sample(TINY_MODEL, 10**9) == pytest.approx(small, rel=0.05)  # a bounded probe
+    import torch  # the probe (a freshly initialised model) leaves the random state alone
+
+    torch.manual_seed(5)
+    _activation_bytes_per_sample(TINY_MODEL, 400)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_training(tmp_path, monkeypatch):

@@ -588,19 +588,20 @@ BACKWARD_PEAK_FACTOR = 1.6
 
 def _activation_bytes_per_sample(mcfg: WaveNetConfig, segment_length: int) -> float:
     """Bytes autograd saves per sample of a training batch (one sequence position of one batch row)
-    for a model of ``mcfg``: measured on a throwaway CPU copy over one short sequence."""
-    with torch.random.fork_rng(devices=[]):  # the probe's initialisation leaves the run's seeding alone
+    for a model of ``mcfg``: measured on a throwaway CPU copy over one short sequence. The probe's initialisation leaves the
+    run's random state alone."""
+    with torch.random.fork_rng(devices=[]):
         model = WaveNet(mcfg)
-    t = min(segment_length, MEMORY_PROBE_SAMPLES)
-    kwargs: dict[str, torch.Tensor] = {}
-    if model.upsampler is not None:
-        hop = model.mel_spec.hop_length
-        t = max(hop, t - t % hop)
-        kwargs["mel"] = torch.zeros(1, model.mel_spec.n_mels, t // hop + 2 * model.mel_context)
-    if mcfg.global_cond_classes > 0:
-        kwargs["speaker"] = torch.zeros(1, dtype=torch.long)
-    codes = torch.zeros(1, t + 1, dtype=torch.long)
-    return saved_tensor_bytes(lambda: model.loss(codes, **kwargs)) / t
+        t = min(segment_length, MEMORY_PROBE_SAMPLES)
+        kwargs: dict[str, torch.Tensor] = {}
+        if model.upsampler is not None:
+            hop = model.mel_spec.hop_length
+            t = max(hop, t - t % hop)
+            kwargs["mel"] = torch.zeros(1, model.mel_spec.n_mels, t // hop + 2 * model.mel_context)
+        if mcfg.global_cond_classes > 0:
+            kwargs["speaker"] = torch.zeros(1, dtype=torch.long)
+        codes = torch.zeros(1, t + 1, dtype=torch.long)
+        return saved_tensor_bytes(lambda: model.loss(codes, **kwargs)) / t
 
 
 def _check_training_memory(
