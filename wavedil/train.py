@@ -216,8 +216,11 @@ def _warn_if_files_are_short(
         return
     need = T + 1  # a segment holds T + 1 codes
     padding = 1.0 - sum(n * n for n in lengths) / (data.total_frames * need)  # files drawn by length
-    suggestion = max(hop, (longest - 1) // hop * hop)
-    if suggestion < receptive_field:
+    suggestion = (longest - 1) // hop * hop  # whole hops (a vocoder's), one code short of the longest file
+    if suggestion < 1:
+        hops = f" (a segment is a whole number of mel hops of {hop} samples)" if hop > 1 else ""
+        lower = f"No segment length fits them{hops}:"
+    elif suggestion < receptive_field:
         lower = (
             f"The files are shorter than the model's receptive field ({receptive_field} samples) too: a model with "
             "fewer layers (model.layers_per_stack or model.stacks) fits them, with data.segment_length="
