@@ -106,9 +106,12 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
         if src.pretrained is not None:
             card = src.pretrained.card
             corpus = (card.get("corpus") or {}).get("name", "an unrecorded corpus")
+            steps = f"{ckpt.get('step', '?')} steps"
+            if isinstance(card.get("total_steps"), int):  # continued from earlier weights: the checkpoint counts its last stage
+                steps = f"{card['total_steps']} steps in all ({ckpt.get('step', '?')} in its last stage)"
             source = (
                 f"{src.label}: {card.get('description') or src.pretrained.kind}\n"
-                f"trained           {ckpt.get('step', '?')} steps on {corpus}\n"
+                f"trained           {steps} on {corpus}\n"
                 f"licence           {card.get('licence', 'not recorded')} (see {src.pretrained.folder / 'MODEL_CARD.md'})"
             )
         return ModelDescription(model, source, sr)
@@ -119,8 +122,8 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
         options = _load_model_yaml(path)
         try:
             model = WaveNet(model_config(options))
-        except ValueError as exc:
-            raise ValueError(f"model config YAML '{text}': {exc}") from None
+        except ValueError as exc:  # its first line: OmegaConf's errors add full_key / object_type lines
+            raise ValueError(f"model config YAML '{text}': {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
         return ModelDescription(model, f"model config {path}", sample_rate or 16000)
     names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
     if text not in names:
@@ -147,12 +150,17 @@ def _yaml_problem(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _load_model_yaml(path: Path):
+def _load_model_yaml(path: Path, _within: tuple[Path, ...] = ()):
     """The model options of YAML file ``path`` (a ``DictConfig``), or an error naming the file.
 
+    A ``defaults`` list is applied as Hydra applies it in ``conf/model/`` (``small.yaml``:
+    ``defaults: [ref30, _self_]``): each entry names a YAML file beside ``path`` or a model
+    preset, merged in order, the file's own options at ``_self_`` (else last).
+
     Raises:
-        ValueError: the file is not UTF-8 text, not valid YAML, or not a mapping of options; the
-            message names the file, the parser's complaint and what ``info`` accepts.
+        ValueError: the file is not UTF-8 text, not valid YAML, or not a mapping of options, or
+            its defaults list names something else (a training config's groups); the message
+            names the file, the problem and what ``info`` accepts.
         OSError: the file cannot be read (its own message names it).
     """
     import yaml
@@ -169,6 +177,42 @@ def _load_model_yaml(path: Path):
         problem = _yaml_problem(exc)
     else:
         if isinstance(loaded, DictConfig):
-            return loaded
+            return _with_defaults(path, loaded, _within)
         problem = "it holds a list, not model options (name: value lines)"  # OmegaConf.load: a DictConfig or a ListConfig
     raise ValueError(f"'{path}' is not a valid model config YAML ({problem}); {_TARGETS}")
+
+
+def _with_defaults(path: Path, loaded, within: tuple[Path, ...]):
+    """``loaded`` (the options of ``path``) merged over what its ``defaults`` list names."""
+    from omegaconf import OmegaConf
+
+    from .config import CONF_DIR
+
+    if "defaults" not in loaded:
+        return loaded
+    entries = OmegaConf.to_container(loaded.pop("defaults"))
+    if not isinstance(entries, list):
+        raise ValueError(f"'{path}' is not a valid model config YAML (its defaults is not a list); {_TARGETS}")
+    if "_self_" not in entries:
+        entries.append("_self_")
+    merged = OmegaConf.create({})
+    for entry in entries:
+        if entry == "_self_":
+            merged = OmegaConf.merge(merged, loaded)
+            continue
+        if not isinstance(entry, str):
+            raise ValueError(
+                f"'{path}' is not a model config YAML: its defaults list holds {entry!r}, a config group of a "
+                f"training config (train.yaml, an experiment); {_TARGETS}"
+            )
+        beside, preset = path.parent / f"{entry}.yaml", CONF_DIR / "model" / f"{entry}.yaml"
+        source = beside if beside.is_file() else preset
+        if not source.is_file():
+            raise ValueError(
+                f"'{path}': its defaults list names {entry!r}, which is neither a YAML file beside it nor a model "
+                f"config ({', '.join(sorted(p.stem for p in (CONF_DIR / 'model').glob('*.yaml')))})"
+            )
+        if source.resolve() in within or source.resolve() == path.resolve():
+            raise ValueError(f"'{path}': its defaults list names {entry!r}, which leads back to '{path}'")
+        merged = OmegaConf.merge(merged, _load_model_yaml(source, within + (path.resolve(),)))
+    return merged

@@ -120,7 +120,7 @@ def unigram_bits_per_sample(counts: torch.Tensor) -> float:
     """Entropy in bits of the empirical distribution given by ``counts (Q,)``."""
     p = counts.double() / counts.sum().clamp(min=1)
     p = p[p > 0]
-    return float(-(p * p.log2()).sum())
+    return float(-(p * p.log2()).sum()) + 0.0  # + 0.0: one code only is 0.0, not -0.0
 
 
 @torch.no_grad()
@@ -244,7 +244,10 @@ def _vocode_segments(
         if n >= hop:
             out.append((name, wav[:n]))
     if not out:
-        raise ValueError(f"nothing to vocode: every file is shorter than one mel frame ({hop} samples)")
+        raise ValueError(
+            f"nothing to vocode: every file is shorter than one mel frame ({hop} samples); the log-mel distance needs "
+            "longer files (--vocode-seconds 0 skips it)"
+        )
     return out
 
 
@@ -474,6 +477,7 @@ def split_side(
 
     data = (checkpoint.get("config") or {}).get("data") or {}
     root = data.get("root")
+    other = "train" if split == "valid" else "valid"
     if not isinstance(root, str) or not root:
         where = "the checkpoint does not name its corpus"
     elif not os.path.isdir(root):
@@ -483,15 +487,47 @@ def split_side(
         if all(os.path.realpath(it.path).startswith(base + os.sep) for it in items):
             corpus = load_corpus(root, layout=data.get("layout", "folder"), mic=data.get("mic", "mic1"))
             train, valid = split_items(corpus, valid_fraction=valid_fraction)
-            side = {os.path.realpath(it.path) for it in (valid if split == "valid" else train)}
-            return [it for it in items if os.path.realpath(it.path) in side]
+            # by utterance: the other microphone's copy of a VCTK file (eval --mic mic2 / both of a
+            # run trained on mic1) lies on the side of the copy the run split
+            side = {_utterance(it.path) for it in (valid if split == "valid" else train)}
+            chosen = [it for it in items if _utterance(it.path) in side]
+            if not chosen:
+                raise ValueError(
+                    f"nothing to evaluate: none of the {len(items)} given file(s) is on the {split} side of the run's "
+                    f"split of its corpus '{root}' ({len(valid)} of its {len(corpus)} files held out, valid_fraction="
+                    f"{valid_fraction:g}); give the corpus folder itself, or --split {other} or all"
+                )
+            known = side | {_utterance(it.path) for it in (train if split == "valid" else valid)}
+            outside = [it for it in items if _utterance(it.path) not in known]
+            if outside:
+                notes.append(
+                    f"--split {split}: {len(outside)} given file(s) (e.g. '{outside[0].path}') are not in the run's "
+                    f"corpus as it read it (layout {data.get('layout', 'folder')}, mic {data.get('mic', 'mic1')}), so "
+                    "on neither side of its split: left out"
+                )
+            return chosen
         where = "the files are not all in the run's corpus folder"
     notes.append(
         f"--split {split}: {where}, so the given files were split among themselves (by name, at least one held "
         "out); that is the run's split only when they are its whole corpus"
     )
     train, valid = split_items(items, valid_fraction=valid_fraction)
-    return valid if split == "valid" else train
+    chosen = valid if split == "valid" else train
+    if not chosen:  # one file: split_items holds none out
+        raise ValueError(
+            f"nothing to evaluate: split among themselves, the {len(items)} given file(s) leave none on the "
+            f"{split} side (one file is never held out); give more files, or --split {other} or all"
+        )
+    return chosen
+
+
+def _utterance(path: str | os.PathLike) -> str:
+    """The real path of an audio file without a VCTK ``_mic1`` / ``_mic2`` suffix: the two
+    microphones' copies of an utterance share it (as :func:`wavedil.data.split_items` keys them)."""
+    from .data.corpus import _MIC_SUFFIX
+
+    stem, ext = os.path.splitext(os.path.realpath(path))
+    return _MIC_SUFFIX.sub("", stem) + ext
 
 
 def evaluate_files(

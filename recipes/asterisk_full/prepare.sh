@@ -3,8 +3,8 @@
 # and print its folder on stdout, so that `CORPUS=$(recipes/asterisk_full/prepare.sh)` works.
 #
 # The package `asterisk-core-sounds-en-wav` puts 568 8 kHz 16-bit mono WAV files (about 25 min)
-# under /usr/share/asterisk/sounds/en_US_f_Allison. Its `silence/` sub-folder (11 files, 55 s of
-# digital silence) is not speech; exclude it from training if your loader can.
+# under /usr/share/asterisk/sounds/en_US_f_Allison. Its `silence/` sub-folder (10 files, 55 s of
+# near-silence: samples within +-2 of 0) is not speech; the recipes read it as part of the corpus.
 # Needs root (or sudo) and apt-get. Safe to run again: apt-get skips an installed package.
 set -euo pipefail
 

@@ -497,7 +497,7 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
             raise ValueError(f"command must be train or sample, got {plain['command']!r}")
         summary = train(plain, HydraConfig.get().runtime.output_dir)
     except (ValueError, OSError) as exc:
-        if plain.get("debug") or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if plain.get("debug") or _full_error():
             raise
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -506,6 +506,32 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
 
 
 USAGE = "usage: char_lm.py {train,sample} [hydra overrides]   (see recipes/char_lm/README.md)"
+
+#: HYDRA_FULL_ERROR as the user set it (main sets it to 1 to catch Hydra's composition errors)
+_USER_FULL_ERROR: str | None = None
+
+
+def _full_error() -> bool:
+    return (_USER_FULL_ERROR if _USER_FULL_ERROR is not None else os.environ.get("HYDRA_FULL_ERROR")) == "1"
+
+
+def _composition_error(exc: BaseException) -> str:
+    """A Hydra / OmegaConf error in composing the config as one line: an unknown key is named
+    with the options its section has (``conf/char_lm.yaml``); others are Hydra's lines joined."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    full_key = str(getattr(cause, "full_key", None) or "")
+    if "is not in struct" in str(cause) and full_key:
+        section, _, key = full_key.rpartition(".")
+        options = OmegaConf.load(Path(__file__).parent / "conf" / "char_lm.yaml")
+        node = options.get(section) if section else options
+        valid = sorted(k for k in node if k != "defaults") if isinstance(node, DictConfig) else []
+        return f"{full_key}: no such option" + (f"; {section or 'top-level'} options: {', '.join(valid)}" if valid else "")
+    text = str(exc).split("Config search path:")[0] + ("" if cause is exc else "\n" + str(cause))
+    skip = ("full_key:", "object_type=", "To append to your config", "Set the environment variable")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(skip)]
+    if isinstance(getattr(exc, "override", None), str):  # a malformed override: name it
+        lines.insert(0, f"cannot parse the override {exc.override!r}:")
+    return " ".join(ln if ln.endswith((".", ":")) or i == len(lines) - 1 else ln + ";" for i, ln in enumerate(lines))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -518,8 +544,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     if command == "sample":  # sampling writes no run folder or log file
         overrides = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled",
                      "hydra/hydra_logging=disabled", *overrides]
-    sys.argv = [sys.argv[0], f"command={command}", *overrides]
-    _hydra_entry()
+        sys.argv = [sys.argv[0], f"command={command}", *overrides]
+    else:  # command= after the user's words: Hydra's flags (-m) must come before its overrides
+        sys.argv = [sys.argv[0], *overrides, f"command={command}"]
+    global _USER_FULL_ERROR
+    _USER_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR", "")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises a composition error instead of printing it over lines
+    try:
+        _hydra_entry()
+    except Exception as exc:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if _USER_FULL_ERROR == "1" or "debug=true" in overrides or not isinstance(exc, (HydraException, OmegaConfBaseException)):
+            raise
+        print(f"error: {_composition_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        if _USER_FULL_ERROR:
+            os.environ["HYDRA_FULL_ERROR"] = _USER_FULL_ERROR
+        else:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        _USER_FULL_ERROR = None
 
 
 if __name__ == "__main__":

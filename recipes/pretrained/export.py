@@ -85,12 +85,35 @@ PRESETS = {
 }
 
 
+def _read_text(path: Path, option: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ValueError(f"{option}: cannot read '{path}' ({why})") from None
+
+
 def read_eval_json(path: Path) -> dict:
     """The JSON figures in the saved output of ``wavedil eval --json`` (its last JSON line)."""
-    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
+    for line in reversed(_read_text(path, "--eval-json").splitlines()):
         if line.lstrip().startswith("{"):
-            return heldout_from_eval(json.loads(line))
+            try:
+                figures = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--eval-json: the last JSON line of '{path}' is not valid JSON ({exc})") from None
+            return heldout_from_eval(figures)
     raise ValueError(f"'{path}' holds no JSON line: save the output of wavedil eval ... --json into it")
+
+
+def read_corpus_json(path: Path) -> dict:
+    """The corpus description of ``--corpus-json``: a JSON object (name, source, licence, attribution)."""
+    try:
+        corpus = json.loads(_read_text(path, "--corpus-json"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--corpus-json: '{path}' is not valid JSON ({exc})") from None
+    if not isinstance(corpus, dict):
+        raise ValueError(f"--corpus-json: '{path}' must hold a JSON object (name, source, licence, attribution)")
+    return corpus
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -121,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     preset = PRESETS.get(args.preset or "", {})
     name = args.name or args.preset
     eval_commands = args.eval_command or ([preset["eval_command"].format(run=args.run)] if preset else [])
-    corpus = json.loads(args.corpus_json.read_text()) if args.corpus_json else ASTERISK_CORPUS
+    corpus = read_corpus_json(args.corpus_json) if args.corpus_json else ASTERISK_CORPUS
     info = export_pretrained(
         args.run, name, out_dir=args.out_dir, dtype=args.dtype,
         description=args.description or preset.get("description", ""), corpus=corpus,
@@ -139,6 +162,6 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # an OSError names its file (an --out-dir that cannot be written)
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
