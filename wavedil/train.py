@@ -584,7 +584,7 @@ def _for_training(model: WaveNet, dist: DistInfo, device: torch.device, compile:
 #: per-step constants do not matter, short enough to cost milliseconds.
 MEMORY_PROBE_SAMPLES = 4096
 #: Peak memory of a training step over the activations autograd saves for it (the gradients the
-#: backward makes on the way), measured with ``/usr/bin/time`` on the Intel Xeon: 1.52x-1.75x for
+#: backward makes on the way), measured with ``/usr/bin/time`` on the Intel Xeon: about 1.5x-1.75x for
 #: the bundled speech model and ref30, fp32 and bf16, batches 8-128 (``_check_training_memory``).
 BACKWARD_PEAK_FACTOR = 1.6
 
