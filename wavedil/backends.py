@@ -52,7 +52,7 @@ __all__ = [
     "check_seed",
     "check_temperature",
     "batch_choices",
-    "temperature_note",
+    "temperature_notes",
     "NOISY_TEMPERATURE",
     "resolve_device",
     "MAX_SEED",
@@ -135,19 +135,19 @@ def batch_choices(batch: int) -> str:
     return "1" if batch == 1 else f"1 or {batch}"
 
 
-#: Above this sampling temperature the audio is mostly noise, and :func:`temperature_note` says so.
+#: Above this sampling temperature the audio is mostly noise, and :func:`temperature_notes` says so.
 NOISY_TEMPERATURE = 2.0
 
 
-def temperature_note(temperature: float) -> str | None:
-    """A note for the user when ``temperature`` is above :data:`NOISY_TEMPERATURE` (not an error:
-    it is a valid, if odd, choice), else None."""
+def temperature_notes(temperature: float) -> list[str]:
+    """The notes for the user on ``temperature``: one when it is above :data:`NOISY_TEMPERATURE`
+    (not an error: it is a valid, if odd, choice), else none."""
     if temperature <= NOISY_TEMPERATURE:
-        return None
-    return (
+        return []
+    return [
         f"temperature {temperature:g} is far above 1 (the model as trained): expect mostly noise; "
         "lower values are cleaner"
-    )
+    ]
 
 
 @dataclass(frozen=True)

@@ -524,10 +524,9 @@ def split_side(
 def _utterance(path: str | os.PathLike) -> str:
     """The real path of an audio file without a VCTK ``_mic1`` / ``_mic2`` suffix: the two
     microphones' copies of an utterance share it (as :func:`wavedil.data.split_items` keys them)."""
-    from .data.corpus import _MIC_SUFFIX
+    from .data import without_mic_suffix
 
-    stem, ext = os.path.splitext(os.path.realpath(path))
-    return _MIC_SUFFIX.sub("", stem) + ext
+    return str(without_mic_suffix(os.path.realpath(path)))
 
 
 def evaluate_files(

@@ -44,7 +44,7 @@ from .audio import (
     resample,
     write_audio,
 )
-from .backends import check_seed, check_temperature, temperature_note
+from .backends import check_seed, check_temperature, temperature_notes
 from .backends import resolve_device as _device
 from .checkpoint import model_from_checkpoint
 from .conditioning import MelSpec
@@ -262,7 +262,7 @@ def _open_sampling(
             f"wavedil vocode {_command_target(src)} in.wav -o {output}"
         )
     speaker_id = resolve_speaker(model, speaker)
-    prompt_codes, notes = None, [n for n in [temperature_note(temperature)] if n]
+    prompt_codes, notes = None, temperature_notes(temperature)
     if prompt is not None:
         wav = _read_at_rate(prompt, sr, notes, "the prompt")
         prompt_codes = encode(wav, model.encoding, model.quantization_channels)
@@ -612,9 +612,8 @@ def vocode_stream_file(
     speaker_id = resolve_speaker(model, speaker)
     spec = model.mel_spec
     if note is not None:
-        hot = temperature_note(temperature)
-        if hot:
-            note(hot)
+        for line in temperature_notes(temperature):
+            note(line)
         where = "standard input" if from_stdin else str(source)
         note(f"streaming: reading .npy chunks ({spec.n_mels}, frames) from {where}; look-ahead "
              f"{model.mel_context} frames ({1000 * model.mel_context * spec.hop_length / spec.sample_rate:g} ms)")  # fmt: skip
@@ -702,7 +701,7 @@ def vocode_file(
     spec, ctx = model.mel_spec, model.mel_context
     sr, hop = spec.sample_rate, spec.hop_length
     check_format_rate(output, sr)
-    n_samples, notes = None, [n for n in [temperature_note(temperature)] if n]
+    n_samples, notes = None, temperature_notes(temperature)
     if source.suffix.lower() in (".npy", ".npz"):
         mel = load_mel(source, spec)
         silence = float(np.log(1e-5))  # the log-mel of silence pads the context frames

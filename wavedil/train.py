@@ -299,11 +299,11 @@ def build_data(data_cfg: dict | DataConfig, mcfg: WaveNetConfig, seed: int, max_
         common["mel"] = spec
         common["mel_context"] = int(Upsampler(spec.n_mels, spec.hop_length).context_frames)
     train = SegmentDataset(train_items, segments_per_epoch=max(1, max_steps) * dcfg.batch_size, seed=seed, **common)
-    rf = receptive_field(mcfg.kernel_size, mcfg.schedule())
-    _warn_if_files_are_short(train, dcfg, common["mel"].hop_length if "mel" in common else 1, receptive_field=rf)
+    hop, rf = common["mel"].hop_length if "mel" in common else 1, receptive_field(mcfg.kernel_size, mcfg.schedule())
+    _warn_if_files_are_short(train, dcfg, hop, "training", rf)
     n_valid = dcfg.valid_segments
     valid_ds = SegmentDataset(valid_items, segments_per_epoch=n_valid, seed=seed + 1_000_003, **common)
-    _warn_if_files_are_short(valid_ds, dcfg, common["mel"].hop_length if "mel" in common else 1, "held-out", rf)
+    _warn_if_files_are_short(valid_ds, dcfg, hop, "held-out", rf)
     parts = [_split_batch(valid_ds[i]) for i in range(n_valid)]
     valid = torch.stack([codes for codes, _ in parts])
     valid_cond = {k: torch.stack([c[k] for _, c in parts]) for k in parts[0][1]}
@@ -591,8 +591,8 @@ BACKWARD_PEAK_FACTOR = 1.6
 
 def _activation_bytes_per_sample(mcfg: WaveNetConfig, segment_length: int) -> float:
     """Bytes autograd saves per sample of a training batch (one sequence position of one batch row)
-    for a model of ``mcfg``: measured on a throwaway CPU copy over one short sequence. The probe's initialisation leaves the
-    run's random state alone."""
+    for a model of ``mcfg``: measured on a throwaway CPU copy over one short sequence. The probe's
+    initialisation leaves the run's random state alone."""
     with torch.random.fork_rng(devices=[]):
         model = WaveNet(mcfg)
         t = min(segment_length, MEMORY_PROBE_SAMPLES)
@@ -623,7 +623,8 @@ def _check_training_memory(
     floor = per_sample if precision == "32" else per_sample / 2  # what the refusal counts
     here = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if dist.world_size > 1 and device.type == "cpu" else 1
     rows = dcfg.batch_size // dist.world_size * here
-    saved = per_sample * rows * dcfg.segment_length
+    samples = rows * dcfg.segment_length
+    saved = per_sample * samples
     where = f"{device.type} memory" if device.type == "cuda" else "memory"
     shape = f"data.batch_size={dcfg.batch_size} x data.segment_length={dcfg.segment_length}"
     if dist.world_size > 1:
@@ -633,9 +634,9 @@ def _check_training_memory(
         f"lower data.batch_size (about {fit * dist.world_size // here} fits here at this segment length) or "
         "data.segment_length"
     )
-    if total is not None and floor * rows * dcfg.segment_length > total:
+    if total is not None and floor * samples > total:
         raise TrainingError(
-            f"{shape} needs at least {floor * rows * dcfg.segment_length / 2**30:,.1f} GiB for the activations a "
+            f"{shape} needs at least {floor * samples / 2**30:,.1f} GiB for the activations a "
             f"training step keeps for its backward ({floor / 1024:,.1f} KiB per sample for this model at "
             f"trainer.precision={precision}), more than the {total / 2**30:,.1f} GiB of {where} here: {advice}"
         )

@@ -19,7 +19,7 @@ Reports go to :mod:`logging` under the logger ``wavedil.data`` (each module logs
 logger), so they land in the training log; user errors raise :class:`CorpusError`.
 """
 
-from .corpus import LAYOUTS, VCTK_MICS, corpus_seconds, load_corpus, speakers_of, split_items
+from .corpus import LAYOUTS, VCTK_MICS, corpus_seconds, load_corpus, speakers_of, split_items, without_mic_suffix
 from .files import AUDIO_EXTENSIONS, AudioItem, CorpusError, find_audio_files, probe_audio
 from .segments import SegmentDataset
 from .whole_files import file_mel, iter_file_audio, iter_file_codes
@@ -35,6 +35,7 @@ __all__ = [
     "load_corpus",
     "corpus_seconds",
     "split_items",
+    "without_mic_suffix",
     "SegmentDataset",
     "iter_file_audio",
     "iter_file_codes",

@@ -28,6 +28,7 @@ __all__ = [
     "corpus_seconds",
     "speakers_of",
     "split_items",
+    "without_mic_suffix",
 ]
 
 logger = logging.getLogger(__name__)
@@ -218,6 +219,13 @@ def speakers_of(items: Sequence[AudioItem]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def without_mic_suffix(path: str | os.PathLike) -> Path:
+    """``path`` without a VCTK ``_mic1`` / ``_mic2`` suffix on its name: the two microphones'
+    copies of an utterance share it."""
+    path = Path(path)
+    return path.with_name(_MIC_SUFFIX.sub("", path.stem) + path.suffix)
+
+
 def _split_keys(items: Sequence[AudioItem]) -> list[str]:
     """Each item's path relative to the items' common folder, as a POSIX string, without a
     ``_mic1`` / ``_mic2`` suffix: two microphones' copies of an utterance share their key."""
@@ -226,7 +234,7 @@ def _split_keys(items: Sequence[AudioItem]) -> list[str]:
     keys = []
     for item in items:
         rel = Path(os.path.abspath(item.path)).relative_to(common)
-        keys.append(rel.with_name(_MIC_SUFFIX.sub("", rel.stem) + rel.suffix).as_posix())
+        keys.append(without_mic_suffix(rel).as_posix())
     return keys
 
 
