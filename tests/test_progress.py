@@ -35,7 +35,8 @@ def test_last_unit_prints_and_close_does_not_repeat_it():
     out, clock = io.StringIO(), FakeClock()
     with Progress(total=3, unit="sample", file=out, clock=clock) as p:
         p.update(3)
-    assert out.getvalue().splitlines() == ["3/3 sample (100.0%), 0 sample/s, elapsed 0:00:00"]
+    # no time has passed on the fake clock: no rate is shown rather than "0 sample/s"
+    assert out.getvalue().splitlines() == ["3/3 sample (100.0%), elapsed 0:00:00"]
 
 
 def test_disabled_prints_no_progress_but_messages(capsys):
@@ -76,3 +77,22 @@ def test_generate_progress_counts_the_samples_of_every_file(capsys):
     progress(512, 512)
     progress.close()
     assert "generate: 1,536/1,536 sample (100.0%)" in capsys.readouterr().err
+
+
+def test_generate_progress_rate_counts_only_samples_made_after_the_bar_started(capsys):
+    """The bar starts at the library's first report: the samples done before it took time the
+    bar never saw, so counting them made a 0.1 s run's rate read tens of millions of samples/s."""
+    import re
+    import time
+
+    from wavedil.cli import _SampleProgress
+
+    progress = _SampleProgress(True, "generate")
+    progress(1000, 2000)  # the first report: 1,000 samples done in time the bar did not see
+    time.sleep(0.1)
+    progress(2000, 2000)  # 1,000 more in at least 0.1 s: at most 10,000 samples/s
+    progress.close()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("generate: 2,000/2,000 sample (100.0%)"), line
+    rate = float(re.search(r"([0-9.,e+]+) sample/s", line).group(1).replace(",", ""))
+    assert 0 < rate <= 10_000, line

@@ -132,7 +132,8 @@ class Progress:
         parts = [f"{count} {self.unit}"]
         if self.total:
             parts[0] += f" ({100.0 * self.n / self.total:.1f}%)"
-        parts.append(f"{rate:,.3g} {self.unit}/s")
+        if rate > 0:  # none yet: nothing done since the start, or no time has passed
+            parts.append(f"{rate:,.3g} {self.unit}/s")
         parts.append(f"elapsed {_hms(elapsed)}")
         if self.total is not None and rate > 0 and self.n < self.total:
             parts.append(f"eta {_hms((self.total - self.n) / rate)}")
