@@ -78,6 +78,31 @@ def test_overrides_and_bundled_resolver():
     assert Path(cfg.data.root).is_dir() and Path(cfg.data.root).name == "speech8k"
 
 
+def test_wavedil_data_without_the_folder_falls_back_with_a_warning(tmp_path, monkeypatch, caplog):
+    """``$WAVEDIL_DATA/<name>`` comes first; a WAVEDIL_DATA without it (or mistyped) falls back to
+    the checkout's data with a warning naming both, once per setting (silent before)."""
+    from wavedil.config import _warn_data_fallback, bundled_data
+
+    checkout = Path(bundled_data("speech8k"))
+    (tmp_path / "own" / "speech8k").mkdir(parents=True)
+    monkeypatch.setenv("WAVEDIL_DATA", str(tmp_path / "own"))
+    with caplog.at_level("WARNING", logger="wavedil.config"):
+        assert bundled_data("speech8k") == str(tmp_path / "own" / "speech8k")
+        assert caplog.records == []
+        assert bundled_data("pretrained") == str(checkout.parent / "pretrained")
+        bundled_data("pretrained")
+        monkeypatch.setenv("WAVEDIL_DATA", str(tmp_path / "typo"))
+        assert bundled_data("speech8k") == str(checkout)
+    _warn_data_fallback.cache_clear()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        f"WAVEDIL_DATA={tmp_path / 'own'} has no 'pretrained' folder; using {checkout.parent / 'pretrained'} "
+        "instead (set WAVEDIL_DATA to the folder that holds 'pretrained', or unset it)",
+        f"WAVEDIL_DATA={tmp_path / 'typo'} does not exist; using {checkout} instead (set WAVEDIL_DATA to the "
+        "folder that holds 'speech8k', or unset it)",
+    ]
+
+
 def test_unknown_key_is_an_error():
     with pytest.raises(Exception, match="nonsense"):
         compose(["model.nonsense=3"])

@@ -6,6 +6,8 @@ the composed config into a :class:`~wavedil.model.WaveNetConfig` and plain dicts
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,19 +23,36 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def bundled_data(name: str) -> str:
-    """Path of a bundled data set (``data/<name>`` of the checkout, or ``$WAVEDIL_DATA/<name>``)."""
+    """Path of a bundled data set (``data/<name>`` of the checkout, or ``$WAVEDIL_DATA/<name>``).
+
+    ``$WAVEDIL_DATA/<name>`` comes first; when ``WAVEDIL_DATA`` is set but has no ``<name>``
+    folder, the checkout's is used with a warning naming both (a mistyped ``WAVEDIL_DATA`` went
+    unnoticed before).
+    """
     candidates = []
-    if os.environ.get("WAVEDIL_DATA"):
-        candidates.append(Path(os.environ["WAVEDIL_DATA"]) / name)
+    env = os.environ.get("WAVEDIL_DATA")
+    if env:
+        candidates.append(Path(env) / name)
     candidates.append(Path(__file__).resolve().parent.parent / "data" / name)  # source checkout
     candidates.append(Path.cwd() / "data" / name)
-    for c in candidates:
+    for i, c in enumerate(candidates):
         if c.is_dir():
+            if env and i > 0:
+                _warn_data_fallback(env, name, str(c))
             return str(c)
     raise ValueError(
         f"bundled data '{name}' not found (looked in {', '.join(str(c) for c in candidates)}): run from a "
         f"wavedil checkout, set WAVEDIL_DATA to the folder that holds '{name}', or pass data.root=/path"
     )
+
+
+@functools.lru_cache(maxsize=None)  # once per setting, folder and fallback, not on every lookup
+def _warn_data_fallback(env: str, name: str, used: str) -> None:
+    why = "does not exist" if not Path(env).is_dir() else f"has no '{name}' folder"
+    logging.getLogger(__name__).warning(
+        "WAVEDIL_DATA=%s %s; using %s instead (set WAVEDIL_DATA to the folder that holds '%s', or unset it)",
+        env, why, used, name,
+    )  # fmt: skip
 
 
 if not OmegaConf.has_resolver("bundled"):
