@@ -213,6 +213,28 @@ def test_load_corpus_vctk_speakers_from_folders(tmp_path: Path) -> None:
     assert corpus_seconds(items) == pytest.approx(0.03)
 
 
+def test_vctk_files_directly_under_the_root_are_warned_about(tmp_path: Path, warnings_log) -> None:
+    """A file beside the speaker folders takes the root's name as its speaker (the folder rule);
+    that is now said, with what to do, instead of passing in silence. A root holding only files
+    (one speaker's folder) is not warned about: its name is that speaker's."""
+    root = tmp_path / "corpus"
+    write(root / "p225" / "p225_001_mic1.flac", np.full(50, 0.1))
+    write(root / "stray_mic1.flac", np.full(50, 0.1))
+    items = load_corpus(root, layout="vctk")
+    assert sorted((item.path.name, item.speaker) for item in items) == [
+        ("p225_001_mic1.flac", "p225"), ("stray_mic1.flac", "corpus")
+    ]
+    messages = [r.getMessage() for r in warnings_log.records]
+    assert messages == [
+        f"layout=vctk: 1 audio file(s) lie directly under '{root}' (e.g. stray_mic1.flac), not in a speaker's "
+        "folder, so they take the folder's own name 'corpus' as their speaker; move them into a folder named "
+        "for their speaker"
+    ]
+    warnings_log.clear()
+    one = load_corpus(root / "p225", layout="vctk")  # one speaker's folder as the root: its name is right
+    assert [item.speaker for item in one] == ["p225"] and warnings_log.records == []
+
+
 def _two_mic_vctk(root: Path, utterances: int = 40) -> None:
     for spk in ("p225", "p226"):
         for u in range(utterances):

@@ -144,6 +144,13 @@ def load_corpus(
             )
         if layout == "vctk":
             files = _choose_mic(root, files, mic)
+            loose = [p for p in files if p.parent == root]
+            if loose and len(loose) < len(files):  # all of them there: one speaker's folder given as the root
+                logger.warning(
+                    "layout=vctk: %d audio file(s) lie directly under '%s' (e.g. %s), not in a speaker's folder, "
+                    "so they take the folder's own name '%s' as their speaker; move them into a folder named "
+                    "for their speaker", len(loose), root, loose[0].name, root.name,
+                )  # fmt: skip
         candidates = [(p, p.parent.name if layout == "vctk" else None) for p in files]
 
     items: list[AudioItem] = []
