@@ -147,7 +147,7 @@ def test_fatal_data_error_mid_run_saves_the_current_step_then_reports(tmp_path, 
     assert load_checkpoint(saved)["step"] == 4
 
 
-def test_init_from_starts_from_the_sources_ema_weights_with_a_fresh_optimiser(tmp_path):
+def test_init_from_starts_from_the_sources_ema_weights_with_a_fresh_optimiser(tmp_path, capsys):
     source = tmp_path / "source"
     train(compose(BASE + ["trainer.ema_decay=0.5"]), source)
     newest = list_checkpoints(source / "checkpoints")[0]
@@ -168,6 +168,11 @@ def test_init_from_starts_from_the_sources_ema_weights_with_a_fresh_optimiser(tm
     resumed = train(compose(BASE + [f"trainer.init_from={newest}", "trainer.max_steps=3", "trainer.resume=true"]),
                     tmp_path / "tuned2")  # fmt: skip
     assert resumed["step"] == 3 and load_checkpoint(resumed["checkpoint"])["initialised_from"] == lineage
+    out = capsys.readouterr().out
+    assert f"initialised the weights from {newest} (its step {saved['step']}); optimiser" in out
+    # a source that went on from another says what its training came to in all, not only its last stage
+    train(compose(BASE + [f"trainer.init_from={tmp_path / 'tuned2'}", "trainer.max_steps=1"]), tmp_path / "third")
+    assert f"(its step 3; {saved['step'] + 3:,} steps of training in all); optimiser" in capsys.readouterr().out
 
 
 def test_init_from_errors_name_the_option_and_what_differs(tmp_path):

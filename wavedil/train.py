@@ -707,9 +707,11 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
             dcfg.segment_length, model.receptive_field, model.receptive_field,
         )
     if init is not None and dist.is_main:
-        log.info("initialised from %s (step %s)", init.label, init.checkpoint.get("step"))
-        print(f"initialised the weights from {init.label} (its step {init.checkpoint.get('step')}); "
-              "optimiser and schedule start fresh")
+        step_at = init.checkpoint.get("step")
+        total = lineage.get("steps") if isinstance(lineage, dict) else None
+        at = (f"its step {step_at:,}" if isinstance(step_at, int) else f"its step {step_at}") + (f"; {total:,} steps of training in all" if total not in (None, step_at) else "")
+        log.info("initialised from %s (%s)", init.label, at)
+        print(f"initialised the weights from {init.label} ({at}); optimiser and schedule start fresh")
     make_opt = _make_optimizer_factory(ocfg)
     optimizer = make_opt(model.parameters())
     step, elapsed_before, resume_rng = 0, 0.0, None
