@@ -173,6 +173,22 @@ def test_train_config_composition_errors_are_one_line_with_status_2(tmp_path, ca
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
+def test_a_run_refused_for_a_bad_value_leaves_no_run_folder_but_keeps_any_with_work(tmp_path, capsys, monkeypatch):
+    """Before: Hydra made ``outputs/<name>/<time>/`` (its ``.hydra/`` and ``cli.log``) before the
+    values were checked, and each mistyped value left one such folder behind."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    line = user_error(capsys, "train", "model=tiny", "trainer=debug", "optim.lr=-1")
+    assert line == "error: optim.lr must be > 0, got -1.0"
+    assert list(tmp_path.iterdir()) == []  # outputs/default/<time>/ and the folders above it, gone
+    # a folder with anything else in it stays: an earlier run's checkpoints, the current folder
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    user_error(capsys, "train", "model=tiny", "trainer=debug", "optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "checkpoints", "cli.log"]
+    user_error(capsys, "train", "model=tiny", "trainer=debug", "optim.lr=-1", "hydra.run.dir=.")
+    assert (tmp_path / ".hydra").is_dir() and (tmp_path / "cli.log").is_file()
+
+
 @pytest.mark.parametrize("name", ["../../escape", "", "a/b", "..", "ok,../x"])
 def test_a_run_name_that_is_not_a_plain_folder_name_is_refused_before_hydra(tmp_path, capsys, monkeypatch, name):
     """Before: ``name=../../escape`` wrote the run outside ``outputs/`` and ``name=`` dropped the

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -109,6 +110,33 @@ def _check_run_name(overrides: Sequence[str]) -> None:
             )
 
 
+def _remove_unused_run_folder(run_dir: Path) -> None:
+    """Remove the run folder of a ``wavedil train`` refused before it wrote anything of its own.
+
+    Hydra makes the folder (its ``.hydra/`` and the log) before the options are checked, so each
+    mistyped option left one behind. Only a folder holding nothing else goes (with the folders
+    above it that it leaves empty, up to the current one), never the current one itself
+    (torchrun's other ranks run there); the error itself is on the terminal.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        if run_dir.resolve() == Path.cwd().resolve():
+            return
+        entries = list(run_dir.iterdir())
+        hydra_only = all((e.name == ".hydra" and e.is_dir()) or (e.suffix == ".log" and e.is_file()) for e in entries)
+        if not hydra_only or any(p.is_dir() for p in (run_dir / ".hydra").glob("*")):
+            return
+        shutil.rmtree(run_dir)
+        cwd = Path.cwd().resolve()
+        for parent in run_dir.resolve().parents:  # outputs/<name>/ left empty by it, up to the current folder
+            if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    except OSError:  # a folder that cannot be listed or removed stays: the error to report is the other
+        pass
+
+
 def _train(overrides: list[str]) -> None:
     """Run ``wavedil train`` through ``hydra.main`` so overrides, ``-m`` sweeps and run folders work."""
     import hydra
@@ -138,6 +166,7 @@ def _train(overrides: list[str]) -> None:
         except (ValueError, OSError) as exc:
             if debug or cfg.get("debug", False) is True:  # debug=abc is itself the error to report
                 raise
+            _remove_unused_run_folder(run_dir)
             raise _fail(exc) from None
         if os.environ.get("RANK", "0") == "0":
             print(_summary_json(summary))
