@@ -190,7 +190,8 @@ def _with_defaults(path: Path, loaded, within: tuple[Path, ...]):
 
     if "defaults" not in loaded:
         return loaded
-    entries = OmegaConf.to_container(loaded.pop("defaults"))
+    entries = loaded.pop("defaults")  # a scalar (defaults: small) or none comes back as it is
+    entries = OmegaConf.to_container(entries) if OmegaConf.is_config(entries) else entries
     if not isinstance(entries, list):
         raise ValueError(f"'{path}' is not a valid model config YAML (its defaults is not a list); {_TARGETS}")
     if "_self_" not in entries:
