@@ -173,11 +173,11 @@ def test_train_config_composition_errors_are_one_line_with_status_2(tmp_path, ca
     assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
 
 
-def test_a_run_refused_for_a_bad_value_leaves_no_run_folder_but_keeps_any_with_work(tmp_path, capsys, monkeypatch):
+def test_a_run_refused_for_a_bad_value_leaves_no_run_folder_but_keeps_any_with_work(tmp_path, capsys, monkeypatch,
+                                                                                   hydra_logging):
     """Before: Hydra made ``outputs/<name>/<time>/`` (its ``.hydra/`` and ``cli.log``) before the
     values were checked, and each mistyped value left one such folder behind."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
     line = user_error(capsys, "train", "model=tiny", "trainer=debug", "optim.lr=-1")
     assert line == "error: optim.lr must be > 0, got -1.0"
     assert list(tmp_path.iterdir()) == []  # outputs/default/<time>/ and the folders above it, gone

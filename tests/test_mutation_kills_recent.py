@@ -273,7 +273,7 @@ def test_a_stream_in_pieces_goes_on_with_the_last_pieces_way_rates_and_recheck(m
 @pytest.fixture
 def fixed_probe(monkeypatch):
     """A probe of 1 MiB saved per sample; ``set(total, available)`` fixes the memory."""
-    monkeypatch.setattr(train_mod, "_activation_bytes_per_sample", lambda mcfg, t: float(2**20))
+    monkeypatch.setattr(train_mod, "_activation_bytes_per_sample", lambda mcfg, t, segments=0: float(2**20))
 
     def limits(total, available):
         monkeypatch.setattr(train_mod, "memory_limits", lambda device: (total, available))

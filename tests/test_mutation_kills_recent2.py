@@ -229,7 +229,7 @@ def _refused_train(capsys, monkeypatch, *overrides: str) -> str:
     return err
 
 
-def test_a_refused_run_in_the_current_folder_leaves_it_alone(tmp_path, capsys, monkeypatch):
+def test_a_refused_run_in_the_current_folder_leaves_it_alone(tmp_path, capsys, monkeypatch, hydra_logging):
     """Kills: ``_remove_unused_run_folder`` without its current-folder check: ``hydra.run.dir=.``
     in an empty folder deleted the current folder itself (it held only .hydra/ and the log)."""
     here = tmp_path / "here"
@@ -239,7 +239,8 @@ def test_a_refused_run_in_the_current_folder_leaves_it_alone(tmp_path, capsys, m
     assert here.is_dir() and sorted(p.name for p in here.iterdir()) == [".hydra", "cli.log"]
 
 
-def test_a_refused_run_outside_the_current_folder_leaves_the_folders_above_it(tmp_path, capsys, monkeypatch):
+def test_a_refused_run_outside_the_current_folder_leaves_the_folders_above_it(tmp_path, capsys, monkeypatch,
+                                                                                hydra_logging):
     """Kills: the climb over the run folder's parents without ``cwd not in parent.parents``: a
     run folder outside the current one took the empty folders above it (up to the first
     non-empty one), which were not made for it."""

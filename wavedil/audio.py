@@ -45,6 +45,7 @@ __all__ = [
     "TRUNCATED_POLICIES",
     "audio_info",
     "silence_bounds",
+    "file_silence_bounds",
     "trim_silence",
 ]
 
@@ -298,6 +299,8 @@ def _open_failure(path: Path, exc: Exception) -> AudioReadError:
     )
 
 
+#: soundfile subtypes of lossy codecs, whose decoders overshoot [-1, 1] on audio encoded near full scale
+_LOSSY_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III"})
 #: files already warned about for samples outside [-1, 1] (a training run reads each file many times)
 _WARNED_CLIPPED: set[str] = set()
 
@@ -356,7 +359,7 @@ def read_audio(
     except Exception as exc:  # soundfile raises several types (RuntimeError, LibsndfileError)
         raise _open_failure(path, exc) from None
     with snd:
-        present, rate, fmt = snd.frames, snd.samplerate, snd.format
+        present, rate, fmt, subtype = snd.frames, snd.samplerate, snd.format, snd.subtype
         first, end, _ = slice(start, None).indices(present)  # a negative start counts from the end
         wanted = end - first if frames < 0 else frames
         try:
@@ -385,9 +388,14 @@ def read_audio(
     peak = float(wav.abs().max())
     if peak > 1.0 and str(path) not in _WARNED_CLIPPED:  # float data above full scale; once per file
         _WARNED_CLIPPED.add(str(path))
+        if subtype in _LOSSY_SUBTYPES:  # the decoder's ringing around audio mastered at full scale
+            why, advice = f"a lossy {subtype} decoder's overshoot of audio encoded near full scale", (
+                "encode it a few dB quieter to keep its peaks")
+        else:
+            why, advice = "float audio above full scale", "scale the file down to keep its peaks"
         logger.warning(
-            "audio file '%s' holds samples up to %.3g, outside [-1, 1] (float audio above full scale): they are "
-            "clipped to [-1, 1]; scale the file down to keep its peaks", path, peak,
+            "audio file '%s' holds samples up to %.3g, outside [-1, 1] (%s): they are clipped to [-1, 1]; %s",
+            path, peak, why, advice,
         )
     wav = wav.clamp_(-1.0, 1.0)
     if sample_rate is not None and sample_rate != rate:
@@ -543,6 +551,63 @@ def silence_bounds(wav: torch.Tensor | np.ndarray, threshold_db: float) -> tuple
         return 0, 0
     loud = np.flatnonzero(x >= peak * 10.0 ** (threshold_db / 20.0))
     return int(loud[0]), int(loud[-1]) + 1
+
+
+#: Frames per block of :func:`file_silence_bounds` (a few MB of float32 at most channel counts).
+_BOUNDS_BLOCK = 1 << 18
+
+
+def file_silence_bounds(path: str | os.PathLike, threshold_db: float) -> tuple[int, int]:
+    """:func:`silence_bounds` of the mono waveform :func:`read_audio` gives for ``path`` (at the
+    file's rate), computed in blocks: memory stays a block's whatever the length of the file.
+
+    The whole waveform of a multi-hour file took several times its size as float32 (the samples,
+    the downmix, their magnitudes and the indices of the loud ones: 0.8 GB for 20 minutes of 44.1
+    kHz stereo). One pass keeps each block's peak; the two blocks holding the first and the last
+    loud sample are read again to find them.
+
+    Raises:
+        AudioReadError: as :func:`read_audio` (not a file, unreadable, no samples, NaN or inf).
+    """
+    if not threshold_db < 0:
+        silence_bounds(np.zeros(1), threshold_db)  # raises, with silence_bounds' message
+    path = Path(path)
+    problem = _file_problem(path)
+    if problem is not None:
+        raise AudioReadError(f"'{path}' {problem}")
+    try:
+        snd = sf.SoundFile(os.fsencode(path))
+    except Exception as exc:  # soundfile raises several types
+        raise _open_failure(path, exc) from None
+
+    def magnitude(data: np.ndarray) -> np.ndarray:
+        if not np.isfinite(data).all():
+            raise AudioReadError(f"audio file '{path}' holds NaN or infinite samples")
+        return np.abs(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0])  # read_audio's downmix
+
+    def block(i: int) -> np.ndarray:
+        snd.seek(i * _BOUNDS_BLOCK)
+        return magnitude(snd.read(_BOUNDS_BLOCK, dtype="float32", always_2d=True))
+
+    with snd:
+        try:
+            peaks = [float(magnitude(b).max()) for b in snd.blocks(_BOUNDS_BLOCK, dtype="float32", always_2d=True)
+                     if len(b)]  # fmt: skip
+            if not peaks:
+                raise AudioReadError(f"audio file '{path}' holds no samples")
+            peak = min(1.0, max(peaks))  # read_audio clips to [-1, 1]
+            if peak <= 0.0:
+                return 0, 0
+            threshold = peak * 10.0 ** (threshold_db / 20.0)
+            first = next(i for i, p in enumerate(peaks) if p >= threshold)
+            last = max(i for i, p in enumerate(peaks) if p >= threshold)
+            start = first * _BOUNDS_BLOCK + int(np.flatnonzero(block(first) >= threshold)[0])
+            end = last * _BOUNDS_BLOCK + int(np.flatnonzero(block(last) >= threshold)[-1]) + 1
+        except AudioReadError:
+            raise
+        except Exception as exc:
+            raise AudioReadError(f"cannot read the samples of audio file '{path}': {exc}") from None
+    return start, end
 
 
 def trim_silence(wav: torch.Tensor, threshold_db: float) -> torch.Tensor:

@@ -49,8 +49,8 @@ _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 
 #: The ``format`` written into new checkpoints. Version 1 holds ``model``, ``model_config`` and,
 #: from training, ``ema``, ``optimizer``, ``scheduler``, ``step``, ``rng``, ``config``,
-#: ``sample_rate``; ``elapsed_seconds`` and the numpy/python/CUDA parts of ``rng`` were added
-#: later and are optional.
+#: ``sample_rate``; ``elapsed_seconds``, the numpy/python/CUDA parts of ``rng`` and ``scaler``
+#: (the float16 loss scale of ``trainer.precision=16``) were added later and are optional.
 CHECKPOINT_FORMAT = 1
 #: Formats this version reads (a checkpoint without the field is a version-1 one).
 SUPPORTED_FORMATS = (1,)
@@ -336,11 +336,13 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
 
 def newest_good_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint in ``folder`` that loads; corrupt newer ones are reported and passed over."""
-    for path in list_checkpoints(folder):
+    found = list_checkpoints(folder)
+    for i, path in enumerate(found):
         try:
             return path, load_checkpoint(path)
         except CheckpointError as exc:
-            log.warning("skipping unusable checkpoint: %s; falling back to an older one", exc)
+            then = "falling back to an older one" if i + 1 < len(found) else "there is no older one"
+            log.warning("skipping unusable checkpoint: %s; %s", exc, then)
     return None
 
 
@@ -405,6 +407,20 @@ def _state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, Any]) ->
     return "; ".join(parts) or None
 
 
+def _check_finite_weights(state: dict[str, Any], where: str) -> None:
+    """Refuse weights holding NaN or infinite values (a diverged run's).
+
+    Raises:
+        CheckpointError: ``where`` (e.g. ``checkpoint 'x.pt'``) and the first such tensors, named.
+    """
+    bad = sorted(k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise CheckpointError(
+            f"{where}: its weights hold NaN or infinite values ({', '.join(bad[:5])}"
+            f"{', ...' if len(bad) > 5 else ''}): it comes from a diverged run; use an earlier checkpoint"
+        )
+
+
 def model_from_checkpoint(
     ckpt: dict[str, Any],
     use_ema: bool = True,
@@ -446,12 +462,7 @@ def model_from_checkpoint(
             f"{where}: its '{which}' weights are a {type(state).__name__}, not a dict of tensors: the file is "
             "damaged or not a wavedil checkpoint; use another checkpoint of the run"
         )
-    bad = sorted(k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all())
-    if bad:
-        raise CheckpointError(
-            f"{where}: its weights hold NaN or infinite values ({', '.join(bad[:5])}"
-            f"{', ...' if len(bad) > 5 else ''}): it comes from a diverged run; use an earlier checkpoint"
-        )
+    _check_finite_weights(state, where)
     mismatch = _state_mismatch(model.state_dict(), state)
     if mismatch is None:
         try:

@@ -197,6 +197,12 @@ def _train(overrides: list[str]) -> None:
                 "hydra.run.dir=FOLDER to a folder you can write, or run from one"
             ) from None
         raise
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler (setup) or a second one in the loop
+        if debug:
+            raise
+        print("interrupted: wavedil train stopped (checkpoints are written whole or not at all; continue the run "
+              "with trainer.resume=true)", file=sys.stderr)  # fmt: skip
+        raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         if full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -256,7 +262,31 @@ def _hydra_message(exc: BaseException) -> str:
     words = [", ".join(p) if isinstance(p, list) else p for p in parts]
     if isinstance(getattr(exc, "override", None), str):  # OverrideParseException: name the override
         words.insert(0, f"cannot parse the override {exc.override!r}:")
+        hint = _quoting_hint(exc.override)
+        if hint:
+            words.append(hint)
     return " ".join(w if w.endswith((".", ":", "?")) or i == len(words) - 1 else w + ";" for i, w in enumerate(words))
+
+
+#: Characters Hydra's override grammar takes in a value only inside quotes (besides non-ASCII ones).
+_QUOTED_ONLY = "()[]{}'\"=#&~!;^`<>"
+
+
+def _quoting_hint(override: str) -> str:
+    """What to do about an override whose value Hydra cannot read unquoted (a path with a letter such
+    as 'ü' or a parenthesis), or ``""``: Hydra's own message ends in a caret and a link to its grammar.
+
+    >>> print(_quoting_hint("data.root=/data/Müsik").partition(": pass ")[2])
+    "data.root='/data/Müsik'", the outer quotes for the shell)
+    >>> _quoting_hint("data.root=/data/music")
+    ''
+    """
+    key, eq, value = override.partition("=")
+    if not eq or value[:1] in ("'", '"') or not any(ord(c) > 127 or c in _QUOTED_ONLY for c in value):
+        return ""
+    quoted = "'" + value.replace("'", "\\'") + "'"
+    return (f"(a value holding letters beyond ASCII or any of {_QUOTED_ONLY} must be quoted for Hydra: pass "
+            f"\"{key}={quoted}\", the outer quotes for the shell)")
 
 
 # ----------------------------------------------------------------------------- generate / vocode

@@ -20,6 +20,7 @@ layer needs; the write position is shared by all layers of a stack (:class:`Stac
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from typing import Sequence
@@ -27,7 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, noop_context_fn
 
 from .causal import (
     causal_padding,
@@ -444,6 +445,19 @@ class ResidualBlock(nn.Module):
         return res, skip, buf
 
 
+def _recompute_context():
+    """The ``context_fn`` of the checkpointed groups: the backward recomputes a group under the
+    modes its forward ran in. torch restores autocast itself; bf16 emulation
+    (``trainer.precision=bf16-emulated``, a :class:`~wavedil.emulation.Bf16MatmulEmulation` mode)
+    it does not, and a recomputation in plain float32 saved other tensors than the forward
+    (torch's CheckpointError) and would have computed other numbers."""
+    from .emulation import Bf16MatmulEmulation, bf16_emulation_active
+
+    if not bf16_emulation_active():
+        return noop_context_fn
+    return lambda: (contextlib.nullcontext(), Bf16MatmulEmulation())
+
+
 class DilatedStack(nn.Module):
     """A stack of :class:`ResidualBlock` s with a dilation schedule; the skips are summed.
 
@@ -581,8 +595,11 @@ class DilatedStack(nn.Module):
             groups = min(self.checkpoint_segments, n)
             bounds = [round(i * n / groups) for i in range(groups + 1)]
             skip = None
+            context = _recompute_context()
             for lo, hi in zip(bounds[:-1], bounds[1:]):
-                xt, skip = checkpoint(self._run_layers, lo, hi, xt, skip, global_cond, lt, use_reentrant=False)
+                xt, skip = checkpoint(
+                    self._run_layers, lo, hi, xt, skip, global_cond, lt, use_reentrant=False, context_fn=context
+                )
         else:
             xt, skip = self._run_layers(0, n, xt, None, global_cond, lt)
         if skip is not None and skip_bias:

@@ -34,6 +34,8 @@ import torch
 
 from .audio import (
     OUTPUT_SUFFIXES,
+    AudioReadError,
+    audio_info,
     check_format_rate,
     check_output_path,
     check_writable_folder,
@@ -47,7 +49,7 @@ from .audio import (
 from .backends import check_seed, check_temperature, temperature_notes
 from .backends import resolve_device as _device
 from .checkpoint import model_from_checkpoint
-from .conditioning import MelSpec
+from .conditioning import MelSpec, frames_for
 from .data import file_mel
 from .generate import MAX_SAMPLES, MAX_TOTAL_SAMPLES, StreamingGenerator, generate
 from .model import WaveNet
@@ -210,6 +212,41 @@ def _read_at_rate(path: str | os.PathLike, sample_rate: int, notes: list[str], w
         wav = resample(wav, rate, sample_rate)
         notes.append(f"{what} '{path}' is at {rate} Hz; resampled to the model's {sample_rate} Hz")
     return wav
+
+
+def _check_header_seconds(path: str | os.PathLike, max_seconds: float | None, spec: MelSpec) -> None:
+    """Refuse an audio input whose header says it is longer than ``max_seconds``, before it is read:
+    a recording of hours was read whole, resampled and analysed (gigabytes, and minutes) only to be
+    refused after. The length is counted as after reading (whole mel frames of the input at the
+    vocoder's rate); a header that cannot be read is left to :func:`read_audio` to report.
+
+    Raises:
+        ValueError: naming the file, its length and the option.
+    """
+    if max_seconds is None:
+        return
+    try:
+        info = audio_info(path)
+    except AudioReadError:
+        return
+    if info.samplerate <= 0 or info.frames <= 0:
+        return
+    sr = spec.sample_rate
+    _check_frames_seconds(path, frames_for(-(-info.frames * sr // info.samplerate), spec.hop_length), max_seconds, spec)
+
+
+def _check_frames_seconds(path: str | os.PathLike, frames: int, max_seconds: float | None, spec: MelSpec) -> None:
+    """Refuse an input of ``frames`` mel frames longer than ``max_seconds`` (None: no limit).
+
+    Raises:
+        ValueError: naming the file, its length and the option.
+    """
+    seconds = frames * spec.hop_length / spec.sample_rate
+    if max_seconds is not None and seconds > max_seconds:
+        raise ValueError(
+            f"'{path}' is {seconds:.1f} s ({frames} mel frames); the limit is --max-seconds {max_seconds:g}: "
+            "raise it or cut the input"
+        )
 
 
 def _check_length_args(seconds: object, batch: object) -> None:
@@ -707,18 +744,14 @@ def vocode_file(
         silence = float(np.log(1e-5))  # the log-mel of silence pads the context frames
         mel = torch.nn.functional.pad(mel, (ctx, ctx), value=silence)
     else:
+        _check_header_seconds(source, max_seconds, spec)
         wav = _read_at_rate(source, sr, notes, "the input")
         if wav.numel() == 0:
             raise ValueError(f"'{source}' holds no audio")
         mel = file_mel(wav, spec, ctx)
         n_samples = wav.shape[-1]
     frames = mel.shape[-1] - 2 * ctx
-    seconds = frames * hop / sr
-    if max_seconds is not None and seconds > max_seconds:
-        raise ValueError(
-            f"'{source}' is {seconds:.1f} s ({frames} mel frames); the limit is --max-seconds {max_seconds:g}: "
-            "raise it or cut the input"
-        )
+    _check_frames_seconds(source, frames, max_seconds, spec)
     total = frames * hop  # what is generated: whole frames (an audio input's last partial one is cut after)
     res = generate(
         model, None, temperature=temperature, seed=seed, speaker=speaker_id, mel=mel.to(dev),

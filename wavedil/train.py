@@ -11,8 +11,8 @@ writes ``checkpoints/step_*.pt``, TensorBoard logs under ``tb/`` and ``train.log
       save_training_checkpoint()  also on SIGINT/SIGTERM, at the time budget and on a data error
 
 Resuming (``trainer.resume=true`` or a path) restores the model, its EMA, the optimiser, the
-step, every random state (torch CPU and CUDA, numpy, python ``random``) and the elapsed
-training time.
+step, every random state (torch CPU and CUDA, numpy, python ``random``), the loss scale of
+``trainer.precision=16`` and the elapsed training time.
 
 * With a step-based schedule (``trainer.max_time`` null) a resumed run continues *exactly*, bit
   for bit: every batch is a pure function of ``(seed, step)`` (the data set draws segment ``i``
@@ -49,7 +49,9 @@ from .checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     CheckpointWriteError,
+    _check_finite_weights,
     list_checkpoints,
+    load_checkpoint,
     newest_good_checkpoint,
     open_checkpoint,
     recorded_sample_rate as _checkpoint_sample_rate,
@@ -133,6 +135,33 @@ def _check_fresh_folder(run_dir: Path) -> None:
         )
 
 
+def _check_no_newer_checkpoints(run_dir: Path, resume: tuple[Path, dict], given: Any) -> None:
+    """Refuse to resume a checkpoint named by path (``trainer.resume=PATH``) in a run folder that
+    holds good checkpoints of later steps: the run would mix two histories there (its pruning keeps
+    the newer files and deletes its own, and commands given the run folder, ``trainer.resume=true``
+    included, would take the newest, which is not this run's). Later files that do not load are
+    no such risk (they are passed over, and overwritten when the run reaches their step).
+
+    Raises:
+        TrainingError: naming the checkpoint, the newer files and the ways on.
+    """
+    step = resume[1]["step"]
+    newer = [p for p in list_checkpoints(run_dir / "checkpoints") if (step_from_name(p) or 0) > step]
+    for path in newer:
+        try:
+            load_checkpoint(path)
+        except CheckpointError:
+            continue
+        names = ", ".join(p.name for p in newer[:3]) + (f" and {len(newer) - 3} more" if len(newer) > 3 else "")
+        raise TrainingError(
+            f"trainer.resume={given} is at step {step} but the run folder '{run_dir}' holds later checkpoints "
+            f"({names}): training on from step {step} there would mix two histories (the run folder's newest "
+            f"checkpoint, which generate, eval and trainer.resume=true take, would stay {path.name} of the "
+            f"other one). Resume the newest (trainer.resume=true), train on from step {step} in a new run folder "
+            "(another hydra.run.dir), or move the later checkpoints away first"
+        )
+
+
 def find_resume_checkpoint(resume: Any, run_dir: Path) -> tuple[Path, dict] | None:
     """The checkpoint to resume from, or None to start fresh.
 
@@ -155,6 +184,14 @@ def find_resume_checkpoint(resume: Any, run_dir: Path) -> tuple[Path, dict] | No
             found = newest_good_checkpoint(folder / "checkpoints")
             if found is not None:
                 return found
+        unusable = list_checkpoints(run_dir / "checkpoints")
+        if unusable:  # a fresh start here would be refused as a new run in a folder of checkpoints
+            raise TrainingError(
+                f"trainer.resume=true but none of the {len(unusable)} checkpoint(s) in '{run_dir / 'checkpoints'}' "
+                f"can be loaded (newest {unusable[0].name}; each is named above with the reason): the run cannot be "
+                "continued. Start a new run in a new folder (another hydra.run.dir), or move those files away to "
+                "start afresh in this one"
+            )
         where = run_dir.parent if siblings else run_dir
         log.warning("trainer.resume=true but no checkpoint found under %s: starting fresh", where)
         return None
@@ -434,6 +471,9 @@ def _open_init(target: str, dcfg: DataConfig):
             f"trainer.init_from={target}: {source.label} was trained at {source.sample_rate} Hz but "
             f"data.sample_rate is {rate}: set data.sample_rate={source.sample_rate}"
         )
+    weights = source.checkpoint.get("ema") or source.checkpoint.get("model")
+    if isinstance(weights, dict):  # NaN weights gave five non-finite losses and "training diverged"
+        _check_finite_weights(weights, f"trainer.init_from={target}")
     return source
 
 
@@ -558,17 +598,55 @@ def _build_model(mcfg: WaveNetConfig, tcfg: TrainerConfig, data: DataBundle, dev
     return model, ema
 
 
-def _restore(ckpt: dict, model: WaveNet, ema: EMA | None, optimizer: torch.optim.Optimizer) -> tuple[int, float, dict]:
-    """Load a checkpoint's weights, EMA and optimiser state; returns ``(step, elapsed seconds, rng states)``.
+#: What :func:`_restore` needs of a checkpoint besides its weights: the optimiser, the step and the
+#: random states that ``wavedil train`` writes (a bundled or exported model holds weights only).
+_TRAINING_STATE = ("optimizer", "step", "rng")
 
+#: Optimiser settings of a parameter group that come from ``optim.*`` (the learning rate is set every step).
+_OPTIM_SETTINGS = {"betas": "optim.betas", "weight_decay": "optim.weight_decay", "decoupled_weight_decay": "optim.name"}
+
+
+def _check_resumable(ckpt: dict, path: Path) -> None:
+    """Refuse to resume a checkpoint that holds no training state (optimiser, step, random states).
+
+    Raises:
+        CheckpointError: naming the checkpoint, what it lacks and how to start from its weights.
+    """
+    missing = [k for k in _TRAINING_STATE if not isinstance(ckpt.get(k), dict if k != "step" else int)]
+    if missing:
+        raise CheckpointError(
+            f"trainer.resume={path}: the checkpoint holds no training state to resume ({', '.join(missing)} "
+            "missing): it holds a model's weights only (a bundled or exported model, not a step_*.pt that wavedil "
+            f"train wrote). To train on from its weights with a fresh optimiser, use trainer.init_from={path} "
+            "instead (and trainer.resume=false)"
+        )
+
+
+def _restore(
+    ckpt: dict, model: WaveNet, ema: EMA | None, optimizer: torch.optim.Optimizer
+) -> tuple[int, float, dict, list[str]]:
+    """Load a checkpoint's weights, EMA and optimiser state; returns ``(step, elapsed seconds, rng
+    states, changes)``, ``changes`` naming the ``optim.*`` settings that differ from the checkpoint's.
+
+    The optimiser keeps its moments from the checkpoint but takes its settings (betas, weight decay,
+    adam or adamw) from this run's ``optim`` group: torch's ``load_state_dict`` would bring back the
+    checkpoint's and ignore a changed option in silence. A checkpoint without an EMA (its run had
+    ``trainer.ema_decay=0``) starts this run's EMA from its weights, not from the random initial ones.
     The random states are restored later, just before the first step (:func:`_loop`). Fields an
     older checkpoint lacks (``elapsed_seconds``, the numpy/python/CUDA random states) default.
     """
     model.load_state_dict(ckpt["model"])
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt["optimizer"])
-    if ema is not None and ckpt.get("ema"):
-        ema.load_state_dict(ckpt["ema"])
-    return int(ckpt["step"]), float(ckpt.get("elapsed_seconds", 0.0)), ckpt["rng"]
+    changes = []
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        for key, option in _OPTIM_SETTINGS.items():
+            if key in own and group.get(key) != own[key] and option not in changes:
+                changes.append(option)
+        group.update(own)  # this run's optim.* (lr is set every step)
+    if ema is not None:
+        ema.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    return int(ckpt["step"]), float(ckpt.get("elapsed_seconds", 0.0)), ckpt["rng"], changes
 
 
 def _for_training(model: WaveNet, dist: DistInfo, device: torch.device, compile: bool) -> torch.nn.Module:
@@ -589,10 +667,15 @@ MEMORY_PROBE_SAMPLES = 4096
 BACKWARD_PEAK_FACTOR = 1.6
 
 
-def _activation_bytes_per_sample(mcfg: WaveNetConfig, segment_length: int) -> float:
+def _activation_bytes_per_sample(mcfg: WaveNetConfig, segment_length: int, checkpoint_segments: int = 0) -> float:
     """Bytes autograd saves per sample of a training batch (one sequence position of one batch row)
     for a model of ``mcfg``: measured on a throwaway CPU copy over one short sequence. The probe's
-    initialisation leaves the run's random state alone."""
+    initialisation leaves the run's random state alone.
+
+    With ``checkpoint_segments`` (``trainer.activation_checkpointing``) the stack keeps only the
+    activations at the boundaries of its groups of layers, and the backward recomputes one group at
+    a time: the figure is what the checkpointed forward keeps plus the share of the rest that the
+    largest group brings back (with one group, all of it: one group saves nothing at the peak)."""
     with torch.random.fork_rng(devices=[]):
         model = WaveNet(mcfg)
         t = min(segment_length, MEMORY_PROBE_SAMPLES)
@@ -604,24 +687,56 @@ def _activation_bytes_per_sample(mcfg: WaveNetConfig, segment_length: int) -> fl
         if mcfg.global_cond_classes > 0:
             kwargs["speaker"] = torch.zeros(1, dtype=torch.long)
         codes = torch.zeros(1, t + 1, dtype=torch.long)
-        return saved_tensor_bytes(lambda: model.loss(codes, **kwargs)) / t
+        full = saved_tensor_bytes(lambda: model.loss(codes, **kwargs))
+        if checkpoint_segments <= 0:
+            return full / t
+        n = len(model.stack.layers)
+        groups = min(checkpoint_segments, n)
+        largest = max(round((i + 1) * n / groups) - round(i * n / groups) for i in range(groups))  # as the stack splits
+        model.stack.checkpoint_segments = groups
+        kept = saved_tensor_bytes(lambda: model.loss(codes, **kwargs))
+        return (kept + max(0, full - kept) * largest / n) / t
+
+
+def _local_world_size(dist: DistInfo) -> int:
+    """The processes of this machine under torchrun: ``LOCAL_WORLD_SIZE`` (1 when unset).
+
+    Raises:
+        ValueError: it is not an integer from 1 to ``WORLD_SIZE`` (a hand-made launch environment;
+            0 divided by zero in the memory advice, a negative count passed in silence).
+    """
+    text = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= dist.world_size:
+        raise ValueError(
+            f"LOCAL_WORLD_SIZE={text!r} must be an integer from 1 to WORLD_SIZE={dist.world_size} (the processes "
+            "on this machine): launch with torchrun, which sets it, or set it to the processes started here"
+        )
+    return value
 
 
 def _check_training_memory(
-    mcfg: WaveNetConfig, dcfg: DataConfig, dist: DistInfo, device: torch.device, precision: str
+    mcfg: WaveNetConfig, dcfg: DataConfig, dist: DistInfo, device: torch.device, precision: str,
+    checkpoint_segments: int = 0,
 ) -> None:
     """Refuse a batch whose saved activations alone exceed the memory there is (the kernel's
     out-of-memory killer would stop the run without a word); warn when the step's estimated peak
     (:data:`BACKWARD_PEAK_FACTOR` times that) exceeds the memory available now. The processes of
     one machine share its memory (``LOCAL_WORLD_SIZE`` of them under torchrun). The probe runs in
     float32; with a 16-bit ``precision`` (or ``auto``) the refusal counts half of it, as autocast
-    may keep 16-bit activations."""
+    may keep 16-bit activations (``bf16-emulated`` keeps float32 ones: all of it is counted).
+    ``checkpoint_segments`` is ``trainer.activation_checkpointing``, which the probe runs with
+    (:func:`_activation_bytes_per_sample`)."""
     total, available = memory_limits(device)
     if total is None and available is None:
         return
-    per_sample = _activation_bytes_per_sample(mcfg, dcfg.segment_length)
-    floor = per_sample if precision == "32" else per_sample / 2  # what the refusal counts
-    here = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if dist.world_size > 1 and device.type == "cpu" else 1
+    per_sample = _activation_bytes_per_sample(mcfg, dcfg.segment_length, checkpoint_segments)
+    # what the refusal counts: bf16-emulated keeps its bf16 values in float32 tensors, as 32 does
+    floor = per_sample if precision in ("32", "bf16-emulated") else per_sample / 2
+    here = _local_world_size(dist) if dist.world_size > 1 and device.type == "cpu" else 1
     rows = dcfg.batch_size // dist.world_size * here
     samples = rows * dcfg.segment_length
     saved = per_sample * samples
@@ -675,13 +790,16 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     if resume is None:
         _check_fresh_folder(run_dir)
     if resume is not None:
+        _check_resumable(resume[1], resume[0])
+        if tcfg.resume is not True:  # a path: true takes the newest good checkpoint already
+            _check_no_newer_checkpoints(run_dir, resume, tcfg.resume)
         _check_resume_data(resume[1], dcfg, resume[0])
     if resume is not None and mcfg.speakers is None and resume[1].get("model_config", {}).get("speakers"):
         mcfg = replace(mcfg, speakers=tuple(resume[1]["model_config"]["speakers"]))  # checked against the corpus
     init = _open_init(tcfg.init_from, dcfg) if resume is None and tcfg.init_from else None
     data = build_data(dcfg, mcfg, seed, tcfg.max_steps)
     mcfg = data.model_config
-    _check_training_memory(mcfg, dcfg, dist, device, tcfg.precision)
+    _check_training_memory(mcfg, dcfg, dist, device, tcfg.precision, tcfg.activation_checkpointing)
     if resume is not None:
         _check_resume_matches(resume[1], mcfg, resume[0])
         if tcfg.init_from and dist.is_main:
@@ -716,14 +834,19 @@ def setup(cfg: Any, run_dir: str | Path) -> Run:
     optimizer = make_opt(model.parameters())
     step, elapsed_before, resume_rng = 0, 0.0, None
     if resume is not None:
-        step, elapsed_before, resume_rng = _restore(resume[1], model, ema, optimizer)
+        step, elapsed_before, resume_rng, changes = _restore(resume[1], model, ema, optimizer)
         if dist.is_main:
             log.info("resumed from %s at step %d", resume[0], step)
             used = f" ({elapsed_before:.0f} s of the {tcfg.max_time:.0f} s budget used)" if tcfg.max_time else ""
             print(f"resumed from {resume[0]} at step {step}{used}")
+            if changes:
+                print(f"{', '.join(changes)} changed since the checkpoint: the optimiser goes on with this run's "
+                      "setting(s) and the checkpoint's moments")
 
     precision = _resolve_precision(tcfg, model, make_opt, data, B, dist, device)
     autocast, scaler = autocast_for(device, precision)
+    if scaler is not None and resume is not None and resume[1].get("scaler"):
+        scaler.load_state_dict(resume[1]["scaler"])  # float16's loss scale goes on where it was
     loader = DataLoader(
         data.train,
         batch_sampler=StepBatchSampler(step, tcfg.max_steps, B, dist.rank, dist.world_size),
@@ -816,6 +939,7 @@ def save_training_checkpoint(run: Run, elapsed: float) -> Path:
         "model_config": run.mcfg.to_dict(),
         "sample_rate": run.data.sample_rate,
         **({"initialised_from": run.initialised_from} if run.initialised_from else {}),
+        **({"scaler": run.scaler.state_dict()} if run.scaler is not None else {}),  # precision=16's loss scale
     }
     path = run.ckpt_dir / f"step_{run.step:08d}.pt"
     try:
@@ -969,6 +1093,12 @@ def _loop(run: Run) -> None:
     if t.max_time is not None and elapsed >= t.max_time:
         if run.main:
             print(f"the time budget trainer.max_time={t.max_time:.0f} s is used up ({elapsed:.0f} s): nothing to do")
+        return
+    if run.step >= t.max_steps:
+        if run.main:
+            where = "at" if run.step == t.max_steps else "already past"
+            print(f"the run is at step {run.step}, {where} trainer.max_steps={t.max_steps}: nothing to do (raise "
+                  "trainer.max_steps to train on)")
         return
     with _StopFlag() as stop:
         while run.step < t.max_steps:

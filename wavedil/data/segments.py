@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from wavedil.audio import ENCODINGS, AudioReadError, encode, read_audio, resample, silence_bounds
+from wavedil.audio import ENCODINGS, AudioReadError, encode, file_silence_bounds, read_audio, resample
 from wavedil.conditioning import MelSpec, log_mel, mel_span
 
 from .files import AudioItem, CorpusError, _check_items, probe_audio
@@ -227,8 +227,7 @@ class SegmentDataset(Dataset):
         """
         if self.trim_silence_db is None:
             return 0, item.frames
-        wav, _ = read_audio(item.path)
-        start, end = silence_bounds(wav, self.trim_silence_db)
+        start, end = file_silence_bounds(item.path, self.trim_silence_db)  # in blocks: a file of hours fits
         return (start, end) if end > start else None
 
     def __len__(self) -> int:
