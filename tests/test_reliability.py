@@ -129,3 +129,23 @@ def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(t
     kept = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert kept, "no checkpoint kept"
     assert torch.isfinite(load_checkpoint(kept[0])["model"]["embed.weight"]).all()
+
+
+def test_a_killed_writes_partial_file_is_removed_once_stale_and_a_fresh_one_kept(tmp_path, caplog):
+    """A checkpoint write killed by SIGKILL leaves its hidden partial file (as large as a
+    checkpoint); before, nothing ever removed it. The next checkpoint the run writes removes
+    those untouched for STALE_PARTIAL_SECONDS, and leaves a recent one (a write in progress)."""
+    from wavedil.train import STALE_PARTIAL_SECONDS
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ".step_00000001.pt.k3j2x.tmp", folder / ".step_00000002.pt.a8f0q.tmp"
+    for f in (stale, fresh):
+        f.write_bytes(b"\0" * 1000)
+    old = time.time() - STALE_PARTIAL_SECONDS - 5
+    os.utime(stale, (old, old))
+    with caplog.at_level("INFO", logger="wavedil.train"):
+        train(compose(BASE + ["trainer.max_steps=1", "trainer.resume=true"]), tmp_path / "run")
+    assert not stale.exists() and fresh.exists()
+    assert f"removed {stale.name} (0.0 MB), left by a checkpoint write that was killed" in caplog.text
+    assert [p.name for p in list_checkpoints(folder)] == ["step_00000001.pt"]

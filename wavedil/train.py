@@ -958,8 +958,28 @@ def save_training_checkpoint(run: Run, elapsed: float) -> Path:
     for old in list_checkpoints(run.ckpt_dir)[run.tcfg.keep_last :]:
         if not (every and step_from_name(old) % every == 0):  # milestones stay
             old.unlink(missing_ok=True)
+    _remove_stale_partials(run.ckpt_dir)
     run.last_ckpt, run.last_ckpt_step = path, run.step
     return path
+
+
+#: A partial checkpoint file untouched for this long is a killed write's leftover, not one in progress.
+STALE_PARTIAL_SECONDS = 600.0
+
+
+def _remove_stale_partials(folder: Path) -> None:
+    """Remove the hidden partial files (``.step_*.pt.*.tmp``) of checkpoint writes that were killed
+    (SIGKILL, a power cut: no handler could remove them) and left untouched for
+    :data:`STALE_PARTIAL_SECONDS`; each is as large as a checkpoint and was never removed before."""
+    now = time.time()
+    for tmp in folder.glob(".step_*.pt.*.tmp"):
+        try:
+            st = tmp.stat()
+            if now - st.st_mtime >= STALE_PARTIAL_SECONDS:
+                tmp.unlink()
+                log.info("removed %s (%.1f MB), left by a checkpoint write that was killed", tmp.name, st.st_size / 1e6)
+        except OSError:  # gone meanwhile, or not ours to remove: leave it
+            continue
 
 
 # ----------------------------------------------------------------------------- after each step
