@@ -404,3 +404,26 @@ def test_a_mel_file_of_python_objects_is_named_as_such(vocoder_run, tmp_path, ca
         np.save(tmp_path / name, objects, allow_pickle=True)
     line = user_error(capsys, "vocode", str(vocoder_run), str(tmp_path / name), "-o", str(tmp_path / "o.wav"))
     assert f"'{tmp_path / name}' holds Python objects, not numbers" in line
+
+
+def test_a_numba_setting_that_stops_the_fast_back_end_is_named_and_warnings_are_one_line(tmp_path):
+    """Before: ``NUMBA_NUM_THREADS=0`` gave "Number of threads specified must be > 0." without the
+    variable, and ``auto``'s fallback note came as Python's ``file:line: RuntimeWarning: ...``
+    followed by a line of wavedil's source."""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "0"}
+    base = [sys.executable, "-m", "wavedil", "generate", "--model", "speech8k", "--seconds", "0.01", "--quiet"]
+    auto = subprocess.run(base + ["-o", str(tmp_path / "a.wav")], env=env, capture_output=True, text=True, timeout=300)
+    assert auto.returncode == 0, auto.stderr
+    first = auto.stderr.splitlines()[0]
+    assert first == (
+        "warning: the 'fast' generation back-end failed to load (ValueError: Number of threads specified must be > 0; "
+        "the environment sets NUMBA_NUM_THREADS='0' (read by numba): check or unset it); backend='auto' uses the others"
+    )
+    assert "backends.py" not in auto.stderr and (tmp_path / "a.wav").is_file()
+    fast = subprocess.run(base + ["-o", str(tmp_path / "f.wav"), "--backend", "fast"], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert fast.returncode == 2 and fast.stderr.splitlines()[-1].endswith(
+        "failed to load with ValueError: Number of threads specified must be > 0; the environment sets "
+        "NUMBA_NUM_THREADS='0' (read by numba): check or unset it"
+    )
+    assert not (tmp_path / "f.wav").exists()

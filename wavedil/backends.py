@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -373,6 +374,16 @@ class TorchBackend(Backend):
 # ----------------------------------------------------------------------------- the registry
 
 
+def _numba_settings() -> str:
+    """``"; the environment sets NUMBA_NUM_THREADS='0' (read by numba): ..."`` when ``NUMBA_*``
+    variables are set (a load failure of the numba kernels often comes from one), else ``""``."""
+    settings = sorted((k, v) for k, v in os.environ.items() if k.startswith("NUMBA_"))
+    if not settings:
+        return ""
+    named = ", ".join(f"{k}={v!r}" for k, v in settings)
+    return f"; the environment sets {named} (read by numba): check or unset it"
+
+
 @dataclass
 class _Entry:
     load: Callable[[], Backend]
@@ -415,7 +426,8 @@ class _Registry:
             except Exception as e:  # noqa: BLE001 - reported now and on every later request
                 entry.error = e
                 warnings.warn(
-                    f"the {name!r} generation back-end failed to load ({type(e).__name__}: {e}); "
+                    f"the {name!r} generation back-end failed to load ({type(e).__name__}: {str(e).rstrip('.')}"
+                    f"{_numba_settings()}); "
                     "backend='auto' uses the others",
                     RuntimeWarning,
                     stacklevel=3,
@@ -423,7 +435,7 @@ class _Registry:
         if entry.error is not None:
             raise BackendUnavailable(
                 f"the {name!r} generation back-end cannot run here: it failed to load with "
-                f"{type(entry.error).__name__}: {entry.error}"
+                f"{type(entry.error).__name__}: {str(entry.error).rstrip('.')}{_numba_settings()}"
             ) from entry.error
         return entry.backend
 

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -593,6 +594,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None,
+                  line: str | None = None) -> None:
+    """``warnings.showwarning`` of the commands: one ``warning: ...`` line on standard error."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of ``wavedil``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -603,8 +610,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         return _train([a for a in argv[idx + 1 :] if a != "--debug"] + (["debug=true"] if debug else []))
     args = _parser().parse_args(argv)
     try:
-        _check_paths(args)
-        {"generate": _generate, "eval": _eval, "info": _info, "vocode": _vocode, "models": _models}[args.command](args)
+        with warnings.catch_warnings():
+            if not debug:  # "warning: ..." lines, as the errors, not Python's "file:line: Category: ..." and source
+                warnings.showwarning = _show_warning
+            _check_paths(args)
+            commands = {"generate": _generate, "eval": _eval, "info": _info, "vocode": _vocode, "models": _models}
+            commands[args.command](args)
     except BrokenPipeError:
         # the reader of standard output went away (``wavedil vocode --stream -o - | head``): stop quietly,
         # as command-line tools do, and keep Python from failing again on flushing stdout at exit
