@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -486,3 +487,23 @@ def test_shipped_models_lose_little_likelihood_in_the_reduced_weight_modes(name,
         torch.set_num_threads(before)
     assert 0 <= abs(bits["bf16"] - bits["fp32"]) <= 0.002, bits
     assert abs(bits["int8"] - bits["fp32"]) <= 0.01, bits
+
+
+def test_the_recipe_readme_regenerates_what_the_cards_say() -> None:
+    """``recipes/pretrained/README.md``'s "Regenerate them" block runs the training commands that
+    the export presets write into the cards, stage for stage, and evaluates and exports the last
+    stage's run folder (it lagged a stage behind the card once, unnoticed)."""
+    spec = importlib.util.spec_from_file_location("export_recipe", CHECKOUT / "recipes" / "pretrained" / "export.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    text = (CHECKOUT / "recipes" / "pretrained" / "README.md").read_text()
+    block = text.split("## Regenerate them", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = " ".join(line.split("#", 1)[0].strip() for line in block.replace("\\\n", " ").splitlines())
+    commands = [" ".join(c.split()) for c in re.split(r"\s(?=wavedil |python )", lines) if c.strip()]
+    for name, preset in script.PRESETS.items():
+        experiment = "experiment=" + preset["train_command"].split("experiment=", 1)[1].split()[0]
+        trained = [" ".join(c.split()) for c in preset["train_command"].split(" && ")[1:]]
+        assert [c for c in commands if c.startswith("wavedil train ") and f" {experiment} " in c + " "] == trained, name
+        last = re.search(r"hydra\.run\.dir=(\S+)", trained[-1]).group(1)
+        assert any(c.startswith(f"wavedil eval {last} ") for c in commands), (name, last)
+        assert any(c.startswith(f"python recipes/pretrained/export.py {last} --preset {name} ") for c in commands), name
