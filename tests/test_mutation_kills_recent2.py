@@ -35,7 +35,6 @@ import wavedil.config as config_mod
 from wavedil import WaveNet, WaveNetConfig
 from wavedil.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from wavedil.cli import _remove_unused_run_folder, _SampleProgress
-from wavedil.cli import main as cli_main
 from wavedil.config import bundled_data, compose, model_config
 from wavedil.data import AudioItem, load_corpus, split_items, without_mic_suffix
 from wavedil.describe import describe_model
@@ -43,6 +42,7 @@ from wavedil.evaluate import evaluate_files
 from wavedil.train import build_data, setup
 
 from test_commands import one_thread  # noqa: F401 (an autouse fixture: one torch thread)
+from test_faults_docs import _cli as _docs_cli
 from test_faults_docs import _char_lm, _export_module, _wav, vctk_run  # noqa: F401 (vctk_run: a fixture)
 from test_pretrained import _training_checkpoint
 from test_train_checkpoints import BASE
@@ -52,14 +52,9 @@ CHAR_LM_CONF = REPO / "recipes" / "char_lm" / "conf"
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """test_faults_docs' ``_cli``, after dropping what earlier steps of the test printed."""
     capsys.readouterr()
-    try:
-        cli_main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return _docs_cli(capsys, *argv)
 
 
 # ----------------------------------------------------------------------------- generate/vocode progress
