@@ -435,6 +435,49 @@ def test_ctrl_c_and_a_closed_pipe_end_the_cli_without_a_traceback(run_dir, tmp_p
         assert says in err and not (tmp_path / "o.wav").exists()
 
 
+def test_sigterm_ends_the_cli_with_one_line_and_status_143(run_dir, tmp_path, capsys, monkeypatch):
+    """``kill`` / ``timeout`` during generate ended the process at once with no word (exit 143 from
+    the shell) and no ``finally`` ran; now one ``terminated:`` line, status 143, no output file, and
+    the previous SIGTERM handler is back afterwards."""
+    import signal
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler raises at the next bytecode
+            pass
+        raise AssertionError("SIGTERM did not stop generate")
+
+    class NotHandled(Exception):
+        pass
+
+    def guard(signum, frame):  # what runs if the command did not install its own handler
+        raise NotHandled("the command left SIGTERM to the previous handler")
+
+    monkeypatch.setattr(synthesis_mod, "generate", terminated)
+    before = signal.signal(signal.SIGTERM, guard)
+    try:
+        code, err = run_cli(capsys, "generate", str(run_dir), "-o", str(tmp_path / "o.wav"), "--seconds", "0.01",
+                            "--backend", "torch", "--device", "cpu")  # fmt: skip
+        assert signal.getsignal(signal.SIGTERM) is guard
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert code == 143 and err.strip().splitlines()[-1] == (
+        "terminated: wavedil generate stopped by SIGTERM (output files are written whole or not at all)"), err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+def test_model_option_takes_the_pretrained_prefix_too(capsys):
+    """``--model pretrained:speech8k`` (the form ``trainer.init_from`` and the checkpoint argument
+    take) was 'unknown pretrained model 'pretrained:speech8k''; it names the same model as
+    ``--model speech8k``."""
+    outputs = []
+    for name in ("speech8k", "pretrained:speech8k"):
+        capsys.readouterr()
+        cli_main(["info", "--model", name])  # a refusal would be SystemExit(2)
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and "579,072" in outputs[0]
+
+
 def _damaged_mel_files(folder: Path) -> dict[str, tuple[Path, str]]:
     """name -> (path, what the error must say) for mel files that np.load hangs on, crashes on or misdescribes."""
     good = io.BytesIO()

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -30,6 +31,18 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 #: the reader of standard output went away (128 + SIGPIPE, as a shell reports a tool it stopped)
 EXIT_BROKEN_PIPE = 141
+#: SIGTERM (``kill``, ``timeout``, a job scheduler): 128 + SIGTERM
+EXIT_TERMINATED = 143
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM during generate/vocode/eval/info/models, so that
+    ``finally`` blocks and :func:`wavedil._io.atomic_open` clean up as on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise _Terminated()
 
 
 def _fail(msg: str) -> "SystemExit":
@@ -59,7 +72,10 @@ def _model_target(checkpoint: str | None, model: str | None, what: str, taken: t
         )
     from .pretrained import PRETRAINED_PREFIX
 
-    return checkpoint if model is None else PRETRAINED_PREFIX + model
+    if model is None:
+        return checkpoint
+    # ``--model pretrained:NAME`` (the form trainer.init_from and the checkpoint argument take) means NAME
+    return model if model.startswith(PRETRAINED_PREFIX) else PRETRAINED_PREFIX + model
 
 
 def _print_notes(notes: Sequence[str]) -> None:
@@ -610,6 +626,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return _train([a for a in argv[idx + 1 :] if a != "--debug"] + (["debug=true"] if debug else []))
     args = _parser().parse_args(argv)
     try:
+        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (main() called from a thread): keep the default
+        old_term = None
+    try:
         with warnings.catch_warnings():
             if not debug:  # "warning: ..." lines, as the errors, not Python's "file:line: Category: ..." and source
                 warnings.showwarning = _show_warning
@@ -630,10 +650,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"interrupted: wavedil {args.command} stopped (output files are written whole or not at all)",
               file=sys.stderr)  # fmt: skip
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except _Terminated:
+        print(f"terminated: wavedil {args.command} stopped by SIGTERM (output files are written whole or not at all)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(EXIT_TERMINATED) from None
     except (ValueError, OSError) as exc:
         if debug:
             raise
         raise _fail(exc) from None
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":
