@@ -305,6 +305,24 @@ _LOSSY_SUBTYPES = frozenset({"VORBIS", "OPUS", "MPEG_LAYER_I", "MPEG_LAYER_II", 
 _WARNED_CLIPPED: set[str] = set()
 
 
+def _open_sound(path: Path) -> sf.SoundFile:
+    """``path`` opened for reading, or an :class:`AudioReadError` saying what is wrong with it
+    (missing, a folder, unreadable, not audio soundfile knows)."""
+    problem = _file_problem(path)
+    if problem == "does not exist":
+        raise AudioReadError(
+            f"audio file '{path}' does not exist; check the path (it is resolved from the current folder '{Path.cwd()}')"
+        )
+    if problem is not None:
+        hint = ": give an audio file inside it" if problem.startswith("is a folder") else ""
+        sep = " " if problem.startswith(("is ", "cannot ")) else ": "
+        raise AudioReadError(f"'{path}'{sep}{problem}{hint}")
+    try:
+        return sf.SoundFile(os.fsencode(path))  # bytes: soundfile cannot encode a name that is not UTF-8
+    except Exception as exc:  # soundfile raises several types (RuntimeError, LibsndfileError)
+        raise _open_failure(path, exc) from None
+
+
 def read_audio(
     path: str | os.PathLike,
     sample_rate: int | None = None,
@@ -345,19 +363,7 @@ def read_audio(
             raise ValueError(f"{name} must be an integer (frames of the file), got {value!r}")
     start, frames = as_index(start), as_index(frames)
     path = Path(path)
-    problem = _file_problem(path)
-    if problem == "does not exist":
-        raise AudioReadError(
-            f"audio file '{path}' does not exist; check the path (it is resolved from the current folder '{Path.cwd()}')"
-        )
-    if problem is not None:
-        hint = ": give an audio file inside it" if problem.startswith("is a folder") else ""
-        sep = " " if problem.startswith(("is ", "cannot ")) else ": "
-        raise AudioReadError(f"'{path}'{sep}{problem}{hint}")
-    try:
-        snd = sf.SoundFile(os.fsencode(path))  # bytes: soundfile cannot encode a name that is not UTF-8
-    except Exception as exc:  # soundfile raises several types (RuntimeError, LibsndfileError)
-        raise _open_failure(path, exc) from None
+    snd = _open_sound(path)
     with snd:
         present, rate, fmt, subtype = snd.frames, snd.samplerate, snd.format, snd.subtype
         first, end, _ = slice(start, None).indices(present)  # a negative start counts from the end
@@ -572,13 +578,7 @@ def file_silence_bounds(path: str | os.PathLike, threshold_db: float) -> tuple[i
     if not threshold_db < 0:
         silence_bounds(np.zeros(1), threshold_db)  # raises, with silence_bounds' message
     path = Path(path)
-    problem = _file_problem(path)
-    if problem is not None:
-        raise AudioReadError(f"'{path}' {problem}")
-    try:
-        snd = sf.SoundFile(os.fsencode(path))
-    except Exception as exc:  # soundfile raises several types
-        raise _open_failure(path, exc) from None
+    snd = _open_sound(path)
 
     def magnitude(data: np.ndarray) -> np.ndarray:
         if not np.isfinite(data).all():
