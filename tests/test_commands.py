@@ -123,6 +123,40 @@ def test_generate_to_files_continues_the_prompt(run_dir, corpus, tmp_path):
     assert torch.equal(sampled.codes, generate(model, 160, seed=3, prompt=primed).codes)
 
 
+@pytest.mark.parametrize("rate", [SR, 16000, 44100])
+def test_a_long_prompt_is_read_from_a_second_before_its_last_receptive_field(run_dir, tmp_path, rate, monkeypatch):
+    """A prompt file of hours was read, resampled and encoded whole, though only its last receptive
+    field primes the model. Now it is read from a little before that; the samples wanted are
+    those of the whole file read and resampled (exactly without resampling, to float rounding
+    with it); a damaged long prompt is still refused."""
+    model = model_of(run_dir)
+    rf = model.receptive_field
+    x = 0.3 * np.random.default_rng(5).standard_normal(5 * rate).astype(np.float32)  # 5 s
+    path = tmp_path / "long.wav"
+    sf.write(path, x, rate, subtype="FLOAT")
+    starts = []
+    read = synthesis_mod.read_audio
+
+    def spy(*args, **kwargs):
+        starts.append(kwargs.get("start", 0))
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(synthesis_mod, "read_audio", spy)
+    notes: list[str] = []
+    tail = synthesis_mod._read_at_rate(path, SR, notes, "the prompt", last=rf)
+    whole = read(path, sample_rate=SR)[0]
+    assert starts[0] > 2 * rate and rf <= tail.numel() < whole.numel() // 2
+    if rate == SR:
+        assert torch.equal(tail[-rf:], whole[-rf:]) and not notes
+    else:
+        torch.testing.assert_close(tail[-rf:], whole[-rf:], rtol=0, atol=1e-6)
+        assert notes == [f"the prompt '{path}' is at {rate} Hz; resampled to the model's {SR} Hz"]
+    data = path.read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) - 4 * rate])  # the header says 5 s, the file holds 4
+    with pytest.raises(ValueError, match=r"is truncated: its header declares"):
+        synthesis_mod._read_at_rate(tmp_path / "cut.wav", SR, [], "the prompt", last=rf)
+
+
 @pytest.mark.parametrize(
     "kwargs, says",
     [

@@ -84,6 +84,31 @@ def test_prompt_primes_the_state(tiny_model):
         assert g.item() == tiny_model(prompt[None])[0, :, -1].argmax().item()
 
 
+@pytest.mark.parametrize("backend", ["torch", "fast"])
+def test_a_prompt_of_many_receptive_fields_primes_with_its_last_one(tiny_model, backend, monkeypatch):
+    """Only a prompt's last receptive field reaches the state, so only it is fed (a 14-minute prompt
+    made one (B, Q, T) pass of 23 GB and 96 s); each draw is still the inverse-CDF draw from the
+    full model's logits over the whole prompt and the codes drawn after it."""
+    rf = tiny_model.receptive_field
+    prompt = torch.randint(0, 32, (2, 6 * rf + 5), generator=torch.Generator().manual_seed(1))
+    fed = []
+    step = WaveNet.step
+
+    def counting_step(self, codes, *args, **kwargs):
+        fed.append(codes.shape[-1])
+        return step(self, codes, *args, **kwargs)
+
+    monkeypatch.setattr(WaveNet, "step", counting_step)
+    res = generate(tiny_model, 40, batch_size=2, seed=3, temperature=0.8, prompt=prompt, backend=backend)
+    assert fed[0] == rf
+    seq = torch.cat([prompt, res.codes], dim=1)
+    with torch.no_grad():
+        logits = step(tiny_model, seq[:, :-1], tiny_model.init_state(2))[0][:, :, prompt.shape[1] - 1 :]  # every input
+    u = torch.rand(40, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    cdf = torch.softmax(logits.double().permute(0, 2, 1) / 0.8, dim=-1).cumsum(-1)
+    assert torch.equal(res.codes, (cdf < (u.T * cdf[:, :, -1]).unsqueeze(-1)).sum(-1))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -146,9 +146,15 @@ def _prime(
         prompt = prompt.to(device)
         if local is not None:
             prompt = torch.cat([opener, prompt], dim=1)
-    cond = None if local is None else local[:, :, : prompt.shape[1]]
-    params, state = model.step(prompt, state, speaker, cond)  # one chunked pass primes every layer
-    return state, params[:, :, -1], int(prompt.shape[1])
+    fed = int(prompt.shape[1])
+    # Only the last receptive field of inputs reaches the state and the next sample: every ring
+    # holds layer inputs that depend on no earlier input, so the pass over them (one chunked pass
+    # primes every layer) gives the same state and parameters as a pass over all of them, without
+    # computing (B, P, T) head outputs for an hours-long prompt (a 14-minute one took 23 GB).
+    first = max(0, fed - model.receptive_field)
+    cond = None if local is None else local[:, :, first:fed]
+    params, state = model.step(prompt[:, first:], state, speaker, cond)
+    return state, params[:, :, -1], fed
 
 
 @torch.no_grad()
@@ -175,7 +181,8 @@ def generate(
         seed: an integer in ``[0, 2**64 - 1]`` that makes the result reproducible; None draws one
             (returned in the result).
         prompt: optional ``(T,)`` or ``(B, T)`` int64 codes that prime the state; the
-            generated samples continue it (the prompt itself is not returned).
+            generated samples continue it (the prompt itself is not returned). Only its last
+            ``model.receptive_field`` codes are fed: no earlier one reaches the state.
         speaker: class id(s) ``(B,)`` or an int, for globally conditioned models.
         backend: a registered back-end (``torch`` is the reference, ``fast`` the fused loop), or
             ``"auto"`` for the preferred one that runs the model in mode ``weights`` here
@@ -314,7 +321,8 @@ class StreamingGenerator(SampleStream):
         batch_size: ``B`` sequences drawn together.
         temperature: ``> 0`` divides the logits; ``0`` is greedy.
         seed: the uniforms' seed (None draws one: :attr:`seed`).
-        prompt: optional ``(T,)`` or ``(B, T)`` codes that prime the state (not returned).
+        prompt: optional ``(T,)`` or ``(B, T)`` codes that prime the state (not returned; only
+            its last ``model.receptive_field`` codes are fed, as in :func:`generate`).
         speaker: class id(s) for a speaker-conditioned model.
         backend: ``auto``, ``torch`` or ``fast`` (:func:`wavedil.backends.stream_backend`: on
             CUDA the stream runs ``torch``, as the CUDA-graph loop does not continue streams).

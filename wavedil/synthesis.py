@@ -204,10 +204,38 @@ def _what(src: ModelSource) -> str:
     return src.label if src.pretrained is not None else f"'{src.label}'"
 
 
-def _read_at_rate(path: str | os.PathLike, sample_rate: int, notes: list[str], what: str) -> torch.Tensor:
+def _read_at_rate(
+    path: str | os.PathLike, sample_rate: int, notes: list[str], what: str, last: int | None = None,
+) -> torch.Tensor:
     """``path`` as a mono waveform ``(T,)`` at ``sample_rate``; a resampling is added to ``notes``.
-    A truncated file (shorter than its header says) is refused: it would be used in part."""
-    wav, rate = read_audio(path, truncated="error")
+    A truncated file (shorter than its header says) is refused: it would be used in part.
+
+    ``last``: only the last ``last`` samples (at ``sample_rate``) are wanted, as of a prompt, whose
+    last receptive field alone primes the model. A longer file is then read from a little before
+    them (hours of audio were read, resampled and encoded whole): a second before, at a frame
+    where the resampling's phase is the whole file's, so the samples wanted come out as a
+    resampling of the whole file gives them (up to float rounding). The result may be longer
+    than ``last``.
+    """
+    start = 0
+    if last is not None:
+        try:
+            info = audio_info(path)
+        except AudioReadError:
+            info = None  # read_audio says what is wrong with it
+        if info is not None and info.samplerate > 0 and info.frames > 0:
+            rate = info.samplerate
+            need = -(-last * rate // sample_rate)
+            if rate != sample_rate:
+                need += rate  # the resampling filter settles well within a second
+            period = rate // math.gcd(rate, sample_rate)  # input frames of a whole number of output samples
+            start = max(0, (info.frames - need) // period * period)
+    try:
+        wav, rate = read_audio(path, start=start, truncated="error")
+    except AudioReadError:
+        if not start:
+            raise
+        wav, rate = read_audio(path, truncated="error")  # a length in the header that is off: read it all
     if rate != sample_rate:
         wav = resample(wav, rate, sample_rate)
         notes.append(f"{what} '{path}' is at {rate} Hz; resampled to the model's {sample_rate} Hz")
@@ -301,7 +329,7 @@ def _open_sampling(
     speaker_id = resolve_speaker(model, speaker)
     prompt_codes, notes = None, temperature_notes(temperature)
     if prompt is not None:
-        wav = _read_at_rate(prompt, sr, notes, "the prompt")
+        wav = _read_at_rate(prompt, sr, notes, "the prompt", last=model.receptive_field)
         prompt_codes = encode(wav, model.encoding, model.quantization_channels)
     return _SamplingJob(model, sr, n, temperature, speaker_id, prompt_codes, notes)
 
