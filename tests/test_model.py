@@ -184,3 +184,33 @@ def test_the_torch_generation_loop_looks_the_speaker_up_once_not_per_sample(monk
     assert torch.equal(a, b) and codes.shape == (2, 60)
     with pytest.raises(ValueError, match="speaker or its global_cond, not both"):
         model.step(x, state.clone(), torch.tensor([2, 0]), global_cond=gc)
+
+
+def test_a_long_mel_is_upsampled_in_pieces_with_the_same_result(monkeypatch):
+    """The upsampler ran over a whole mel at once: about 2.7 GB of convolution buffers per two
+    minutes of 8 kHz audio (vocode's default limit of 600 s would need some 13 GB). Now it goes
+    in pieces of UPSAMPLE_CHUNK_FRAMES frames with their context, and gives the same samples."""
+    import wavedil.model as model_mod
+
+    torch.manual_seed(0)
+    model = WaveNet(tiny_config(mel={"sample_rate": 8000, "hop_length": 20, "n_fft": 64, "n_mels": 6})).eval()
+    with torch.no_grad():
+        for p in model.upsampler.parameters():  # away from the near-identity start, which hides seams
+            p.copy_(torch.rand_like(p) - 0.5)
+    ctx = model.mel_context
+    mel = torch.randn(2, 6, 50 + 2 * ctx, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole = model.upsample(mel)
+    widths = []
+    forward = type(model.upsampler).forward
+
+    def counting(self, x, crop=0):
+        widths.append(x.shape[-1])
+        return forward(self, x, crop)
+
+    monkeypatch.setattr(type(model.upsampler), "forward", counting)
+    monkeypatch.setattr(model_mod, "UPSAMPLE_CHUNK_FRAMES", 7)
+    with torch.no_grad():
+        pieces = model.upsample(mel)
+    assert widths == [7 + 2 * ctx] * 7 + [1 + 2 * ctx]
+    assert pieces.shape == whole.shape == (2, 6, 50 * 20) and torch.equal(pieces, whole)
