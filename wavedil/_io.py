@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,13 +23,18 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Open ``path`` for binary writing so that readers only ever see the old or the whole new file.
 
     A crash or an exception inside the ``with`` block leaves any previous file untouched and no
-    temporary file behind.
+    temporary file behind. A file replaced keeps its permission bits; a new one gets the usual
+    ``0666`` less the umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        try:  # a file replaced keeps its permissions (a private 0600 file stays private), as cp and > keep them
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:  # a new file: mkstemp makes 0600; give it the usual permissions
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

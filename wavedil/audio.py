@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import math
 import os
 import shutil
 import stat
@@ -40,6 +41,7 @@ __all__ = [
     "write_audio",
     "pcm16_bytes",
     "resample",
+    "check_resampling",
     "AudioReadError",
     "AudioWriteError",
     "TRUNCATED_POLICIES",
@@ -201,22 +203,53 @@ def decode(codes: torch.Tensor, encoding: str, quantization_channels: int) -> to
 MAX_UPSAMPLING = 64
 
 
-def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
-    """Resample a waveform ``(..., T)`` from ``orig_rate`` to ``new_rate`` Hz (torchaudio).
+#: The largest resampling filter bank :func:`resample` builds, in taps: torchaudio's filter has
+#: ``new / g`` phases of about ``orig / g`` taps each (``g`` the rates' greatest common divisor), so
+#: rates that share no large factor (44,101 Hz to 8 kHz: 353 million taps) took gigabytes and
+#: minutes for a second of audio. 2**25 taps (about 1 GB while it is built) admits every usual
+#: pair of rates, 44,056 Hz to 48 kHz (33 million) included.
+MAX_RESAMPLING_TAPS = 2**25
+
+
+def check_resampling(orig_rate: int, new_rate: int) -> None:
+    """``ValueError`` when :func:`resample` would refuse to resample ``orig_rate`` Hz to ``new_rate`` Hz.
 
     Raises:
-        ValueError: a rate that is not positive, or ``new_rate > MAX_UPSAMPLING * orig_rate``.
+        ValueError: a rate that is not positive, ``new_rate > MAX_UPSAMPLING * orig_rate``, or a
+            pair of rates whose filter would exceed :data:`MAX_RESAMPLING_TAPS`; the message says
+            what to do.
     """
     if orig_rate <= 0 or new_rate <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")
-    if orig_rate == new_rate:
-        return x
     if new_rate > MAX_UPSAMPLING * orig_rate:
         raise ValueError(
             f"resampling {orig_rate:,} Hz audio to {new_rate:,} Hz would make it {new_rate / orig_rate:,.0f} times "
             f"longer (the limit is {MAX_UPSAMPLING}x): a rate that low is usually a damaged header; if it is right, "
             "resample the file yourself first (e.g. with sox)"
         )
+    g = math.gcd(orig_rate, new_rate)
+    taps = (new_rate // g) * (orig_rate // g)
+    if taps > MAX_RESAMPLING_TAPS:
+        raise ValueError(
+            f"resampling {orig_rate:,} Hz audio to {new_rate:,} Hz needs a filter of {taps:,} taps (the rates "
+            f"reduce only to {orig_rate // g:,}:{new_rate // g:,}; the limit is {MAX_RESAMPLING_TAPS:,}), which "
+            "would take gigabytes and minutes: an odd rate like that is usually a damaged header; if it is right, "
+            "resample the file yourself first (e.g. with sox)"
+        )
+
+
+def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """Resample a waveform ``(..., T)`` from ``orig_rate`` to ``new_rate`` Hz (torchaudio).
+
+    Raises:
+        ValueError: as :func:`check_resampling` (a rate that is not positive, an upsampling
+            beyond ``MAX_UPSAMPLING``, or rates whose filter is too large).
+    """
+    if orig_rate <= 0 or new_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")
+    if orig_rate == new_rate:
+        return x
+    check_resampling(orig_rate, new_rate)
     return AF.resample(x, orig_rate, new_rate)
 
 
@@ -242,13 +275,9 @@ def _file_problem(path: Path) -> str | None:
     return None
 
 
-def _wav_declared_frames(path: str | os.PathLike) -> int | None:
-    """Frames that a RIFF/WAVE header's ``data`` chunk declares, or None if it cannot tell.
-
-    libsndfile silently shortens a WAV whose data ends early to the frames present; comparing
-    with this number tells a truncated file. Placeholder sizes (0 or 0xFFFFFFFF, written by
-    streaming encoders) give None.
-    """
+def _wav_data_chunk(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """``(block_align, declared data bytes, bytes after the data chunk's header)`` of a RIFF/WAVE
+    file, or None if it is not one or its chunks cannot be walked to ``data``."""
     block_align = 0
     try:
         with open(path, "rb") as fh:
@@ -261,9 +290,7 @@ def _wav_declared_frames(path: str | os.PathLike) -> int | None:
                     return None
                 cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
                 if cid == b"data":
-                    if block_align <= 0 or size in (0, 0xFFFFFFFF):
-                        return None
-                    return size // block_align
+                    return block_align, size, os.fstat(fh.fileno()).st_size - fh.tell()
                 if cid == b"fmt " and size >= 14:
                     fmt = fh.read(14)
                     if len(fmt) < 14:
@@ -274,6 +301,43 @@ def _wav_declared_frames(path: str | os.PathLike) -> int | None:
     except OSError:
         return None
     return None
+
+
+#: ``data`` sizes that mean "unknown length", written by programs writing a WAV to a pipe, which
+#: cannot go back to their header: 0 and 0xFFFFFFFF (streaming encoders such as ffmpeg), and
+#: arecord's 2 GiB (0x80000000; 0x7FFFFF00 in its older form), as ``ssh host arecord > rec.wav``
+#: leaves it. Such a complete recording was called truncated and refused as a prompt.
+_PLACEHOLDER_SIZES = frozenset({0, 0x7FFFFF00, 0x80000000, 0xFFFFFFFF})
+
+
+def _wav_declared_frames(path: str | os.PathLike) -> int | None:
+    """Frames that a RIFF/WAVE header's ``data`` chunk declares, or None if it cannot tell.
+
+    libsndfile silently shortens a WAV whose data ends early to the frames present; comparing
+    with this number tells a truncated file. The placeholder sizes of writers that cannot go back
+    to their header (:data:`_PLACEHOLDER_SIZES`) give None.
+    """
+    chunk = _wav_data_chunk(path)
+    if chunk is None:
+        return None
+    block_align, size, _ = chunk
+    if block_align <= 0 or size in _PLACEHOLDER_SIZES:
+        return None
+    return size // block_align
+
+
+def _no_samples_message(path: str | os.PathLike, what: str) -> str:
+    """Why the audio file ``path`` (called ``what``) gives no samples: it holds none, or (a WAV whose
+    header was never finished, e.g. by a recording stopped before it closed the file) its header
+    declares none while audio data follows it, which libsndfile does not read."""
+    chunk = _wav_data_chunk(path)
+    if chunk is None or chunk[1] != 0 or chunk[2] <= 0:
+        return f"{what} holds no samples"
+    return (
+        f"{what} declares no samples in its header, but {chunk[2]:,} bytes of audio data follow it: the program "
+        "that wrote it never finished the header (it was stopped before it closed the file); repair it with "
+        f"sox --ignore-length '{path}' fixed.wav"
+    )
 
 
 def _readable_formats() -> str:
@@ -387,7 +451,7 @@ def read_audio(
                 raise AudioReadError(f"{what}; it was cut short (an interrupted copy or download): use the complete file")
             logger.warning("%s; using the %d present", what, present)
     if data.shape[0] == 0:
-        raise AudioReadError(f"audio file '{path}' holds no samples")
+        raise AudioReadError(_no_samples_message(path, f"audio file '{path}'"))
     if not np.isfinite(data).all():
         raise AudioReadError(f"audio file '{path}' holds NaN or infinite samples")
     wav = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]).contiguous()
@@ -594,7 +658,7 @@ def file_silence_bounds(path: str | os.PathLike, threshold_db: float) -> tuple[i
             peaks = [float(magnitude(b).max()) for b in snd.blocks(_BOUNDS_BLOCK, dtype="float32", always_2d=True)
                      if len(b)]  # fmt: skip
             if not peaks:
-                raise AudioReadError(f"audio file '{path}' holds no samples")
+                raise AudioReadError(_no_samples_message(path, f"audio file '{path}'"))
             peak = min(1.0, max(peaks))  # read_audio clips to [-1, 1]
             if peak <= 0.0:
                 return 0, 0
@@ -621,7 +685,7 @@ OUTPUT_SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".ogg")
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """``path`` as a :class:`Path` after checking it can be written (makes its folder, writes a test file).
+    """``path`` as a :class:`Path` after checking it can be written (its folder can be made, a test file written).
 
     Raises:
         ValueError: ``path`` is a folder, does not end in one of :data:`OUTPUT_SUFFIXES`, or its
@@ -644,12 +708,20 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 
 def check_writable_folder(path: Path, what: str, option: str) -> None:
-    """Make the folder of ``path`` and check a file can be written in it (a test file).
+    """Check that the folder of ``path`` can be made and a file written in it (a test file).
+
+    Folders this check makes are removed again (the write makes them, :func:`wavedil._io.atomic_open`):
+    a run refused after the check, or one that fails, leaves no empty folders behind.
 
     Raises:
         ValueError: it cannot; the message calls the folder ``what`` and names ``option``.
     """
     parent = path.parent
+    made = []  # the missing folders, deepest first
+    folder = parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".wavedil-write-check-"):
@@ -658,3 +730,9 @@ def check_writable_folder(path: Path, what: str, option: str) -> None:
         raise ValueError(
             f"cannot create {what} '{parent}' or write in it ({exc.strerror or exc}): choose another {option} path"
         ) from None
+    finally:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not made here after all, or no longer empty: leave it
+                break

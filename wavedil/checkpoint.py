@@ -350,12 +350,15 @@ def open_checkpoint(target: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """A checkpoint file, or the newest good checkpoint of a run folder, and its contents (loaded once).
 
     ``target`` is a ``.pt`` file, a run folder (its ``checkpoints/`` subfolder is searched) or a
-    folder of ``step_*.pt`` files. Newer checkpoints that fail to load are reported and passed over.
+    folder of ``step_*.pt`` files; a leading ``~`` or ``~user`` is expanded. Newer checkpoints
+    that fail to load are reported and passed over.
 
     Raises:
         CheckpointError: nothing usable found; the message lists every place looked in.
     """
     path = Path(target)
+    if not path.exists():
+        path = path.expanduser()  # "~/runs/x": quoted, as Hydra needs it, the shell leaves the ~ to us
     if not path.is_dir():
         if not path.exists():
             raise CheckpointError(

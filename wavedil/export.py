@@ -349,5 +349,6 @@ def to_onnx(
             opset_version=opset_version,
             verbose=False,
         )
+    path.parent.mkdir(parents=True, exist_ok=True)  # check_onnx_path leaves no folder behind
     onnx_program.save(str(path))
     return path

@@ -288,9 +288,24 @@ class SampleStream:
         self.backend = stream_backend(backend, model, self.weights)
         self._impl = _sampler(model, self.backend, self.weights)
         self.model = model
+        self._made_for = (model.embed.weight.dtype, model.embed.weight.device)  # what the state is held in
         self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
         self._gen = torch.Generator().manual_seed(self.seed)
         self.samples_out = 0  # codes returned so far, per sequence
+
+    def _check_model(self) -> None:
+        """``ValueError`` if the model was cast or moved since this stream was made: its state (rings,
+        parameters, frames) is held in the dtype and on the device of then, and mixing them failed
+        with errors about tensors the caller never handles, after changing the stream."""
+        weight = self.model.embed.weight
+        if (weight.dtype, weight.device) != self._made_for:
+            dtype, device = self._made_for
+            raise ValueError(
+                f"the model was cast or moved after this {type(self).__name__} was made: its weights are now "
+                f"{weight.dtype} on {weight.device}, the stream's state {dtype} on {device}; make a new "
+                f"{type(self).__name__}, or give the model back its dtype and device (model.to({str(device)!r}, "
+                f"{dtype})) to go on (the stream is unchanged)"
+            )
 
     def _next_uniforms(self, n: int) -> torch.Tensor:
         """The uniforms of the stream's next ``n`` samples."""
@@ -361,10 +376,12 @@ class StreamingGenerator(SampleStream):
         """The next ``n`` codes of every sequence: ``(B, n)`` int64 on the model's device.
 
         Raises:
-            ValueError: ``n`` not an integer in ``[1, MAX_SAMPLES]``, or ``n * B`` over
-                :data:`MAX_TOTAL_SAMPLES` (the stream is left as it was).
+            ValueError: ``n`` not an integer in ``[1, MAX_SAMPLES]``, ``n * B`` over
+                :data:`MAX_TOTAL_SAMPLES`, or a model cast or moved since the stream was made
+                (the stream is left as it was).
         """
         n = _check_count(n, "n")
+        self._check_model()
         if n * self.batch_size > MAX_TOTAL_SAMPLES:
             raise ValueError(
                 f"{n:,} samples x batch {self.batch_size} exceeds the limit of {MAX_TOTAL_SAMPLES:,} per draw: "
@@ -387,6 +404,7 @@ class StreamingGenerator(SampleStream):
     def prepare(self) -> None:
         """Get the back-end ready (e.g. load or compile its kernels) without drawing: the first
         :meth:`draw` does it otherwise. The stream is unchanged (its uniforms are not touched)."""
+        self._check_model()
         if not self._prepared:
             shape = _uniform_shape(self.model, 1, self.batch_size)
             self._impl.prepare(self._request(torch.full(shape, 0.5, dtype=torch.float64, device=self._params.device)))

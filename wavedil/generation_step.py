@@ -138,6 +138,7 @@ def generator_to_onnx(model: WaveNet, path: str | os.PathLike, temperature: floa
         warnings.filterwarnings("ignore", message=r".*axis name.*will not be used.*")
         program = torch.onnx.export(step, example, dynamo=True, dynamic_shapes=dynamic, input_names=step.input_names,
                                     output_names=step.output_names, verbose=False)  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)  # check_onnx_path leaves no folder behind
     program.save(str(path))
     return path
 

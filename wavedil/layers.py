@@ -675,7 +675,9 @@ class DilatedStack(nn.Module):
         the state's batch size and position. A state this stack did not make or return (another
         stack's, built by hand, loaded, moved with ``to``) has its rings checked once. A single-sample
         step writes the rings in place, so the state passed in is spent: stepping it again raises
-        (``clone()`` it first to branch a stream; ``reset()`` makes it a fresh stream again).
+        (``clone()`` it first to branch a stream; ``reset()`` makes it a fresh stream again). A state
+        made under ``torch.inference_mode`` and stepped outside it is copied first (its rings cannot
+        be written there) and left as it was.
         Raises ``ValueError`` naming the argument and what fits.
         """
         x, local_cond = self._to_bct(x), self._to_bct(local_cond)
@@ -683,6 +685,10 @@ class DilatedStack(nn.Module):
         self.layers[0].check_cond(global_cond, local_cond, x)
         pos = self.check_state(state, x)
         owner = self._state_token()
+        if x.shape[-1] == 1 and state.buffers[0].is_inference() and not torch.is_inference_mode_enabled():
+            # rings made under torch.inference_mode cannot be written in place outside it (torch
+            # raised a RuntimeError): step copies of them; the state passed in is left as it was
+            state = StackState([b.clone() for b in state.buffers], pos, owner)
         if x.shape[-1] == 1 and self._lean_step_ok(x, state, global_cond, local_cond):
             weights, ws = self._step_plan(x.shape[0])
             res, skip = single_step(

@@ -237,7 +237,10 @@ def _read_at_rate(
             raise
         wav, rate = read_audio(path, truncated="error")  # a length in the header that is off: read it all
     if rate != sample_rate:
-        wav = resample(wav, rate, sample_rate)
+        try:
+            wav = resample(wav, rate, sample_rate)
+        except ValueError as exc:  # a rate it cannot take: named with the file, as read_audio does
+            raise AudioReadError(f"audio file '{path}': {exc}") from None
         notes.append(f"{what} '{path}' is at {rate} Hz; resampled to the model's {sample_rate} Hz")
     return wav
 

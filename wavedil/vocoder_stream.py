@@ -133,12 +133,14 @@ class StreamingVocoder(SampleStream):
             ``(B, n)`` int64 codes, ``n >= 0`` (none until :attr:`latency_frames` frames are in).
 
         Raises:
-            ValueError: a finished stream, frames of another shape or type, or frames holding NaN
-                or infinite values (the message names the first such frame; the stream is left as
-                it was, so a corrected push can follow).
+            ValueError: a finished stream, frames of another shape or type, frames holding NaN
+                or infinite values (the message names the first such frame), or a model cast or
+                moved since the stream was made; the stream is left as it was, so a corrected push
+                can follow.
         """
         if self._finished:
             raise ValueError("this stream is finished: start a new StreamingVocoder")
+        self._check_model()
         frames = self._check_frames(frames)
         self.frames_in += frames.shape[-1]
         self._frames = torch.cat([self._frames, frames], dim=-1)
@@ -150,6 +152,7 @@ class StreamingVocoder(SampleStream):
             raise ValueError("this stream is already finished")
         if self.frames_in == 0:
             raise ValueError("no frames were pushed: push at least one log-mel frame before finish()")
+        self._check_model()
         self._frames = torch.cat([self._frames, self._silence(self.latency_frames)], dim=-1)
         codes = self._advance(final=True)
         self._finished = True

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-# _file_problem and _wav_declared_frames live in wavedil.audio, which read_audio shares them with
-from wavedil.audio import AudioReadError, _file_problem, _wav_declared_frames, audio_info
+# _file_problem, _no_samples_message and _wav_declared_frames live in wavedil.audio, which read_audio shares them with
+from wavedil.audio import AudioReadError, _file_problem, _no_samples_message, _wav_declared_frames, audio_info
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -208,7 +208,7 @@ def probe_audio(path: str | os.PathLike, min_frames: int = 0) -> tuple[int, int]
     if info.samplerate <= 0:
         raise AudioReadError(f"'{path}' has an invalid sample rate {info.samplerate}")
     if info.frames <= 0:
-        raise AudioReadError(f"'{path}' holds no samples (0 frames)")
+        raise AudioReadError(_no_samples_message(path, f"'{path}'"))
     if info.frames < min_frames:
         raise AudioReadError(
             f"'{path}' is too short: {info.frames} frames < min_frames={min_frames}"

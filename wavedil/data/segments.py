@@ -30,7 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from wavedil.audio import ENCODINGS, AudioReadError, encode, file_silence_bounds, read_audio, resample
+from wavedil.audio import (
+    ENCODINGS,
+    AudioReadError,
+    check_resampling,
+    encode,
+    file_silence_bounds,
+    read_audio,
+    resample,
+)
 from wavedil.conditioning import MelSpec, log_mel, mel_span
 
 from .files import AudioItem, CorpusError, _check_items, probe_audio
@@ -189,6 +197,11 @@ class SegmentDataset(Dataset):
             try:
                 if item.frames <= 0 or item.rate <= 0:
                     item = AudioItem(item.path, item.speaker, *probe_audio(item.path))
+                if item.rate != sample_rate:
+                    try:  # a rate it cannot be resampled from would stop the run at its first segment
+                        check_resampling(item.rate, sample_rate)
+                    except ValueError as exc:
+                        raise AudioReadError(f"'{item.path}': {exc}") from None
                 span = self._usable_span(item)
             except AudioReadError as exc:
                 logger.warning("SegmentDataset: skipping audio file: %s", exc)
