@@ -223,6 +223,21 @@ def test_an_overwritten_output_keeps_its_permissions(tmp_path):
     assert read_audio(out)[0][0].item() == pytest.approx(0.5, abs=1e-4)
 
 
+def test_an_output_that_is_a_symbolic_link_is_written_through_it(tmp_path):
+    """Before: ``-o link.wav`` (a link to ``takes/out.wav``) replaced the link by a file and left
+    its target as it was; now the target is written (atomically), as ``>`` writes it, and the
+    link stays a link."""
+    (tmp_path / "takes").mkdir()
+    target = tmp_path / "takes" / "out.wav"
+    write_audio(target, torch.zeros(10), SR)
+    link = tmp_path / "link.wav"
+    link.symlink_to(target)
+    write_audio(link, torch.full((10,), 0.5), SR)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert read_audio(target)[0][0].item() == pytest.approx(0.5, abs=1e-4)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["link.wav", "out.wav", "takes"]  # no temporary left
+
+
 # ----------------------------------------------------------------------------- checkpoint paths
 
 

@@ -27,6 +27,8 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     ``0666`` less the umask.
     """
     path = Path(path)
+    if path.is_symlink():  # write through the link, as ``>`` does, instead of replacing it by a file
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -119,7 +119,8 @@ class SegmentDataset(Dataset):
         ``(n_mels, L // hop + 2 * mel_context)`` (with ``mel``); batched to ``(B, ...)``.
 
     Attributes:
-        items: the usable files (unreadable or all-zero ones are dropped with a warning).
+        items: the usable files (unreadable ones, and with ``trim_silence_db`` silent ones, are
+            dropped with a warning).
         spans: per file, the ``[start, end)`` frames (file rate) that segments are drawn from.
         lengths: per file, the span's length in frames at ``sample_rate``.
         total_frames: ``sum(lengths)``.
