@@ -352,3 +352,22 @@ def test_a_state_made_under_inference_mode_steps_outside_it(lean):
         gen = StreamingGenerator(model, seed=4, backend="torch")
         head = gen.draw(5)
     assert torch.equal(torch.cat([head, gen.draw(5)], 1), generate(model, 10, seed=4, backend="torch").codes)
+
+
+def test_a_held_out_part_with_no_usable_audio_is_named_as_such(tmp_path):
+    """Before: when the training files were fine but every held-out one was unusable (here silent,
+    with data.trim_silence_db), training stopped with 'SegmentDataset: none of the 1 files has
+    usable audio', which did not say that these were the held-out files or what to change."""
+    from test_faults_train import TINY_MODEL, data_cfg, write_corpus
+
+    from wavedil.data import CorpusError, load_corpus, split_items
+    from wavedil.train import build_data
+
+    root = write_corpus(tmp_path / "c", [2000] * 5)
+    _, valid = split_items(load_corpus(root), 0.2)
+    assert len(valid) == 1
+    sf.write(str(valid[0].path), np.zeros(2000, np.float32), SR)
+    with pytest.raises(CorpusError) as err:
+        build_data(data_cfg(root, trim_silence_db=-40.0), TINY_MODEL, seed=0, max_steps=2)
+    assert str(err.value).startswith("the 1 held-out file(s) (data.valid_fraction=0.2): SegmentDataset: none of the 1")
+    assert str(err.value).endswith("hold out more files (raise data.valid_fraction) or fix or remove the unusable ones")

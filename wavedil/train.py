@@ -339,7 +339,13 @@ def build_data(data_cfg: dict | DataConfig, mcfg: WaveNetConfig, seed: int, max_
     hop, rf = common["mel"].hop_length if "mel" in common else 1, receptive_field(mcfg.kernel_size, mcfg.schedule())
     _warn_if_files_are_short(train, dcfg, hop, "training", rf)
     n_valid = dcfg.valid_segments
-    valid_ds = SegmentDataset(valid_items, segments_per_epoch=n_valid, seed=seed + 1_000_003, **common)
+    try:
+        valid_ds = SegmentDataset(valid_items, segments_per_epoch=n_valid, seed=seed + 1_000_003, **common)
+    except CorpusError as exc:  # the training files were fine: say that it is the held-out part
+        raise CorpusError(
+            f"the {len(valid_items)} held-out file(s) (data.valid_fraction={dcfg.valid_fraction}): {exc}; hold out "
+            "more files (raise data.valid_fraction) or fix or remove the unusable ones"
+        ) from None
     _warn_if_files_are_short(valid_ds, dcfg, hop, "held-out", rf)
     parts = [_split_batch(valid_ds[i]) for i in range(n_valid)]
     valid = torch.stack([codes for codes, _ in parts])

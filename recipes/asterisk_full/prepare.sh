@@ -33,7 +33,7 @@ if dpkg-query -W -f='${Status}' "$PACKAGE" 2>/dev/null | grep -q "install ok ins
 else
     log "installing $PACKAGE ..."
     "${SUDO[@]}" apt-get update >&2
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y --no-install-recommends "$PACKAGE" >&2
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$PACKAGE" >&2  # env: sudo drops a variable set before it
 fi
 
 if [ ! -d "$CORPUS_DIR" ]; then
