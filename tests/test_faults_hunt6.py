@@ -371,3 +371,25 @@ def test_a_held_out_part_with_no_usable_audio_is_named_as_such(tmp_path):
         build_data(data_cfg(root, trim_silence_db=-40.0), TINY_MODEL, seed=0, max_steps=2)
     assert str(err.value).startswith("the 1 held-out file(s) (data.valid_fraction=0.2): SegmentDataset: none of the 1")
     assert str(err.value).endswith("hold out more files (raise data.valid_fraction) or fix or remove the unusable ones")
+
+
+def test_a_ring_made_under_inference_mode_steps_a_layer_outside_it():
+    """The layer-level step API: CausalConv1d.step and ResidualBlock.step of a ring made under
+    ``torch.inference_mode`` stopped with torch's 'Inplace update to inference tensor' error; they
+    step a copy (returned) with the same outputs as a ring made outside it."""
+    from wavedil import CausalConv1d, ResidualBlock
+
+    torch.manual_seed(0)
+    conv, block = CausalConv1d(3, 4, kernel_size=2, dilation=2), ResidualBlock(3, 6, 5, kernel_size=2, dilation=2)
+    x = torch.randn(1, 3, 6)
+    for layer in (conv, block):
+        with torch.inference_mode():
+            frozen = layer.init_buffer(1) if hasattr(layer, "init_buffer") else layer.conv.init_buffer(1)
+        plain = torch.zeros_like(frozen.clone())
+        with torch.no_grad():
+            for t in range(6):
+                got = layer.step(x[:, :, t : t + 1], frozen, t)
+                want = layer.step(x[:, :, t : t + 1], plain, t)
+                frozen, plain = got[-1], want[-1]
+                assert torch.equal(got[0], want[0])
+        assert torch.equal(frozen, plain)

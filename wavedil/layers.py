@@ -172,7 +172,9 @@ class CausalConv1d(nn.Module):
 
         Returns ``(y (B, C_out, T), new_buffer)``. For ``T == 1`` the buffer is updated in place
         (one slot written) and the work is one small matmul: O(1) in the dilation. For longer
-        chunks the past is unrolled, convolved with the chunk and laid back into the ring.
+        chunks the past is unrolled, convolved with the chunk and laid back into the ring. A ring
+        made under ``torch.inference_mode`` and stepped outside it is copied first (it cannot be
+        written there): use the returned buffer.
         """
         self._check_x(x)
         pos = check_pos(pos, "pos")
@@ -180,6 +182,8 @@ class CausalConv1d(nn.Module):
         if not isinstance(buf, torch.Tensor) or tuple(buf.shape) != want:
             got = tuple(buf.shape) if isinstance(buf, torch.Tensor) else type(buf).__name__
             raise ValueError(f"buf must be the ring (B, C_in, (k-1)*d) = {want} from init_buffer({x.shape[0]}), got {got}")
+        if x.shape[-1] == 1 and buf.is_inference() and not torch.is_inference_mode_enabled():
+            buf = buf.clone()  # a ring made under torch.inference_mode cannot be written outside it: step a copy
         return self._step(x, buf, pos)
 
     def _step(self, x: torch.Tensor, buf: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
