@@ -144,11 +144,14 @@ def file_nll_bits(
     codes = codes.to(device).long().unsqueeze(0)  # (1, T)
     speaker = cond.get("speaker")
     mel = cond.get("mel")
-    local = None
+    covered = None  # samples the mel conditions (vocoders)
     if model.upsampler is not None:
-        local = model.upsample(mel.to(device))  # (1, n_mels, M * hop)
-        if local.shape[-1] < codes.shape[1]:
-            raise ValueError(f"the mel covers {local.shape[-1]} samples, the audio has {codes.shape[1]}")
+        mel = mel.to(device)
+        model.upsample(mel[..., : 1 + 2 * model.mel_context])  # the mel's shape and type, checked on one frame
+        mel = mel.unsqueeze(0) if mel.dim() == 2 else mel
+        covered = (mel.shape[-1] - 2 * model.mel_context) * model.mel_spec.hop_length
+        if covered < codes.shape[1]:
+            raise ValueError(f"the mel covers {covered} samples, the audio has {codes.shape[1]}")
         opener = torch.full((1, 1), model.silence_code, dtype=torch.long, device=device)
         codes = torch.cat([opener, codes], dim=1)
     n_pred = codes.shape[1] - 1
@@ -158,21 +161,52 @@ def file_nll_bits(
         from .fast import teacher_forced_logits
 
         inputs = codes[:, :-1]  # (1, n_pred)
-        if local is not None:  # the mel covers whole frames: feed silence past the file's end
-            inputs = torch.nn.functional.pad(inputs, (0, local.shape[-1] - n_pred), value=model.silence_code)
-            mel = mel.to(device).unsqueeze(0) if mel.dim() == 2 else mel.to(device)
+        if covered is not None:  # the mel covers whole frames: feed silence past the file's end
+            inputs = torch.nn.functional.pad(inputs, (0, covered - n_pred), value=model.silence_code)
         params = teacher_forced_logits(model, inputs, speaker, mel, weights=weights)[:, :, :n_pred]  # (1, P, n_pred)
         bits = model.dist.bits(params.transpose(1, 2).flatten(0, 1), codes[:, 1:].reshape(-1), reduction="sum")
         return float(bits), n_pred
     state = model.init_state(1)
+    local = None if covered is None else _LocalColumns(model, mel)
     total = 0.0
     for i in range(0, n_pred, chunk):
         x = codes[:, i : min(i + chunk, n_pred)]
         target = codes[:, i + 1 : i + 1 + x.shape[1]]
-        lc = None if local is None else local[:, :, i : i + x.shape[1]]
+        lc = None if local is None else local(i, i + x.shape[1])
         params, state = model.step(x, state, speaker, lc)
         total += model.dist.bits(params.transpose(1, 2).flatten(0, 1), target.reshape(-1), reduction="sum").item()
     return total, n_pred
+
+
+class _LocalColumns:
+    """Columns ``[start, end)`` of ``model.upsample(mel)`` (``mel (1, n_mels, M + 2 c)``) as a
+    file's evaluation reaches them, from the very pieces that :meth:`WaveNet.upsample` computes
+    (:data:`~wavedil.model.UPSAMPLE_CHUNK_FRAMES` frames and their context), one piece held at a
+    time: the same values, without the conditioning of the whole file (160 bytes a sample at 40
+    bands: 1.1 GB for 14 minutes at 8 kHz) held while it is evaluated a chunk at a time."""
+
+    def __init__(self, model: WaveNet, mel: torch.Tensor) -> None:
+        from . import model as model_module
+
+        self.model, self.mel = model, mel
+        self.frames = mel.shape[-1] - 2 * model.mel_context
+        self.piece = model_module.UPSAMPLE_CHUNK_FRAMES  # read now: a test may change it
+        self._k, self._cols = -1, mel.new_empty(0)
+
+    def _columns(self, k: int) -> torch.Tensor:
+        if k != self._k:
+            f0 = k * self.piece
+            f1 = min(self.frames, f0 + self.piece)
+            self._k, self._cols = k, self.model.upsample(self.mel[:, :, f0 : f1 + 2 * self.model.mel_context])
+        return self._cols
+
+    def __call__(self, start: int, end: int) -> torch.Tensor:
+        width = self.piece * self.model.mel_spec.hop_length  # samples per piece
+        parts = [
+            self._columns(k)[:, :, max(start - k * width, 0) : end - k * width]
+            for k in range(start // width, (end - 1) // width + 1)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def evaluate_codes(

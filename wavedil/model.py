@@ -19,8 +19,10 @@ from .layers import DilatedStack, StackState, dilation_schedule
 __all__ = ["LinearInput", "WaveNet", "WaveNetConfig", "UPSAMPLE_CHUNK_FRAMES"]
 
 #: Mel frames :meth:`WaveNet.upsample` turns into samples per pass of the upsampler (with its
-#: context frames either side): bounds the pass's transient memory (about 110 MB at 40 bands and
-#: hop 80) for inputs of any length; the result is the same as of one pass.
+#: context frames either side), counted over the rows of a batch: bounds the pass's transient
+#: memory (about 110 MB at 40 bands and hop 80) for inputs of any length (and batches of up to
+#: this many rows) where gradients are off (generation, evaluation); the result is the same as
+#: of one pass.
 UPSAMPLE_CHUNK_FRAMES = 1024
 
 
@@ -338,14 +340,18 @@ class WaveNet(nn.Module):
             raise ValueError(f"mel has {mel.shape[-1]} frames; it needs at least 1 + 2 x {ctx} context = {1 + 2 * ctx}")
         mel = mel.to(self.mel_mean.dtype)
         norm = (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
-        if frames <= UPSAMPLE_CHUNK_FRAMES:
-            return self.upsampler(norm, crop=ctx)
-        # A long mel in pieces, each with its ctx frames of context on either side: the same
-        # samples as one pass, whose convolutions over the whole length held about 2.7 GB per
-        # two minutes of 8 kHz audio at once.
-        out = norm.new_empty(norm.shape[0], n_mels, frames * hop)
-        for f0 in range(0, frames, UPSAMPLE_CHUNK_FRAMES):
-            f1 = min(frames, f0 + UPSAMPLE_CHUNK_FRAMES)
+        batch = norm.shape[0]
+        if batch * frames <= UPSAMPLE_CHUNK_FRAMES or torch.is_grad_enabled():  # training: short segments, whose
+            return self.upsampler(norm, crop=ctx)  # graph holds every piece's buffers anyway
+        # A long mel, or a large batch, in pieces of frames with their ctx frames of context on
+        # either side: the same samples as one pass, whose convolutions held about 2.7 GB per two
+        # minutes of 8 kHz audio at once, and 1.6 GB for a batch of 373 one-second mels (eval's
+        # re-synthesis of a folder). The batch stays whole: a pass over fewer rows rounds
+        # differently.
+        piece = max(1, UPSAMPLE_CHUNK_FRAMES // batch)
+        out = norm.new_empty(batch, n_mels, frames * hop)
+        for f0 in range(0, frames, piece):
+            f1 = min(frames, f0 + piece)
             out[:, :, f0 * hop : f1 * hop] = self.upsampler(norm[:, :, f0 : f1 + 2 * ctx], crop=ctx)
         return out
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from wavedil.audio import ENCODINGS, AudioReadError, encode, read_audio
+from wavedil.audio import ENCODINGS, AudioReadError, audio_info, encode, read_audio
 from wavedil.conditioning import MelSpec, frames_for, log_mel
 
 from .files import AudioItem, _check_items
@@ -44,8 +44,15 @@ def iter_file_audio(
         if not isinstance(item, AudioItem):  # items may be an iterator: checked as they come
             _check_items([item], "iter_file_audio", start=i)
         frames = -1
-        if max_seconds is not None and item.rate > 0:
-            frames = math.ceil(max_seconds * item.rate)
+        if max_seconds is not None:
+            rate = item.rate
+            if rate <= 0:  # a file given by itself is not probed: its header says how much to read
+                try:  # (the whole file was read, resampled and cut: 1.2 GB and 12 s for 1 s of a long one)
+                    rate = audio_info(item.path).samplerate
+                except AudioReadError:
+                    rate = 0  # read_audio says what is wrong with it
+            if rate > 0:
+                frames = math.ceil(max_seconds * rate)
         try:
             wav, _ = read_audio(item.path, sample_rate=sample_rate, frames=frames)
         except AudioReadError as exc:

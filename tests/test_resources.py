@@ -1,0 +1,173 @@
+"""Resource audit: work that grew with the input far beyond what the job needs is done in bounded pieces.
+
+Each test shows the bounded pieces with a spy and that the result equals the one-pass result
+(bitwise). The figures in the docstrings were measured on the development machine (an Intel
+Xeon, 2 cores, peak resident memory from ``/usr/bin/time -v``; a bare ``import wavedil`` is
+0.63 GB of it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import wavedil.data.whole_files as whole_files
+import wavedil.model as model_mod
+from conftest import tiny_config
+from wavedil import WaveNet, generate
+from wavedil.data import AudioItem, iter_file_audio
+from wavedil.evaluate import file_nll_bits
+
+MEL = {"sample_rate": 8000, "hop_length": 20, "n_fft": 64, "n_mels": 6}
+
+
+def _vocoder() -> WaveNet:
+    torch.manual_seed(0)
+    model = WaveNet(tiny_config(mel=MEL)).eval()
+    with torch.no_grad():
+        for p in model.upsampler.parameters():  # away from the near-identity start, which hides seams
+            p.copy_(torch.rand_like(p) - 0.5)
+    return model
+
+
+def _mel(batch: int, frames: int, ctx: int, seed: int = 2) -> torch.Tensor:
+    return torch.randn(batch, MEL["n_mels"], frames + 2 * ctx, generator=torch.Generator().manual_seed(seed)) - 3
+
+
+def _count_upsampler_passes(monkeypatch, model: WaveNet) -> list[tuple[int, int]]:
+    """``(rows, frames)`` of every pass of the model's upsampler from now on."""
+    passes: list[tuple[int, int]] = []
+    forward = type(model.upsampler).forward
+
+    def counting(self, x, crop=0):
+        passes.append((x.shape[0], x.shape[-1]))
+        return forward(self, x, crop)
+
+    monkeypatch.setattr(type(model.upsampler), "forward", counting)
+    return passes
+
+
+def test_a_large_batch_of_mels_is_upsampled_a_few_frames_at_a_time(monkeypatch):
+    """``WaveNet.upsample`` cut a long mel into pieces of UPSAMPLE_CHUNK_FRAMES frames but took the
+    batch whole: ``wavedil eval --model speech8k-vocoder`` of the 568-file Allison folder re-synthesises
+    its 373 files of at least a second as one batch, whose single upsampler pass asked for an 8.1 GB
+    buffer (refused under a 10 GB cap; under 6 GB the command failed after 8 min 42 s). Now a pass
+    takes UPSAMPLE_CHUNK_FRAMES frames over the whole batch (a pass over fewer rows rounds
+    differently), the same columns: that re-synthesis peaks at 1.9 GB (109 s), and for 40 of the
+    files at 0.87 GB instead of 1.51 GB with the same log-mel distance."""
+    model = _vocoder()
+    ctx = model.mel_context
+    mel = _mel(6, 20, ctx)
+    with torch.no_grad():
+        whole = model.upsample(mel)  # 6 x 20 frames <= 1024: one pass
+    passes = _count_upsampler_passes(monkeypatch, model)
+    monkeypatch.setattr(model_mod, "UPSAMPLE_CHUNK_FRAMES", 16)
+    with torch.no_grad():
+        pieces = model.upsample(mel)
+    assert passes == [(6, 2 + 2 * ctx)] * 10  # 16 frames a pass over 6 rows: 2 frames each
+    assert all(rows * (frames - 2 * ctx) <= 16 for rows, frames in passes)
+    assert pieces.shape == whole.shape == (6, MEL["n_mels"], 20 * MEL["hop_length"]) and torch.equal(pieces, whole)
+
+
+def test_generate_checks_the_upsampled_conditioning_a_slice_at_a_time(monkeypatch):
+    """``generate`` checked the upsampled conditioning for NaN with one ``torch.isfinite(local).all()``,
+    which made a float copy and two masks of it at once: ``wavedil vocode --model speech8k-vocoder`` of
+    600 s peaked at 2.69 GB, 1.3 GB of it that check. Now it goes a slice at a time
+    (FINITE_CHECK_BLOCK values): 1.54 GB, the same output file (cmp). A NaN in the last frame is
+    still refused, and the samples are those of the one-pass check."""
+    gen_mod = __import__("sys").modules["wavedil.generate"]
+    model = _vocoder()
+    ctx = model.mel_context
+    mel = _mel(1, 30, ctx)[0]
+    expected = generate(model, None, seed=3, mel=mel).codes
+    sizes: list[int] = []
+    isfinite = torch.isfinite
+
+    def spying(x):
+        if x.dim() == 3 and tuple(x.shape[:2]) == (1, MEL["n_mels"]):  # the conditioning (not the weights)
+            sizes.append(x.shape[-1])
+        return isfinite(x)
+
+    monkeypatch.setattr(gen_mod, "FINITE_CHECK_BLOCK", 100)
+    monkeypatch.setattr(torch, "isfinite", spying)
+    codes = generate(model, None, seed=3, mel=mel).codes
+    columns = 30 * MEL["hop_length"]
+    assert torch.equal(codes, expected) and codes.shape == (1, columns)
+    assert sizes == [16] * 37 + [8]  # every column, 100 // 6 bands = 16 at a time
+    bad = mel.clone()
+    bad[0, -ctx - 1] = float("nan")  # the last frame of the audio
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        generate(model, None, seed=3, mel=bad)
+
+
+def test_a_vocoders_file_is_evaluated_without_its_whole_upsampled_conditioning(monkeypatch):
+    """``file_nll_bits`` upsampled a vocoder's whole file before streaming it through the model a
+    chunk at a time: 160 bytes a sample at 40 bands, 0.77 GB for 600 s at 8 kHz (the evaluation of
+    600 s with a 40-band, hop-80 model needed 956 MB above the import). Now it upsamples the pieces
+    WaveNet.upsample itself would, as the chunks reach them, one held at a time: 312 MB, the same
+    bits. The figure equals that of the whole conditioning, bitwise."""
+    model = _vocoder()
+    ctx, hop = model.mel_context, MEL["hop_length"]
+    monkeypatch.setattr(model_mod, "UPSAMPLE_CHUNK_FRAMES", 8)
+    frames, chunk = 50, 64
+    mel = _mel(1, frames, ctx)[0]
+    codes = torch.randint(0, 32, (frames * hop - 7,), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():  # what file_nll_bits did: the whole conditioning, then the chunks
+        local = model.upsample(mel)
+        inputs = torch.cat([torch.full((1,), model.silence_code), codes]).unsqueeze(0)
+        state, expected = model.init_state(1), 0.0
+        for i in range(0, codes.numel(), chunk):
+            x = inputs[:, i : min(i + chunk, codes.numel())]
+            params, state = model.step(x, state, None, local[:, :, i : i + x.shape[1]])
+            target = inputs[:, i + 1 : i + 1 + x.shape[1]].reshape(-1)
+            expected += model.dist.bits(params.transpose(1, 2).flatten(0, 1), target, reduction="sum").item()
+    asked: list[int] = []  # frames of each mel given to WaveNet.upsample
+    upsample = WaveNet.upsample
+
+    def spying(self, mel, samples=None):
+        asked.append(mel.shape[-1])
+        return upsample(self, mel, samples)
+
+    monkeypatch.setattr(WaveNet, "upsample", spying)
+    bits, n = file_nll_bits(model, codes, chunk=chunk, cond={"mel": mel})
+    assert n == codes.numel() and bits == expected
+    # the mel's shape checked on one frame, then each piece of 8 frames once, as the chunks reach it
+    assert asked == [1 + 2 * ctx] + [8 + 2 * ctx] * 6 + [2 + 2 * ctx]
+    with pytest.raises(ValueError, match="the mel covers"):
+        file_nll_bits(model, torch.zeros(frames * hop + 1, dtype=torch.long), cond={"mel": mel})
+
+
+def test_the_first_seconds_of_a_file_given_by_itself_are_read_alone(tmp_path, monkeypatch):
+    """``iter_file_audio`` read only the first ``max_seconds`` of a corpus file, but a file given by
+    itself (not probed: ``wavedil eval FILE --max-seconds``, and eval's re-synthesis of
+    ``--vocode-seconds`` of every such file) was read, resampled and cut whole: ``wavedil eval --model
+    speech8k`` of 1 s of a 14-minute 44.1 kHz stereo file took 1.16 GB and 11.8 s. Its header now
+    says how much to read: 0.70 GB and 3.8 s, the same figures, and the same samples as for the
+    probed file (and, at the model's rate, as a whole read cut)."""
+    rng = np.random.default_rng(0)
+    for rate in (8000, 16000):
+        path = tmp_path / f"long_{rate}.wav"
+        sf.write(path, (0.3 * rng.standard_normal(rate * 6)).astype(np.float32), rate, subtype="PCM_16")
+    frames_read: list[int] = []
+    read_audio = whole_files.read_audio
+
+    def spying(path, sample_rate=None, start=0, frames=-1, **kw):
+        frames_read.append(frames)
+        return read_audio(path, sample_rate, start, frames, **kw)
+
+    whole = read_audio(tmp_path / "long_8000.wav", 8000)[0][: int(0.5 * 8000)]
+    probed = [w for _, w in iter_file_audio([AudioItem(tmp_path / "long_16000.wav", None, 96000, 16000)], 8000, 0.5)]
+    monkeypatch.setattr(whole_files, "read_audio", spying)
+    given = [AudioItem(tmp_path / "long_8000.wav"), AudioItem(tmp_path / "long_16000.wav")]
+    (_, same_rate), (_, resampled) = iter_file_audio(given, 8000, 0.5)
+    assert frames_read == [math.ceil(0.5 * 8000), math.ceil(0.5 * 16000)]
+    assert torch.equal(same_rate, whole) and torch.equal(resampled, probed[0]) and resampled.shape == (4000,)
+    frames_read.clear()  # without max_seconds a file is read whole, as before
+    assert [w.shape[0] for _, w in iter_file_audio(given, 8000)] == [48000, 48000] and frames_read == [-1, -1]
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not audio")  # skipped with a warning, as before
+    assert [w.shape[0] for _, w in iter_file_audio([AudioItem(tmp_path / "broken.wav")] + given, 8000, 0.5)] == [
+        4000, 4000]  # fmt: skip
