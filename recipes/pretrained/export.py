@@ -35,8 +35,9 @@ PRESETS = {
         "description": "unconditional speech model: one US-English voice, 8 kHz mu-law",
         # 3,500 steps at lr 2e-3 (AMD EPYC, float32), then a second stage from those EMA weights
         # with a fresh AdamW, bf16, lr 1e-3 over a 115-minute budget (Intel Xeon with AMX), and a
-        # third the same way from the second's EMA weights, lr 6e-4 over 118 minutes, and a fourth
-        # from the third's, lr 4e-4 over 128 minutes
+        # third the same way from the second's EMA weights, lr 6e-4 over 118 minutes, a fourth
+        # from the third's, lr 4e-4 over 128 minutes, and a fifth from the fourth's, lr 3e-4 over
+        # 115 minutes
         "train_command": "recipes/asterisk_full/prepare.sh"
         " && wavedil train experiment=pretrained_speech8k hydra.run.dir=runs/pretrained_speech8k"
         " && wavedil train experiment=pretrained_speech8k hydra.run.dir=runs/pretrained_speech8k_2"
@@ -47,7 +48,10 @@ PRESETS = {
         " trainer.max_time=01:58:00 trainer.max_steps=100000"
         " && wavedil train experiment=pretrained_speech8k hydra.run.dir=runs/pretrained_speech8k_4"
         " trainer.init_from=runs/pretrained_speech8k_3 optim.lr=4e-4 trainer.precision=bf16"
-        " trainer.max_time=02:08:00 trainer.max_steps=100000",
+        " trainer.max_time=02:08:00 trainer.max_steps=100000"
+        " && wavedil train experiment=pretrained_speech8k hydra.run.dir=runs/pretrained_speech8k_5"
+        " trainer.init_from=runs/pretrained_speech8k_4 optim.lr=3e-4 trainer.precision=bf16"
+        " trainer.max_time=01:55:00 trainer.max_steps=100000",
         "eval_command": "wavedil eval {run} " + CORPUS_DIR + " --split valid --json",
     },
     "speech8k-vocoder": {
