@@ -245,11 +245,9 @@ def resample(x: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
         ValueError: as :func:`check_resampling` (a rate that is not positive, an upsampling
             beyond ``MAX_UPSAMPLING``, or rates whose filter is too large).
     """
-    if orig_rate <= 0 or new_rate <= 0:
-        raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")
+    check_resampling(orig_rate, new_rate)  # equal positive rates pass it
     if orig_rate == new_rate:
         return x
-    check_resampling(orig_rate, new_rate)
     return AF.resample(x, orig_rate, new_rate)
 
 
