@@ -80,6 +80,18 @@ def test_resume_refuses_another_sample_rate_naming_both_and_the_checkpoint(tmp_p
     assert setup(compose(BASE + ["trainer.resume=true"]), run_dir).step == 2  # the same rate resumes
 
 
+def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
+    """Before: optim.warmup_steps (100 by default) above trainer.max_steps trained the whole run on a
+    rising learning rate that never reached optim.lr, without a word."""
+    train(compose(BASE + ["optim.warmup_steps=8", "optim.lr=0.004"]), tmp_path / "a")
+    out = capsys.readouterr().out
+    assert ("warning: optim.warmup_steps=8 exceeds trainer.max_steps=2: the learning rate only climbs to 25% of "
+            "optim.lr=0.004 and the schedule never decays it; set optim.warmup_steps below trainer.max_steps "
+            "(e.g. optim.warmup_steps=0)") in out  # fmt: skip
+    train(compose(BASE + ["optim.warmup_steps=2"]), tmp_path / "b")
+    assert "warmup_steps" not in capsys.readouterr().out
+
+
 def test_a_new_run_in_a_folder_holding_checkpoints_is_refused_and_leaves_them(tmp_path):
     """Before: a second run without trainer.resume in the same hydra.run.dir overwrote the
     checkpoints of its own steps and pruned the rest, with exit status 0."""

@@ -73,35 +73,32 @@ def test_a_large_batch_of_mels_is_upsampled_a_few_frames_at_a_time(monkeypatch):
     assert pieces.shape == whole.shape == (6, MEL["n_mels"], 20 * MEL["hop_length"]) and torch.equal(pieces, whole)
 
 
-def test_generate_checks_the_upsampled_conditioning_a_slice_at_a_time(monkeypatch):
-    """``generate`` checked the upsampled conditioning for NaN with one ``torch.isfinite(local).all()``,
-    which made a float copy and two masks of it at once: ``wavedil vocode --model speech8k-vocoder`` of
-    600 s peaked at 2.69 GB, 1.3 GB of it that check. Now it goes a slice at a time
-    (FINITE_CHECK_BLOCK values): 1.54 GB, the same output file (cmp). A NaN in the last frame is
-    still refused, and the samples are those of the one-pass check."""
-    gen_mod = __import__("sys").modules["wavedil.generate"]
+@pytest.mark.parametrize("backend, weights, prompt", [("torch", "fp32", 0), ("fast", "fp32", 37), ("fast", "int8", 0)])
+def test_generate_vocodes_a_piece_of_the_upsampled_mel_at_a_time(monkeypatch, backend, weights, prompt):
+    """``generate`` upsampled a vocoder's whole mel before sampling: 160 bytes a sample at 40 bands,
+    768 MB of the 1.54 GB that ``wavedil vocode --model speech8k-vocoder`` of 600 s peaked at. Now
+    a back-end that continues requests samples a piece of UPSAMPLE_CHUNK_FRAMES frames at a time,
+    each piece upsampled once, as sampling reaches it, and one held at a time: the same samples
+    as one request over the whole conditioning, with a prompt too, and the progress reports of
+    one run. A NaN in the last frame is still refused before any sampling."""
     model = _vocoder()
-    ctx = model.mel_context
+    ctx, hop = model.mel_context, MEL["hop_length"]
     mel = _mel(1, 30, ctx)[0]
-    expected = generate(model, None, seed=3, mel=mel).codes
-    sizes: list[int] = []
-    isfinite = torch.isfinite
-
-    def spying(x):
-        if x.dim() == 3 and tuple(x.shape[:2]) == (1, MEL["n_mels"]):  # the conditioning (not the weights)
-            sizes.append(x.shape[-1])
-        return isfinite(x)
-
-    monkeypatch.setattr(gen_mod, "FINITE_CHECK_BLOCK", 100)
-    monkeypatch.setattr(torch, "isfinite", spying)
-    codes = generate(model, None, seed=3, mel=mel).codes
-    columns = 30 * MEL["hop_length"]
-    assert torch.equal(codes, expected) and codes.shape == (1, columns)
-    assert sizes == [16] * 37 + [8]  # every column, 100 // 6 bands = 16 at a time
+    head = torch.randint(0, model.quantization_channels, (prompt,), generator=torch.Generator().manual_seed(4)) if prompt else None
+    expected = generate(model, None, seed=3, mel=mel, prompt=head, backend=backend, weights=weights).codes  # one piece
+    passes = _count_upsampler_passes(monkeypatch, model)
+    monkeypatch.setattr(model_mod, "UPSAMPLE_CHUNK_FRAMES", 8)
+    done: list[int] = []
+    codes = generate(model, None, seed=3, mel=mel, prompt=head, backend=backend, weights=weights, progress=done.append).codes
+    assert codes.shape == (1, 30 * hop - prompt) and torch.equal(codes, expected)
+    assert passes == [(1, 8 + 2 * ctx)] * 3 + [(1, 6 + 2 * ctx)]  # 30 frames, each piece once
+    assert done == sorted(done) and done[-1] == 30 * hop - prompt and len(done) >= 4
     bad = mel.clone()
-    bad[0, -ctx - 1] = float("nan")  # the last frame of the audio
+    bad[:, -ctx - 1] = float("nan")  # the last frame of the audio
+    passes.clear()
     with pytest.raises(ValueError, match="NaN or infinite"):
-        generate(model, None, seed=3, mel=bad)
+        generate(model, None, seed=3, mel=bad, backend=backend, weights=weights)
+    assert passes == []
 
 
 def test_a_vocoders_file_is_evaluated_without_its_whole_upsampled_conditioning(monkeypatch):
@@ -125,18 +122,11 @@ def test_a_vocoders_file_is_evaluated_without_its_whole_upsampled_conditioning(m
             params, state = model.step(x, state, None, local[:, :, i : i + x.shape[1]])
             target = inputs[:, i + 1 : i + 1 + x.shape[1]].reshape(-1)
             expected += model.dist.bits(params.transpose(1, 2).flatten(0, 1), target, reduction="sum").item()
-    asked: list[int] = []  # frames of each mel given to WaveNet.upsample
-    upsample = WaveNet.upsample
-
-    def spying(self, mel, samples=None):
-        asked.append(mel.shape[-1])
-        return upsample(self, mel, samples)
-
-    monkeypatch.setattr(WaveNet, "upsample", spying)
+    passes = _count_upsampler_passes(monkeypatch, model)
     bits, n = file_nll_bits(model, codes, chunk=chunk, cond={"mel": mel})
     assert n == codes.numel() and bits == expected
-    # the mel's shape checked on one frame, then each piece of 8 frames once, as the chunks reach it
-    assert asked == [1 + 2 * ctx] + [8 + 2 * ctx] * 6 + [2 + 2 * ctx]
+    # each piece of 8 frames once, as the chunks reach it
+    assert passes == [(1, 8 + 2 * ctx)] * 6 + [(1, 2 + 2 * ctx)]
     with pytest.raises(ValueError, match="the mel covers"):
         file_nll_bits(model, torch.zeros(frames * hop + 1, dtype=torch.long), cond={"mel": mel})
 

@@ -313,6 +313,12 @@ class Backend(abc.ABC):
         """Get ready to run ``request`` (e.g. compile kernels), so that the timing of :meth:`sample`
         measures sampling only. The default does nothing."""
 
+    def continues(self, model: WaveNet) -> bool:
+        """Whether :meth:`sample` runs requests with :attr:`SamplingRequest.continuation` for
+        ``model`` where it is: what lets :func:`wavedil.generate` vocode a long mel a piece at a
+        time. The default is False (one request per call)."""
+        return False
+
     @abc.abstractmethod
     def sample(self, request: SamplingRequest) -> torch.Tensor:
         """Run ``request``; return the codes ``(B, N)`` int64 on the model's device."""
@@ -335,6 +341,9 @@ class TorchBackend(Backend):
 
     name = "torch"
     capabilities = Capabilities(devices={"cpu": ("fp32",), "cuda": ("fp32",), "mps": ("fp32",)})
+
+    def continues(self, model: WaveNet) -> bool:
+        return True
 
     def unsupported_reason(self, model: WaveNet, weights: str = "fp32") -> str | None:
         check_weights(weights)

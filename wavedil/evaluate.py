@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import torch
 
-from .model import WaveNet
+from .model import UpsampledColumns, WaveNet
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +146,7 @@ def file_nll_bits(
     mel = cond.get("mel")
     covered = None  # samples the mel conditions (vocoders)
     if model.upsampler is not None:
-        mel = mel.to(device)
-        model.upsample(mel[..., : 1 + 2 * model.mel_context])  # the mel's shape and type, checked on one frame
-        mel = mel.unsqueeze(0) if mel.dim() == 2 else mel
+        mel = model.check_mel(mel).to(device)  # (1, n_mels, M + 2 c): its shape and type checked
         covered = (mel.shape[-1] - 2 * model.mel_context) * model.mel_spec.hop_length
         if covered < codes.shape[1]:
             raise ValueError(f"the mel covers {covered} samples, the audio has {codes.shape[1]}")
@@ -167,7 +165,7 @@ def file_nll_bits(
         bits = model.dist.bits(params.transpose(1, 2).flatten(0, 1), codes[:, 1:].reshape(-1), reduction="sum")
         return float(bits), n_pred
     state = model.init_state(1)
-    local = None if covered is None else _LocalColumns(model, mel)
+    local = None if covered is None else UpsampledColumns(model, mel)
     total = 0.0
     for i in range(0, n_pred, chunk):
         x = codes[:, i : min(i + chunk, n_pred)]
@@ -176,37 +174,6 @@ def file_nll_bits(
         params, state = model.step(x, state, speaker, lc)
         total += model.dist.bits(params.transpose(1, 2).flatten(0, 1), target.reshape(-1), reduction="sum").item()
     return total, n_pred
-
-
-class _LocalColumns:
-    """Columns ``[start, end)`` of ``model.upsample(mel)`` (``mel (1, n_mels, M + 2 c)``) as a
-    file's evaluation reaches them, from the very pieces that :meth:`WaveNet.upsample` computes
-    (:data:`~wavedil.model.UPSAMPLE_CHUNK_FRAMES` frames and their context), one piece held at a
-    time: the same values, without the conditioning of the whole file (160 bytes a sample at 40
-    bands: 1.1 GB for 14 minutes at 8 kHz) held while it is evaluated a chunk at a time."""
-
-    def __init__(self, model: WaveNet, mel: torch.Tensor) -> None:
-        from . import model as model_module
-
-        self.model, self.mel = model, mel
-        self.frames = mel.shape[-1] - 2 * model.mel_context
-        self.piece = model_module.UPSAMPLE_CHUNK_FRAMES  # read now: a test may change it
-        self._k, self._cols = -1, mel.new_empty(0)
-
-    def _columns(self, k: int) -> torch.Tensor:
-        if k != self._k:
-            f0 = k * self.piece
-            f1 = min(self.frames, f0 + self.piece)
-            self._k, self._cols = k, self.model.upsample(self.mel[:, :, f0 : f1 + 2 * self.model.mel_context])
-        return self._cols
-
-    def __call__(self, start: int, end: int) -> torch.Tensor:
-        width = self.piece * self.model.mel_spec.hop_length  # samples per piece
-        parts = [
-            self._columns(k)[:, :, max(start - k * width, 0) : end - k * width]
-            for k in range(start // width, (end - 1) // width + 1)
-        ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def evaluate_codes(

@@ -32,7 +32,7 @@ from .backends import (
 )
 from .causal import as_index
 from .layers import StackState
-from .model import WaveNet
+from .model import UpsampledColumns, WaveNet
 
 __all__ = [
     "generate", "GenerationResult", "SampleStream", "StreamingGenerator", "BACKENDS", "MAX_SAMPLES", "MAX_TOTAL_SAMPLES",
@@ -80,21 +80,6 @@ def _check_prompt(prompt: torch.Tensor, batch_size: int, classes: int) -> torch.
             f"prompt codes must lie in [0, {classes}), got range [{int(prompt.min())}, {int(prompt.max())}]"
         )
     return prompt.expand(batch_size, -1).long()
-
-
-#: Values per slice of :func:`_all_finite` (16 MB of float32).
-FINITE_CHECK_BLOCK = 1 << 22
-
-
-def _all_finite(x: torch.Tensor) -> bool:
-    """Whether every value of ``x (..., T)`` is finite, checked a slice of ``T`` at a time.
-
-    ``torch.isfinite(x).all()`` made a float copy of ``x`` and two bool masks at once: 1.3 GB
-    beside the 768 MB of upsampled conditioning of a 600-second vocoding (``x`` is ``(B, n_mels,
-    T)`` float32 at the sample rate); a slice's worth is enough.
-    """
-    step = max(1, FINITE_CHECK_BLOCK // max(1, x[..., :1].numel()))
-    return all(bool(torch.isfinite(x[..., i : i + step]).all()) for i in range(0, x.shape[-1], step))
 
 
 def _check_count(n: object, name: str) -> int:
@@ -145,11 +130,12 @@ def _uniform_shape(model: WaveNet, n: int, batch_size: int) -> tuple[int, ...]:
 
 def _prime(
     model: WaveNet, batch_size: int, prompt: torch.Tensor | None, speaker: torch.Tensor | None,
-    local: torch.Tensor | None = None,
+    local: Callable[[int, int], torch.Tensor] | None = None,
 ) -> tuple[StackState, torch.Tensor, int]:
     """The state after the opening sample of silence or the ``prompt`` (``(B, T)`` checked codes),
     the head parameters ``(B, P)`` of the first sample to draw, and the inputs fed (``T``, or
-    ``T + 1`` for a vocoder, whose inputs always start with the silence)."""
+    ``T + 1`` for a vocoder, whose inputs always start with the silence). ``local(a, b)`` gives a
+    vocoder's upsampled columns ``a .. b - 1`` ``(B, n_mels, b - a)``."""
     device = model.embed.weight.device
     state = model.init_state(batch_size)
     # The stream opens with one sample of silence (the code of 0.0); a prompt replaces it, but a
@@ -167,7 +153,7 @@ def _prime(
     # primes every layer) gives the same state and parameters as a pass over all of them, without
     # computing (B, P, T) head outputs for an hours-long prompt (a 14-minute one took 23 GB).
     first = max(0, fed - model.receptive_field)
-    cond = None if local is None else local[:, :, first:fed]
+    cond = None if local is None else local(first, fed)
     params, state = model.step(prompt[:, first:], state, speaker, cond)
     return state, params[:, :, -1], fed
 
@@ -220,23 +206,23 @@ def generate(
         raise ValueError(f"model must be a wavedil WaveNet, got {type(model).__name__}")
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be a function of the samples done (or None), got {progress!r}")
-    local = None
+    columns = None  # vocoders: the upsampled mel, computed a piece at a time as sampling reaches it
     if model.upsampler is not None or mel is not None:
-        local = model.upsample(mel)  # raises for a missing mel or one that does not fit the model
-        if not _all_finite(local):  # NaN frames would silently give silence
+        mel = model.check_mel(mel)  # raises for a missing mel or one that does not fit the model
+        if not bool(torch.isfinite(mel).all()):  # NaN frames would silently give silence
             raise ValueError("mel holds NaN or infinite values: log-mel frames must be finite")
-        if local.shape[0] not in (1, batch_size):
+        if mel.shape[0] not in (1, batch_size):
             raise ValueError(f"mel must have batch {batch_choices(batch_size)}, got shape {tuple(mel.shape)}")
-        local = local.expand(batch_size, -1, -1)
+        columns = UpsampledColumns(model, mel.to(model.embed.weight.device))
         given = 0 if prompt is None else int(prompt.shape[-1])
-        room = local.shape[-1] - given
+        room = columns.samples - given
         if n_samples is None:
             n_samples = room
         if as_index(n_samples) is not None and as_index(n_samples) > room:
             hop = model.mel_spec.hop_length
             raise ValueError(
-                f"the mel has {local.shape[-1] // hop} frames (+ {2 * model.mel_context} context) = "
-                f"{local.shape[-1]} samples at hop {hop}, which does not fit a prompt of {given} + "
+                f"the mel has {columns.frames} frames (+ {2 * model.mel_context} context) = "
+                f"{columns.samples} samples at hop {hop}, which does not fit a prompt of {given} + "
                 f"{n_samples} samples: generate at most {room} or give {-(-(given + n_samples) // hop)} frames"
             )
     n_samples = _check_count(n_samples, "n_samples")
@@ -257,14 +243,32 @@ def generate(
     speaker = model.speaker_ids(speaker, batch_size)  # (B,) checked ids, or None
     if prompt is not None:
         prompt = _check_prompt(prompt, batch_size, model.quantization_channels)
+    local = None if columns is None else lambda a, b: columns(a, b).expand(batch_size, -1, -1)
     state, params, fed = _prime(model, batch_size, prompt, speaker, local)
-    request = SamplingRequest(
-        model, state, params, uniforms, float(temperature), speaker,
-        local=None if local is None else local[:, :, fed - 1 :], weights=weights, progress=progress,
-    )  # fmt: skip
+    # A vocoder's columns from fed - 1 on belong to the samples drawn (column fed - 1 to the first).
+    # A back-end that continues requests draws them a piece of the upsampled mel at a time (the
+    # same samples: pieces of a stream concatenate to one draw), so memory stays bounded for a
+    # mel of any length; others take the whole in one request.
+    step = n_samples if local is None or not impl.continues(model) else columns.width
+    bounds = [(s0, min(n_samples, s0 + step)) for s0 in range(0, n_samples, step)]
+
+    def request_for(s0: int, s1: int, state: StackState, params: torch.Tensor) -> SamplingRequest:
+        last = s1 == n_samples  # the others also feed their last code, for the next piece
+        cols = None if local is None else local(fed - 1 + s0, fed - 1 + s1 + (0 if last else 1))
+        report = progress if progress is None or s0 == 0 else (lambda done: progress(s0 + done))
+        return SamplingRequest(
+            model, state, params, uniforms[s0:s1], float(temperature), speaker, local=cols, weights=weights,
+            progress=report, continuation=not last,
+        )  # fmt: skip
+
+    request = request_for(*bounds[0], state, params)
     impl.prepare(request)  # e.g. compile kernels: not part of the timing
     start = time.perf_counter()
-    codes = impl.sample(request)
+    pieces = [impl.sample(request)]
+    for s0, s1 in bounds[1:]:
+        request = request_for(s0, s1, request.next_state, request.next_params)
+        pieces.append(impl.sample(request))
+    codes = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
     if codes.device.type == "cuda":
         torch.cuda.synchronize(codes.device)  # GPU back-ends return before their kernels finish
     seconds = time.perf_counter() - start

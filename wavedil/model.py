@@ -16,7 +16,7 @@ from .causal import check_dilations, check_positive_int
 from .distributions import make_distribution
 from .layers import DilatedStack, StackState, dilation_schedule
 
-__all__ = ["LinearInput", "WaveNet", "WaveNetConfig", "UPSAMPLE_CHUNK_FRAMES"]
+__all__ = ["LinearInput", "UpsampledColumns", "WaveNet", "WaveNetConfig", "UPSAMPLE_CHUNK_FRAMES"]
 
 #: Mel frames :meth:`WaveNet.upsample` turns into samples per pass of the upsampler (with its
 #: context frames either side), counted over the rows of a batch: bounds the pass's transient
@@ -294,17 +294,13 @@ class WaveNet(nn.Module):
         ids = self.speaker_ids(speaker, batch)
         return None if ids is None else self.speaker(ids)
 
-    def upsample(self, mel: torch.Tensor, samples: int | None = None) -> torch.Tensor:
-        """Raw log-mel frames -> conditioning at the sample rate.
+    def check_mel(self, mel: torch.Tensor | None, samples: int | None = None) -> torch.Tensor | None:
+        """``mel`` as ``(B, n_mels, M + 2 c)`` after checking that it fits this model (see
+        :meth:`upsample`), without upsampling it; None for a model without mel conditioning.
 
-        Args:
-            mel: ``(B, n_mels, M + 2 c)`` (or ``(n_mels, M + 2 c)``) log-mel frames
-                (:func:`wavedil.conditioning.log_mel`) with ``c = mel_context`` frames of context
-                on each side of the ``M`` frames being conditioned on.
-            samples: when given, ``M * hop`` must equal it.
-
-        Returns:
-            ``(B, n_mels, M * hop)``: sample ``n`` is conditioned on column ``n``.
+        Raises:
+            ValueError: a mel for a model without mel conditioning, none for a vocoder, or one
+                of another type or shape (the message gives the shape wanted).
         """
         if self.upsampler is None:
             if mel is not None:
@@ -338,22 +334,42 @@ class WaveNet(nn.Module):
                 )
         elif frames < 1:
             raise ValueError(f"mel has {mel.shape[-1]} frames; it needs at least 1 + 2 x {ctx} context = {1 + 2 * ctx}")
-        mel = mel.to(self.mel_mean.dtype)
-        norm = (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
-        batch = norm.shape[0]
-        if batch * frames <= UPSAMPLE_CHUNK_FRAMES or torch.is_grad_enabled():  # training: short segments, whose
-            return self.upsampler(norm, crop=ctx)  # graph holds every piece's buffers anyway
+        return mel
+
+    def upsample(self, mel: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+        """Raw log-mel frames -> conditioning at the sample rate.
+
+        Args:
+            mel: ``(B, n_mels, M + 2 c)`` (or ``(n_mels, M + 2 c)``) log-mel frames
+                (:func:`wavedil.conditioning.log_mel`) with ``c = mel_context`` frames of context
+                on each side of the ``M`` frames being conditioned on.
+            samples: when given, ``M * hop`` must equal it.
+
+        Returns:
+            ``(B, n_mels, M * hop)``: sample ``n`` is conditioned on column ``n``.
+        """
+        mel = self.check_mel(mel, samples)
+        if mel is None:
+            return None
+        n_mels, ctx, hop = self.mel_spec.n_mels, self.mel_context, self.mel_spec.hop_length
+        frames = mel.shape[-1] - 2 * ctx
+        if mel.shape[0] * frames <= UPSAMPLE_CHUNK_FRAMES or torch.is_grad_enabled():  # training: short segments,
+            return self._upsample_pass(mel)  # whose graph holds every piece's buffers anyway
         # A long mel, or a large batch, in pieces of frames with their ctx frames of context on
         # either side: the same samples as one pass, whose convolutions held about 2.7 GB per two
         # minutes of 8 kHz audio at once, and 1.6 GB for a batch of 373 one-second mels (eval's
         # re-synthesis of a folder). The batch stays whole: a pass over fewer rows rounds
         # differently.
-        piece = max(1, UPSAMPLE_CHUNK_FRAMES // batch)
-        out = norm.new_empty(batch, n_mels, frames * hop)
-        for f0 in range(0, frames, piece):
-            f1 = min(frames, f0 + piece)
-            out[:, :, f0 * hop : f1 * hop] = self.upsampler(norm[:, :, f0 : f1 + 2 * ctx], crop=ctx)
+        cols = UpsampledColumns(self, mel)
+        out = self.mel_mean.new_empty(mel.shape[0], n_mels, frames * hop)
+        for k in range(cols.pieces):
+            out[:, :, k * cols.width : (k + 1) * cols.width] = cols.piece(k)
         return out
+
+    def _upsample_pass(self, mel: torch.Tensor) -> torch.Tensor:
+        """One pass of the upsampler over checked ``mel (B, n_mels, F + 2 c)`` -> ``(B, n_mels, F * hop)``."""
+        norm = (mel.to(self.mel_mean.dtype) - self.mel_mean[:, None]) / self.mel_std[:, None]
+        return self.upsampler(norm, crop=self.mel_context)
 
     def forward(
         self, codes: torch.Tensor, speaker: torch.Tensor | None = None, mel: torch.Tensor | None = None
@@ -460,3 +476,51 @@ class WaveNet(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class UpsampledColumns:
+    """Columns ``[start, end)`` of ``model.upsample(mel)`` (``mel (B, n_mels, M + 2 c)``), computed
+    a piece at a time as a caller reaches them and one piece held at a time: the values of the
+    whole pass, without the conditioning of a whole file (160 bytes a sample at 40 bands: 1.1 GB
+    for 14 minutes at 8 kHz) in memory. A piece is :attr:`piece_frames` frames (the frames
+    :meth:`WaveNet.upsample` turns per pass, shared by the rows), i.e. :attr:`width` samples.
+
+    >>> cols = UpsampledColumns(model, mel)       # doctest: +SKIP
+    >>> cols(0, 160).shape                         # (B, n_mels, 160)  # doctest: +SKIP
+    """
+
+    def __init__(self, model: WaveNet, mel: torch.Tensor) -> None:
+        mel = model.check_mel(mel)
+        self.model, self.mel = model, mel
+        self.frames = mel.shape[-1] - 2 * model.mel_context
+        self.piece_frames = max(1, UPSAMPLE_CHUNK_FRAMES // mel.shape[0])
+        self.width = self.piece_frames * model.mel_spec.hop_length
+        self._k, self._cols = -1, mel.new_empty(0)
+
+    @property
+    def samples(self) -> int:
+        """Columns in all: ``M * hop``."""
+        return self.frames * self.model.mel_spec.hop_length
+
+    @property
+    def pieces(self) -> int:
+        """The number of pieces."""
+        return -(-self.frames // self.piece_frames)
+
+    def piece(self, k: int) -> torch.Tensor:
+        """Piece ``k``: ``(B, n_mels, width)`` columns from ``k * width`` (fewer in the last piece)."""
+        if k != self._k:
+            f0 = k * self.piece_frames
+            f1 = min(self.frames, f0 + self.piece_frames)
+            self._k, self._cols = k, self.model._upsample_pass(self.mel[:, :, f0 : f1 + 2 * self.model.mel_context])
+        return self._cols
+
+    def __call__(self, start: int, end: int) -> torch.Tensor:
+        """``(B, n_mels, end - start)``: columns ``start .. end - 1``, ``0 <= start < end <= samples``."""
+        assert 0 <= start < end <= self.samples, (start, end, self.samples)
+        width = self.width
+        parts = [
+            self.piece(k)[:, :, max(start - k * width, 0) : end - k * width]
+            for k in range(start // width, (end - 1) // width + 1)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)

@@ -1106,6 +1106,13 @@ def _announce(run: Run) -> None:
         f"out), {run.device}" + (f" x {run.dist.world_size} processes" if run.dist.enabled else "")
         + f", precision {run.precision}, steps {run.step}..{t.max_steps}{budget}; writing to {run.run_dir}"
     )
+    warmup = run.ocfg.warmup_steps
+    if warmup > t.max_steps and run.step < t.max_steps:
+        print(
+            f"warning: optim.warmup_steps={warmup} exceeds trainer.max_steps={t.max_steps}: the learning rate "
+            f"only climbs to {t.max_steps / warmup:.0%} of optim.lr={run.ocfg.lr:g} and the schedule never "
+            f"decays it; set optim.warmup_steps below trainer.max_steps (e.g. optim.warmup_steps={t.max_steps // 10})"
+        )
 
 
 def _loop(run: Run) -> None:

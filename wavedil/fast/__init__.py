@@ -97,6 +97,9 @@ class FastBackend(Backend):
                               request.temperature, request.speaker, local=request.local, weights=request.weights)  # fmt: skip
         self.sample(one)
 
+    def continues(self, model: WaveNet) -> bool:
+        return model.embed.weight.device.type == "cpu"  # the CUDA-graph loop does not continue streams
+
     def sample(self, request: SamplingRequest) -> torch.Tensor:
         self.check(request.model, request.weights)
         if request.params.device.type == "cuda":
