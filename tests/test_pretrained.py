@@ -327,8 +327,8 @@ def test_export_script_fills_the_card_from_eval_output(tmp_path, data_dir, capsy
         "samples": 1000, "log_mel_distance": 0.4, "log_mel_codec_floor": 0.18, "log_mel_other_file": 2.2,
     }  # fmt: skip
     assert "wavedil train experiment=pretrained_vocoder8k" in card["train_command"]
-    assert card["train_command"].endswith("hydra.run.dir=runs/pretrained_vocoder8k_8 trainer.init_from=runs/pretrained_vocoder8k_7 optim.lr=4e-4 "
-                                           "trainer.precision=bf16 trainer.max_time=02:12:00 trainer.max_steps=100000")
+    assert card["train_command"].endswith("hydra.run.dir=runs/pretrained_vocoder8k_9 trainer.init_from=runs/pretrained_vocoder8k_8 optim.lr=3e-4 "
+                                           "trainer.precision=bf16 trainer.max_time=02:00:00 trainer.max_steps=100000")
     assert card["eval_commands"] == [f"wavedil eval {tmp_path / 'run'} /usr/share/asterisk/sounds/en_US_f_Allison "
                                      "--split valid --vocode-seconds 2 --temperature 0.5 --json"]  # fmt: skip
     assert card["temperature"] == 0.5 and "0.518 at 0.5" in card["temperature_note"]
