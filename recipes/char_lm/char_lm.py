@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from wavedil import DilatedStack, StackState
+from wavedil._io import atomic_open
 from wavedil.checkpoint import CHECKPOINT_FORMAT, open_checkpoint, save_checkpoint
 from wavedil.train_config import parse_duration
 from wavedil.training_utils import EMA, lr_factor, resolve_device
@@ -474,7 +475,8 @@ def sample(cfg: dict[str, Any]) -> bytes:
     if scfg.get("output"):
         out = Path(scfg["output"])
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(text)
+        with atomic_open(out) as fh:  # whole or not at all, as wavedil's own outputs
+            fh.write(text)
     sys.stdout.write((prompt + text).decode("utf-8", errors="replace") + "\n")
     print(f"[{len(text)} bytes, temperature {scfg['temperature']}, seed {seed}]", file=sys.stderr)
     return text
