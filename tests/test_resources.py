@@ -19,6 +19,7 @@ import wavedil.data.whole_files as whole_files
 import wavedil.model as model_mod
 from conftest import tiny_config
 from wavedil import WaveNet, generate
+from wavedil.backends import get_backend
 from wavedil.data import AudioItem, iter_file_audio
 from wavedil.evaluate import file_nll_bits
 
@@ -88,10 +89,21 @@ def test_generate_vocodes_a_piece_of_the_upsampled_mel_at_a_time(monkeypatch, ba
     expected = generate(model, None, seed=3, mel=mel, prompt=head, backend=backend, weights=weights).codes  # one piece
     passes = _count_upsampler_passes(monkeypatch, model)
     monkeypatch.setattr(model_mod, "UPSAMPLE_CHUNK_FRAMES", 8)
+    impl, requests = get_backend(backend), []
+    sample = impl.sample
+
+    def recording(request):
+        requests.append((request.n_samples, request.local.shape[-1], request.continuation))
+        return sample(request)
+
+    monkeypatch.setattr(impl, "sample", recording)
     done: list[int] = []
     codes = generate(model, None, seed=3, mel=mel, prompt=head, backend=backend, weights=weights, progress=done.append).codes
     assert codes.shape == (1, 30 * hop - prompt) and torch.equal(codes, expected)
     assert passes == [(1, 8 + 2 * ctx)] * 3 + [(1, 6 + 2 * ctx)]  # 30 frames, each piece once
+    n, width = 30 * hop - prompt, 8 * hop  # the samples drawn, and a piece's columns
+    drawn = [(width, width + 1, True)] * (n // width) + [(n % width, n % width, False)]
+    assert requests[-len(drawn) :] == drawn  # (after the fast back-end's one-sample warm-up request)
     assert done == sorted(done) and done[-1] == 30 * hop - prompt and len(done) >= 4
     bad = mel.clone()
     bad[:, -ctx - 1] = float("nan")  # the last frame of the audio
