@@ -22,7 +22,7 @@ from test_commands import SR, one_thread, save_run  # noqa: F401 (one_thread: an
 from test_fast import make_head_model, make_model
 
 import wavedil.synthesis as synthesis_mod
-from wavedil import StreamingGenerator, generate
+from wavedil import StreamingGenerator, WaveNet, generate
 from wavedil.audio import pcm16_bytes
 from wavedil.cli import main as cli_main
 from wavedil.synthesis import SynthesisResult, generate_to_files, generate_to_stream
@@ -244,3 +244,47 @@ def test_numpy_and_tensor_integers_are_counts_floats_and_bools_are_not():
     for bad in (2.5, True, "5", np.float32(5)):
         with pytest.raises(ValueError, match=r"n_samples must be an integer in \[1, "):
             generate(model, bad)
+
+
+def test_a_back_end_that_does_not_continue_requests_is_named_for_streams_and_sampled_whole(monkeypatch):
+    """A registered back-end that cannot continue a request (``Backend.continues`` False, the
+    default) was handed a stream's continued requests; now a stream refuses it by name, ``auto``
+    falls back to ``torch`` for streams, and ``generate`` gives it a vocoder's mel in one request."""
+    from conftest import tiny_config
+
+    import wavedil.model as model_mod
+    from wavedil.backends import TorchBackend, register_backend, unregister_backend
+    from wavedil.vocoder_stream import StreamingVocoder
+
+    seen: list[bool] = []
+
+    class Whole(TorchBackend):
+        name = "_whole"
+
+        def continues(self, model) -> bool:
+            return False
+
+        def sample(self, request):
+            seen.append(request.continuation)
+            return super().sample(request)
+
+    model = make_model(2, False)
+    register_backend("_whole", Whole())
+    try:
+        with pytest.raises(ValueError, match="the '_whole' back-end does not continue requests .* backend='torch'"):
+            StreamingGenerator(model, backend="_whole")
+        torch.manual_seed(0)
+        vocoder = WaveNet(tiny_config(mel={"sample_rate": 8000, "hop_length": 20, "n_fft": 64, "n_mels": 6})).eval()
+        with pytest.raises(ValueError, match="does not continue requests"):
+            StreamingVocoder(vocoder, backend="_whole")
+        monkeypatch.setattr(model_mod, "UPSAMPLE_CHUNK_FRAMES", 4)
+        mel = torch.randn(6, 20 + 2 * vocoder.mel_context, generator=torch.Generator().manual_seed(1)) - 3
+        whole = generate(vocoder, None, seed=2, mel=mel, backend="_whole").codes  # 5 pieces' columns, one request
+        assert seen == [False] and torch.equal(whole, generate(vocoder, None, seed=2, mel=mel, backend="torch").codes)
+    finally:
+        unregister_backend("_whole")
+    register_backend("_whole", Whole(), auto=True)
+    try:
+        assert StreamingGenerator(model, backend="auto").backend == "torch"
+    finally:
+        unregister_backend("_whole")

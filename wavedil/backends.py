@@ -544,9 +544,21 @@ def resolve_backend(backend: str, model: WaveNet, weights: str = "fp32") -> str:
 def stream_backend(backend: str, model: WaveNet, weights: str = "fp32") -> str:
     """The back-end that runs a stream (:attr:`SamplingRequest.continuation`): :func:`resolve_backend`'s,
     but ``torch`` where that is ``fast`` on CUDA (the CUDA-graph loop does not continue streams;
-    both run only ``fp32`` there, so the weight mode is the same)."""
+    both run only ``fp32`` there, so the weight mode is the same) or an ``auto`` choice that does
+    not continue requests (:meth:`Backend.continues`).
+
+    Raises:
+        ValueError: a back-end named outright that does not continue requests.
+    """
     name = resolve_backend(backend, model, weights)
-    return "torch" if name == "fast" and model.embed.weight.device.type == "cuda" else name
+    if get_backend(name).continues(model):
+        return name
+    if name == "fast" or backend == "auto":
+        return "torch"
+    raise ValueError(
+        f"the {name!r} back-end does not continue requests (Backend.continues), which a stream needs: use "
+        "backend='torch' or 'fast' for StreamingGenerator and StreamingVocoder, or generate() for one piece"
+    )
 
 
 def available_backends() -> list[str]:
