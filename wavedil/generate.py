@@ -193,7 +193,9 @@ def generate(
             with ``c = model.mel_context`` frames of context on each side
             (:func:`wavedil.data.file_mel`); they condition the ``M * hop`` output samples, of
             which a ``prompt`` gives the first ``P`` (then ``P + n_samples <= M * hop``;
-            ``n_samples=None`` generates the rest).
+            ``n_samples=None`` generates the rest). It is upsampled a piece at a time
+            (:class:`wavedil.model.UpsampledColumns`) as sampling reaches it, on back-ends that
+            continue requests (:meth:`wavedil.backends.Backend.continues`): the same samples.
         weights: how the back-end stores the weights (:data:`wavedil.backends.WEIGHT_MODES`):
             ``fp32`` (exact: the reference's samples), ``bf16`` or ``int8`` (``fast`` only;
             teacher-forced outputs within a stated tolerance of fp32, the same samples for the
