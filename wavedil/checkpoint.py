@@ -190,6 +190,16 @@ def _not_torch_file(path: Path) -> str | None:
     return f"unrecognised binary data starting with bytes {head[:8].hex(' ')}, not data written by torch.save"
 
 
+def is_torch_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a non-empty file that starts as :func:`torch.save` writes one (a
+    checkpoint of any name: ``.pth``, ``.ckpt``, ``.PT``), not text or another format."""
+    path = Path(path)
+    try:
+        return path.is_file() and path.stat().st_size > 0 and _not_torch_file(path) is None
+    except OSError:
+        return False
+
+
 def _torch_reason(exc: BaseException) -> str:
     """A short reason from a failed :func:`torch.load`, without torch's advice to retry with
     ``weights_only=False`` (which would run whatever code the file holds)."""

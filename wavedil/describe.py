@@ -69,11 +69,13 @@ class ModelDescription:
 
 
 def describe_model(target: str | os.PathLike, sample_rate: int | None = None) -> ModelDescription:
-    """Describe a checkpoint (``.pt`` file or run folder), a bundled model, a model config or a YAML file.
+    """Describe a checkpoint (a ``.pt`` file, a file of another name that torch.save wrote, or a run
+    folder), a bundled model, a model config or a YAML file.
 
     Args:
-        target: ``step_*.pt``, a run folder, ``pretrained:NAME`` (a bundled model), a name of
-            ``conf/model/*.yaml`` (``tiny``, ``ref30``, ...) or a model YAML file.
+        target: ``step_*.pt`` (or a checkpoint of another name), a run folder, ``pretrained:NAME``
+            (a bundled model), a name of ``conf/model/*.yaml`` (``tiny``, ``ref30``, ...) or a model
+            YAML file.
         sample_rate: the rate for the receptive field in ms of a config (default 16000); a
             checkpoint's is its own (another is refused).
 
@@ -89,10 +91,13 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
     if not isinstance(target, (str, os.PathLike)):
         hint = ": for a model in memory, print(model) or use model.num_parameters() and model.receptive_field" if isinstance(target, WaveNet) else ""
         raise ValueError(f"target must be a path or a name (str), got {type(target).__name__}; {_TARGETS}{hint}")
-    text = str(target)
-    if text.endswith(".pt") or Path(text).is_dir() or pretrained_name(text) is not None:
-        from .checkpoint import model_from_checkpoint
+    from .checkpoint import is_torch_file, model_from_checkpoint
 
+    text = str(target)
+    path = Path(text)
+    # a checkpoint of another name (.pth, .ckpt) too: the commands that sample it take any name
+    saved = path.suffix.lower() not in (".yaml", ".yml") and is_torch_file(path)
+    if text.endswith(".pt") or path.is_dir() or pretrained_name(text) is not None or saved:
         src = open_model(target)
         ckpt = src.checkpoint
         model = model_from_checkpoint(ckpt)
@@ -117,7 +122,6 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
         return ModelDescription(model, source, sr)
     from .config import CONF_DIR, model_config, model_preset
 
-    path = Path(text)
     if path.is_file():
         options = _load_model_yaml(path)
         try:

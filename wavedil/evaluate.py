@@ -399,7 +399,8 @@ def gather_items(
     """The :class:`~wavedil.data.AudioItem` of each audio file and of each corpus folder in ``audio``.
 
     Folders are read with :func:`wavedil.data.load_corpus` (``layout``, ``mic``); files are taken
-    as they are (probed when read).
+    as they are (probed when read), with the speaker the layout gives them: with ``vctk`` their
+    folder's name (``p225/p225_001_mic1.flac`` -> ``p225``), as when their folder is read.
 
     Raises:
         CorpusError: an entry is neither a file nor a folder, or a folder holds no usable audio.
@@ -416,9 +417,10 @@ def gather_items(
             raise CorpusError(f"an audio path is an empty string ({str(src)!r}): give a file or folder")
         p = Path(src)
         if p.is_dir():
-            items += load_corpus(p, layout=layout, mic=mic)
+            items += load_corpus(p, layout=layout, mic=mic, mic_option="--mic")
         elif p.is_file():
-            items.append(AudioItem(p))
+            speaker = Path(os.path.abspath(p)).parent.name if layout == "vctk" else None
+            items.append(AudioItem(p, speaker=speaker))
         elif not os.path.lexists(p):
             raise CorpusError(f"'{p}' does not exist: check the path (give audio files or folders of them)")
         elif not p.exists():
@@ -559,7 +561,7 @@ def evaluate_files(
         split: ``"all"``, or only the ``"train"`` / ``"valid"`` side of
             :func:`wavedil.data.split_items` with ``valid_fraction`` (default: the training run's
             ``data.valid_fraction``).
-        max_seconds: read at most this much of each file.
+        max_seconds: read at most this much of each file (the re-synthesis too); ``inf``: no limit.
         use_ema: the EMA weights when the checkpoint has them.
         vocode_seconds: vocoders only: re-synthesise this much of each file for the log-mel
             distance (0: skip it), with ``seed``, sampling at ``temperature`` (the likelihood
@@ -579,17 +581,25 @@ def evaluate_files(
     from .checkpoint import model_from_checkpoint
     from .data import LAYOUTS, VCTK_MICS, split_items
     from .pretrained import open_model, sampling_temperature
+    from .vocoder_stream import check_max_seconds
 
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
-    if isinstance(vocode_seconds, bool) or not isinstance(vocode_seconds, (int, float)) or not vocode_seconds >= 0:
-        raise ValueError(f"vocode_seconds must be >= 0, got {vocode_seconds!r}")
+    if (isinstance(vocode_seconds, bool) or not isinstance(vocode_seconds, (int, float))
+            or not 0 <= vocode_seconds < math.inf):  # fmt: skip
+        raise ValueError(
+            f"vocode_seconds must be a finite number >= 0 (seconds of each file to re-synthesise, e.g. 5; 0 skips "
+            f"it), got {vocode_seconds!r}"
+        )
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
     if mic not in VCTK_MICS:
         raise ValueError(f"mic must be one of {list(VCTK_MICS)}, got {mic!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be an integer >= 1 (samples per streamed chunk), got {chunk!r}")
+    check_max_seconds(max_seconds)
+    if max_seconds is not None:  # the re-synthesis reads no more of a file than the likelihood does
+        vocode_seconds = min(vocode_seconds, max_seconds)
     seed = check_seed(seed)
     check_weights(weights)
     src = open_model(checkpoint)

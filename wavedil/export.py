@@ -223,9 +223,11 @@ class StreamingStep(nn.Module):
 
 def _frozen_step(stack: DilatedStack, chunk_length: int) -> StreamingStep:
     """A StreamingStep over an eval-mode, gradient-free copy: exporting never changes ``stack``."""
+    step = StreamingStep(stack, chunk_length)  # its checks first: a bad argument is named, not copied
     frozen = copy.deepcopy(stack).eval()
     frozen.requires_grad_(False)
-    return StreamingStep(frozen, chunk_length).eval()
+    step.stack = frozen
+    return step.eval()
 
 
 def _example_inputs(step: StreamingStep, batch_size: int) -> tuple[torch.Tensor, ...]:

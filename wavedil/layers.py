@@ -175,6 +175,10 @@ class CausalConv1d(nn.Module):
         chunks the past is unrolled, convolved with the chunk and laid back into the ring. A ring
         made under ``torch.inference_mode`` and stepped outside it is copied first (it cannot be
         written there): use the returned buffer.
+
+        Raises:
+            ValueError: ``x``, ``buf`` or ``pos`` that do not fit: the ring must be
+                ``init_buffer(B)``'s shape, in the weights' dtype and on their device.
         """
         self._check_x(x)
         pos = check_pos(pos, "pos")
@@ -182,6 +186,12 @@ class CausalConv1d(nn.Module):
         if not isinstance(buf, torch.Tensor) or tuple(buf.shape) != want:
             got = tuple(buf.shape) if isinstance(buf, torch.Tensor) else type(buf).__name__
             raise ValueError(f"buf must be the ring (B, C_in, (k-1)*d) = {want} from init_buffer({x.shape[0]}), got {got}")
+        if not buf.is_floating_point():  # an integer ring would truncate what it holds, silently
+            raise ValueError(
+                f"buf must be a float ring ({self.weight.dtype}, the weights' dtype) from init_buffer({x.shape[0]}), "
+                f"got dtype {buf.dtype}"
+            )
+        check_tensor_input("buf", buf, self.weight)
         if x.shape[-1] == 1 and buf.is_inference() and not torch.is_inference_mode_enabled():
             buf = buf.clone()  # a ring made under torch.inference_mode cannot be written outside it: step a copy
         return self._step(x, buf, pos)

@@ -7,6 +7,7 @@ distribution of sample ``t + 1`` given samples ``<= t`` (``P = Q`` logits for ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,17 @@ class WaveNetConfig:
         if self.quantization_channels is None:
             object.__setattr__(self, "quantization_channels", 256 if self.output == "mulaw" else 65536)
         if self.speakers is not None:
+            if not isinstance(self.speakers, (list, tuple)):  # a str would become one speaker per letter
+                raise ValueError(
+                    f"speakers must be a list of speaker names (one per global class, e.g. ['p225', 'p226']) or "
+                    f"None, got {self.speakers!r}"
+                )
             object.__setattr__(self, "speakers", tuple(str(x) for x in self.speakers))
+        if self.mel is not None and not isinstance(self.mel, Mapping):
+            raise ValueError(
+                f"mel must be a mapping of log-mel settings (sample_rate, hop_length, n_fft, n_mels, ...; e.g. "
+                f"{{'sample_rate': 8000, 'hop_length': 80}}) or None for no mel conditioning, got {self.mel!r}"
+            )
 
     @property
     def encoding(self) -> str:
@@ -74,6 +85,8 @@ class WaveNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "WaveNetConfig":
+        if not isinstance(d, Mapping):
+            raise ValueError(f"model options must be a mapping of option names to values, got {type(d).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:

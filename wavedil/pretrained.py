@@ -26,6 +26,7 @@ checkout, or ``$WAVEDIL_DATA``, as :func:`wavedil.config.bundled_data` finds it)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -734,7 +735,8 @@ def export_pretrained(
 
     Raises:
         ValueError: a bad ``name`` / ``dtype``, an unusable checkpoint (non-finite weights,
-            config mismatch), no ``out_dir`` found, or ``extra`` replacing a computed field.
+            config mismatch), no ``out_dir`` found, ``extra`` replacing a computed field, or a card
+            field that is not a JSON value; nothing is written then.
     """
     _checked_name(name)
     if temperature is not None and not 0 <= temperature < float("inf"):
@@ -781,8 +783,9 @@ def export_pretrained(
         "pretrained": {"name": name, "dtype": dtype, "weights": "ema" if has_ema else "raw"},
     }
     path = folder / MODEL_FILE
-    with atomic_open(path) as fh:
-        torch.save(obj, fh)
+    buf = io.BytesIO()  # the bytes first: nothing is written until the card is known to be writable
+    torch.save(obj, buf)
+    payload = buf.getvalue()
     corpus = dict(corpus or {})
     if licence_note is None:
         licence_note = (
@@ -802,8 +805,8 @@ def export_pretrained(
         "dtype": dtype,
         "weights": obj["pretrained"]["weights"],
         "file": MODEL_FILE,
-        "bytes": path.stat().st_size,
-        "sha256": file_sha256(path),
+        "bytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
         "model_config": mcfg,
         "receptive_field": model.receptive_field,
         "corpus": corpus,
@@ -827,8 +830,17 @@ def export_pretrained(
     if clash:
         raise ValueError(f"extra card fields {clash} would replace computed ones; pass them as arguments instead")
     card.update(extra or {})
+    try:
+        card_json = json.dumps(card, indent=2) + "\n"
+    except (TypeError, ValueError) as exc:  # an extra (or heldout / corpus) value that JSON cannot hold
+        raise ValueError(f"the model card cannot be written as JSON ({exc}): give card fields as JSON values") from None
+    card_md = _card_markdown(card)
+    # model.pt and its card together, only once both are made: a refused export leaves an earlier
+    # export of this name whole (its card's sha256 still that of its model.pt)
+    with atomic_open(path) as fh:
+        fh.write(payload)
     with atomic_open(folder / CARD_JSON) as fh:
-        fh.write((json.dumps(card, indent=2) + "\n").encode("utf-8"))
+        fh.write(card_json.encode("utf-8"))
     with atomic_open(folder / CARD_MD) as fh:
-        fh.write(_card_markdown(card).encode("utf-8"))
+        fh.write(card_md.encode("utf-8"))
     return PretrainedInfo.from_folder(folder)

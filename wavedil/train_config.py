@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "TrainerConfig", "OptimConfig", "DataConfig", "check_top_level", "parse_duration", "PRECISIONS", "TOP_LEVEL_KEYS",
+    "MAX_TRAIN_SEED",
 ]
 
 #: ``trainer.precision`` values; aliases map to these names.
@@ -330,6 +331,9 @@ class DataConfig:
 #: ``name``, ``seed``, ``debug``. Hydra drops its own ``hydra`` node before the run sees the
 #: config; one composed with it (``return_hydra_config=True``) is accepted too.
 TOP_LEVEL_KEYS = ("model", "data", "optim", "trainer", "name", "seed", "debug", "hydra")
+#: The largest ``seed`` of a run: the validation set and the audio clips draw from ``seed`` plus
+#: an offset, and every one must stay within the 64 bits of a torch / sampling seed.
+MAX_TRAIN_SEED = 2**63 - 1
 
 
 def check_top_level(plain: dict[str, Any]) -> int:
@@ -338,7 +342,7 @@ def check_top_level(plain: dict[str, Any]) -> int:
     Raises:
         ValueError: an unknown top-level key (``+foo=1``; ``experiment`` when an experiment file
             lacks its ``# @package _global_`` line), a missing group, or ``seed`` / ``debug`` of
-            the wrong type (``seed=1.5`` is refused, not truncated).
+            the wrong type (``seed=1.5`` is refused, not truncated) or a ``seed`` above :data:`MAX_TRAIN_SEED`.
     """
     if not isinstance(plain, dict):
         raise ValueError(f"a training config must be a mapping of options, got {type(plain).__name__}")
@@ -353,4 +357,7 @@ def check_top_level(plain: dict[str, Any]) -> int:
         if not isinstance(plain.get(group), dict):
             raise ValueError(f"the config has no '{group}' group of options (conf/train.yaml's defaults set one)")
     _check_bool("", "debug", plain.get("debug", False))
-    return _check_int("", "seed", plain.get("seed", 0), 0)
+    seed = _check_int("", "seed", plain.get("seed", 0), 0)
+    if seed > MAX_TRAIN_SEED:  # torch.manual_seed takes 64 bits; validation and clips use seed + a few
+        raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed}")
+    return seed

@@ -133,7 +133,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError):  # TypeError: not a string (trainer.device=[cuda])
         raise TrainingError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"trainer.device={name} but no CUDA GPU is available: use trainer.device=cpu")

@@ -89,7 +89,11 @@ def _ljspeech_candidates(root: Path) -> list[tuple[Path, str | None]]:
 
 
 def load_corpus(
-    root: str | os.PathLike, layout: str = "folder", min_frames: int = 0, mic: str = "mic1"
+    root: str | os.PathLike,
+    layout: str = "folder",
+    min_frames: int = 0,
+    mic: str = "mic1",
+    mic_option: str = "data.mic",
 ) -> list[AudioItem]:
     """Find and probe the audio files of a corpus.
 
@@ -113,6 +117,8 @@ def load_corpus(
         layout: one of :data:`LAYOUTS`.
         min_frames: skip files shorter than this many frames (at the file's own rate).
         mic: ``vctk`` layout only: one of :data:`VCTK_MICS`.
+        mic_option: how the messages name the setting of ``mic`` (``data.mic`` of training; ``--mic``
+            of ``wavedil eval``).
 
     Returns:
         the usable files, with ``frames`` and ``rate`` filled in.
@@ -125,7 +131,7 @@ def load_corpus(
     if layout not in LAYOUTS:
         raise CorpusError(f"unknown corpus layout {layout!r}; valid layouts are {list(LAYOUTS)}")
     if mic not in VCTK_MICS:
-        raise CorpusError(f"unknown VCTK microphone {mic!r} (data.mic); valid choices are {list(VCTK_MICS)}")
+        raise CorpusError(f"unknown VCTK microphone {mic!r} ({mic_option}); valid choices are {list(VCTK_MICS)}")
     if isinstance(min_frames, bool) or not isinstance(min_frames, int) or min_frames < 0:
         raise CorpusError(f"min_frames must be an integer >= 0, got {min_frames!r}")
     root = _check_root(os.path.expanduser(root))  # "~/wavs": a quoted override or a config file
@@ -143,7 +149,7 @@ def load_corpus(
                 f"to WAV/FLAC."
             )
         if layout == "vctk":
-            files = _choose_mic(root, files, mic)
+            files = _choose_mic(root, files, mic, mic_option)
             loose = [p for p in files if p.parent == root]
             if loose and len(loose) < len(files):  # all of them there: one speaker's folder given as the root
                 logger.warning(
@@ -179,7 +185,12 @@ def load_corpus(
     return items
 
 
-def _choose_mic(root: Path, files: list[Path], mic: str) -> list[Path]:
+def _setting(option: str, value: str) -> str:
+    """``data.mic=both`` (a Hydra override) or ``--mic both`` (a command-line option)."""
+    return f"{option} {value}" if option.startswith("-") else f"{option}={value}"
+
+
+def _choose_mic(root: Path, files: list[Path], mic: str, option: str = "data.mic") -> list[Path]:
     """``files`` without the other microphone's copies (``*_mic1`` / ``*_mic2``) unless ``mic="both"``."""
     if mic == "both":
         return files
@@ -189,11 +200,11 @@ def _choose_mic(root: Path, files: list[Path], mic: str) -> list[Path]:
     if files and not kept:
         raise CorpusError(
             f"layout=vctk with mic={mic} found no *_{mic} files under '{root}', only {dropped} *_{other} "
-            f"ones; set data.mic={other} (or both)"
+            f"ones; set {_setting(option, other)} (or both)"
         )
     if dropped:
-        logger.info("vctk: using the %s recordings, leaving out %d %s copies (data.mic=both keeps them)",
-                    mic, dropped, other)  # fmt: skip
+        logger.info("vctk: using the %s recordings, leaving out %d %s copies (%s keeps them)",
+                    mic, dropped, other, _setting(option, "both"))  # fmt: skip
     return kept
 
 

@@ -40,6 +40,8 @@ def iter_file_audio(
         raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
+    if max_seconds == math.inf:  # no limit, as ``vocode --max-seconds inf`` (no frame count to compute)
+        max_seconds = None
     for i, item in enumerate(items):
         if not isinstance(item, AudioItem):  # items may be an iterator: checked as they come
             _check_items([item], "iter_file_audio", start=i)
