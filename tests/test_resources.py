@@ -15,12 +15,17 @@ import pytest
 import soundfile as sf
 import torch
 
+import wavedil.audio as audio_mod
+import wavedil.conditioning as conditioning
 import wavedil.data.whole_files as whole_files
 import wavedil.model as model_mod
+import wavedil.vocoder_stream as vocoder_stream
 from conftest import tiny_config
 from wavedil import WaveNet, generate
 from wavedil.backends import get_backend
-from wavedil.data import AudioItem, iter_file_audio
+from wavedil.conditioning import MelSpec, log_mel
+from wavedil.data import AudioItem, file_mel, iter_file_audio
+from wavedil.vocoder_stream import StreamingVocoder
 from wavedil.evaluate import file_nll_bits
 
 MEL = {"sample_rate": 8000, "hop_length": 20, "n_fft": 64, "n_mels": 6}
@@ -173,3 +178,115 @@ def test_the_first_seconds_of_a_file_given_by_itself_are_read_alone(tmp_path, mo
     (tmp_path / "broken.wav").write_bytes(b"RIFF not audio")  # skipped with a warning, as before
     assert [w.shape[0] for _, w in iter_file_audio([AudioItem(tmp_path / "broken.wav")] + given, 8000, 0.5)] == [
         4000, 4000]  # fmt: skip
+
+
+def _count_mel_passes(monkeypatch) -> list[int]:
+    """Frames of every STFT pass of :func:`wavedil.conditioning.log_mel` from now on."""
+    passes: list[int] = []
+    transform = conditioning._mel_transform
+
+    def spying(spec, device):
+        mel_spectrogram = transform(spec, device)
+
+        def counting(span: torch.Tensor) -> torch.Tensor:
+            out = mel_spectrogram(span)  # (..., n_mels, frames)
+            passes.append(out.shape[-1])
+            return out
+
+        return counting
+
+    monkeypatch.setattr(conditioning, "_mel_transform", spying)
+    return passes
+
+
+def test_a_long_files_log_mel_is_analysed_a_few_thousand_frames_at_a_time(monkeypatch):
+    """``log_mel`` ran one STFT over all the frames asked for: ``file_mel`` of 30 minutes of 8 kHz
+    audio with speech8k-vocoder's MelSpec (n_fft 256, hop 80) held its windowed frames, their
+    spectrum and magnitudes at once, about 35 bytes a sample for features of 2: read and analysed,
+    1.10 GB and 1.44 s. Now a pass takes MEL_CHUNK_FRAMES frames into the features: 0.67 GB and
+    0.46 s, the same features bitwise (a last pass of one frame joins the one before: its mel
+    filtering, a matrix-vector product, rounds differently)."""
+    spec = MelSpec(**MEL)
+    gen = torch.Generator().manual_seed(5)
+    wav = 0.3 * torch.randn(50 * MEL["hop_length"] + 7, generator=gen)  # 51 frames, 57 with the context
+    batch = 0.3 * torch.randn(3, 40 * MEL["hop_length"], generator=gen)
+    whole, whole_batch = file_mel(wav, spec, 3), log_mel(batch, spec)  # <= MEL_CHUNK_FRAMES: one pass
+    passes = _count_mel_passes(monkeypatch)
+    monkeypatch.setattr(conditioning, "MEL_CHUNK_FRAMES", 8)
+    pieces = file_mel(wav, spec, 3)
+    assert passes == [8] * 6 + [9]  # 57 frames: the last frame joins the pass before
+    assert pieces.shape == whole.shape == (MEL["n_mels"], 57) and torch.equal(pieces, whole)
+    passes.clear()
+    assert torch.equal(log_mel(batch, spec), whole_batch) and passes == [8] * 5  # (B, T) too
+    bad = wav.clone()
+    bad[-3] = float("nan")  # read by the last pass only
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        file_mel(bad, spec, 3)
+
+
+def test_a_multichannel_file_is_downmixed_a_block_at_a_time(tmp_path, monkeypatch):
+    """``read_audio`` read all ``(T, C)`` frames of a multi-channel file, then checked, averaged and
+    took the magnitudes of them whole: ``read_audio`` of 30 minutes of 44.1 kHz stereo to 8 kHz (what
+    ``wavedil vocode`` and ``eval`` do with such a file) took 1.87 GB and 13 s. Now it reads and
+    downmixes _DOWNMIX_BLOCK frames at a time into the mono signal, and its peak comes from the
+    signal's extremes: 1.25 GB and 6 s, the same samples bitwise (the mean of each frame's
+    channels, as before), and the same refusal of a file holding NaN."""
+    rng = np.random.default_rng(3)
+    frames = (0.4 * rng.standard_normal((4500, 3))).astype(np.float32)
+    frames[100, 1] = 1.5  # float data beyond full scale: clipped, as before
+    sf.write(tmp_path / "three.wav", frames, 8000, subtype="FLOAT")
+    sf.write(tmp_path / "stereo.flac", frames[:, :2], 16000, subtype="PCM_16")
+    expected = {}  # what read_audio did: all frames, then their mean
+    for name in ("three.wav", "stereo.flac"):
+        data = sf.read(tmp_path / name, dtype="float32", always_2d=True)[0]
+        expected[name] = torch.from_numpy(data.mean(axis=1)).clamp(-1.0, 1.0)
+    blocks: list[int] = []
+    downmix = audio_mod._downmix
+    monkeypatch.setattr(audio_mod, "_downmix", lambda data: blocks.append(data.shape[0]) or downmix(data))
+    monkeypatch.setattr(audio_mod, "_DOWNMIX_BLOCK", 1000)
+    wav, _ = audio_mod.read_audio(tmp_path / "three.wav")
+    assert blocks == [1000] * 4 + [500] and torch.equal(wav, expected["three.wav"])
+    blocks.clear()
+    span, _ = audio_mod.read_audio(tmp_path / "stereo.flac", start=-2100, frames=3000)  # past the end: 2100
+    assert blocks == [1000, 1000, 100] and torch.equal(span, expected["stereo.flac"][-2100:])
+    resampled, _ = audio_mod.read_audio(tmp_path / "stereo.flac", 8000)
+    assert torch.equal(resampled, audio_mod.resample(expected["stereo.flac"], 16000, 8000))
+    frames[4321, 2] = float("nan")
+    sf.write(tmp_path / "nan.wav", frames, 8000, subtype="FLOAT")
+    with pytest.raises(audio_mod.AudioReadError, match="NaN or infinite"):
+        audio_mod.read_audio(tmp_path / "nan.wav")
+
+
+@pytest.mark.parametrize("backend", ["torch", "fast"])
+def test_a_long_push_to_a_streaming_vocoder_is_upsampled_and_drawn_a_piece_at_a_time(monkeypatch, backend):
+    """``StreamingVocoder.push`` upsampled all the frames a push made ready, then appended them to
+    the columns held: ``wavedil vocode --model speech8k-vocoder --stream - -o out.wav`` fed a saved
+    600 s log-mel as one chunk peaked at 2.25 GB (160 bytes a sample at 40 bands, twice) before its
+    first sample. Now a push upsamples the pieces WaveNet.upsample makes one at a time, drawing each
+    piece's samples before making the next: 0.98 GB, and the same samples as pushes upsampled whole
+    (the same columns; draws continued across pieces): 25 s in one chunk gave the same file before
+    and after (0.98 and 0.92 GB)."""
+    model = _vocoder()
+    ctx, hop = model.mel_context, MEL["hop_length"]
+    frames = _mel(1, 30, 0)[0]  # (n_mels, 30): a stream's raw frames
+
+    def run() -> torch.Tensor:
+        voc = StreamingVocoder(model, seed=3, backend=backend)
+        return torch.cat([voc.push(frames[:, :25]), voc.push(frames[:, 25:]), voc.finish()], dim=1)
+
+    expected = run()  # every push ready fewer frames than UPSAMPLE_CHUNK_FRAMES: one pass each, as before
+    passes = _count_upsampler_passes(monkeypatch, model)
+    monkeypatch.setattr(model_mod, "UPSAMPLE_CHUNK_FRAMES", 8)
+    widths: list[int] = []  # columns held by each request of samples
+    request = vocoder_stream.SamplingRequest
+
+    def spying(*args, **kwargs):
+        widths.append(kwargs["local"].shape[-1])
+        return request(*args, **kwargs)
+
+    monkeypatch.setattr(vocoder_stream, "SamplingRequest", spying)
+    codes = run()
+    assert codes.shape == (1, 30 * hop) and torch.equal(codes, expected)
+    first = 25 - ctx  # the first push makes ready all but the last ctx frames
+    assert [f - 2 * ctx for _, f in passes] == [8, 8, first - 16, 5, ctx]  # each piece once, 8 frames at most
+    assert max(widths) <= 1 + 8 * hop and sum(widths) - len(widths) + 1 == 30 * hop
