@@ -238,3 +238,30 @@ def test_exporting_something_that_is_not_a_stack_is_named():
     for thing in ("stack.pt", {"layers.0.conv.weight": torch.zeros(1)}):
         with pytest.raises(ValueError, match=r"stack must be a wavedil DilatedStack, got (str|dict)"):
             to_torchscript(thing)
+
+
+# ----------------------------------------------------------------------------- noticed by the hunt, fixed after
+
+
+def test_resume_of_the_wrong_kind_and_a_huge_thread_count_are_named():
+    """Before: ``trainer.resume=[a,b]`` was looked for as the checkpoint "['a', 'b']" (not found), and
+    ``trainer.threads=100000000`` made OpenMP abort the whole process ("Out of memory allocating
+    21600001344 bytes")."""
+    from wavedil.train_config import MAX_THREADS, TrainerConfig
+
+    with pytest.raises(ValueError, match=r"trainer.resume must be true, false or the path .* got \['a', 'b'\]"):
+        TrainerConfig.from_dict({"resume": ["a", "b"]})
+    with pytest.raises(ValueError, match=rf"trainer.threads must be at most {MAX_THREADS} .* got 100000000"):
+        TrainerConfig.from_dict({"threads": 100_000_000})
+    assert TrainerConfig.from_dict({"threads": MAX_THREADS, "resume": "runs/x"}).resume == "runs/x"
+
+
+def test_a_state_on_a_device_that_is_not_one_is_named():
+    """Before: ``DilatedStack.init_state(1, device="nope")`` raised torch's RuntimeError about device strings."""
+    block = CausalConv1d(4, 4, kernel_size=2, dilation=2)
+    with pytest.raises(ValueError, match=r"device must be a torch device such as 'cpu' .* got 'nope'"):
+        block.init_buffer(1, device="nope")
+    model = WaveNet(tiny_config())
+    with pytest.raises(ValueError, match="got 'nope'"):
+        model.stack.init_state(1, device="nope")
+    assert block.init_buffer(2, device="cpu").shape == (2, 4, 2)

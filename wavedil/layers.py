@@ -161,7 +161,13 @@ class CausalConv1d(nn.Module):
     ) -> torch.Tensor:
         """An empty (all-zero) ring buffer ``(B, C_in, (k-1)*d)`` for :meth:`step`."""
         check_positive_int("batch_size", batch_size)
-        device = self.weight.device if device is None else device
+        try:
+            device = self.weight.device if device is None else torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device must be a torch device such as 'cpu' or 'cuda:0' (the weights are on {self.weight.device}), "
+                f"got {device!r}"
+            ) from None
         dtype = self.weight.dtype if dtype is None else dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"dtype must be a float torch.dtype (the weights are {self.weight.dtype}), got {dtype!r}")

@@ -28,6 +28,10 @@ __all__ = [
     "MAX_TRAIN_SEED",
 ]
 
+#: The most ``trainer.threads``: more made OpenMP abort the process allocating their stacks
+#: (``trainer.threads=100000000``: "Out of memory allocating 21600001344 bytes").
+MAX_THREADS = 1024
+
 #: ``trainer.precision`` values; aliases map to these names.
 PRECISIONS = ("32", "bf16", "bf16-emulated", "16", "auto")
 _PRECISION_ALIASES = {
@@ -187,6 +191,15 @@ class TrainerConfig:
             set_("resume", False)
         elif isinstance(self.resume, str) and self.resume.lower() == "true":
             set_("resume", True)
+        elif not isinstance(self.resume, (bool, str)):  # a list or a number named no checkpoint
+            raise ValueError(
+                f"trainer.resume must be true, false or the path of a checkpoint or run folder, got {self.resume!r}"
+            )
+        if self.threads > MAX_THREADS:  # OpenMP tries to allocate every thread's stack and aborts the process
+            raise ValueError(
+                f"trainer.threads must be at most {MAX_THREADS} (0: torch's default, {os.cpu_count()} CPUs here), "
+                f"got {self.threads}"
+            )
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
             raise ValueError(
                 f"trainer.init_from must be a checkpoint file, a run folder or pretrained:NAME, got {self.init_from!r}"
