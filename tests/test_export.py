@@ -4,6 +4,7 @@ with ``DilatedStack.step`` / ``forward``, at every position, for any chunking.""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -296,3 +297,22 @@ def test_onnx_path_must_end_in_onnx(tmp_path):
     pytest.importorskip("onnxscript")
     with pytest.raises(ValueError, match="must end in .onnx, got '.*step.pt'"):
         to_onnx(_stack(2), tmp_path / "step.pt")
+
+
+def test_onnx_is_written_whole_or_not_at_all(monkeypatch, tmp_path):
+    """Before: ``to_onnx`` saved straight to the path, so a failure while saving (a full disk, a
+    kill) left a partial ``.onnx`` in place of an earlier good one."""
+    for name in ("onnx", "onnxscript"):
+        pytest.importorskip(name, reason=f"{name} is not installed (pip install 'wavedil[onnx]')")
+    path = tmp_path / "step.onnx"
+    path.write_bytes(b"the earlier export")
+
+    def failing(self, destination, **kwargs):
+        Path(destination).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx.ONNXProgram, "save", failing)
+    with pytest.raises(OSError, match="No space left"):
+        to_onnx(_stack(2), path)
+    assert path.read_bytes() == b"the earlier export" and sorted(p.name for p in tmp_path.iterdir()) == ["step.onnx"]
+    # (a successful save through the same path: test_onnx_runtime_equals_eager)

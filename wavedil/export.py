@@ -352,5 +352,21 @@ def to_onnx(
             verbose=False,
         )
     path.parent.mkdir(parents=True, exist_ok=True)  # check_onnx_path leaves no folder behind
-    onnx_program.save(str(path))
+    _save_whole(onnx_program, path)
     return path
+
+
+def _save_whole(onnx_program, path: Path) -> None:
+    """Save ``onnx_program`` to ``path`` whole or not at all: into a fresh folder beside it, then
+    moved into place (any external-data file first, which the model names by its file name, and
+    the model last), so a failure leaves no partial ``.onnx`` and an earlier file as it was."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        onnx_program.save(str(tmp / path.name))
+        for made in sorted(tmp.iterdir(), key=lambda p: p.name == path.name):
+            os.replace(made, path.parent / made.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
