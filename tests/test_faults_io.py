@@ -391,3 +391,33 @@ def test_a_file_whose_rate_is_absurdly_low_is_refused_not_upsampled_into_gigabyt
     sf.write(str(tmp_path / "ok.wav"), np.zeros(1000, np.float32), 125)  # 64x exactly: done
     wav, rate = read_audio(tmp_path / "ok.wav", sample_rate=8000)
     assert rate == 8000 and wav.shape == (64_000,)
+
+
+def test_audio_after_the_data_a_wav_header_declares_is_warned_about(tmp_path, caplog):
+    """Before: a WAV whose header declares less data than the file holds (a recorder that updated
+    its header, then went on writing and was stopped) was read as declared, the rest dropped
+    without a word. Now a warning names the frames left unread and the repair; a chunk after the
+    data (LIST) or zero padding is no such tail."""
+    import struct
+
+    full = tmp_path / "full.wav"
+    sf.write(full, tone(0.5), SR, subtype="PCM_16")  # 4,000 frames
+    raw = full.read_bytes()
+    stale = bytearray(raw)
+    stale[40:44] = struct.pack("<I", 2 * 1000)  # the data chunk declares 1,000 frames
+    stale[4:8] = struct.pack("<I", 36 + 2 * 1000)
+    (tmp_path / "stale.wav").write_bytes(bytes(stale))
+    caplog.set_level(logging.WARNING, logger="wavedil.audio")
+    wav, _ = read_audio(tmp_path / "stale.wav")
+    assert wav.shape == (1000,)
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert f"audio file '{tmp_path / 'stale.wav'}' declares 1000 frames in its header, but 3,000 more frames" in msg
+    assert "(0.38 s)" in msg and "sox --ignore-length" in msg
+    caplog.clear()
+    listed = raw + b"LIST" + struct.pack("<I", 4) + b"INFO"  # a chunk after the data
+    padded = raw + bytes(512)  # zero padding to a sector
+    for name, data in (("listed.wav", listed), ("padded.wav", padded)):
+        (tmp_path / name).write_bytes(data)
+        assert read_audio(tmp_path / name)[0].shape == (4000,)
+    read_audio(tmp_path / "stale.wav", start=0, frames=500)  # a span inside the declared frames: nothing to say
+    assert not caplog.records

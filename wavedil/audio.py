@@ -324,6 +324,29 @@ def _wav_declared_frames(path: str | os.PathLike) -> int | None:
     return size // block_align
 
 
+def _wav_unread_tail(path: str | os.PathLike) -> int:
+    """Frames of audio after the ``data`` a RIFF/WAVE header declares, which libsndfile does not read:
+    what a writer appended after its last update of the header (a recorder stopped before it
+    closed the file). 0 when there are none: nothing follows, a chunk follows (``LIST``, ``id3 ``,
+    ...), the tail is zero padding, or the file cannot be walked."""
+    chunk = _wav_data_chunk(path)
+    if chunk is None:
+        return 0
+    block_align, size, after = chunk
+    tail = after - size - (size & 1)
+    if block_align <= 0 or size in _PLACEHOLDER_SIZES or tail < block_align:
+        return 0
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(os.fstat(fh.fileno()).st_size - tail)
+            head = fh.read(min(tail, 1 << 16))
+    except OSError:
+        return 0
+    if len(head) >= 8 and all(32 <= b < 127 for b in head[:4]) and struct.unpack("<I", head[4:8])[0] <= tail - 8:
+        return 0  # another chunk
+    return 0 if not any(head) else tail // block_align
+
+
 def _no_samples_message(path: str | os.PathLike, what: str) -> str:
     """Why the audio file ``path`` (called ``what``) gives no samples: it holds none, or (a WAV whose
     header was never finished, e.g. by a recording stopped before it closed the file) its header
@@ -481,6 +504,14 @@ def read_audio(
             if truncated == "error":
                 raise AudioReadError(f"{what}; it was cut short (an interrupted copy or download): use the complete file")
             logger.warning("%s; using the %d present", what, present)
+        unread = _wav_unread_tail(path) if declared is None or declared <= present else 0
+        if unread:
+            logger.warning(
+                "audio file '%s' declares %d frames in its header, but %s more frames of audio data (%.2f s) follow "
+                "them, which are not read: the program that wrote it did not update its header at the end; to read "
+                "them, repair it with sox --ignore-length '%s' fixed.wav", path, present, f"{unread:,}",
+                unread / rate if rate > 0 else 0.0, path,
+            )  # fmt: skip
     if data.shape[0] == 0:
         raise AudioReadError(_no_samples_message(path, f"audio file '{path}'"))
     if not finite:
