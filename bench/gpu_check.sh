@@ -14,13 +14,7 @@ OUT=${1:-gpu_check_out}
 mkdir -p "$OUT"
 make install >/dev/null || { echo "make install failed"; exit 1; }
 PY=.venv/bin/python
-failed=()
-step() {  # step NAME COMMAND...: run, keep the output, note a failure
-    local name=$1; shift
-    echo "== $name"
-    if "$@" >"$OUT/$name.log" 2>&1; then echo "   ok"; else echo "   FAILED (see $OUT/$name.log)"; failed+=("$name"); fi
-    tail -n 5 "$OUT/$name.log" | tr '\r' '\n' | grep -v 'it/s\|step/s' | tail -n 3 | sed 's/^/   /'
-}
+source bench/_steps.sh  # step NAME COMMAND...
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')" || exit 1
 $PY -c "import torch; print(torch.cuda.get_device_name(0), 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 step tests $PY -m pytest -q -p no:cacheprovider -rs tests/test_fast_cuda.py tests/test_precision.py
