@@ -173,16 +173,19 @@ def test_info_of_a_checkpoint_named_otherwise_than_pt_describes_it(plain_run, tm
 
 
 def test_info_of_a_yaml_or_an_unknown_binary_keeps_its_messages(tmp_path, capsys):
-    """Regression check (passes before and after): a YAML file is still read as one, a file named
-    .yaml that torch wrote is still called invalid YAML, and a binary file such as .npy keeps its message."""
+    """A YAML file is still read as one and a file named .yaml that torch wrote is still called
+    invalid YAML; a binary file such as .npy or a WAV is named as what it holds."""
     (tmp_path / "m.yaml").write_text("residual_channels: 4\n")
     assert describe_model(tmp_path / "m.yaml").model.config.residual_channels == 4
     torch.save({"model": {}}, tmp_path / "torch.yaml")
     with pytest.raises(ValueError, match=r"is not a valid model config YAML"):
         describe_model(tmp_path / "torch.yaml")
-    np.save(tmp_path / "m.npy", np.zeros(3))
-    with pytest.raises(ValueError, match=r"is not a valid model config YAML \(it is not UTF-8 text"):
+    np.save(tmp_path / "m.npy", np.zeros(3))  # since: named as what it is (it was "not UTF-8 text: byte 0x93")
+    with pytest.raises(ValueError, match=r"'.*m.npy' holds a NumPy array \(.npy\), not a model; give a checkpoint"):
         describe_model(tmp_path / "m.npy")
+    (tmp_path / "m.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
+    with pytest.raises(ValueError, match=r"m.wav' holds an audio file, not a model; give"):
+        describe_model(tmp_path / "m.wav")
 
 
 # ----------------------------------------------------------------------------- the layers' rings

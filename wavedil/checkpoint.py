@@ -156,6 +156,9 @@ def _looks_like_text(head: bytes) -> bool:
     return all(ch.isprintable() or ch in "\t\n\r\f\v" for ch in text)
 
 
+_TEXT_KIND = "it holds text, not data written by torch.save"
+
+
 def _not_torch_file(path: Path) -> str | None:
     """What ``path`` holds if it is not a file ``torch.save`` wrote, or None if it may be one.
 
@@ -186,18 +189,28 @@ def _not_torch_file(path: Path) -> str | None:
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "a tar archive, not a file torch.save wrote"
     if _looks_like_text(head):
-        return "it holds text, not data written by torch.save"
+        return _TEXT_KIND
     return f"unrecognised binary data starting with bytes {head[:8].hex(' ')}, not data written by torch.save"
 
 
 def is_torch_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a non-empty file that starts as :func:`torch.save` writes one (a
     checkpoint of any name: ``.pth``, ``.ckpt``, ``.PT``), not text or another format."""
+    return binary_file_kind(path) == ""
+
+
+def binary_file_kind(path: str | os.PathLike) -> str | None:
+    """What a non-empty file that is not text holds: ``""`` when it starts as :func:`torch.save`
+    writes one, else e.g. ``"a NumPy array (.npy), not a model"``; None for text (perhaps a
+    YAML file), an empty file or one that cannot be read."""
     path = Path(path)
     try:
-        return path.is_file() and path.stat().st_size > 0 and _not_torch_file(path) is None
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        kind = _not_torch_file(path)
     except OSError:
-        return False
+        return None
+    return "" if kind is None else None if kind == _TEXT_KIND else kind
 
 
 def _torch_reason(exc: BaseException) -> str:

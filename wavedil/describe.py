@@ -91,12 +91,15 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
     if not isinstance(target, (str, os.PathLike)):
         hint = ": for a model in memory, print(model) or use model.num_parameters() and model.receptive_field" if isinstance(target, WaveNet) else ""
         raise ValueError(f"target must be a path or a name (str), got {type(target).__name__}; {_TARGETS}{hint}")
-    from .checkpoint import is_torch_file, model_from_checkpoint
+    from .checkpoint import binary_file_kind, model_from_checkpoint
 
     text = str(target)
     path = Path(text)
+    kind = None if path.suffix.lower() in (".yaml", ".yml") else binary_file_kind(path)
+    if kind:  # binary, but not a checkpoint: not a YAML file either (text is read as one)
+        raise ValueError(f"'{path}' holds {kind}; {_TARGETS}")
     # a checkpoint of another name (.pth, .ckpt) too: the commands that sample it take any name
-    saved = path.suffix.lower() not in (".yaml", ".yml") and is_torch_file(path)
+    saved = kind == ""
     if text.endswith(".pt") or path.is_dir() or pretrained_name(text) is not None or saved:
         src = open_model(target)
         ckpt = src.checkpoint
