@@ -95,12 +95,12 @@ def describe_model(target: str | os.PathLike, sample_rate: int | None = None) ->
 
     text = str(target)
     path = Path(text)
-    kind = None if path.suffix.lower() in (".yaml", ".yml") else binary_file_kind(path)
+    suffix = path.suffix.lower()
+    kind = None if suffix in (".yaml", ".yml", ".pt") else binary_file_kind(path)  # .pt: the checkpoint's messages
     if kind:  # binary, but not a checkpoint: not a YAML file either (text is read as one)
         raise ValueError(f"'{path}' holds {kind}; {_TARGETS}")
-    # a checkpoint of another name (.pth, .ckpt) too: the commands that sample it take any name
-    saved = kind == ""
-    if text.endswith(".pt") or path.is_dir() or pretrained_name(text) is not None or saved:
+    # a checkpoint of another name (.pth, .ckpt) too (kind ""): the commands that sample it take any name
+    if suffix == ".pt" or path.is_dir() or pretrained_name(text) is not None or kind == "":
         src = open_model(target)
         ckpt = src.checkpoint
         model = model_from_checkpoint(ckpt)
