@@ -14,7 +14,12 @@ emulated and slower than float32.
 Variants: ``baseline`` (float32), ``wavedil`` (float32), ``wavedil-bf16`` (bf16 autocast),
 ``wavedil-bf16-emulated`` (bf16 matmul numerics computed in float32: ``trainer.precision=bf16-emulated``),
 ``wavedil-auto`` (:func:`wavedil.precision.choose_precision` measures float32 and bf16 on a copy,
-then the chosen one is timed), ``wavedil-ckpt`` (float32, activation checkpointing in 3 groups).
+then the chosen one is timed), ``wavedil-ckpt`` (float32, activation checkpointing in 3 groups),
+``wavedil-fp16`` (float16 autocast with a gradient scaler, CUDA only), the baseline under the
+same autocasts (``baseline-bf16``, ``baseline-fp16``), ``wavedil-tf32`` (float32 with TF32 matmuls
+on a GPU: cuDNN's convolutions, the baseline's, use TF32 by default, torch's matmuls do not) and
+``wavedil-bf16-plain`` (bf16 autocast through the plain autograd ops instead of the hand-written
+gated-layer function). ``--profile`` adds each variant's busiest GPU kernels over two steps.
 
 The baseline is what a first implementation looks like: one ``nn.Conv1d`` per dilated conv
 (padding on both sides, the tail cut off), separate 1x1 convs for the residual and the skip,
@@ -30,6 +35,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,7 +60,11 @@ from wavedil.training_utils import NATIVE_BF16_FLAGS, autocast_for, cpu_flags  #
 
 #: The /proc/cpuinfo flags that decide how fast bf16 and wide vector code run.
 PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
-VARIANTS = ("baseline", "wavedil", "wavedil-bf16", "wavedil-bf16-emulated", "wavedil-auto", "wavedil-ckpt")
+VARIANTS = ("baseline", "wavedil", "wavedil-bf16", "wavedil-bf16-emulated", "wavedil-auto", "wavedil-ckpt",
+            "wavedil-fp16", "baseline-bf16", "baseline-fp16", "wavedil-tf32", "wavedil-bf16-plain")
+#: trainer.precision of each variant (float32 where not named)
+PRECISION = {"wavedil-bf16": "bf16", "wavedil-bf16-emulated": "bf16-emulated", "wavedil-fp16": "16",
+             "baseline-bf16": "bf16", "baseline-fp16": "16", "wavedil-bf16-plain": "bf16"}
 
 
 class BaselineLayer(nn.Module):
@@ -98,39 +108,54 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def run_one(variant: str, batch: int, length: int, steps: int, warmup: int, threads: int, device: str) -> dict:
+def run_one(
+    variant: str, batch: int, length: int, steps: int, warmup: int, threads: int, device: str, profile: bool = False
+) -> dict:
     """Time ``steps`` optimizer steps of one variant in this process (after ``warmup`` steps)."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
+    if variant == "wavedil-tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if variant == "wavedil-bf16-plain":  # every gated layer through plain autograd ops
+        import wavedil.layers
+        from wavedil.gated import NOT_TAKEN
+
+        wavedil.layers.gated_fast_path = lambda *args: NOT_TAKEN
     torch.manual_seed(0)
     cfg = WaveNetConfig()  # ref30
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    model = (BaselineWaveNet(cfg) if variant == "baseline" else WaveNet(cfg)).to(dev)
+    baseline = variant.startswith("baseline")
+    model = (BaselineWaveNet(cfg) if baseline else WaveNet(cfg)).to(dev)
     if variant == "wavedil-ckpt":
         model.stack.checkpoint_segments = 3  # activation checkpointing in 3 groups of layers
     make_opt = lambda params: torch.optim.AdamW(params, lr=1e-4)  # noqa: E731
     opt = make_opt(model.parameters())
     seg = torch.randint(0, cfg.quantization_channels, (batch, length + 1), device=dev)
-    precision, extra = {"wavedil-bf16": "bf16", "wavedil-bf16-emulated": "bf16-emulated"}.get(variant, "32"), {}
+    precision, extra = PRECISION.get(variant, "32"), {}
     if variant == "wavedil-auto":
         from wavedil.precision import choose_precision
 
         t0 = time.perf_counter()
         precision, reason = choose_precision(model, make_opt, seg, {}, dev, steps=steps)
         extra = {"chose": precision, "reason": reason, "measure_seconds": time.perf_counter() - t0}
-    autocast, _ = autocast_for(dev, precision)
+    autocast, scaler = autocast_for(dev, precision)
     rss_before = _peak_rss_mb()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
     def step() -> float:
         with autocast():
-            loss = categorical_bits(model(seg[:, :-1]), seg[:, 1:]) if variant == "baseline" else model.loss(seg)
+            loss = categorical_bits(model(seg[:, :-1]), seg[:, 1:]) if baseline else model.loss(seg)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:  # float16: the gradient scaler, as the trainer uses it
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         return loss.item()
 
     for _ in range(warmup):
@@ -150,7 +175,35 @@ def run_one(variant: str, batch: int, length: int, steps: int, warmup: int, thre
     }
     if dev.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        out["tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
+    if profile:
+        out["profile"] = _profile(step, dev)
     return out
+
+
+def _profile(step: Callable[[], float], dev: torch.device, steps: int = 2, top: int = 12) -> dict:
+    """The busiest kernels of ``steps`` steps (self time on the device), and the device's busy time
+    per step against the wall time: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+    wall = (time.perf_counter() - t0) / steps
+    attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    busy = sum(getattr(e, attr) for e in events) / 1e3 / steps
+    kernels = sum(e.count for e in events if dev.type == "cuda" and e.device_type.name == "CUDA") / steps
+    return {
+        "wall_ms_per_step": round(1e3 * wall, 2), "busy_ms_per_step": round(busy, 2),
+        "device_kernels_per_step": round(kernels), "top": [
+            {"name": e.key[:90], "calls": e.count // steps, "ms_per_step": round(getattr(e, attr) / 1e3 / steps, 3)}
+            for e in events[:top]
+        ],
+    }  # fmt: skip
 
 
 def data_wait_fraction(steps: int, threads: int) -> dict:
@@ -217,9 +270,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 with --quick)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(VARIANTS[:6]), help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--quick", action="store_true",
                    help="B=1, T=500, 1 step, 1 thread, one process, no data loading: a smoke run")
+    p.add_argument("--profile", action="store_true", help="also each variant's busiest kernels over two steps")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print its JSON
     p.add_argument("--data-wait", action=argparse.BooleanOptionalAction, default=None,
                    help="also time data loading on the bundled speech (default: on, off with --quick)")
@@ -231,15 +285,16 @@ def main() -> None:
     if a.data_wait is None:
         a.data_wait = not a.quick
     if a.one:
-        print(json.dumps(run_one(a.one, a.batch, a.length, a.steps, a.warmup, a.threads, a.device)))
+        print(json.dumps(run_one(a.one, a.batch, a.length, a.steps, a.warmup, a.threads, a.device, a.profile)))
         return
     results = {}
     for v in a.variants.split(","):
         if a.quick:  # a smoke run: every variant in this process (one start-up; peak RSS is then cumulative)
-            results[v] = run_one(v, a.batch, a.length, a.steps, a.warmup, a.threads, a.device)
+            results[v] = run_one(v, a.batch, a.length, a.steps, a.warmup, a.threads, a.device, a.profile)
             continue
         cmd = [sys.executable, __file__, "--one", v, "--batch", str(a.batch), "--length", str(a.length),
                "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads), "--device", a.device]
+        cmd += ["--profile"] if a.profile else []
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise SystemExit(f"variant {v} failed ({res.returncode}):\n{res.stderr}")
@@ -261,6 +316,8 @@ def main() -> None:
     if "wavedil" in results and "wavedil-bf16" in results:
         rates = {v: results[v]["samples_per_second"] for v in ("wavedil", "wavedil-bf16")}
         summary["bf16_vs_float32"] = rates["wavedil-bf16"] / rates["wavedil"]
+    if "wavedil" in results and "wavedil-fp16" in results:
+        summary["fp16_vs_float32"] = results["wavedil-fp16"]["samples_per_second"] / results["wavedil"]["samples_per_second"]
     if "wavedil" in results and "wavedil-bf16-emulated" in results:
         rates = {v: results[v]["samples_per_second"] for v in ("wavedil", "wavedil-bf16-emulated")}
         summary["bf16_emulated_vs_float32"] = rates["wavedil-bf16-emulated"] / rates["wavedil"]

@@ -15,7 +15,7 @@ from wavedil import WaveNet
 from wavedil.checkpoint import list_checkpoints, load_checkpoint
 from wavedil.config import compose
 from wavedil.emulation import Bf16MatmulEmulation, bf16_emulation_active, round_bf16
-from wavedil.gated import EMULATED_BF16, GatedLayerFunction, gated_fast_path
+from wavedil.gated import EMULATED_BF16, NOT_TAKEN, GatedLayerFunction, gated_fast_path
 from wavedil.train import train
 from wavedil.training_utils import autocast_for
 
@@ -112,3 +112,13 @@ def test_training_in_bf16_resumes_exactly(tmp_path, precision):
     newest.unlink()  # back to the step-2 checkpoint: resume from there
     resumed = train(compose(cfg + ["trainer.resume=true"]), run_dir)
     assert resumed["step"] == 4 and resumed["params_sha256"] == whole["params_sha256"]
+
+
+def test_bf16_autocast_takes_the_hand_written_function_on_the_cpu_only():
+    """On CUDA, bf16 autocast's plain ops were measured faster than the function (bench/README.md)."""
+    x, w = torch.randn(2, 5, 4), torch.randn(8, 4, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gated_fast_path(x, w) == torch.bfloat16
+    if torch.cuda.is_available():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert gated_fast_path(x.cuda(), w.cuda()) == NOT_TAKEN

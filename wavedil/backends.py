@@ -313,6 +313,12 @@ class Backend(abc.ABC):
         """Get ready to run ``request`` (e.g. compile kernels), so that the timing of :meth:`sample`
         measures sampling only. The default does nothing."""
 
+    def prefers(self, model: WaveNet, batch_size: int) -> bool:
+        """Whether ``auto`` picks this back-end for ``model`` at ``batch_size``, given that it can run
+        it (:meth:`unsupported_reason` is None): False leaves the choice to the next candidate. The
+        default is True."""
+        return True
+
     def continues(self, model: WaveNet) -> bool:
         """Whether :meth:`sample` runs requests with :attr:`SamplingRequest.continuation` for
         ``model`` where it is: what lets :func:`wavedil.generate` vocode a long mel a piece at a
@@ -517,9 +523,10 @@ def get_backend(name: str) -> Backend:
     return BACKENDS.get(name)
 
 
-def resolve_backend(backend: str, model: WaveNet, weights: str = "fp32") -> str:
+def resolve_backend(backend: str, model: WaveNet, weights: str = "fp32", batch_size: int = 1) -> str:
     """``backend`` itself, or for ``"auto"`` the preferred back-end that runs ``model`` in mode
-    ``weights`` here (else ``torch``).
+    ``weights`` here (else ``torch``): the first candidate that can run it and
+    :meth:`~Backend.prefers` it at ``batch_size``; failing that, the first that can run it.
 
     ``auto`` never changes the weight mode: when no back-end runs ``weights`` for this model,
     the result is ``torch`` for fp32 and a ``ValueError`` naming every back-end's reason otherwise.
@@ -527,17 +534,22 @@ def resolve_backend(backend: str, model: WaveNet, weights: str = "fp32") -> str:
     check_weights(weights)
     if backend != "auto":
         return backend
-    reasons = []
+    reasons, runs = [], []
     for name in BACKENDS.auto_names():
         impl = BACKENDS.loaded_or_none(name)
         if impl is None:
             continue
         why = impl.unsupported_reason(model, weights)
         if why is None:
-            return name
-        reasons.append(why)
+            if impl.prefers(model, batch_size):
+                return name
+            runs.append(name)
+        else:
+            reasons.append(why)
     if weights == "fp32":
         return "torch"
+    if runs:
+        return runs[0]
     raise ValueError(f"no generation back-end runs weights={weights!r} for this model: " + "; ".join(reasons))
 
 

@@ -4,8 +4,8 @@
 hand-written backward that saves only the layer input and the gate's ``[tanh, sigmoid]``;
 :func:`gated_fast_path` says whether (and in which matmul precision) it may run for given
 inputs. :meth:`wavedil.layers.ResidualBlock.forward_btc` is its only caller; every other case
-(other activations, dropout in training, fp16 autocast, tracing, ``torch.compile``) uses plain
-autograd ops there.
+(other activations, dropout in training, fp16 autocast, autocast on CUDA, tracing,
+``torch.compile``) uses plain autograd ops there.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ def gated_fast_path(x: torch.Tensor, *params: torch.Tensor | None) -> torch.dtyp
     """Whether :class:`GatedLayerFunction` may run on ``x (B, T, R)`` with ``params``, and how.
 
     Returns ``None`` (run it in the inputs' own precision: plain eager float math), a dtype
-    (autocast to bfloat16 is active on ``x``'s device: run its matmuls in bf16 on fp32 master
-    weights, ``mm_dtype=torch.bfloat16``), :data:`EMULATED_BF16` (inside
+    (autocast to bfloat16 is active and ``x`` is on the CPU: run its matmuls in bf16 on fp32
+    master weights, ``mm_dtype=torch.bfloat16``), :data:`EMULATED_BF16` (inside
     :class:`~wavedil.emulation.Bf16MatmulEmulation`: the same numbers computed in float32), or
-    :data:`NOT_TAKEN` (tracing, scripting, ``torch.compile``, autocast to another dtype, or
-    mixed dtypes/devices: use plain autograd).
+    :data:`NOT_TAKEN` (tracing, scripting, ``torch.compile``, autocast to another dtype or on
+    CUDA, or mixed dtypes/devices: use plain autograd).
     """
     if torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing():
         return NOT_TAKEN
@@ -40,7 +40,9 @@ def gated_fast_path(x: torch.Tensor, *params: torch.Tensor | None) -> torch.dtyp
         return EMULATED_BF16 if x.dtype == torch.float32 and same else NOT_TAKEN
     if torch.is_autocast_enabled(x.device.type):
         low = torch.get_autocast_dtype(x.device.type)
-        if low == torch.bfloat16 and x.dtype == torch.float32 and same:
+        # on CUDA, bf16 autocast's own plain ops were measured 1.31x faster than this function's
+        # bf16 matmuls (training ref30 on an H200: bench/README.md), so it is for the CPU only
+        if low == torch.bfloat16 and x.dtype == torch.float32 and same and x.device.type == "cpu":
             return torch.bfloat16
         return NOT_TAKEN
     return None if same else NOT_TAKEN

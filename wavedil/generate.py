@@ -237,7 +237,7 @@ def generate(
     temperature = check_temperature(temperature)
     seed = None if seed is None else check_seed(seed)
     weights = check_weights(weights)
-    backend = resolve_backend(backend, model, weights)
+    backend = resolve_backend(backend, model, weights, batch_size)
     impl = _sampler(model, backend, weights)
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())

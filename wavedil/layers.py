@@ -815,6 +815,17 @@ class DilatedStack(nn.Module):
         used += [local_cond] if first.lc is not None else []
         return all(t.dtype == p.dtype and t.device == p.device for t in used)
 
+    def lean_plan(self, batch_size: int) -> tuple[StepWeights, StepWorkspace] | None:
+        """The packed weights and a workspace of its own for :func:`~wavedil.streaming.single_step`
+        at ``batch_size``, for a loop that steps this stack itself (the CUDA-graph loop of the
+        ``fast`` back-end); ``None`` where single steps take the per-layer path instead (dropout in
+        training mode). Pack again after the parameters change."""
+        if self.layers[0].dropout is not None and self.training:
+            return None
+        with torch.no_grad():
+            weights = self._packed_step_weights()["weights"]
+            return weights, StepWorkspace(weights, batch_size)
+
     def _step_params(self) -> list[torch.Tensor]:
         """The parameters the packed step weights derive from (cached; see :meth:`_apply`)."""
         params = self.__dict__.get("_step_param_list")
@@ -824,12 +835,7 @@ class DilatedStack(nn.Module):
 
     def _step_plan(self, batch_size: int) -> tuple[StepWeights, StepWorkspace]:
         """The packed weights (rebuilt when a parameter changed) and the workspace for ``batch_size``."""
-        key = [(p._version, p.data_ptr()) for p in self._step_params()]
-        cache = self.__dict__.get("_step_cache")
-        if cache is None or cache["key"] != key:
-            with torch.no_grad():
-                cache = {"key": key, "weights": self._pack_step_weights(), "workspaces": {}}
-            self.__dict__["_step_cache"] = cache
+        cache = self._packed_step_weights()
         ws_key = (batch_size, torch.is_inference_mode_enabled(), threading.get_ident())  # scratch is per thread
         ws = cache["workspaces"].get(ws_key)
         if ws is None:
@@ -837,6 +843,16 @@ class DilatedStack(nn.Module):
                 cache["workspaces"].clear()
             ws = cache["workspaces"][ws_key] = StepWorkspace(cache["weights"], batch_size)
         return cache["weights"], ws
+
+    def _packed_step_weights(self) -> dict:
+        """The cache of the packed weights (rebuilt when a parameter changed) and the workspaces."""
+        key = [(p._version, p.data_ptr()) for p in self._step_params()]
+        cache = self.__dict__.get("_step_cache")
+        if cache is None or cache["key"] != key:
+            with torch.no_grad():
+                cache = {"key": key, "weights": self._pack_step_weights(), "workspaces": {}}
+            self.__dict__["_step_cache"] = cache
+        return cache
 
     def _pack_step_weights(self) -> StepWeights:
         """Every layer's weights (weight norm applied) in the layout of :class:`StepWeights`."""

@@ -320,6 +320,12 @@ class StepWorkspace:
         self.bias = [src[..., i * G : (i + 1) * G] for i in range(n)]  # (B, G) or (G,)
         self.taps = list(w.taps.unbind(0))
         self.res = list(w.res.unbind(0))
+        # for a stream position held in a tensor (a CUDA graph's): layer i's ring slots at time t are
+        # (t - tap_offsets[i]) mod ring_len[i], its past taps oldest first, then the slot x[t] goes to
+        self.past_taps = [self.win[i, :, : (k - 1) * R].view(B, k - 1, R) for i in range(n)]
+        offsets = [[m * d for m in range(k - 1, -1, -1)] for d in w.dilations]
+        self.tap_offsets = torch.tensor(offsets, dtype=torch.int64, device=w.taps.device)  # (n, k)
+        self.ring_len = torch.tensor([[(k - 1) * d] for d in w.dilations], dtype=torch.int64, device=w.taps.device)
 
 
 _ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -333,7 +339,7 @@ def single_step(
     w: StepWeights,
     ws: StepWorkspace,
     buffers: Sequence[torch.Tensor],
-    pos: int,
+    pos: int | torch.Tensor,
     x: torch.Tensor,
     global_cond: torch.Tensor | None = None,
     local_cond: torch.Tensor | None = None,
@@ -346,8 +352,15 @@ def single_step(
     conv (bias and conditioning included), the gate runs in place, and one ``addmm`` gives the
     next layer's input inside its window. The conditioning of all layers is one matmul before
     the loop and the skip sum of all layers one matmul after it. Runs without autograd.
+
+    ``pos`` is an ``int``, or a 0-dim int64 tensor on the weights' device (a loop captured as a
+    CUDA graph, which reads no value on the host): the slots are then computed on the device and
+    the taps gathered with ``index_select`` / written with ``index_copy_``, the same values.
     """
     k = w.kernel_size
+    slots = None
+    if isinstance(pos, torch.Tensor):
+        slots = torch.remainder(pos - ws.tap_offsets, ws.ring_len)  # (n, k): past taps, then the write slot
     ws.xs[0].copy_(x)
     if ws.cond_bias is not None:
         cb = ws.cond_bias
@@ -361,7 +374,10 @@ def single_step(
     act = None if gated else _ACT[w.activation]
     for i, d in enumerate(w.dilations):
         buf, xi = buffers[i], ws.xs[i]
-        if k == 2:
+        if slots is not None:
+            ws.past_taps[i].copy_(buf.index_select(2, slots[i, : k - 1]).transpose(1, 2))  # (B, k-1, R)
+            buf.index_copy_(2, slots[i, k - 1 :], xi.unsqueeze(2))
+        elif k == 2:
             slot = buf.select(2, pos % d)  # x[t - d], about to become x[t]
             ws.past[i][0].copy_(slot)
             slot.copy_(xi)

@@ -45,7 +45,13 @@ from .cpu import ROW_BLOCK, CpuOptions, cpu_generate, cpu_teacher_forced_logits,
 from .cuda import cuda_generate, cuda_teacher_forced_logits
 from .pack import unsupported_reason as _layers_unsupported
 
+#: The largest batch for which ``auto`` picks the CUDA graphs over the eager step. Measured with
+#: ref30 on an NVIDIA H200 (bench/README.md): the graphs made 2.8x the eager step's samples/s at
+#: B = 1 and 0.33x at B = 64 and 256; batches between were not measured.
+CUDA_AUTO_MAX_BATCH = 1
+
 __all__ = [
+    "CUDA_AUTO_MAX_BATCH",
     "CpuOptions",
     "FastBackend",
     "available_backends",
@@ -72,6 +78,11 @@ class FastBackend(Backend):
     def __init__(self, options: CpuOptions | None = None) -> None:
         load_kernels()  # numba imports here, or this back-end fails to load with the cause
         self.options = options
+
+    def prefers(self, model: WaveNet, batch_size: int) -> bool:
+        """On CUDA, ``auto`` takes the CUDA graphs up to :data:`CUDA_AUTO_MAX_BATCH` sequences and
+        the eager ``torch`` step above (the same samples either way)."""
+        return model.embed.weight.device.type != "cuda" or batch_size <= CUDA_AUTO_MAX_BATCH
 
     def unsupported_reason(self, model: WaveNet, weights: str = "fp32") -> str | None:
         why = super().unsupported_reason(model, weights) or _layers_unsupported(model)

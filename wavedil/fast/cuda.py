@@ -11,10 +11,14 @@ only copies in the next chunk's uniforms (and mel columns) and copies out its co
 
 The loop body is :class:`ChunkLoop`, ordinary tensor code that contains no host
 synchronisation and no Python value that changes between chunks: the stream position is a
-tensor and the ring buffers are indexed with it (:class:`wavedil.export.StreamingStep`). Run
-eagerly it is the reference for the captured graph, and it runs on the CPU too, which is how
-the test suite checks its logic on machines without a GPU. Sampling is ``model.dist.sample``
-itself, so the draws are the reference's whenever the head parameters agree.
+tensor. Each sample runs the ``torch`` back-end's own lean step
+(:func:`wavedil.streaming.single_step`, the position given as that tensor: each layer gathers
+its tap slots and writes one slot of its ring, O(layers) per sample), the same embedding and
+head calls on the same shapes, and ``model.dist.sample`` itself, so the draws are the
+reference's. (A stack whose single steps take the per-layer path -- dropout in training mode --
+runs :class:`wavedil.export.StreamingStep`, which rebuilds every ring each sample.) Run eagerly
+the loop is the reference for the captured graph, and it runs on the CPU too, which is how the
+test suite checks its logic on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ..export import state_to_tensors
 from ..generation_step import GenerationStep
 from ..layers import StackState
 from ..model import WaveNet
+from ..streaming import single_step
 
 __all__ = ["UNROLL", "ChunkLoop", "cuda_available", "cuda_generate", "cuda_teacher_forced_logits"]
 
@@ -93,6 +98,7 @@ class ChunkLoop:
         self.codes_in = torch.zeros(batch, steps, dtype=torch.long, device=device) if forced else None
         self.codes = None if forced else torch.zeros(batch, steps, dtype=torch.long, device=device)
         self.params_out = torch.zeros(batch, n_par, steps, dtype=params.dtype, device=device) if forced else None
+        self.plan = model.stack.lean_plan(batch)  # (weights, workspace of its own), or None: per-layer steps
 
     def _state(self) -> list[torch.Tensor]:
         return [self.pos, self.params, *self.buffers]
@@ -108,18 +114,15 @@ class ChunkLoop:
     @torch.no_grad()
     def run(self) -> None:
         """Advance ``K`` steps in place (no host synchronisation: capturable as a CUDA graph)."""
-        model = self.model
-        params, pos, buffers = self.params, self.pos, list(self.buffers)
-        cond = [] if self.global_cond is None else [self.global_cond]
-        drawn, outs = [], []
+        params, drawn, outs = self.params, [], []
+        advance = self._lean_step if self.plan is not None else self._export_step()
         for k in range(self.steps):
             if self.forced:
                 code = self.codes_in[:, k]
             else:
-                code = model.dist.sample(params, self.uniforms[k], self.temperature)  # (B,)
+                code = self.model.dist.sample(params, self.uniforms[k], self.temperature)  # (B,)
                 drawn.append(code)
-            local = [] if self.local is None else [self.local[:, :, k : k + 1]]
-            params, pos, *buffers = self.gen.advance(code, pos, *cond, *local, *buffers)  # (B, P), ...
+            params = advance(code, k)  # (B, P)
             if self.forced:
                 outs.append(params)
         if self.forced:
@@ -127,9 +130,30 @@ class ChunkLoop:
         else:
             self.codes.copy_(torch.stack(drawn, dim=1))
         self.params.copy_(params)
-        self.pos.copy_(pos)
-        for old, new in zip(self.buffers, buffers):
-            old.copy_(new)
+
+    def _lean_step(self, code: torch.Tensor, k: int) -> torch.Tensor:
+        """Feed ``code (B,)`` at step ``k`` as ``WaveNet.step`` does (its embedding and head around
+        :func:`single_step`, which updates the rings in place): the next head parameters ``(B, P)``."""
+        model, (weights, ws) = self.model, self.plan
+        x = model.embed_codes(code.unsqueeze(1), "code").transpose(1, 2)  # (B, R, 1), as WaveNet.step
+        local = None if self.local is None else self.local[:, :, k]
+        _, skip = single_step(weights, ws, self.buffers, self.pos, x[:, :, 0], self.global_cond, local)
+        self.pos.add_(1)
+        return model.head(skip.unsqueeze(-1))[:, :, 0]
+
+    def _export_step(self) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """The per-layer form of :meth:`_lean_step`: :class:`GenerationStep`, which returns new rings."""
+        cond = [] if self.global_cond is None else [self.global_cond]
+
+        def advance(code: torch.Tensor, k: int) -> torch.Tensor:
+            local = [] if self.local is None else [self.local[:, :, k : k + 1]]
+            params, pos, *buffers = self.gen.advance(code, self.pos, *cond, *local, *self.buffers)
+            self.pos.copy_(pos)
+            for old, new in zip(self.buffers, buffers):
+                old.copy_(new)
+            return params
+
+        return advance
 
 
 def _runner(loop: ChunkLoop, graph: bool) -> Callable[[], None]:
