@@ -23,7 +23,7 @@ make install >/dev/null || { echo "make install failed"; exit 1; }
 PY=.venv/bin/python
 source bench/_steps.sh  # step NAME COMMAND...
 lscpu | grep -E "Model name|^CPU\(s\)" | tee "$OUT/cpu.txt"
-grep -m1 -o -w -E "avx2|avx512f|avx512_bf16|avx512_vnni|avx_vnni|amx_bf16|amx_int8" /proc/cpuinfo | sort -u | tr '\n' ' ' | tee -a "$OUT/cpu.txt"
+grep -m1 -o -w -E "avx2|fma|f16c|avx512f|avx512_bf16|avx512_vnni|avx_vnni|amx_bf16|amx_int8" /proc/cpuinfo | sort -u | tr '\n' ' ' | tee -a "$OUT/cpu.txt"
 echo
 step generation sh -c "$PY bench/generation.py $QUICK > '$OUT/generation.json'"
 step generation_stream sh -c "$PY bench/generation.py --stream $QUICK > '$OUT/generation_stream.json'"
