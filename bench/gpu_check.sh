@@ -4,7 +4,7 @@
 # Installs what it needs (make install), or, with PY=/path/to/python set, uses that interpreter
 # as it is (a machine with CUDA torch and wavedil's dependencies but no package index), then:
 #   1. the GPU tests: CUDA-graph generation (tests/test_fast_cuda.py), float16 + scaler training;
-#   2. bench/generation.py --cuda: ref30 samples/s, eager step vs fast (CUDA graphs), B = 1/64/256;
+#   2. bench/generation.py --cuda: ref30 samples/s, eager step vs fast (CUDA graphs), B = 1/8/64/256;
 #      bench/training.py --device cuda --profile: ref30 training samples/s at fp32 (and TF32),
 #      bf16 and fp16 (B = 4, T = 16,000) beside the per-layer nn.Conv1d baseline, with each
 #      variant's busiest kernels;
@@ -27,7 +27,7 @@ $PY -c "import torch; print(torch.cuda.get_device_name(0), 'torch', torch.__vers
 # the CUDA tests, and the CPU checks of the same loop beside them (the rest of tests/ runs in CI)
 step tests $PY -m pytest -q -p no:cacheprovider -rs tests/test_fast_cuda.py tests/test_precision.py::test_fp16_with_scaler_on_gpu
 step bench_cuda sh -c "$PY bench/generation.py --cuda --budget 2 --repeat 2 > '$OUT/bench_cuda.json'"
-VARIANTS=baseline,baseline-bf16,baseline-fp16,wavedil,wavedil-tf32,wavedil-bf16,wavedil-bf16-plain,wavedil-fp16
+VARIANTS=baseline,baseline-bf16,baseline-fp16,wavedil,wavedil-tf32,wavedil-bf16,wavedil-fp16  # bf16 takes plain ops on CUDA
 step bench_training sh -c "$PY bench/training.py --device cuda --variants $VARIANTS --steps 20 --warmup 3 \
     --no-data-wait --profile > '$OUT/bench_training.json'"
 RUN="$OUT/ddp_run"

@@ -79,7 +79,6 @@ class ChunkLoop:
     ) -> None:
         assert steps >= 1
         self.model, self.temperature, self.steps, self.forced = model, float(temperature), steps, forced
-        self.gen = GenerationStep(model, temperature)
         device = params.device
         batch, n_par = params.shape
         pos, buffers = state_to_tensors(state)
@@ -143,11 +142,12 @@ class ChunkLoop:
 
     def _export_step(self) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """The per-layer form of :meth:`_lean_step`: :class:`GenerationStep`, which returns new rings."""
+        gen = GenerationStep(self.model, self.temperature)
         cond = [] if self.global_cond is None else [self.global_cond]
 
         def advance(code: torch.Tensor, k: int) -> torch.Tensor:
             local = [] if self.local is None else [self.local[:, :, k : k + 1]]
-            params, pos, *buffers = self.gen.advance(code, self.pos, *cond, *local, *self.buffers)
+            params, pos, *buffers = gen.advance(code, self.pos, *cond, *local, *self.buffers)
             self.pos.copy_(pos)
             for old, new in zip(self.buffers, buffers):
                 old.copy_(new)
